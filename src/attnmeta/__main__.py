@@ -1,0 +1,3 @@
+from attnmeta.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Data sets: Omniglot, miniImageNet, text."""

@@ -1,0 +1,6 @@
+"""Evaluation protocol and statistics."""
+
+from attnmeta.eval.protocol import EvalResult, evaluate
+from attnmeta.eval.stats import MeanCI, mean_ci95
+
+__all__ = ["EvalResult", "evaluate", "MeanCI", "mean_ci95"]
