@@ -1,6 +1,6 @@
 """Meta-learners: the functional inner loop and learners built on it, metric and sequence learners."""
 
 from attnmeta.learners.base import Learner, MetaOutput
-from attnmeta.learners.registry import available, build, register
+from attnmeta.learners.registry import LearnerSpec, available, build, register, spec
 
-__all__ = ["Learner", "MetaOutput", "available", "build", "register"]
+__all__ = ["Learner", "MetaOutput", "LearnerSpec", "available", "build", "register", "spec"]
