@@ -47,8 +47,8 @@ class EvalResult:
                 "seconds_per_task": self.seconds_per_task, "per_episode": self.per_episode}
 
 
-def evaluate(learner: Learner, episodes: Iterable[Task] | Sequence[Task], *, device: str | torch.device = "cpu",
-             progress: bool = False, desc: str = "eval") -> EvalResult:
+def evaluate(learner: Learner, episodes: Iterable[Task] | Sequence[Task], *,
+             device: str | torch.device = "cpu", progress: bool = False, desc: str = "eval") -> EvalResult:
     """Evaluate ``learner`` on fixed episodes (see ``attnmeta.tasks.fixed_episodes``).
 
     Each episode: ``learner.predict(task)`` adapts on the support set and scores the queries. The learner's

@@ -54,7 +54,8 @@ def build(name: str, **kwargs: Any) -> Learner:
     return spec(name).builder(**kwargs)
 
 
-_BUILTIN_MODULES = ("maml", "protonet", "matching", "snail", "meta_lstm", "feat", "transfer", "attention_maml")
+_BUILTIN_MODULES = ("maml", "protonet", "matching", "snail", "meta_lstm", "feat", "transfer",
+                    "attention_maml")
 
 
 def _load_builtin() -> None:

@@ -56,6 +56,11 @@ class Task:
         return Task(move(self.support_x), move(self.support_y), move(self.query_x), move(self.query_y),
                     self.classes, dict(self.info))
 
+    def pin_memory(self) -> Task:
+        """Copy into page-locked memory (called by ``DataLoader(pin_memory=True)``; needs CUDA)."""
+        return Task(self.support_x.pin_memory(), self.support_y.pin_memory(), self.query_x.pin_memory(),
+                    self.query_y.pin_memory(), self.classes, dict(self.info))
+
 
 @dataclass(frozen=True)
 class TaskBatch:
@@ -119,6 +124,11 @@ class TaskBatch:
 
         return TaskBatch(move(self.support_x), move(self.support_y), move(self.query_x), move(self.query_y),
                          self.classes, self.infos)
+
+    def pin_memory(self) -> TaskBatch:
+        """Copy into page-locked memory (called by ``DataLoader(pin_memory=True)``; needs CUDA)."""
+        return TaskBatch(self.support_x.pin_memory(), self.support_y.pin_memory(), self.query_x.pin_memory(),
+                         self.query_y.pin_memory(), self.classes, self.infos)
 
     @staticmethod
     def stack(tasks: Sequence[Task]) -> TaskBatch:

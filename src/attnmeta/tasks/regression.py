@@ -18,12 +18,19 @@ from attnmeta.tasks.episode import Task, TaskBatch
 MULTIMODAL_KINDS = ("sinusoid", "linear", "quadratic", "abs", "tanh")
 
 
-def _check_positive(name: str, value: int, allow_zero: bool = False) -> None:
+def _check_positive(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else ">= 1"
-        raise ValueError(f"{name} must be {bound}, got {value}")
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def _check_generator(generator: Any) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
+            "create one with torch.Generator().manual_seed(seed)"
+        )
 
 
 def _uniform(generator: torch.Generator, low: float, high: float, shape: Sequence[int] = ()) -> Tensor:
@@ -36,23 +43,39 @@ class TaskFamily:
     Args:
         shots: support points per task (K).
         queries: query points per task.
-        noise_std: Gaussian noise added to every target (label noise), in target units.
-        corrupt_fraction: fraction of tasks whose targets are replaced by pure noise
-            (``N(0, noise_of_corruption**2)``, independent of x); ``info["corrupted"]`` marks them.
+        noise_std: standard deviation of Gaussian noise added to every target, support and query
+            (label noise), in target units.
+        corrupt_fraction: probability that a task is corrupted: all its targets are replaced by pure noise
+            ``N(0, corruption_std**2)``, independent of x. Each task is corrupted independently, so this is
+            the expected fraction; ``info["corrupted"]`` marks them.
         corruption_std: standard deviation of the noise that replaces a corrupted task's targets.
         seed: seed of the family's own generator (used when ``sample`` gets no generator).
     """
 
-    def __init__(self, shots: int = 10, queries: int = 10, *, noise_std: float = 0.0,
-                 corrupt_fraction: float = 0.0, corruption_std: float = 3.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        shots: int = 10,
+        queries: int = 10,
+        *,
+        noise_std: float = 0.0,
+        corrupt_fraction: float = 0.0,
+        corruption_std: float = 3.0,
+        seed: int = 0,
+    ) -> None:
         _check_positive("shots", shots)
         _check_positive("queries", queries)
         if not 0.0 <= corrupt_fraction <= 1.0:
-            raise ValueError(f"corrupt_fraction must be in [0, 1], got {corrupt_fraction}")
-        if noise_std < 0:
-            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+            raise ValueError(
+                f"corrupt_fraction must be in [0, 1] (a fraction of tasks), got {corrupt_fraction}"
+            )
+        if not noise_std >= 0:
+            raise ValueError(f"noise_std must be >= 0 (0 for noise-free targets), got {noise_std}")
+        if not corruption_std > 0:
+            raise ValueError(f"corruption_std must be > 0, got {corruption_std}")
         self.shots, self.queries = shots, queries
-        self.noise_std, self.corrupt_fraction, self.corruption_std = noise_std, corrupt_fraction, corruption_std
+        self.noise_std = noise_std
+        self.corrupt_fraction = corrupt_fraction
+        self.corruption_std = corruption_std
         self.generator = torch.Generator().manual_seed(seed)
 
     x_range: tuple[float, float] = (-5.0, 5.0)
@@ -62,6 +85,8 @@ class TaskFamily:
         raise NotImplementedError
 
     def sample(self, generator: torch.Generator | None = None) -> Task:
+        """One task: ``support_x/y`` ``[K, 1]``, ``query_x/y`` ``[Q, 1]`` (float32)."""
+        _check_generator(generator)
         g = self.generator if generator is None else generator
         info, f = self.sample_function(g)
         n = self.shots + self.queries
@@ -69,7 +94,9 @@ class TaskFamily:
         y = f(x)
         if self.noise_std > 0:
             y = y + self.noise_std * torch.randn(y.shape, generator=g, dtype=torch.float64)
-        corrupted = bool(self.corrupt_fraction > 0 and torch.rand((), generator=g).item() < self.corrupt_fraction)
+        corrupted = bool(
+            self.corrupt_fraction > 0 and torch.rand((), generator=g).item() < self.corrupt_fraction
+        )
         if corrupted:
             y = self.corruption_std * torch.randn(y.shape, generator=g, dtype=torch.float64)
         info["corrupted"] = corrupted
@@ -78,7 +105,9 @@ class TaskFamily:
         return Task(x[:k], y[:k], x[k:], y[k:], torch.empty(0, dtype=torch.long), info)
 
     def sample_batch(self, meta_batch: int, generator: torch.Generator | None = None) -> TaskBatch:
+        """``meta_batch`` successive tasks stacked: ``[T, K, 1]`` and ``[T, Q, 1]``."""
         _check_positive("meta_batch", meta_batch)
+        _check_generator(generator)
         return TaskBatch.stack([self.sample(generator) for _ in range(meta_batch)])
 
     def fixed_tasks(self, n: int = 600, seed: int = 0) -> list[Task]:
@@ -88,14 +117,18 @@ class TaskFamily:
         return [self.sample(g) for _ in range(n)]
 
     def state_dict(self) -> dict[str, Any]:
+        """The generator state, for exact resume."""
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()``; the next tasks are those that followed the saved state."""
+        if not isinstance(state, dict) or "generator" not in state:
+            raise TypeError("state must be a dict from TaskFamily.state_dict() (with a 'generator' entry)")
         self.generator.set_state(state["generator"])
 
 
 class Sinusoid(TaskFamily):
-    """MAML section 5.1: ``y = A sin(x - phase)``, ``A ~ U[0.1, 5.0]``, ``phase ~ U[0, pi]``, ``x ~ U[-5, 5]``."""
+    """MAML section 5.1: ``y = A sin(x - phase)``, ``A ~ U[0.1, 5]``, ``phase ~ U[0, pi]``, x ~ U[-5, 5]."""
 
     amplitude_range = (0.1, 5.0)
     phase_range = (0.0, math.pi)
@@ -103,25 +136,39 @@ class Sinusoid(TaskFamily):
     def sample_function(self, generator: torch.Generator) -> tuple[dict[str, Any], Any]:
         amplitude = _uniform(generator, *self.amplitude_range).item()
         phase = _uniform(generator, *self.phase_range).item()
-        return ({"kind": "sinusoid", "amplitude": amplitude, "phase": phase},
-                lambda x: amplitude * torch.sin(x - phase))
+        return (
+            {"kind": "sinusoid", "amplitude": amplitude, "phase": phase},
+            lambda x: amplitude * torch.sin(x - phase),
+        )
 
 
 class Multimodal(TaskFamily):
-    """Multimodal family of MMAML (Vuorio et al. 2019), ``x ~ U[-5, 5]``:
+    """Five-mode family of multimodal MAML (Vuorio et al. 2019), ``x ~ U[-5, 5]``, the kind uniform per task.
 
-    sinusoid ``A sin(w x + b)`` (A ~ U[0.1, 5], w ~ U[0.8, 1.2], b ~ U[0, pi]); linear ``a x + b``
-    (a, b ~ U[-3, 3]); quadratic ``a (x - c)^2 + b`` (a ~ U[-0.15, 0.15], c ~ U[-3, 3], b ~ U[-3, 3]);
-    l1 norm ``a |x - c| + b`` (a ~ U[-0.15, 0.15], c, b ~ U[-3, 3]); tanh ``a tanh(x - c) + b``
-    (a ~ U[-3, 3], c, b ~ U[-3, 3]). ``info["kind"]`` names the function kind.
+    Parameter ranges follow the authors' code (``vuoristo/MMAML-Regression``,
+    ``maml/datasets/simple_functions.py``, ``FiveFunctionsMetaDataset``):
+
+    - ``sinusoid``: ``A sin(x - phase)``, ``A ~ U[0.1, 5]``, ``phase ~ U[0, pi]``;
+    - ``linear``: ``slope x + intercept``, ``slope, intercept ~ U[-3, 3]``;
+    - ``quadratic``: ``scale (x - center)^2 + bias``, ``|scale| ~ U[0.02, 0.15]`` with a random sign,
+      ``center, bias ~ U[-3, 3]``;
+    - ``abs`` (l1 norm): ``slope |x - center| + bias``, ``slope, center, bias ~ U[-3, 3]``;
+    - ``tanh``: ``slope tanh(x - center) + bias``, ``slope, center, bias ~ U[-3, 3]``.
+
+    ``info["kind"]`` names the kind and ``info["kind_index"]`` is its index in ``MULTIMODAL_KINDS``; the
+    parameters are recorded under the names above. The paper adds Gaussian noise to targets: pass
+    ``noise_std`` (the authors' code defaults to 0).
 
     Args:
         kinds: the kinds to draw from (uniformly), default all five.
     """
 
-    def __init__(self, shots: int = 10, queries: int = 10, *, kinds: Sequence[str] = MULTIMODAL_KINDS,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, shots: int = 10, queries: int = 10, *, kinds: Sequence[str] = MULTIMODAL_KINDS, **kwargs: Any
+    ) -> None:
         super().__init__(shots, queries, **kwargs)
+        if isinstance(kinds, str):
+            kinds = (kinds,)
         unknown = [k for k in kinds if k not in MULTIMODAL_KINDS]
         if unknown or not kinds:
             raise ValueError(f"kinds must be a non-empty subset of {MULTIMODAL_KINDS}, got {list(kinds)}")
@@ -129,18 +176,26 @@ class Multimodal(TaskFamily):
 
     def sample_function(self, generator: torch.Generator) -> tuple[dict[str, Any], Any]:
         kind = self.kinds[int(torch.randint(len(self.kinds), (), generator=generator))]
-        u = lambda lo, hi: _uniform(generator, lo, hi).item()  # noqa: E731
+        info: dict[str, Any] = {"kind": kind, "kind_index": MULTIMODAL_KINDS.index(kind)}
+
+        def u(low: float, high: float) -> float:
+            return _uniform(generator, low, high).item()
+
         if kind == "sinusoid":
-            a, w, b = u(0.1, 5.0), u(0.8, 1.2), u(0.0, math.pi)
-            return {"kind": kind, "a": a, "w": w, "b": b}, lambda x: a * torch.sin(w * x + b)
+            amplitude, phase = u(0.1, 5.0), u(0.0, math.pi)
+            info.update(amplitude=amplitude, phase=phase)
+            return info, lambda x: amplitude * torch.sin(x - phase)
         if kind == "linear":
-            a, b = u(-3, 3), u(-3, 3)
-            return {"kind": kind, "a": a, "b": b}, lambda x: a * x + b
+            slope, intercept = u(-3.0, 3.0), u(-3.0, 3.0)
+            info.update(slope=slope, intercept=intercept)
+            return info, lambda x: slope * x + intercept
         if kind == "quadratic":
-            a, c, b = u(-0.15, 0.15), u(-3, 3), u(-3, 3)
-            return {"kind": kind, "a": a, "c": c, "b": b}, lambda x: a * (x - c) ** 2 + b
+            center, bias, magnitude = u(-3.0, 3.0), u(-3.0, 3.0), u(0.02, 0.15)
+            scale = magnitude if u(0.0, 1.0) < 0.5 else -magnitude
+            info.update(scale=scale, center=center, bias=bias)
+            return info, lambda x: scale * (x - center) ** 2 + bias
+        slope, center, bias = u(-3.0, 3.0), u(-3.0, 3.0), u(-3.0, 3.0)
+        info.update(slope=slope, center=center, bias=bias)
         if kind == "abs":
-            a, c, b = u(-0.15, 0.15), u(-3, 3), u(-3, 3)
-            return {"kind": kind, "a": a, "c": c, "b": b}, lambda x: a * (x - c).abs() + b
-        a, c, b = u(-3, 3), u(-3, 3), u(-3, 3)
-        return {"kind": kind, "a": a, "c": c, "b": b}, lambda x: a * torch.tanh(x - c) + b
+            return info, lambda x: slope * (x - center).abs() + bias
+        return info, lambda x: slope * torch.tanh(x - center) + bias

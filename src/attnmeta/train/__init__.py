@@ -1,1 +1,19 @@
 """Training: trainer, checkpoints, configs, distributed."""
+
+from attnmeta.train.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, save_checkpoint
+from attnmeta.train.config import RunConfig, load_config_file, parse_overrides
+from attnmeta.train.trainer import NonFiniteLossError, RunExistsError, TrainResult, train
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointManager",
+    "load_checkpoint",
+    "save_checkpoint",
+    "RunConfig",
+    "load_config_file",
+    "parse_overrides",
+    "NonFiniteLossError",
+    "RunExistsError",
+    "TrainResult",
+    "train",
+]

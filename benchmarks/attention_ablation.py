@@ -1,0 +1,251 @@
+"""Attention-MAML ablation: MAML, +task, +feature, +parameter attention, all three; task selection.
+
+Benchmarks (regression, MLP 1-40-40-1, 1 inner step, inner lr 0.01, Adam 1e-3):
+  sinusoid K=5/10/20, multimodal (5 kinds, K=10), corrupted sinusoid (30% of training tasks' targets
+  replaced by noise, K=10, tested on clean tasks), and attentive task selection on the multimodal family
+  (target kind "sinusoid": selected vs uniform meta-batches from a pool, tested on that kind).
+Every method of a benchmark is tested on the same 600 fixed test tasks (seed 1234); mean +/- 95% CI of the
+per-task MSE, training time, meta-steps done. Runs go in parallel processes (one thread each); a run stops
+at ``--steps`` meta-steps or ``--time-budget`` seconds of training, whichever comes first (steps done are
+reported).
+
+    python benchmarks/attention_ablation.py --steps 5000 --time-budget 300 --jobs 16
+    python benchmarks/attention_ablation.py --only sinusoid5 --steps 200      # quick look
+
+Writes ``benchmarks/results/attention_ablation.json`` (``--out``) and prints the table. Timings on a shared,
+loaded machine are indicative only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+METHODS = {
+    "maml": {},
+    "+task": {"task_attention": True},
+    "+feature": {"feature_attention": True},
+    "+feature(context)": {"feature_attention": True, "feature_mode": "context"},
+    "+param": {"param_attention": True},
+    "all three": {"task_attention": True, "feature_attention": True, "param_attention": True},
+}
+FIVE = ["maml", "+task", "+feature", "+param", "all three"]
+BENCHMARKS = {
+    "sinusoid5": dict(family="sinusoid", shots=5, methods=FIVE),
+    "sinusoid10": dict(family="sinusoid", shots=10, methods=FIVE),
+    "sinusoid20": dict(family="sinusoid", shots=20, methods=FIVE),
+    "multimodal": dict(family="multimodal", shots=10,
+                       methods=["maml", "+task", "+feature", "+feature(context)", "+param", "all three"]),
+    "corrupted": dict(family="sinusoid", shots=10, corrupt=0.3, methods=["maml", "+task", "all three"]),
+    "selection": dict(family="multimodal", shots=10, methods=["uniform", "attentive"],
+                      target_kind="sinusoid"),
+}
+CONTEXT_LR = 1.0  # CAVIA's inner rate for the context vector
+
+
+def make_family(spec: dict, *, seed: int, clean: bool = False, kinds=None):
+    from attnmeta.tasks.regression import Multimodal, Sinusoid
+
+    corrupt = 0.0 if clean else spec.get("corrupt", 0.0)
+    if spec["family"] == "sinusoid":
+        return Sinusoid(shots=spec["shots"], queries=10, corrupt_fraction=corrupt, seed=seed)
+    kw = {"kinds": kinds} if kinds else {}
+    return Multimodal(shots=spec["shots"], queries=10, corrupt_fraction=corrupt, seed=seed, **kw)
+
+
+def make_learner(method: str, *, inner_lr: float = 0.01):
+    import torch
+
+    from attnmeta.learners.attention_maml import AttentionMAML
+    from attnmeta.nn.backbones import MLP
+
+    flags = dict(METHODS.get(method, {}))
+    lr = CONTEXT_LR if flags.get("feature_mode") == "context" else inner_lr
+    torch.manual_seed(0)
+    return AttentionMAML(MLP(1, (40, 40), 1), "regression", inner_lr=lr, inner_steps=1, strategy="vmap",
+                         **flags)
+
+
+def run_one(bench: str, method: str, steps: int, time_budget: float, meta_batch: int,
+            test_count: int = 600) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    from attnmeta.eval import evaluate
+    from attnmeta.learners.task_attention import TaskSelector
+    from attnmeta.tasks.episode import TaskBatch
+
+    spec = BENCHMARKS[bench]
+    learner = make_learner("maml" if bench == "selection" else method)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    family = make_family(spec, seed=1)
+    test_kinds = (spec["target_kind"],) if bench == "selection" else None
+    test_tasks = make_family(spec, seed=2, clean=True, kinds=test_kinds).fixed_tasks(test_count, seed=1234)
+    selector, targets, generator = None, None, torch.Generator().manual_seed(3)
+    if bench == "selection":
+        selector = TaskSelector(temperature=0.05, uniform_share=0.2)
+        targets = make_family(spec, seed=4, kinds=test_kinds).fixed_tasks(5, seed=99)
+    weights_log: list[tuple[float, bool]] = []
+    selected_kinds: dict[str, int] = {}
+    start, done = time.perf_counter(), 0
+    for _ in range(steps):
+        if time.perf_counter() - start > time_budget:
+            break
+        if bench == "selection":
+            pool = [family.sample() for _ in range(10 * meta_batch)]
+            if method == "attentive":
+                index = selector.sample(targets, pool, meta_batch, generator=generator)
+            else:
+                index = torch.randperm(len(pool), generator=generator)[:meta_batch]
+            chosen = [pool[i] for i in index.tolist()]
+            for task in chosen:
+                selected_kinds[task.info["kind"]] = selected_kinds.get(task.info["kind"], 0) + 1
+            batch = TaskBatch.stack(chosen)
+        else:
+            batch = family.sample_batch(meta_batch)
+        out = learner.meta_loss(batch)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        done += 1
+        if learner.last_task_weights is not None:
+            weights_log += [(float(w), bool(i.get("corrupted", False)))
+                            for w, i in zip(learner.last_task_weights, batch.infos)]
+    train_seconds = time.perf_counter() - start
+    result = evaluate(learner, test_tasks)
+    record = {"benchmark": bench, "method": method, "steps": done, "train_seconds": train_seconds,
+              "seconds_per_step": train_seconds / max(done, 1), "mse": result.mean, "ci95": result.ci95,
+              "per_task": result.per_episode}
+    if weights_log:  # mean weights over the second half of training
+        corrupted = [w for w, c in weights_log[len(weights_log) // 2:] if c]
+        clean = [w for w, c in weights_log[len(weights_log) // 2:] if not c]
+        record["weight_corrupted"] = sum(corrupted) / max(len(corrupted), 1)
+        record["weight_clean"] = sum(clean) / max(len(clean), 1)
+        record["weights_log"] = weights_log[-2000:]
+    if selected_kinds:
+        record["selected_kinds"] = selected_kinds
+    record["plot_data"] = plot_data(learner, bench, spec)
+    return record
+
+
+def plot_data(learner, bench: str, spec: dict) -> dict:
+    """Raw numbers for attnmeta.attention_plots: gates per task, parameter weights per step."""
+    data: dict = {}
+    probe = make_family(spec, seed=5, clean=True).fixed_tasks(30, seed=7)
+    if learner.feature_attention:
+        learner.model.record = True
+        gates, kinds = [], []
+        for task in sorted(probe, key=lambda t: t.info["kind"]):
+            learner.predict(task)
+            gates.append(learner.model.last_gates["layers.0"].reshape(-1).tolist())
+            kinds.append(task.info["kind"])
+        learner.model.record = False
+        data["gates"], data["gate_kinds"] = gates, kinds
+    if learner.param_attention:
+        learner.strategy = "loop"
+        learner.rule.record, learner.rule.history = True, []
+        for task in probe:
+            learner.adapt_task(task)
+        learner.rule.record = False
+        names = list(learner.rule.history[0])
+        data["param_names"] = names
+        data["param_weights"] = [[h[n].item() for n in names] for h in learner.rule.history]
+    return data
+
+
+def timing(meta_batch: int, repeats: int = 20) -> dict:
+    """Seconds per meta-step of feature attention adapting everything vs only the context (1 thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    family = make_family(BENCHMARKS["multimodal"], seed=0)
+    batch = family.sample_batch(meta_batch)
+    out = {}
+    for method in ("maml", "+feature", "+feature(context)"):
+        for strategy in ("vmap", "loop"):
+            learner = make_learner(method)
+            learner.strategy = strategy
+            for _ in range(3):
+                learner.meta_loss(batch).loss.backward()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                learner.meta_loss(batch).loss.backward()
+            out[f"{method}/{strategy}"] = (time.perf_counter() - start) / repeats
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--time-budget", type=float, default=300.0, help="training seconds per run (cap)")
+    parser.add_argument("--meta-batch", type=int, default=10)
+    parser.add_argument("--test-tasks", type=int, default=600)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--only", nargs="*", default=None, help=f"benchmarks among {list(BENCHMARKS)}")
+    parser.add_argument("--methods", nargs="*", default=None, help="restrict to these methods")
+    parser.add_argument("--no-timing", action="store_true", help="skip the seconds-per-step measurement")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "attention_ablation.json"))
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    benches = args.only or list(BENCHMARKS)
+    unknown = [b for b in benches if b not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
+    jobs = [(b, m) for b in benches for m in BENCHMARKS[b]["methods"]
+            if args.methods is None or m in args.methods]
+    jobs.sort(key=lambda j: j[1] not in ("all three", "+feature", "+task"))  # heavy runs first
+    started = time.time()
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        run_args = (args.steps, args.time_budget, args.meta_batch, args.test_tasks)
+        futures = {pool.submit(run_one, *job, *run_args): job for job in jobs}
+        records = []
+        partial = Path(args.out).with_suffix(".partial.jsonl")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                records.append(future.result())
+            except Exception as error:  # keep the other runs
+                records.append({"benchmark": job[0], "method": job[1], "error": repr(error)})
+            with partial.open("a") as stream:
+                stream.write(json.dumps(records[-1]) + "\n")
+            print_table({"records": records[-1:]}, header=len(records) == 1)
+    speed = {} if args.no_timing else timing(args.meta_batch)
+    summary = {"args": vars(args), "wall_seconds": time.time() - started, "timing_seconds_per_step": speed,
+               "records": records}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary))
+    print_table(summary)
+
+
+def print_table(summary: dict, header: bool = True) -> None:
+    if header:
+        print(f"{'benchmark':<12} {'method':<18} {'test MSE (95% CI)':<22} {'steps':>6} {'train s':>8}  "
+              "notes", flush=True)
+    for r in summary["records"]:
+        if "error" in r:
+            print(f"{r['benchmark']:<12} {r['method']:<18} ERROR {r['error']}")
+            continue
+        extra = ""
+        if r.get("weights_log") and any(c for _, c in r["weights_log"]):
+            extra = f"corrupted {r['weight_corrupted']:.3f} / clean {r['weight_clean']:.3f}"
+        if "selected_kinds" in r:
+            extra = " ".join(f"{k}:{v}" for k, v in sorted(r["selected_kinds"].items()))
+        print(f"{r['benchmark']:<12} {r['method']:<18} {r['mse']:.3f} +/- {r['ci95']:.3f}{'':<6} "
+              f"{r['steps']:>6} {r['train_seconds']:>8.0f}  {extra}", flush=True)
+    if summary.get("timing_seconds_per_step"):
+        print("seconds per meta-step (1 thread):",
+              {k: round(v, 4) for k, v in summary["timing_seconds_per_step"].items()})
+
+
+if __name__ == "__main__":
+    main()

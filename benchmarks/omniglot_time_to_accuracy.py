@@ -1,0 +1,189 @@
+"""Time to accuracy on Omniglot (background alphabets -> evaluation alphabets), 5-way 1-shot test.
+
+Trains a learner on episodes of the 964 background characters (x4 rotation classes) and evaluates it
+periodically on fixed 5-way 1-shot 15-query episodes of the 659 evaluation characters. Records the training
+time (process CPU seconds and wall seconds, evaluation excluded) at which the test accuracy first reaches
+95 / 97 / 98%, and the final accuracy +/- 95% CI on 600 fixed episodes at 5w1s and 20w1s (when the learner
+allows other ways). Prints a table and writes ``benchmarks/results/<name>.json``.
+
+Examples::
+
+    # ProtoNets, the recipe of benchmarks/results/omniglot_protonet_100w1s.json: 100-way 1-shot 4-query
+    # training episodes, Adam 3e-3 with a cosine schedule over 450 episodes, fused batch norm, 1 thread
+    OMP_NUM_THREADS=1 python benchmarks/omniglot_time_to_accuracy.py --algo protonet --train-ways 100 \
+        --train-shots 1 --train-queries 4 --lr 3e-3 --schedule cosine --episodes 450 --cpu-minutes 8.5 \
+        --eval-every 75 --eval-episodes 200 --name omniglot_protonet_100w1s
+    # MAML (second order needs the vmap-safe batch norm: --norm meta)
+    OMP_NUM_THREADS=1 python benchmarks/omniglot_time_to_accuracy.py --algo maml --train-ways 5 \
+        --train-shots 1 --train-queries 15 --meta-batch 32 --lr 1e-3 --schedule constant --norm meta \
+        --learner-options '{"inner_lr": 0.4, "inner_steps": 1}' --cpu-minutes 20 --name omniglot_maml
+
+Recipe sweep (14 configurations, 1 thread each, on the 16-core host of a lent GPU machine):
+``benchmarks/results/omniglot_protonet_sweep_h100host.{json,log}``. Higher-way, fewer-shot training episodes
+learn fastest per CPU-second (100w1s4q and 60w1s5q ahead of easyfsl's 60w5s5q).
+
+On machines without the archives, ``--export-data FILE`` (on a machine with them) writes the decoded
+tensors and ``--data-pt FILE`` reads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from attnmeta.data.benchmarks import make_benchmark  # noqa: E402
+from attnmeta.data.omniglot import Omniglot  # noqa: E402
+from attnmeta.eval import evaluate  # noqa: E402
+from attnmeta.learners import registry  # noqa: E402
+from attnmeta.nn.backbones import build_backbone  # noqa: E402
+
+THRESHOLDS = (0.95, 0.97, 0.98, 0.988)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--algo", default="protonet")
+    p.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "omniglot"))
+    p.add_argument("--data-pt", default=None, help="pre-decoded tensors written by --export-data")
+    p.add_argument("--export-data", default=None, help="write the decoded tensors to this file and exit")
+    p.add_argument("--train-ways", type=int, default=60)
+    p.add_argument("--train-shots", type=int, default=5)
+    p.add_argument("--train-queries", type=int, default=5)
+    p.add_argument("--meta-batch", type=int, default=1)
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (outer)")
+    p.add_argument("--schedule", default="cosine", choices=("cosine", "exp", "constant"),
+                   help="cosine over --episodes; exp halves the lr every --half-life episodes")
+    p.add_argument("--episodes", type=int, default=1000, help="length of the lr schedule (training episodes)")
+    p.add_argument("--half-life", type=float, default=250.0)
+    p.add_argument("--cpu-minutes", type=float, default=20.0, help="stop after this much training CPU time")
+    p.add_argument("--eval-every", type=int, default=25, help="evaluate every this many training episodes")
+    p.add_argument("--eval-episodes", type=int, default=300, help="fixed 5w1s test episodes during training")
+    p.add_argument("--final-episodes", type=int, default=600)
+    p.add_argument("--norm", default="fused", choices=("fused", "meta"),
+                   help="Conv-4 batch norm (fused: first-order learners only; meta: second-order safe)")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--channels-last", action="store_true", default=True)
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--learner-options", default="{}", help="JSON keyword arguments of the learner")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None, help="result file stem (default omniglot_<algo>)")
+    p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    return p.parse_args(argv)
+
+
+def load_data(args: argparse.Namespace) -> tuple[Omniglot, Omniglot]:
+    if args.data_pt:
+        stored = torch.load(args.data_pt, weights_only=True)
+        return tuple(Omniglot.from_tensors(stored[f"{k}_images"], stored[f"{k}_labels"],  # type: ignore
+                                           stored[f"{k}_characters"]) for k in ("background", "evaluation"))
+    return Omniglot(args.root, background=True), Omniglot(args.root, background=False)
+
+
+def learning_rate(args: argparse.Namespace, episode: int) -> float:
+    if args.schedule == "cosine":
+        return args.lr * 0.5 * (1 + math.cos(math.pi * min(episode / args.episodes, 1.0)))
+    if args.schedule == "exp":
+        return args.lr * 0.5 ** (episode / args.half_life)
+    return args.lr
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    background, evaluation = load_data(args)
+    if args.export_data:
+        pairs = (("background", background), ("evaluation", evaluation))
+        torch.save({f"{k}_{f}": getattr(d, f) for k, d in pairs for f in ("images", "labels", "characters")},
+                   args.export_data)
+        print(f"wrote {args.export_data}")
+        return {}
+    torch.manual_seed(args.seed)
+    shape = dict(ways=args.train_ways, shots=args.train_shots, queries=args.train_queries)
+    train = make_benchmark("omniglot", data=(background, evaluation), seed=args.seed, **shape).train
+    tests = {w: make_benchmark("omniglot", data=(background, evaluation), ways=w, shots=1, queries=15).test
+             for w in (5, 20)}
+    spec = registry.spec(args.algo)
+    model = build_backbone("conv4", in_shape=(1, 28, 28), hidden=args.hidden, norm=args.norm,
+                           out_features=args.train_ways if spec.head else None)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    options = json.loads(args.learner_options)
+    learner = registry.build(args.algo, model=model, task_type="classification", ways=args.train_ways,
+                             **options)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=args.lr)
+    monitor = tests[5].fixed_tasks(args.eval_episodes, seed=1)
+    name = args.name or f"omniglot_{args.algo}"
+    print(f"{name}: {args.algo} on {train!r}, {sum(p.numel() for p in learner.parameters())} parameters, "
+          f"{torch.get_num_threads()} thread(s)", flush=True)
+
+    cpu = wall = 0.0
+    curve, reached = [], {}
+    episode = 0
+    while cpu < 60 * args.cpu_minutes and not (args.schedule == "cosine" and episode >= args.episodes):
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(args, episode)
+        batch = train.sample_batch(args.meta_batch)
+        out = learner.meta_loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        episode += 1
+        cpu += time.process_time() - cpu0
+        wall += time.perf_counter() - wall0
+        if episode % args.eval_every == 0:
+            result = evaluate(learner, monitor)
+            point = {"episode": episode, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
+                     "accuracy": result.mean, "ci95": result.ci95, "train_loss": out.metrics.get("loss"),
+                     "lr": learning_rate(args, episode)}
+            curve.append(point)
+            for threshold in THRESHOLDS:
+                if result.mean >= threshold and str(threshold) not in reached:
+                    reached[str(threshold)] = {"cpu_min": round(cpu / 60, 3),
+                                               "wall_min": round(wall / 60, 3), "episode": episode}
+            print(f"episode {episode:5d}  cpu {cpu / 60:6.2f} min  wall {wall / 60:6.2f} min  "
+                  f"loss {out.metrics.get('loss', float('nan')):.3f}  "
+                  f"test 5w1s {result.summary.as_percent()}%",
+                  flush=True)
+
+    final = {}
+    for ways, source in tests.items():
+        if ways != args.train_ways and not learner.any_ways:
+            continue
+        result = evaluate(learner, source.fixed_tasks(args.final_episodes, seed=0))
+        final[f"{ways}w1s"] = {"accuracy": result.mean, "ci95": result.ci95, "n": result.summary.n}
+    report = {"name": name, "algo": args.algo, "args": vars(args), "episodes": episode,
+              "train_cpu_min": cpu / 60, "train_wall_min": wall / 60, "reached": reached, "final": final,
+              "curve": curve, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                          "threads": torch.get_num_threads(), "torch": torch.__version__},
+              "note": "training time excludes evaluation; the machine may be shared and loaded (wall >> cpu)"}
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(report, indent=1))
+    print(f"\n{name}: {episode} episodes, training {cpu / 60:.2f} CPU-min ({wall / 60:.2f} wall-min)")
+    print(f"{'target':>8} | {'CPU-min':>8} | {'wall-min':>8} | episode")
+    for threshold in THRESHOLDS:
+        hit = reached.get(str(threshold))
+        cells = (f"{hit['cpu_min']:8.2f} | {hit['wall_min']:8.2f} | {hit['episode']}" if hit
+                 else f"{'never':>8} | {'':>8} |")
+        print(f"{100 * threshold:7.1f}% | {cells}")
+    for key, value in final.items():
+        print(f"final {key}: {100 * value['accuracy']:.2f} +/- {100 * value['ci95']:.2f}% "
+              f"({value['n']} episodes)")
+    return report
+
+
+if __name__ == "__main__":
+    main()

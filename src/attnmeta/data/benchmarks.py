@@ -1,0 +1,214 @@
+"""Named few-shot benchmarks: task sources for train/val/test plus everything a predictor needs.
+
+``make_benchmark("omniglot", root=..., ways=5, shots=1, queries=15)`` returns a ``Benchmark`` whose
+``train``/``val``/``test`` are task sources (``sample``, ``sample_batch``, ``fixed_tasks``, ``state_dict``).
+
+Omniglot splits (``split=``):
+
+- ``"default"`` (alias ``"lake"``): train on the 30 background alphabets (964 characters, each 90-degree
+  rotation its own class), test on the 20 evaluation alphabets (659 characters, unrotated). Lake's protocol
+  has no validation set: ``val`` samples the evaluation alphabets too (use a different ``fixed_tasks`` seed).
+- ``"vinyals"``: the Vinyals et al. class split from ``split_dir`` (``train.txt``/``val.txt``/``test.txt``,
+  default ``<root>/splits/vinyals``), every split with rotation classes.
+- ``"maml"``: 1,200 seeded random characters (x4 rotations) for training, the other 423 for testing
+  (``val`` = ``test``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attnmeta.data.omniglot import OMNIGLOT_ROTATIONS, Omniglot, maml_split, rotation_classes, vinyals_classes
+from attnmeta.tasks.episode import Task, TaskBatch
+from attnmeta.tasks.regression import Multimodal, Sinusoid
+from attnmeta.tasks.sampler import EpisodeSampler
+
+__all__ = ["Benchmark", "make_benchmark", "BENCHMARKS", "NormalizedSource"]
+
+BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet")
+
+
+@dataclass
+class Benchmark:
+    """A benchmark's task sources and metadata.
+
+    Attributes:
+        name: benchmark name. task_type: ``"classification"`` or ``"regression"``.
+        train, val, test: task sources. input_shape: shape of one model input, e.g. ``(1, 28, 28)``.
+        preprocessing: how raw inputs become model inputs (image size, channels, scale, mean/std, inversion).
+        default_backbone: ``{"name": ..., "options": {...}}`` for ``attnmeta.nn.backbones.build_backbone``.
+        info: split details (class counts, data sources).
+    """
+
+    name: str
+    task_type: str
+    train: Any
+    val: Any
+    test: Any
+    input_shape: tuple[int, ...]
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    default_backbone: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class NormalizedSource:
+    """Wraps a task source over uint8 images; returns float tasks ``(x / 255 - mean) / std`` per channel.
+
+    Keeps the image store in uint8 (4x less memory) and converts only the sampled examples.
+    """
+
+    def __init__(self, source: Any, mean: Tensor, std: Tensor) -> None:
+        self.source = source
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def _convert(self, x: Tensor) -> Tensor:
+        return (x.float() / 255.0 - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def _task(self, task: Task) -> Task:
+        return Task(self._convert(task.support_x), task.support_y, self._convert(task.query_x), task.query_y,
+                    task.classes, task.info)
+
+    def sample(self, generator: torch.Generator | None = None) -> Task:
+        return self._task(self.source.sample(generator))
+
+    def sample_batch(self, meta_batch: int, generator: torch.Generator | None = None) -> TaskBatch:
+        b = self.source.sample_batch(meta_batch, generator)
+        return TaskBatch(self._convert(b.support_x), b.support_y, self._convert(b.query_x), b.query_y,
+                         b.classes, b.infos)
+
+    def fixed_tasks(self, n: int = 600, seed: int = 0) -> list[Task]:
+        return [self._task(t) for t in self.source.fixed_tasks(n, seed)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.source.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.source.load_state_dict(state)
+
+    def __getattr__(self, name: str) -> Any:  # ways, shots, classes, ... of the wrapped sampler
+        if name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+
+def make_benchmark(name: str, *, root: str | Path | None = None, ways: int, shots: int, queries: int,
+                   split: str = "default", seed: int = 0, image_size: int | None = None,
+                   **options: Any) -> Benchmark:
+    """Build a named benchmark.
+
+    Args:
+        name: ``"sinusoid"``, ``"multimodal"``, ``"omniglot"`` or ``"miniimagenet"``.
+        root: data folder (Omniglot archives; miniImageNet CSVs and images or caches). Unused for regression.
+        ways, shots, queries: episode shape (``ways`` is ignored for regression).
+        split: see the module docstring (Omniglot ``"default"``/``"vinyals"``/``"maml"``; miniImageNet
+            ``"default"`` = Ravi & Larochelle).
+        seed: seeds the samplers' own generators (train ``seed``, val ``seed + 1``, test ``seed + 2``) and the
+            MAML character split.
+        image_size: image side in pixels (Omniglot 28, miniImageNet 84 by default).
+        options: Omniglot: ``download``, ``cache_dir``, ``split_dir``, ``rotations`` (train rotation classes,
+            default True), ``train_characters`` (MAML split, 1200), ``data`` (a pre-loaded
+            ``(background, evaluation)`` pair of ``Omniglot``). miniImageNet: ``cache_dir``, ``csv_dir``.
+            Regression: keyword arguments of the task family (``noise_std``, ...).
+    """
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}")
+    if name in ("sinusoid", "multimodal"):
+        return _regression(name, shots, queries, seed, options)
+    if name == "omniglot":
+        return _omniglot(root, ways, shots, queries, split, seed, image_size or 28, options)
+    return _miniimagenet(root, ways, shots, queries, split, seed, image_size or 84, options)
+
+
+def _regression(name: str, shots: int, queries: int, seed: int, options: dict[str, Any]) -> Benchmark:
+    family = Sinusoid if name == "sinusoid" else Multimodal
+    train, val, test = (family(shots, queries, seed=seed + i, **options) for i in range(3))
+    return Benchmark(name, "regression", train, val, test, (1,), {"input_range": list(family.x_range)},
+                     {"name": "mlp", "options": {"hidden": [40, 40]}}, {"family": family.__name__})
+
+
+def _omniglot(root: str | Path | None, ways: int, shots: int, queries: int, split: str, seed: int,
+              image_size: int, options: dict[str, Any]) -> Benchmark:
+    data = options.pop("data", None)
+    download, cache_dir = options.pop("download", False), options.pop("cache_dir", None)
+    split_dir = options.pop("split_dir", None)
+    rotate = options.pop("rotations", True)
+    train_characters = options.pop("train_characters", 1200)
+    if options:
+        raise TypeError(f"unknown omniglot options {sorted(options)}; accepted: data, download, cache_dir, "
+                        "split_dir, rotations, train_characters")
+    if split not in ("default", "lake", "vinyals", "maml"):
+        raise ValueError(f"unknown omniglot split {split!r}; choose 'default' (alias 'lake'), 'vinyals' "
+                         "or 'maml'")
+    if data is None:
+        if root is None:
+            raise ValueError("omniglot needs root= (the folder with images_background.zip and "
+                             "images_evaluation.zip); pass download=True to fetch them there")
+        data = tuple(Omniglot(root, background=b, image_size=image_size, download=download,
+                              cache_dir=cache_dir) for b in (True, False))
+    background, evaluation = data
+    rotations = OMNIGLOT_ROTATIONS if rotate else None
+
+    def sampler(images: Tensor, labels: Tensor, offset: int, classes: Tensor | None = None,
+                rotations: tuple[int, ...] | None = None) -> EpisodeSampler:
+        return EpisodeSampler(images, labels, ways, shots, queries, classes=classes, rotations=rotations,
+                              seed=seed + offset)
+
+    info: dict[str, Any] = {"split": split, "image_size": image_size}
+    if split in ("default", "lake"):
+        train = sampler(background.float_images(), background.labels, 0, rotations=rotations)
+        eval_images = evaluation.float_images()
+        val = sampler(eval_images, evaluation.labels, 1)
+        test = sampler(eval_images, evaluation.labels, 2)
+        info.update(train_characters=background.num_characters, test_characters=evaluation.num_characters)
+    else:
+        both = Omniglot.combine(background, evaluation)
+        images = both.float_images()
+        if split == "vinyals":
+            folder = Path(split_dir) if split_dir is not None else (Path(root) / "splits" / "vinyals"
+                                                                    if root is not None else None)
+            if folder is None:
+                raise ValueError("the vinyals split needs split_dir= (the folder with train.txt, val.txt, "
+                                 "test.txt)")
+            ids = {part: vinyals_classes(both, folder / f"{part}.txt") for part in ("train", "val", "test")}
+            train = sampler(images, both.labels, 0, ids["train"], OMNIGLOT_ROTATIONS)
+            val = sampler(images, both.labels, 1, ids["val"], OMNIGLOT_ROTATIONS)
+            test = sampler(images, both.labels, 2, ids["test"], OMNIGLOT_ROTATIONS)
+            info.update({f"{part}_classes": int(v.numel()) for part, v in ids.items()})
+        else:
+            train_ids, test_ids = maml_split(both.num_characters, train_characters, seed)
+            train_pool = rotation_classes(train_ids) if rotate else train_ids
+            train = sampler(images, both.labels, 0, train_pool, rotations)
+            val = sampler(images, both.labels, 1, test_ids)
+            test = sampler(images, both.labels, 2, test_ids)
+            info.update(train_characters=int(train_ids.numel()), test_characters=int(test_ids.numel()))
+    preprocessing = {"image_size": image_size, "channels": 1, "grayscale": True, "resize": "lanczos",
+                     "invert": True, "scale": 1 / 255, "mean": [0.0], "std": [1.0]}
+    return Benchmark("omniglot", "classification", train, val, test, (1, image_size, image_size),
+                     preprocessing, {"name": "conv4", "options": {"hidden": 64}}, info)
+
+
+def _miniimagenet(root: str | Path | None, ways: int, shots: int, queries: int, split: str, seed: int,
+                  image_size: int, options: dict[str, Any]) -> Benchmark:
+    from attnmeta.data.miniimagenet import MINIIMAGENET_MEAN, MINIIMAGENET_STD, MiniImageNet
+
+    if split not in ("default", "ravi"):
+        raise ValueError(f"unknown miniimagenet split {split!r}; choose 'default' (Ravi & Larochelle)")
+    if root is None:
+        raise ValueError("miniimagenet needs root= (CSV split files and an images/ folder, or the "
+                         "mini-imagenet-cache-{split}.pkl/.npz files)")
+    sources = []
+    for offset, part in enumerate(("train", "val", "test")):
+        data = MiniImageNet(root, part, image_size=image_size, **options)
+        sampler = EpisodeSampler(data.images, data.labels, ways, shots, queries, seed=seed + offset)
+        sources.append(NormalizedSource(sampler, MINIIMAGENET_MEAN, MINIIMAGENET_STD))
+    preprocessing = {"image_size": image_size, "channels": 3, "grayscale": False, "resize": "bilinear",
+                     "invert": False, "scale": 1 / 255, "mean": list(MINIIMAGENET_MEAN),
+                     "std": list(MINIIMAGENET_STD)}
+    return Benchmark("miniimagenet", "classification", *sources, (3, image_size, image_size), preprocessing,
+                     {"name": "conv4", "options": {"hidden": 32}}, {"split": "ravi"})

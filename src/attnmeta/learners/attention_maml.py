@@ -1,0 +1,251 @@
+"""Attention-MAML: MAML plus any combination of task, feature and parameter attention, by flags.
+
+* ``task_attention``: the meta-batch is weighted by ``TaskWeighting`` (attention over per-task descriptors,
+  trained by a first-order one-step look-ahead; see ``attnmeta.learners.task_attention``).
+* ``feature_attention``: the model is wrapped in ``FiLMBackbone``; a ``TaskEncoder`` embeds each task's
+  support set and every block is gated by it. ``feature_mode="all"`` adapts every model parameter in the inner
+  loop; ``"context"`` adapts only the ``task_dim`` context vector (CAVIA-like, cheaper).
+* ``param_attention``: the inner step rule is ``ParamAttentionRule`` (per-task, per-step attention weights
+  over parameter tensors; ``param_mode="soft"`` or ``"topk"``).
+
+With no flag it is exactly ``MAML``. Registered as ``"attention-maml"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from attnmeta.learners.base import MetaOutput
+from attnmeta.learners.inner import adapt
+from attnmeta.learners.maml import MAML, _check_int
+from attnmeta.learners.param_attention import ParamAttentionRule
+from attnmeta.learners.registry import register
+from attnmeta.learners.task_attention import TaskWeighting, cosine_alignment, descriptor_stats
+from attnmeta.nn.film import FiLMBackbone, TaskEncoder
+from attnmeta.tasks.episode import Task, TaskBatch
+
+FEATURE_MODES = ("all", "context")
+
+
+def _input_shape(model: nn.Module) -> tuple[int, ...] | None:
+    if hasattr(model, "in_shape"):
+        return tuple(model.in_shape)
+    if hasattr(model, "in_features") and isinstance(model.in_features, int):
+        return (model.in_features,)
+    return None
+
+
+class AttentionMAML(MAML):
+    """MAML with task, feature and/or parameter attention (see the module docstring).
+
+    Args (beyond ``MAML``'s, which are passed through):
+        task_attention / feature_attention / param_attention: switch each mechanism on.
+        feature_mode: ``"all"`` or ``"context"`` (only the FiLM context vector adapts in the inner loop).
+        task_dim: size of task embeddings (feature attention and task weighting).
+        spatial: feature attention also gates spatial positions (image backbones).
+        in_shape: shape of one input, if the model has no ``in_shape`` / ``in_features`` attribute.
+        x_encoder: feature extractor of the task encoder (default: flatten for vectors, a 32-filter Conv-4
+            for images). y_features: target size for regression (default the model's ``out_features``).
+        param_mode / param_top_k / param_lr_mode: ``ParamAttentionRule`` options.
+        weighting_entropy / weighting_temperature: ``TaskWeighting`` options.
+    """
+
+    name = "attention-maml"
+
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, ways: int | None = None,
+                 task_attention: bool = False, feature_attention: bool = False, param_attention: bool = False,
+                 feature_mode: str = "all", task_dim: int = 32, spatial: bool = False,
+                 in_shape: tuple[int, ...] | None = None, x_encoder: nn.Module | None = None,
+                 y_features: int | None = None, param_mode: str = "soft", param_top_k: int = 1,
+                 param_lr_mode: str = "scalar", weighting_entropy: float = 0.1,
+                 weighting_temperature: float = 0.1, inner_lr: float = 0.01, **maml_options: Any) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if feature_mode not in FEATURE_MODES:
+            raise ValueError(f"feature_mode must be one of {FEATURE_MODES}, got {feature_mode!r}")
+        if feature_mode == "context" and not feature_attention:
+            raise ValueError("feature_mode='context' needs feature_attention=True")
+        classification = task_type == "classification"
+        if (feature_attention or task_attention) and classification and ways is None:
+            raise ValueError("task and feature attention encode labels one-hot: pass ways=N")
+        in_shape = tuple(in_shape) if in_shape is not None else _input_shape(model)
+        if (feature_attention or task_attention) and in_shape is None:
+            raise ValueError(f"cannot infer the input shape of {type(model).__name__}; pass in_shape=(...)")
+        if y_features is None:
+            y_features = ways if classification else int(getattr(model, "out_features", None) or 1)
+        encoder_args = (in_shape, x_encoder, y_features, task_dim, classification)
+        if feature_attention:
+            model = FiLMBackbone(model, task_dim, spatial=spatial, in_shape=in_shape)
+            if feature_mode == "context":
+                maml_options.setdefault("adapt", ["context"])
+        if param_attention:
+            if "rule" in maml_options:
+                raise ValueError("param_attention=True sets the step rule; do not pass rule=")
+            maml_options["rule"] = ParamAttentionRule(
+                inner_lr, mode=param_mode, top_k=param_top_k, lr_mode=param_lr_mode,
+                learn_lr=bool(maml_options.pop("learn_inner_lr", False)))
+        super().__init__(model, task_type, ways=ways, inner_lr=inner_lr, **maml_options)
+        self.task_attention, self.feature_attention = task_attention, feature_attention
+        self.param_attention, self.feature_mode = param_attention, feature_mode
+        self.task_encoder = _make_encoder(*encoder_args) if feature_attention else None
+        self.task_weighting = (TaskWeighting(encoder=_make_encoder(*encoder_args), entropy=weighting_entropy,
+                                             temperature=weighting_temperature) if task_attention else None)
+        reference = next(self.model.parameters())
+        self.to(device=reference.device, dtype=reference.dtype)
+        self.last_task_weights: Tensor | None = None
+
+    # --- forward with the task embedding ----------------------------------------------------------
+    def _embedding(self, support_x: Tensor, support_y: Tensor) -> Tensor | None:
+        return self.task_encoder(support_x, support_y) if self.task_encoder is not None else None
+
+    def _conditioned_forward(self, buffers: Mapping[str, Tensor], ways: int, embedding: Tensor | None):
+        if not self.feature_attention:
+            return self._forward_fn(buffers, ways)
+        model, classify = self.model, self.task_type == "classification"
+
+        def forward(params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+            out = functional_call(model, ({**params, **buffers},), (x, embedding))
+            return out[..., :ways] if classify else out
+
+        return forward
+
+    def _task_outer(self, params: dict[str, Tensor], buffers: dict[str, Tensor], support_x: Tensor,
+                    support_y: Tensor, query_x: Tensor, query_y: Tensor, *, ways: int, steps: int,
+                    first_order: bool, msl_weights: Tensor | None):
+        embedding = self._embedding(support_x, support_y)
+        forward = self._conditioned_forward(buffers, ways, embedding)
+        query = (query_x, query_y) if msl_weights is not None else None
+        adapted, trace = adapt(forward, params, support_x, support_y, loss_fn=self.task_loss,
+                               rule=self.rule, steps=steps, adapt_names=self.adapt_names,
+                               first_order=first_order, query=query,
+                               inner_grad=getattr(self, "_inner_grad", "func"))
+        outputs = forward(adapted, query_x)
+        loss = self.task_loss(outputs, query_y)
+        if msl_weights is not None:
+            loss = (msl_weights.to(loss.dtype) * trace["query_loss"]).sum()
+        if self.task_weighting is not None:
+            trace = {**trace, **self._task_descriptor(adapted, buffers, ways, embedding, support_x, support_y,
+                                                      query_x, query_y)}
+        return loss, outputs, trace
+
+    def _task_descriptor(self, adapted: dict[str, Tensor], buffers: Mapping[str, Tensor], ways: int,
+                         embedding: Tensor | None, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                         query_y: Tensor) -> dict[str, Tensor]:
+        """Post-adaptation support loss and gradient norm, first-order task gradient, support embedding."""
+        forward = self._conditioned_forward(buffers, ways, None if embedding is None else embedding.detach())
+        point = {n: t.detach() for n, t in adapted.items()}
+        fast = {n: point[n] for n in self.adapt_names}
+        fixed = {n: t for n, t in point.items() if n not in fast}
+
+        def support_loss(f: dict[str, Tensor]) -> Tensor:
+            return self.task_loss(forward({**fixed, **f}, support_x), support_y)
+
+        def query_loss(p: dict[str, Tensor]) -> Tensor:
+            return self.task_loss(forward(p, query_x), query_y)
+
+        grads_after, loss_after = torch.func.grad_and_value(support_loss)(fast)
+        task_grad = torch.func.grad(query_loss)(point)
+        assert self.task_weighting is not None and self.task_weighting.encoder is not None
+        return {"loss_after": loss_after.detach(),
+                "grad_norm_after": torch.sqrt(sum((g ** 2).sum() for g in grads_after.values())).detach(),
+                "task_grad": torch.cat([g.reshape(-1) for g in task_grad.values()]).detach(),
+                "weighting_embedding": self.task_weighting.encoder(support_x, support_y)}
+
+    # --- meta-batch --------------------------------------------------------------------------------
+    def meta_loss(self, batch: TaskBatch, task_weights: Tensor | None = None) -> MetaOutput:
+        """Outer loss. With task attention: ``mean_t(w_t L_t)`` (weights detached) plus the weighting
+        module's look-ahead objective ``J`` (which only trains the weighting module). ``metrics["loss"]``
+        is the outer loss alone; ``metrics["weight_corrupted"/"weight_clean"]`` are mean weights by
+        ``info["corrupted"]`` when present."""
+        if self.task_weighting is None:
+            return super().meta_loss(batch, task_weights)
+        if task_weights is not None:
+            raise ValueError("task_attention=True computes the task weights; do not pass task_weights")
+        losses, outputs, trace = self.task_outer_losses(batch)
+        tasks = losses.shape[0]
+        steps = trace["support_loss"].shape[1] if "support_loss" in trace else 0
+        loss_before = trace["support_loss"][:, 0] if steps else trace["loss_after"]
+        grad_before = trace["grad_norm"][:, 0] if steps else trace["grad_norm_after"]
+        stats = descriptor_stats(loss_before, trace["loss_after"], grad_before, trace["grad_norm_after"])
+        probs = self.task_weighting.probabilities(stats.detach(), trace["weighting_embedding"])
+        weights = tasks * probs
+        outer = (weights.detach().to(losses.dtype) * losses).mean()
+        objective = (self.task_weighting.objective(probs, cosine_alignment(trace["task_grad"]))
+                     if tasks > 1 else probs.sum() * 0)
+        self.last_task_weights = weights.detach()
+        self.last_trace = {k: v.detach() for k, v in trace.items() if k != "task_grad"}
+        metrics = {"loss": outer.item(), "weighting_objective": objective.item()}
+        with torch.no_grad():
+            if self.task_type == "classification":
+                metrics["accuracy"] = (outputs.argmax(-1) == batch.query_y).float().mean().item()
+            else:
+                metrics["mse"] = (outputs - batch.query_y).pow(2).mean().item()
+        corrupted = [bool(info.get("corrupted", False)) for info in batch.infos] if batch.infos else []
+        if corrupted and any(corrupted):
+            mask = torch.tensor(corrupted)
+            metrics["weight_corrupted"] = weights[mask].mean().item()
+            if not all(corrupted):
+                metrics["weight_clean"] = weights[~mask].mean().item()
+        if self.training:
+            self.meta_steps += 1
+        return MetaOutput(outer + objective, losses, metrics)
+
+    # --- one task ------------------------------------------------------------------------------------
+    def adapt_task(self, task: Task,
+                   inner_steps: int | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        if not self.feature_attention:
+            return super().adapt_task(task, inner_steps)
+        steps = self.eval_inner_steps if inner_steps is None else _check_int("inner_steps", inner_steps, 0)
+        self._check_targets(task.support_y, task.query_y, task.support_x)
+        forward = self._conditioned_forward(dict(self.model.named_buffers()), self._ways_of(task),
+                                            self._embedding(task.support_x, task.support_y))
+        return adapt(forward, self.model_params(), task.support_x, task.support_y, loss_fn=self.task_loss,
+                     rule=self.rule, steps=steps, adapt_names=self.adapt_names,
+                     first_order=self.current_first_order(), inner_grad="autograd")
+
+    def predict(self, task: Task, inner_steps: int | None = None) -> Tensor:
+        if not self.feature_attention:
+            return super().predict(task, inner_steps)
+        if not isinstance(task, Task):
+            raise TypeError(f"predict expects a Task, got {type(task).__name__}; "
+                            "index a TaskBatch for one task")
+        steps = self.eval_inner_steps if inner_steps is None else _check_int("inner_steps", inner_steps, 0)
+        self._check_targets(task.support_y, task.query_y, task.support_x)
+        with torch.no_grad():
+            embedding = self._embedding(task.support_x, task.support_y)
+            forward = self._conditioned_forward(dict(self.model.named_buffers()), self._ways_of(task),
+                                                embedding)
+            params = {n: p.detach() for n, p in self.model_params().items()}
+            adapted, _ = adapt(forward, params, task.support_x, task.support_y, loss_fn=self.task_loss,
+                               rule=self.rule, steps=steps, adapt_names=self.adapt_names, first_order=True,
+                               inner_grad="autograd")
+            return forward(adapted, task.query_x)
+
+
+def _make_encoder(in_shape: tuple[int, ...], x_encoder: nn.Module | None, y_features: int, task_dim: int,
+                  classification: bool) -> TaskEncoder:
+    if x_encoder is None and len(in_shape) == 3:
+        from attnmeta.nn.backbones import Conv4
+
+        x_encoder = Conv4(in_shape, hidden=32)
+        x_features = x_encoder.feature_dim
+    elif x_encoder is not None:
+        with torch.no_grad():
+            x_features = int(x_encoder(torch.zeros(2, *in_shape)).shape[-1])
+    else:
+        x_features = int(math.prod(in_shape))
+    return TaskEncoder(x_features, y_features, task_dim, x_encoder=x_encoder, classification=classification)
+
+
+@register("attention-maml", head=True,
+          description="MAML + task / feature / parameter attention (flags task_attention, feature_attention, "
+                      "param_attention)")
+def build_attention_maml(model: nn.Module, task_type: str = "classification", ways: int | None = None,
+                         **options: Any) -> AttentionMAML:
+    return AttentionMAML(model, task_type, ways=ways, **options)

@@ -1,0 +1,329 @@
+"""MAML and its family as one learner: MAML, FOMAML, Meta-SGD, ANIL, MAML++ options.
+
+All variants are the same inner loop (``attnmeta.learners.inner.adapt``) with different pieces:
+
+============  =====================================================================
+``maml``      ``rule="sgd"``, all parameters, second order
+``fomaml``    ``first_order=True``
+``meta-sgd``  ``rule="meta-sgd"`` (learnable per-parameter learning rates)
+``anil``      ``adapt="head"`` (only the last layer adapts)
+``maml++``    ``rule="lslr"``, multi-step loss, first-to-second-order annealing
+============  =====================================================================
+
+Two execution strategies compute the same meta-gradient: ``"loop"`` (a Python loop over the tasks of a
+meta-batch; the reference, fastest on CPU) and ``"vmap"`` (``torch.func.vmap`` over tasks, for GPUs);
+``"auto"`` picks the loop on CPU and vmap on CUDA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from attnmeta.learners.base import Learner, MetaOutput
+from attnmeta.learners.inner import SGDRule, StepRule, adapt, make_rule, select_names
+from attnmeta.learners.registry import register
+from attnmeta.nn.norm import convert_batch_norm
+from attnmeta.tasks.episode import Task, TaskBatch
+
+STRATEGIES = ("auto", "loop", "vmap")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+class MAML(Learner):
+    """Gradient-based meta-learner over any ``nn.Module`` (Finn et al. 2017 and variants).
+
+    Args:
+        model: the network; called as ``model(x)``; for classification it must output at least ``ways``
+            logits (extra outputs are ignored: a task with ``N`` ways uses the first ``N``).
+        task_type: ``"classification"`` or ``"regression"``.
+        ways: ways used in meta-training (metadata; any ``N <= `` the model's outputs works at test time).
+        inner_lr: inner learning rate (initial value for learnable rules).
+        inner_steps: inner steps during meta-training.
+        eval_inner_steps: inner steps in ``predict`` (default ``inner_steps``).
+        first_order: FOMAML (inner gradients are constants in the outer gradient).
+        rule: ``"sgd"``, ``"lslr"`` (MAML++ per-layer per-step LRs), ``"meta-sgd"`` or a ``StepRule``.
+        learn_inner_lr: with ``rule="sgd"``, make the scalar LR a meta-parameter.
+        adapt: which parameters adapt: ``"all"``, ``"head"`` (ANIL) or parameter names/module prefixes.
+        multi_step_loss: MAML++ multi-step loss: weighted query loss after every inner step.
+        msl_anneal_steps: meta-steps over which the multi-step weights anneal to the last step only.
+        first_order_until: use first order for the first this many meta-steps, then second order (MAML++).
+        strategy: ``"auto"``, ``"loop"`` or ``"vmap"``.
+        convert_bn: replace ``nn.BatchNorm1d/2d`` in ``model`` by batch-statistics batch norm
+            (``attnmeta.nn.norm``), whose second-order gradients are correct under vmap.
+    """
+
+    name = "maml"
+    any_ways = True
+
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, ways: int | None = None,
+                 inner_lr: float = 0.01, inner_steps: int = 1, eval_inner_steps: int | None = None,
+                 first_order: bool = False, rule: str | StepRule = "sgd", learn_inner_lr: bool = False,
+                 adapt: str | Collection[str] = "all", multi_step_loss: bool = False,
+                 msl_anneal_steps: int = 0, first_order_until: int = 0, strategy: str = "auto",
+                 convert_bn: bool = True) -> None:
+        super().__init__(task_type)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        self.inner_steps = _check_int("inner_steps", inner_steps, 0)
+        self.eval_inner_steps = (self.inner_steps if eval_inner_steps is None
+                                 else _check_int("eval_inner_steps", eval_inner_steps, 0))
+        self.msl_anneal_steps = _check_int("msl_anneal_steps", msl_anneal_steps, 0)
+        self.first_order_until = _check_int("first_order_until", first_order_until, 0)
+        if ways is not None:
+            _check_int("ways", ways, 1)
+        self.ways, self.first_order, self.strategy = ways, first_order, strategy
+        self.multi_step_loss = multi_step_loss
+        self.model = convert_batch_norm(model) if convert_bn else model
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        if not names:
+            raise ValueError("model has no trainable parameters to meta-learn")
+        self.adapt_names = select_names(names, adapt)
+        if isinstance(rule, str) and rule == "sgd":
+            self.rule: StepRule = SGDRule(inner_lr, learnable=learn_inner_lr)
+        else:
+            self.rule = make_rule(rule, inner_lr)
+        shapes = dict(self.model.named_parameters())
+        self.rule.bind({n: shapes[n].shape for n in self.adapt_names},
+                       max(self.inner_steps, self.eval_inner_steps, 1))
+        self.rule.to(next(self.model.parameters()))
+        self.register_buffer("meta_steps", torch.zeros((), dtype=torch.long))
+        self.last_trace: dict[str, Tensor] = {}
+        self._inner_grad = "func"
+
+    # --- pieces ---------------------------------------------------------------------------------
+    def model_params(self) -> dict[str, Tensor]:
+        """The model's trainable parameters by name (the meta-learned initialisation)."""
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def resolved_strategy(self) -> str:
+        """``"loop"`` or ``"vmap"`` (``"auto"``: vmap on CUDA, loop elsewhere)."""
+        if self.strategy != "auto":
+            return self.strategy
+        return "vmap" if next(self.model.parameters()).is_cuda else "loop"
+
+    def current_first_order(self) -> bool:
+        """First order now? (``first_order``, or annealing still within ``first_order_until`` meta-steps)."""
+        return self.first_order or (self.training and int(self.meta_steps) < self.first_order_until)
+
+    def step_loss_weights(self, steps: int) -> Tensor:
+        """MAML++ multi-step loss weights ``[steps]`` at the current meta-step (sum to 1)."""
+        if steps < 1:
+            raise ValueError("the multi-step loss needs at least one inner step")
+        weights = torch.full((steps,), 1.0 / steps, dtype=torch.float64)
+        if self.msl_anneal_steps > 0 and steps > 1:
+            t = int(self.meta_steps)
+            if t >= self.msl_anneal_steps:
+                weights = torch.zeros(steps, dtype=torch.float64)
+                weights[-1] = 1.0
+            else:
+                decay, floor = 1.0 / steps / self.msl_anneal_steps, 0.03 / steps
+                weights[:-1] = (weights[:-1] - t * decay).clamp(min=floor)
+                weights[-1] = min(1.0 / steps + t * (steps - 1) * decay, 1.0 - (steps - 1) * floor)
+        return weights
+
+    def _forward_fn(self, buffers: Mapping[str, Tensor], ways: int):
+        model, classify = self.model, self.task_type == "classification"
+
+        def forward(params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+            out = functional_call(model, ({**params, **buffers},), (x,))
+            if classify:
+                if out.shape[-1] < ways:
+                    raise ValueError(f"the model outputs {out.shape[-1]} logits but the task has {ways} "
+                                     f"ways; build the model with at least {ways} outputs")
+                out = out[..., :ways]
+            return out
+
+        return forward
+
+    def _ways_of(self, task: Task | TaskBatch) -> int:
+        if self.task_type != "classification":
+            return 0
+        if task.ways > 0:
+            return task.ways
+        return int(task.support_y.max()) + 1
+
+    def _check_batch(self, batch: Any) -> None:
+        if isinstance(batch, Task):
+            raise TypeError("meta_loss expects a TaskBatch; wrap a single task with TaskBatch.stack([task])")
+        if not isinstance(batch, TaskBatch):
+            raise TypeError(f"meta_loss expects a TaskBatch, got {type(batch).__name__}")
+        self._check_targets(batch.support_y, batch.query_y, batch.support_x)
+
+    def _check_targets(self, support_y: Tensor, query_y: Tensor, support_x: Tensor) -> None:
+        if self.task_type == "classification" and support_y.dtype != torch.long:
+            raise TypeError(f"classification targets must be int64 labels, got {support_y.dtype}; "
+                            "build the learner with task_type='regression' for float targets")
+        if self.task_type == "regression" and not support_y.is_floating_point():
+            raise TypeError(f"regression targets must be float, got {support_y.dtype}; "
+                            "build the learner with task_type='classification' for labels")
+        param = next(self.model.parameters())
+        if support_x.is_floating_point() and support_x.dtype != param.dtype:
+            raise TypeError(f"inputs are {support_x.dtype} but the model is {param.dtype}; convert one, "
+                            f"e.g. batch.to(device, dtype={param.dtype})")
+        if support_x.device != param.device:
+            raise ValueError(f"inputs are on {support_x.device} but the model is on {param.device}; "
+                             f"move the batch with batch.to({str(param.device)!r})")
+
+    def _check_vmap_safe(self) -> None:
+        for name, module in self.model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+                raise ValueError(f"model layer {name!r} is a torch BatchNorm with running statistics, which "
+                                 "it updates in place; that cannot run under vmap. Build the learner with "
+                                 "convert_bn=True (batch-statistics BN) or strategy='loop'")
+
+    # --- one task -------------------------------------------------------------------------------
+    def _task_outer(self, params: dict[str, Tensor], buffers: dict[str, Tensor], support_x: Tensor,
+                    support_y: Tensor, query_x: Tensor, query_y: Tensor, *, ways: int, steps: int,
+                    first_order: bool, msl_weights: Tensor | None):
+        forward = self._forward_fn(buffers, ways)
+        query = (query_x, query_y) if msl_weights is not None else None
+        adapted, trace = adapt(forward, params, support_x, support_y, loss_fn=self.task_loss,
+                               rule=self.rule, steps=steps, adapt_names=self.adapt_names,
+                               first_order=first_order, query=query, inner_grad=self._inner_grad)
+        outputs = forward(adapted, query_x)
+        loss = self.task_loss(outputs, query_y)
+        if msl_weights is not None:
+            loss = (msl_weights.to(loss.dtype) * trace["query_loss"]).sum()
+        return loss, outputs, trace
+
+    def adapt_task(self, task: Task,
+                   inner_steps: int | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Adapt to ``task``'s support set: ``(adapted params by name, trace)`` (see ``inner.adapt``).
+
+        Differentiable w.r.t. the meta-parameters (second order unless ``first_order``)."""
+        steps = self.eval_inner_steps if inner_steps is None else _check_int("inner_steps", inner_steps, 0)
+        self._check_targets(task.support_y, task.query_y, task.support_x)
+        buffers = dict(self.model.named_buffers())
+        forward = self._forward_fn(buffers, self._ways_of(task))
+        return adapt(forward, self.model_params(), task.support_x, task.support_y, loss_fn=self.task_loss,
+                     rule=self.rule, steps=steps, adapt_names=self.adapt_names,
+                     first_order=self.current_first_order(), inner_grad="autograd")
+
+    # --- meta-batch -----------------------------------------------------------------------------
+    def task_outer_losses(self, batch: TaskBatch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Per-task outer losses ``[T]`` (differentiable, un-reduced), query outputs ``[T, n_query, ...]``
+        (detached) and the inner-loop trace (``{key: [T, steps]}``)."""
+        self._check_batch(batch)
+        steps, ways = self.inner_steps, self._ways_of(batch)
+        first_order = self.current_first_order()
+        msl = self.step_loss_weights(steps) if (self.multi_step_loss and steps > 0) else None
+        params, buffers = self.model_params(), dict(self.model.named_buffers())
+        kwargs = dict(ways=ways, steps=steps, first_order=first_order, msl_weights=msl)
+        vectorized = self.resolved_strategy() == "vmap"
+        if vectorized and self.training:
+            self._check_vmap_safe()
+        # torch.autograd.grad in a Python loop (less overhead), torch.func.grad under vmap
+        self._inner_grad = "func" if vectorized else "autograd"
+        if vectorized:
+            def one(sx, sy, qx, qy):
+                return self._task_outer(params, buffers, sx, sy, qx, qy, **kwargs)
+
+            losses, outputs, trace = torch.func.vmap(one, randomness="different")(
+                batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        else:
+            results = [self._task_outer(params, buffers, *parts, **kwargs)
+                       for parts in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y)]
+            losses = torch.stack([r[0] for r in results])
+            outputs = torch.stack([r[1] for r in results])
+            trace = {k: torch.stack([r[2][k] for r in results]) for k in results[0][2]}
+        return losses, outputs.detach(), trace
+
+    def meta_loss(self, batch: TaskBatch, task_weights: Tensor | None = None) -> MetaOutput:
+        """Outer loss of a meta-batch: mean of the per-task query losses after adaptation, or
+        ``(task_weights * task_losses).sum()`` with ``task_weights [T]`` (e.g. from task attention).
+
+        Counts one meta-step (for annealing) when the learner is in training mode."""
+        losses, outputs, trace = self.task_outer_losses(batch)
+        if task_weights is None:
+            loss = losses.mean()
+        else:
+            if not isinstance(task_weights, Tensor) or task_weights.shape != losses.shape:
+                raise ValueError(f"task_weights must be a tensor of shape {tuple(losses.shape)} (one "
+                                 f"weight per task), got "
+                                 f"{getattr(task_weights, 'shape', type(task_weights).__name__)}")
+            loss = (task_weights.to(losses.dtype) * losses).sum()
+        self.last_trace = {k: v.detach() for k, v in trace.items()}
+        metrics = {"loss": loss.item()}
+        with torch.no_grad():
+            if self.task_type == "classification":
+                metrics["accuracy"] = (outputs.argmax(-1) == batch.query_y).float().mean().item()
+            else:
+                metrics["mse"] = (outputs - batch.query_y).pow(2).mean().item()
+            if "support_loss" in trace:
+                metrics["support_loss_before"] = trace["support_loss"][:, 0].mean().item()
+        if self.training:
+            self.meta_steps += 1
+        return MetaOutput(loss, losses, metrics)
+
+    def meta_gradient(self, batch: TaskBatch) -> tuple[MetaOutput, dict[str, Tensor]]:
+        """Meta-loss and its gradient w.r.t. every meta-parameter (``named_parameters`` of the learner)."""
+        out = self.meta_loss(batch)
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        grads = torch.autograd.grad(out.loss, [p for _, p in named], allow_unused=True)
+        return out, {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named, grads)}
+
+    def predict(self, task: Task, inner_steps: int | None = None) -> Tensor:
+        """Adapt (``inner_steps``, default ``eval_inner_steps``) and return outputs for ``task.query_x``."""
+        if not isinstance(task, Task):
+            raise TypeError(f"predict expects a Task, got {type(task).__name__}; "
+                            "index a TaskBatch for one task")
+        steps = self.eval_inner_steps if inner_steps is None else _check_int("inner_steps", inner_steps, 0)
+        self._check_targets(task.support_y, task.query_y, task.support_x)
+        ways = self._ways_of(task)
+        forward = self._forward_fn(dict(self.model.named_buffers()), ways)
+        with torch.no_grad():
+            params = {n: p.detach() for n, p in self.model_params().items()}
+            adapted, _ = adapt(forward, params, task.support_x, task.support_y, loss_fn=self.task_loss,
+                               rule=self.rule, steps=steps, adapt_names=self.adapt_names, first_order=True,
+                               inner_grad="autograd")
+            return forward(adapted, task.query_x)
+
+
+def _build(model: nn.Module, task_type: str, ways: int | None, defaults: dict[str, Any],
+           options: dict[str, Any], name: str) -> MAML:
+    learner = MAML(model, task_type, ways=ways, **{**defaults, **options})
+    learner.name = name
+    return learner
+
+
+@register("maml", head=True, description="MAML (Finn et al. 2017), second order")
+def build_maml(model: nn.Module, task_type: str = "classification", ways: int | None = None,
+               **options: Any) -> MAML:
+    return _build(model, task_type, ways, {}, options, "maml")
+
+
+@register("fomaml", head=True, description="first-order MAML")
+def build_fomaml(model: nn.Module, task_type: str = "classification", ways: int | None = None,
+                 **options: Any) -> MAML:
+    return _build(model, task_type, ways, {"first_order": True}, options, "fomaml")
+
+
+@register("meta-sgd", head=True, description="Meta-SGD (Li et al. 2017): learnable per-parameter inner LRs")
+def build_meta_sgd(model: nn.Module, task_type: str = "classification", ways: int | None = None,
+                   **options: Any) -> MAML:
+    return _build(model, task_type, ways, {"rule": "meta-sgd"}, options, "meta-sgd")
+
+
+@register("anil", head=True, description="ANIL (Raghu et al. 2020): only the head adapts")
+def build_anil(model: nn.Module, task_type: str = "classification", ways: int | None = None,
+               **options: Any) -> MAML:
+    return _build(model, task_type, ways, {"adapt": "head"}, options, "anil")
+
+
+@register("maml++", head=True, description="MAML++ (Antoniou et al. 2019): LSLR, multi-step loss, annealing")
+def build_maml_plus_plus(model: nn.Module, task_type: str = "classification", ways: int | None = None,
+                         **options: Any) -> MAML:
+    defaults = {"rule": "lslr", "multi_step_loss": True, "msl_anneal_steps": 10000, "first_order_until": 5000}
+    return _build(model, task_type, ways, defaults, options, "maml++")

@@ -1,0 +1,113 @@
+"""Prototypical Networks (Snell, Swersky & Zemel 2017).
+
+Each class's prototype is the mean embedding of its support examples; a query's logits are the negative
+squared Euclidean distances to the prototypes: ``logits[q, c] = -||f(x_q) - p_c||^2``. The embedding
+network ``f`` is any ``nn.Module`` mapping ``[n, *input_shape]`` to ``[n, D]`` (or any ``[n, ...]``,
+flattened). No head: a network trained N-way works for any number of ways at test time.
+
+Support and query images of a task go through the network in one forward pass, so batch-statistics
+batch norm sees the whole episode (the convention of the MAML reference code; see ``attnmeta.nn.norm``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnmeta.learners.base import Learner, MetaOutput
+from attnmeta.learners.registry import register
+from attnmeta.tasks.episode import Task, TaskBatch
+
+__all__ = ["PrototypicalNetworks", "prototypes", "squared_euclidean_logits"]
+
+
+def prototypes(support_embeddings: Tensor, support_labels: Tensor, ways: int) -> Tensor:
+    """Class means ``[..., ways, D]`` of support embeddings ``[..., n, D]`` with labels ``[..., n]``.
+
+    Raises ``ValueError`` when a class has no support example.
+    """
+    one_hot = F.one_hot(support_labels, ways).to(support_embeddings.dtype)  # [..., n, ways]
+    counts = one_hot.sum(-2)  # [..., ways]
+    if bool((counts == 0).any()):
+        raise ValueError(f"every class needs at least one support example; a {ways}-way episode has classes "
+                         "without any (check the support labels are 0..ways-1)")
+    return one_hot.transpose(-1, -2) @ support_embeddings / counts.unsqueeze(-1)
+
+
+def squared_euclidean_logits(query_embeddings: Tensor, class_prototypes: Tensor) -> Tensor:
+    """``-||q - p||^2``: ``[..., n_query, D]`` x ``[..., ways, D]`` -> ``[..., n_query, ways]``."""
+    difference = query_embeddings.unsqueeze(-2) - class_prototypes.unsqueeze(-3)
+    return -difference.pow(2).sum(-1)
+
+
+class PrototypicalNetworks(Learner):
+    """Prototypical Networks with squared Euclidean distance.
+
+    Args:
+        model: embedding network, ``[n, *input_shape] -> [n, D]``.
+        task_type: must be ``"classification"``.
+    """
+
+    name = "protonet"
+    any_ways = True
+
+    def __init__(self, model: nn.Module, task_type: str = "classification") -> None:
+        super().__init__(task_type)
+        if task_type != "classification":
+            raise ValueError("Prototypical Networks are a classification learner; got task_type="
+                             f"{task_type!r}. Use a gradient learner such as 'maml' for regression")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module embedding network, got {type(model).__name__}")
+        self.model = model
+
+    def _logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, ways: int) -> Tensor:
+        """Logits ``[T, n_query, ways]`` of stacked tasks ``[T, n, *input_shape]``."""
+        tasks, n_support, n_query = support_x.shape[0], support_x.shape[1], query_x.shape[1]
+        inputs = torch.cat([support_x, query_x], dim=1).flatten(0, 1)
+        embeddings = self.model(inputs).reshape(tasks, n_support + n_query, -1)
+        support_embeddings, query_embeddings = embeddings[:, :n_support], embeddings[:, n_support:]
+        return squared_euclidean_logits(query_embeddings, prototypes(support_embeddings, support_y, ways))
+
+    def meta_loss(self, batch: TaskBatch) -> MetaOutput:
+        _check_episode(batch)
+        logits = self._logits(batch.support_x, batch.support_y, batch.query_x, batch.ways)
+        per_query = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten(), reduction="none")
+        task_losses = per_query.view(len(batch), -1).mean(1)
+        with torch.no_grad():
+            accuracy = (logits.argmax(-1) == batch.query_y).float().mean().item()
+        loss = task_losses.mean()
+        return MetaOutput(loss, task_losses, {"loss": loss.item(), "accuracy": accuracy})
+
+    def predict(self, task: Task) -> Tensor:
+        _check_episode(task)
+        logits = self._logits(task.support_x.unsqueeze(0), task.support_y.unsqueeze(0),
+                              task.query_x.unsqueeze(0), task.ways)
+        return logits[0]
+
+
+def _check_episode(episode: Task | TaskBatch) -> None:
+    if not isinstance(episode, (Task, TaskBatch)):
+        raise TypeError(f"expected a Task or TaskBatch, got {type(episode).__name__}; sample one with an "
+                        "EpisodeSampler")
+    if episode.support_y.dtype != torch.long:
+        raise ValueError(f"Prototypical Networks need int64 class labels, got support_y of dtype "
+                         f"{episode.support_y.dtype}; use a classification sampler")
+    if episode.ways < 1:
+        raise ValueError("the episode has no classes (Task.classes is empty); sample it with an "
+                         "EpisodeSampler")
+    for name, labels in (("support_y", episode.support_y), ("query_y", episode.query_y)):
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= episode.ways):
+            raise ValueError(f"{name} must hold labels in 0..{episode.ways - 1} for a {episode.ways}-way "
+                             f"episode, got values in {int(labels.min())}..{int(labels.max())}")
+
+
+@register("protonet", head=False, description="Prototypical Networks (Snell et al. 2017), squared Euclidean")
+def build_protonet(model: nn.Module, task_type: str = "classification", ways: int | None = None,
+                   **options: Any) -> PrototypicalNetworks:
+    """Registry builder; ``ways`` is accepted and ignored (prototypes work for any number of ways)."""
+    if options:
+        raise TypeError(f"protonet takes no options, got {sorted(options)}")
+    return PrototypicalNetworks(model, task_type)

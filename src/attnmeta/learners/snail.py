@@ -1,0 +1,199 @@
+"""SNAIL: a simple neural attentive meta-learner (Mishra et al. 2018), few-shot classification.
+
+An episode is the sequence of ``(embedding, one-hot label)`` pairs of its support set followed by one query
+whose label is zeroed; blocks of dilated causal temporal convolutions (dense blocks with gated activations)
+and causal attention read the sequence; the output at the query position gives its ``ways`` logits.
+
+All queries of a task are scored in **one** sequence pass, exactly: the support prefix is shared (it is
+causal, so it never sees a query), and every query sits at the same virtual position ``n_support`` of its
+own sequence. The sequence is ``[support (ns), queries (nq)]``; query ``q`` attends to the support and to
+itself only, and its dilated convolution with dilation ``d`` reads support position ``ns - d``. This is
+numerically equal to running ``nq`` sequences ``support + (query q)`` (tested), at the cost of one.
+
+Architecture (paper, Omniglot): ``Attention(64, 32) -> TC(128) -> Attention(256, 128) -> TC(128) ->
+Attention(512, 256) -> linear(ways)``; ``TC`` has ``ceil(log2(seq_len))`` dense blocks with dilations
+``1, 2, 4, ...``, ``seq_len = ways * shots + 1``. ``heads > 1`` gives causal multi-head attention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnmeta.learners.base import Learner, MetaOutput
+from attnmeta.learners.matching import check_classification_batch, embed_episodes, infer_feature_dim
+from attnmeta.learners.registry import register
+from attnmeta.nn.attention import scaled_dot_product_attention
+from attnmeta.tasks.episode import Task, TaskBatch
+
+__all__ = ["SNAIL", "episode_attention_mask", "predecessor_index"]
+
+
+def episode_attention_mask(n_support: int, n_query: int, device: torch.device | None = None) -> Tensor:
+    """Boolean ``[L, L]`` (``L = ns + nq``; True = may attend): causal over the support, each query sees the
+    whole support and itself (it is the last element of its own sequence)."""
+    length = n_support + n_query
+    rows = torch.arange(length, device=device)[:, None]
+    cols = torch.arange(length, device=device)[None, :]
+    support_part = (cols < n_support) & ((cols <= rows) | (rows >= n_support))
+    return support_part | (rows == cols)
+
+
+def predecessor_index(n_support: int, n_query: int, dilation: int,
+                      device: torch.device | None = None) -> Tensor:
+    """Index ``[L]`` of the element ``dilation`` steps back of every position (query: ``ns - dilation``);
+    ``-1`` where it falls before the start of the sequence."""
+    positions = torch.arange(n_support + n_query, device=device).clamp(max=n_support)
+    back = positions - dilation
+    return back.masked_fill(back < 0, -1)
+
+
+class DenseBlock(nn.Module):
+    """Gated dilated causal convolution (kernel 2) whose ``filters`` outputs are concatenated to the input."""
+
+    def __init__(self, in_channels: int, filters: int, dilation: int) -> None:
+        super().__init__()
+        self.dilation, self.filters = dilation, filters
+        self.current = nn.Linear(in_channels, 2 * filters)
+        self.previous = nn.Linear(in_channels, 2 * filters, bias=False)
+
+    def forward(self, x: Tensor, n_support: int) -> Tensor:
+        """``x [B, L, C] -> [B, L, C + filters]``."""
+        index = predecessor_index(n_support, x.shape[1] - n_support, self.dilation, x.device)
+        padded = torch.cat([torch.zeros_like(x[:, :1]), x], dim=1)
+        previous = padded[:, index + 1]
+        pre = self.current(x) + self.previous(previous)
+        activation = torch.tanh(pre[..., :self.filters]) * torch.sigmoid(pre[..., self.filters:])
+        return torch.cat([x, activation], dim=-1)
+
+
+class TCBlock(nn.Module):
+    """``ceil(log2(seq_len))`` dense blocks with dilations ``1, 2, 4, ...``."""
+
+    def __init__(self, in_channels: int, seq_len: int, filters: int) -> None:
+        super().__init__()
+        blocks = max(1, math.ceil(math.log2(seq_len)))
+        self.blocks = nn.ModuleList(
+            DenseBlock(in_channels + i * filters, filters, 2 ** i) for i in range(blocks))
+        self.out_channels = in_channels + blocks * filters
+
+    def forward(self, x: Tensor, n_support: int) -> Tensor:
+        for block in self.blocks:
+            x = block(x, n_support)
+        return x
+
+
+class AttentionBlock(nn.Module):
+    """Causal (multi-head) attention whose ``value_size`` read is concatenated to the input."""
+
+    def __init__(self, in_channels: int, key_size: int, value_size: int, heads: int = 1) -> None:
+        super().__init__()
+        if key_size % heads or value_size % heads:
+            raise ValueError(f"key_size ({key_size}) and value_size ({value_size}) must be multiples of "
+                             f"heads ({heads})")
+        self.heads = heads
+        self.query = nn.Linear(in_channels, key_size)
+        self.key = nn.Linear(in_channels, key_size)
+        self.value = nn.Linear(in_channels, value_size)
+        self.out_channels = in_channels + value_size
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """``x [B, L, C]``, ``mask [L, L]`` -> ``[B, L, C + value_size]``."""
+        b, length, _ = x.shape
+
+        def split(t: Tensor) -> Tensor:
+            return t.view(b, length, self.heads, -1).transpose(1, 2)
+
+        read = scaled_dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)),
+                                            mask)
+        return torch.cat([x, read.transpose(1, 2).reshape(b, length, -1)], dim=-1)
+
+
+class SNAIL(Learner):
+    """SNAIL over any embedding network.
+
+    Args:
+        model: embedding network ``[B, *input_shape] -> [B, D]``.
+        ways: number of classes (fixed: labels are one-hot inputs); shots: support shots (sizes TC blocks).
+        feature_dim / input_shape: embedding size ``D``, or an input shape to infer it with a dry run.
+        filters: channels added by each dense block; key/value sizes: the paper's Omniglot configuration.
+        heads: attention heads (1 in the paper).
+    """
+
+    name = "snail"
+    any_ways = False
+
+    def __init__(self, model: nn.Module, ways: int, *, shots: int = 1, task_type: str = "classification",
+                 feature_dim: int | None = None, input_shape: tuple[int, ...] | None = None,
+                 filters: int = 128, attention_sizes: tuple[tuple[int, int], ...] = ((64, 32), (256, 128),
+                                                                                   (512, 256)),
+                 heads: int = 1) -> None:
+        super().__init__(task_type)
+        if task_type != "classification":
+            raise ValueError("this SNAIL is a few-shot classification learner; "
+                             "use task_type='classification'")
+        if not isinstance(ways, int) or ways < 2:
+            raise ValueError(f"SNAIL needs ways >= 2 (the one-hot label size), got {ways!r}")
+        if not isinstance(shots, int) or shots < 1:
+            raise ValueError(f"shots must be a positive int, got {shots!r}")
+        if len(attention_sizes) != 3:
+            raise ValueError("attention_sizes must give (key_size, value_size) for the 3 attention blocks")
+        self.model, self.ways, self.shots = model, ways, shots
+        dim = feature_dim or infer_feature_dim(model, input_shape)
+        seq_len = ways * shots + 1
+        channels = dim + ways
+        self.attention1 = AttentionBlock(channels, *attention_sizes[0], heads=heads)
+        self.tc1 = TCBlock(self.attention1.out_channels, seq_len, filters)
+        self.attention2 = AttentionBlock(self.tc1.out_channels, *attention_sizes[1], heads=heads)
+        self.tc2 = TCBlock(self.attention2.out_channels, seq_len, filters)
+        self.attention3 = AttentionBlock(self.tc2.out_channels, *attention_sizes[2], heads=heads)
+        self.classifier = nn.Linear(self.attention3.out_channels, ways)
+
+    def sequence_logits(self, support_emb: Tensor, support_y: Tensor, query_emb: Tensor) -> Tensor:
+        """Query logits ``[T, nq, ways]``; support ``[T, ns, D]``, labels ``[T, ns]``, queries ``[T, nq, D]``.
+        """
+        n_support, n_query = support_emb.shape[1], query_emb.shape[1]
+        labels = torch.cat([F.one_hot(support_y, self.ways).to(support_emb.dtype),
+                            support_emb.new_zeros(support_emb.shape[0], n_query, self.ways)], dim=1)
+        x = torch.cat([torch.cat([support_emb, query_emb], dim=1), labels], dim=-1)
+        mask = episode_attention_mask(n_support, n_query, x.device)
+        x = self.attention1(x, mask)
+        x = self.tc1(x, n_support)
+        x = self.attention2(x, mask)
+        x = self.tc2(x, n_support)
+        x = self.attention3(x, mask)
+        return self.classifier(x[:, n_support:])
+
+    def _check(self, batch: Task | TaskBatch) -> None:
+        check_classification_batch(batch, self.name)
+        if batch.ways != self.ways:
+            raise ValueError(f"snail was built {self.ways}-way (one-hot label inputs) and cannot score a "
+                             f"{batch.ways}-way episode; build it with ways={batch.ways} or sample "
+                             f"{self.ways}-way episodes")
+
+    def meta_loss(self, batch: TaskBatch) -> MetaOutput:
+        self._check(batch)
+        support_emb, query_emb = embed_episodes(self.model, batch.support_x, batch.query_x)
+        logits = self.sequence_logits(support_emb, batch.support_y, query_emb)
+        losses = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten(), reduction="none")
+        task_losses = losses.view(len(batch), -1).mean(1)
+        accuracy = (logits.argmax(-1) == batch.query_y).float().mean().item()
+        return MetaOutput(task_losses.mean(), task_losses.detach(),
+                          {"loss": task_losses.mean().item(), "accuracy": accuracy})
+
+    def predict(self, task: Task) -> Tensor:
+        self._check(task)
+        with torch.no_grad():
+            support_emb, query_emb = embed_episodes(self.model, task.support_x[None], task.query_x[None])
+            return self.sequence_logits(support_emb, task.support_y[None], query_emb)[0]
+
+
+@register("snail", head=False, description="SNAIL: temporal convolutions + causal attention over the episode")
+def build_snail(model: nn.Module, task_type: str = "classification", ways: int | None = None,
+                **options) -> SNAIL:
+    if ways is None:
+        raise ValueError("snail needs ways=<number of classes> (its label inputs are one-hot of that size)")
+    return SNAIL(model, ways, task_type=task_type, **options)

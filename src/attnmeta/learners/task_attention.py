@@ -1,0 +1,176 @@
+"""Task attention: weight the tasks of a meta-batch, and choose which tasks to train on.
+
+**Meta-batch weighting** (``TaskWeighting``). Every task ``t`` of a meta-batch gets a descriptor: its
+support-set embedding (``TaskEncoder``: self-attention over (x, y) pairs, pooled) and the log statistics
+``[log L_before, log L_after, log ||g||_before, log ||g||_after, log(L_after / L_before)]`` of its support
+loss and inner gradient before and after adaptation. A set-attention block over the ``T`` descriptors
+(each task sees the others) and a linear score give ``p = softmax(s / temperature)``; the weights are
+``w = T * p`` (mean 1) and the outer loss is ``mean_t(w_t * L_t)`` with ``w`` treated as constants.
+
+*Objective of the weighting module (one-step look-ahead, first order).* With per-task meta-gradients ``g_t``
+the meta-update is ``theta' = theta - alpha * mean_t(w_t g_t)``. On a held-out meta-batch ``V``,
+``L_V(theta') ~= L_V(theta) - (alpha / T) * sum_t w_t <grad L_V(theta), g_t>`` (first order in ``alpha``),
+so weights that lower the held-out loss maximise ``sum_t p_t a_t`` with alignment ``a_t = <g_V, g_t>``.
+We use first-order (FOMAML) task gradients ``g_t = d L_t / d phi_t`` at the adapted parameters, cosine
+alignments (each task's step normalised, so a task with a huge noisy gradient cannot dominate), and as
+held-out batch for task ``t`` the *other* tasks of the meta-batch (leave-one-out; or an explicit held-out
+batch). A KL-to-uniform (entropy) term keeps the weights spread:
+
+    J(phi) = - sum_t p_t a_t + entropy * sum_t p_t log p_t,       optimum  p_t ∝ exp(a_t / entropy).
+
+``J`` is added to the returned meta-loss; its gradient reaches only the weighting module (descriptors and
+alignments are detached), and the outer loss does not reach the weighting module (weights detached), so the
+module cannot cheat by down-weighting hard tasks. Uniform weights are the special case ``uniform=True``
+(and the module's output at initialisation: the score layer starts at zero).
+
+**Attentive task selection** (``TaskSelector``). Given target task(s) and a pool of candidates, embed every
+task (default: ``function_signature``, the kernel-smoothed support targets on a fixed grid, standardised),
+attend from the targets to the pool, and sample the next meta-batch from
+``(1 - uniform_share) * attention + uniform_share / N`` (temperature on the attention scores).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from attnmeta.nn.attention import SetAttentionBlock, attention_weights
+from attnmeta.tasks.episode import Task
+
+__all__ = ["TaskWeighting", "TaskSelector", "function_signature", "cosine_alignment", "descriptor_stats",
+           "DESCRIPTOR_STATS"]
+
+DESCRIPTOR_STATS = 5
+
+
+def descriptor_stats(loss_before: Tensor, loss_after: Tensor, grad_before: Tensor,
+                     grad_after: Tensor) -> Tensor:
+    """``[T, 5]`` log statistics from per-task support losses and gradient norms (all ``[T]``)."""
+    eps = 1e-8
+    lb, la = torch.log(loss_before + eps), torch.log(loss_after + eps)
+    return torch.stack([lb, la, torch.log(grad_before + eps), torch.log(grad_after + eps), la - lb], dim=-1)
+
+
+def cosine_alignment(task_grads: Tensor, heldout_grad: Tensor | None = None) -> Tensor:
+    """Alignment ``a_t = cos(g_t, g_V)`` of each task gradient ``task_grads [T, P]`` with the held-out
+    gradient ``heldout_grad [P]``; default: leave-one-out, ``g_V = sum_{s != t} g_s / ||g_s||`` (unit task
+    steps, so a few tasks with huge gradients cannot set the direction). Returns ``[T]``."""
+    if task_grads.dim() != 2:
+        raise ValueError(f"task_grads must be [tasks, parameters], got {tuple(task_grads.shape)}")
+    if heldout_grad is None:
+        if task_grads.shape[0] < 2:
+            raise ValueError("leave-one-out alignment needs at least 2 tasks in the meta-batch; "
+                             "pass a held-out gradient or use a larger meta-batch")
+        unit = task_grads / task_grads.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        target = unit.sum(0, keepdim=True) - unit
+    else:
+        target = heldout_grad.reshape(1, -1).expand_as(task_grads)
+    return torch.nn.functional.cosine_similarity(task_grads, target, dim=-1, eps=1e-12)
+
+
+class TaskWeighting(nn.Module):
+    """Attention over the tasks of a meta-batch: descriptors ``[T, D]`` -> weights ``[T]`` (mean 1).
+
+    Args:
+        stats_dim: number of per-task statistics (``DESCRIPTOR_STATS``).
+        encoder: optional ``TaskEncoder`` giving the support-set embedding part of the descriptor.
+        dim / heads: width and heads of the attention over tasks.
+        temperature: softmax temperature of the scores.
+        entropy: weight of the entropy (KL-to-uniform) term of the objective.
+        uniform: always return weights 1 (plain MAML; the module is then unused).
+    """
+
+    def __init__(self, stats_dim: int = DESCRIPTOR_STATS, encoder: nn.Module | None = None, *,
+                 dim: int = 32, heads: int = 2, temperature: float = 1.0, entropy: float = 0.1,
+                 uniform: bool = False) -> None:
+        super().__init__()
+        if temperature <= 0 or entropy < 0:
+            raise ValueError(f"temperature must be > 0 and entropy >= 0, got {temperature}, {entropy}")
+        self.encoder = encoder
+        embed_dim = int(getattr(encoder, "task_dim", 0)) if encoder is not None else 0
+        self.stats_norm = nn.LayerNorm(stats_dim)
+        self.input = nn.Linear(stats_dim + embed_dim, dim)
+        self.attention = SetAttentionBlock(dim, heads)
+        self.score = nn.Linear(dim, 1)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+        self.temperature, self.entropy, self.uniform = temperature, entropy, uniform
+
+    def probabilities(self, stats: Tensor, embeddings: Tensor | None = None) -> Tensor:
+        """``p [T]`` (sums to 1) from ``stats [T, stats_dim]`` and ``embeddings [T, task_dim]``."""
+        if stats.dim() != 2:
+            raise ValueError(f"stats must be [tasks, stats], got {tuple(stats.shape)}")
+        tasks = stats.shape[0]
+        if self.uniform:
+            return torch.full((tasks,), 1.0 / tasks, dtype=stats.dtype, device=stats.device)
+        parts = [self.stats_norm(stats)]
+        if embeddings is not None:
+            parts.append(embeddings)
+        h = torch.relu(self.input(torch.cat(parts, dim=-1))).unsqueeze(0)
+        scores = self.score(self.attention(h))[0, :, 0]
+        return torch.softmax(scores / self.temperature, dim=-1)
+
+    def forward(self, stats: Tensor, embeddings: Tensor | None = None) -> Tensor:
+        """Weights ``T * p`` ``[T]`` (mean 1)."""
+        return stats.shape[0] * self.probabilities(stats, embeddings)
+
+    def objective(self, probs: Tensor, alignment: Tensor) -> Tensor:
+        """``J = -sum p_t a_t + entropy * sum p_t log p_t`` (alignment detached)."""
+        if probs.shape != alignment.shape:
+            raise ValueError(f"probs {tuple(probs.shape)} and alignment {tuple(alignment.shape)} must match")
+        return -(probs * alignment.detach()).sum() + self.entropy * (probs * torch.log(probs + 1e-12)).sum()
+
+
+def function_signature(task: Task, grid: Tensor | None = None, bandwidth: float = 0.75) -> Tensor:
+    """Shape descriptor of a 1-d regression task: Nadaraya-Watson smoothing of the support targets on
+    ``grid`` (default 16 points in [-5, 5]), standardised to zero mean and unit norm. Returns ``[G]``."""
+    if task.is_classification or task.support_x.shape[-1] != 1:
+        raise ValueError("function_signature works for 1-d regression tasks; pass embed_fn=... for others")
+    grid = torch.linspace(-5, 5, 16, dtype=torch.float64) if grid is None else grid.double()
+    x, y = task.support_x.double().reshape(-1), task.support_y.double().reshape(-1)
+    kernel = torch.exp(-0.5 * ((grid[:, None] - x[None, :]) / bandwidth) ** 2) + 1e-12
+    smooth = (kernel * y).sum(1) / kernel.sum(1)
+    smooth = smooth - smooth.mean()
+    return (smooth / (smooth.norm() + 1e-8)).float()
+
+
+class TaskSelector:
+    """Attentive task selection: sample a meta-batch from a pool, favouring tasks like the target(s).
+
+    Args:
+        embed_fn: ``Task -> [d]`` embedding (default ``function_signature``).
+        temperature: attention temperature (lower = sharper); scores are ``<q, k> / (sqrt(d) * temperature)``.
+        uniform_share: probability mass spread uniformly over the pool (in [0, 1]) so no task is starved.
+    """
+
+    def __init__(self, embed_fn: Callable[[Task], Tensor] = function_signature, *, temperature: float = 0.05,
+                 uniform_share: float = 0.2) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0.0 <= uniform_share <= 1.0:
+            raise ValueError(f"uniform_share must be in [0, 1], got {uniform_share}")
+        self.embed_fn, self.temperature, self.uniform_share = embed_fn, temperature, uniform_share
+
+    def embed(self, tasks: Sequence[Task]) -> Tensor:
+        if len(tasks) == 0:
+            raise ValueError("need at least one task to embed")
+        return torch.stack([self.embed_fn(t).detach().float().reshape(-1) for t in tasks])
+
+    def probabilities(self, targets: Sequence[Task] | Tensor, pool: Sequence[Task] | Tensor) -> Tensor:
+        """Sampling probabilities ``[N]`` over ``pool`` (tasks, or their embeddings ``[N, d]``)."""
+        queries = targets if isinstance(targets, Tensor) else self.embed(targets)
+        keys = pool if isinstance(pool, Tensor) else self.embed(pool)
+        scale = 1.0 / (math.sqrt(keys.shape[-1]) * self.temperature)
+        attention = attention_weights(queries, keys, scale=scale).mean(0)
+        return (1 - self.uniform_share) * attention + self.uniform_share / keys.shape[0]
+
+    def sample(self, targets: Sequence[Task] | Tensor, pool: Sequence[Task] | Tensor, meta_batch: int,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Indices ``[meta_batch]`` into ``pool``, drawn without replacement from ``probabilities``."""
+        probs = self.probabilities(targets, pool)
+        if meta_batch > probs.numel():
+            raise ValueError(f"cannot draw {meta_batch} distinct tasks from a pool of {probs.numel()}")
+        return torch.multinomial(probs, meta_batch, replacement=False, generator=generator)

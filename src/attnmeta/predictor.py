@@ -1,0 +1,273 @@
+"""Use a trained run on new data in three lines: ``attnmeta.load``, ``fit`` (support), ``predict`` (query).
+
+```python
+clf = attnmeta.load("runs/omniglot-maml-5w1s")   # a run folder or one checkpoint folder
+clf.fit(support_images, support_labels)          # PIL images, uint8/float arrays, tensors; any labels
+clf.predict(query_images)                        # labels in the user's label space
+clf.predict_proba(query_images)                  # [m, n_classes], columns in clf.classes_ order
+```
+
+Images are preprocessed as in training from the checkpoint's ``preprocessing`` record (keys:
+``image_size`` (int or [h, w]), ``channels`` (1 or 3), ``invert`` (raw dark-on-light drawings are inverted,
+as in training),
+``mean``/``std`` (per channel, applied to pixels scaled to [0, 1])). uint8 inputs are pixels in [0, 255];
+float inputs are taken as already scaled to [0, 1]. Regression runs take arrays of x and y instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from attnmeta.learners.base import Learner
+from attnmeta.tasks.episode import Task
+from attnmeta.train.checkpoint import CheckpointManager, load_checkpoint
+from attnmeta.train.config import RunConfig
+from attnmeta.train.trainer import BenchmarkParts, build_learner, import_plugins
+
+
+def _as_array(image: Any, what: str) -> np.ndarray:
+    """A numpy/torch image as ``[C, H, W]`` (uint8 or float32); the layout is guessed from the shape."""
+    if isinstance(image, Tensor):
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(
+            f"{what} must be a PIL image, a numpy array or a torch tensor, got {type(image).__name__}"
+        )
+    if image.dtype != np.uint8:
+        if not np.issubdtype(image.dtype, np.floating):
+            raise TypeError(
+                f"{what}: image arrays must be uint8 (pixels 0..255) or float (0..1), got {image.dtype}"
+            )
+        image = image.astype(np.float32)
+    if image.ndim == 2:
+        return image[None]
+    if image.ndim == 3:
+        if image.shape[0] not in (1, 3, 4) and image.shape[-1] in (1, 3, 4):
+            image = np.moveaxis(image, -1, 0)
+        return image
+    raise ValueError(
+        f"{what} must have 2 (H, W) or 3 (C, H, W or H, W, C) dimensions, got shape {image.shape}"
+    )
+
+
+class FewShotPredictor:
+    """A trained learner plus its preprocessing, with a scikit-learn-like few-shot interface.
+
+    Attributes:
+        learner: the meta-trained ``Learner`` (its weights are never changed).
+        task_type: ``"classification"`` or ``"regression"``.
+        classes_: after ``fit`` (classification), the user's labels in column order of ``predict_proba``.
+    """
+
+    def __init__(
+        self,
+        learner: Learner,
+        config: RunConfig,
+        run_info: dict[str, Any],
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.learner = learner.eval()
+        self.config = config
+        self.task_type = run_info["task_type"]
+        self.input_shape = tuple(run_info["input_shape"])
+        self.preprocessing = dict(run_info.get("preprocessing") or {})
+        self.trained_ways = run_info.get("ways")
+        self.max_ways = run_info.get("max_ways")
+        self.any_ways = bool(run_info.get("any_ways", True))
+        self.device = torch.device(device)
+        self.dtype = next(learner.parameters()).dtype
+        self.classes_: list[Hashable] = []
+        self._support: tuple[Tensor, Tensor] | None = None
+
+    # -- inputs -------------------------------------------------------------------------------------
+    def _image_settings(self) -> tuple[int, tuple[int, int]]:
+        channels = int(self.preprocessing.get("channels", self.input_shape[0]))
+        size = self.preprocessing.get("image_size", self.input_shape[-2:])
+        size = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
+        return channels, size
+
+    def _prepare_images(self, images: Any, what: str) -> Tensor:
+        """Images (a list, or an array/tensor batch ``[n, ...]``) -> normalized ``[n, C, H, W]``."""
+        if isinstance(images, (np.ndarray, Tensor)):
+            channels, _ = self._image_settings()
+            if images.ndim == 3 and channels == 1:
+                images = list(images)
+            elif images.ndim == 4:
+                images = list(images)
+            else:
+                raise ValueError(
+                    f"{what}: pass a list of images or a batch of shape [n, C, H, W] / [n, H, W, C]"
+                    f"{' / [n, H, W]' if channels == 1 else ''}, got shape {tuple(images.shape)}"
+                )
+        if not isinstance(images, Sequence) or isinstance(images, (str, bytes)) or len(images) == 0:
+            raise ValueError(f"{what}: pass a non-empty list of images (PIL, numpy arrays or tensors)")
+        return torch.stack([self._prepare_image(image, f"{what}[{i}]") for i, image in enumerate(images)])
+
+    def _prepare_image(self, image: Any, what: str) -> Tensor:
+        """One image -> ``[C, H, W]`` float32, exactly as the training data was made: resize (PIL, the
+        recorded filter) on uint8 pixels, invert if recorded, scale to [0, 1], normalize by mean/std."""
+        from PIL import Image
+
+        channels, (height, width) = self._image_settings()
+        mode = "L" if channels == 1 else "RGB"
+        resample = getattr(
+            Image.Resampling,
+            str(self.preprocessing.get("resize", "lanczos")).upper(),
+            Image.Resampling.LANCZOS,
+        )
+        if not isinstance(image, Image.Image):
+            array = _as_array(image, what)
+            if array.shape[0] != channels:
+                raise ValueError(
+                    f"{what} has {array.shape[0]} channels but this model takes {channels}-channel "
+                    f"({'grayscale' if channels == 1 else 'RGB'}) images; convert the images first"
+                )
+            if array.dtype == np.uint8 and tuple(array.shape[-2:]) != (height, width):
+                image = Image.fromarray(array[0] if channels == 1 else np.moveaxis(array, 0, -1), mode)
+        if isinstance(image, Image.Image):
+            pil = image.convert(mode)
+            if pil.size != (width, height):
+                pil = pil.resize((width, height), resample)
+            pixels = np.asarray(pil, dtype=np.uint8)
+            array = pixels[None] if channels == 1 else np.moveaxis(pixels, -1, 0)
+        if array.dtype == np.uint8:
+            if self.preprocessing.get("invert"):
+                array = 255 - array
+            tensor = torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
+        else:
+            tensor = torch.from_numpy(np.ascontiguousarray(array))
+            if tuple(tensor.shape[-2:]) != (height, width):
+                tensor = torch.nn.functional.interpolate(
+                    tensor[None], size=(height, width), mode="bilinear", antialias=True, align_corners=False
+                )[0]
+            if self.preprocessing.get("invert"):
+                tensor = 1.0 - tensor
+        if "mean" in self.preprocessing:
+            mean = torch.tensor(self.preprocessing["mean"], dtype=torch.float32).view(-1, 1, 1)
+            std = torch.tensor(self.preprocessing.get("std", [1.0] * channels), dtype=torch.float32)
+            tensor = (tensor - mean) / std.view(-1, 1, 1)
+        return tensor
+
+    def _prepare_regression(self, values: Any, what: str) -> Tensor:
+        tensor = torch.as_tensor(np.asarray(values, dtype=np.float64))
+        if tensor.ndim == 1:
+            tensor = tensor[:, None]
+        if tensor.ndim != 2 or tensor.shape[0] == 0:
+            raise ValueError(
+                f"{what} must be a non-empty array of shape [n] or [n, d], got shape {tuple(tensor.shape)}"
+            )
+        return tensor
+
+    # -- API --------------------------------------------------------------------------------------------
+    def fit(self, support: Any, labels: Any) -> FewShotPredictor:
+        """Remember the support set (classification: images + labels; regression: x + y)."""
+        if self.task_type == "regression":
+            x, y = self._prepare_regression(support, "x"), self._prepare_regression(labels, "y")
+            if len(x) != len(y):
+                raise ValueError(f"fit got {len(x)} x values but {len(y)} y values; pass one y per x")
+            self._support = (x, y)
+            return self
+        labels = list(labels.tolist() if isinstance(labels, (np.ndarray, Tensor)) else labels)
+        n_images = len(support) if hasattr(support, "__len__") else None
+        if n_images != len(labels):
+            raise ValueError(
+                f"fit got {n_images} support images but {len(labels)} labels; pass one label per image"
+            )
+        classes = list(dict.fromkeys(labels))
+        try:
+            classes = sorted(classes)
+        except TypeError:
+            pass
+        if len(classes) < 2:
+            raise ValueError(
+                f"the support set has only one class ({classes[0]!r}); few-shot classification needs "
+                "examples of at least two classes"
+            )
+        if not self.any_ways and self.trained_ways is not None and len(classes) != self.trained_ways:
+            raise ValueError(
+                f"this model was meta-trained {self.trained_ways}-way and cannot classify "
+                f"{len(classes)} classes; pass a support set of exactly {self.trained_ways} classes"
+            )
+        if self.max_ways is not None and len(classes) > self.max_ways:
+            raise ValueError(
+                f"this model has {self.max_ways} outputs and can classify at most {self.max_ways} "
+                f"classes, but the support set has {len(classes)}"
+            )
+        index = {c: i for i, c in enumerate(classes)}
+        images = self._prepare_images(support, "support")
+        self.classes_ = classes
+        self._support = (images, torch.tensor([index[label] for label in labels], dtype=torch.long))
+        return self
+
+    def _outputs(self, query: Any) -> Tensor:
+        if self._support is None:
+            raise ValueError("call fit(support, labels) before predict")
+        support_x, support_y = self._support
+        if self.task_type == "regression":
+            query_x = self._prepare_regression(query, "x")
+            query_y = torch.zeros(len(query_x), support_y.shape[1], dtype=support_y.dtype)
+            classes = torch.empty(0, dtype=torch.long)
+        else:
+            query_x = self._prepare_images(query, "query")
+            query_y = torch.zeros(len(query_x), dtype=torch.long)
+            classes = torch.arange(len(self.classes_))
+        task = Task(support_x, support_y, query_x, query_y, classes).to(self.device, self.dtype)
+        return self.learner.predict(task).detach().cpu()
+
+    def predict_proba(self, query: Any) -> np.ndarray:
+        """Class probabilities ``[m, n_classes]``; column ``j`` is ``classes_[j]``."""
+        if self.task_type == "regression":
+            raise ValueError("predict_proba is for classification runs; use predict for regression")
+        return torch.softmax(self._outputs(query).double(), dim=-1).numpy()
+
+    def predict(self, query: Any) -> list[Hashable] | np.ndarray:
+        """Labels (classification, in the user's label space) or predicted y ``[m, out_dim]`` (regression)."""
+        outputs = self._outputs(query)
+        if self.task_type == "regression":
+            return outputs.double().numpy()
+        return [self.classes_[i] for i in outputs.argmax(-1).tolist()]
+
+
+def load(
+    path: str | Path, *, checkpoint: str = "best", device: str | torch.device = "cpu"
+) -> FewShotPredictor:
+    """Load a run folder (its best checkpoint, or ``checkpoint="latest"``) or one checkpoint folder."""
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        ckpt = path
+    elif (path / "checkpoints").is_dir():
+        manager = CheckpointManager(path / "checkpoints")
+        ckpt = manager.best_path() if checkpoint == "best" else None
+        if ckpt is None or not ckpt.is_dir():
+            ckpt = manager.latest_valid()
+        if ckpt is None:
+            raise ValueError(f"run folder {str(path)!r} has no valid checkpoint to load")
+    else:
+        raise ValueError(
+            f"{str(path)!r} is neither a run folder (with checkpoints/) nor a checkpoint folder "
+            "(with manifest.json); pass the folder written by `attnmeta train`"
+        )
+    weights, state = load_checkpoint(ckpt)
+    config = RunConfig.from_dict(state["config"])
+    run_info = state["run"]
+    import_plugins(config.imports)
+    parts = BenchmarkParts(
+        run_info["benchmark"],
+        run_info["task_type"],
+        None,
+        None,
+        None,
+        tuple(run_info["input_shape"]),
+        run_info.get("preprocessing") or {},
+        run_info.get("default_backbone"),
+    )
+    config.device = "cpu" if str(device) == "cpu" else config.device
+    learner = build_learner(config, parts)
+    learner.load_state_dict(weights)
+    return FewShotPredictor(learner.to(device), config, run_info, device)

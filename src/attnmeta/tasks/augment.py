@@ -1,0 +1,124 @@
+"""Class augmentation: transformations that turn every base class into several new classes.
+
+The classic example is Omniglot (Vinyals et al. 2016; MAML): each 90-degree rotation of a character is a
+class of its own. A ``ClassAugmentation`` with ``V = len(augmentation)`` variants maps base class ``c`` to the
+augmented classes ``c * V + v`` for ``v = 0..V-1``; variant ``v`` of an example is ``augmentation(x, v)``.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@runtime_checkable
+class ClassAugmentation(Protocol):
+    """Makes ``len(self)`` variants of every base class.
+
+    ``__call__(x, variant)`` takes examples ``x`` ``[m, *input_shape]`` and int64 ``variant`` ``[m]``
+    (values in ``0..len(self)-1``, on ``x.device``) and returns the transformed examples ``[m, *shape]``
+    (all variants must give the same shape). It must be deterministic: the variant alone defines the class.
+    An optional ``check_example_shape(shape)`` method may raise ``ValueError`` for inputs it cannot handle,
+    and an optional ``gather(data, index, variant)`` computing ``self(data[index], variant)`` lets the
+    sampler's tensor path skip one copy of the chosen examples.
+    """
+
+    def __len__(self) -> int: ...
+
+    def __call__(self, x: Tensor, variant: Tensor) -> Tensor: ...
+
+
+def augmented_class_id(base_label: int | Tensor, variant: int | Tensor, num_variants: int) -> int | Tensor:
+    """Augmented class id ``base_label * num_variants + variant`` (works on ints and int64 tensors)."""
+    return base_label * num_variants + variant
+
+
+class Rotations:
+    """Rotation of the last two (height, width) axes by multiples of 90 degrees, counter-clockwise.
+
+    Variant ``v`` rotates by ``degrees[v]``, exactly ``torch.rot90(x, degrees[v] // 90, dims=(-2, -1))``
+    (the same direction as ``numpy.rot90`` on an image displayed with row 0 at the top).
+
+    Args:
+        degrees: distinct multiples of 90 (e.g. ``(0, 90, 180, 270)``, the Omniglot protocol).
+    """
+
+    def __init__(self, degrees: Sequence[int] = (0, 90, 180, 270)) -> None:
+        if isinstance(degrees, (str, bytes)) or not isinstance(degrees, Sequence):
+            raise TypeError(
+                f"rotations must be a sequence of degrees like (0, 90, 180, 270), got {degrees!r}"
+            )
+        if len(degrees) == 0:
+            raise ValueError(
+                "rotations is empty; pass e.g. (0, 90, 180, 270), or None for no rotation classes"
+            )
+        parsed = []
+        for d in degrees:
+            if isinstance(d, bool):
+                raise TypeError(f"rotations must be integer degrees, got {d!r} in {tuple(degrees)}")
+            try:
+                d = operator.index(d)
+            except TypeError:
+                raise TypeError(f"rotations must be integer degrees, got {d!r} in {tuple(degrees)}") from None
+            if d % 90 != 0:
+                raise ValueError(f"rotations must be multiples of 90 degrees, got {d} in {tuple(degrees)}")
+            parsed.append(d)
+        turns = [d // 90 % 4 for d in parsed]
+        if len(set(turns)) != len(turns):
+            raise ValueError(
+                f"rotations {tuple(parsed)} repeat an angle (modulo 360); each rotation must make a new class"
+            )
+        self.degrees = tuple(parsed)
+        self.quarter_turns = tuple(turns)
+
+    def __len__(self) -> int:
+        return len(self.degrees)
+
+    def __repr__(self) -> str:
+        return f"Rotations({self.degrees})"
+
+    def check_example_shape(self, shape: Sequence[int]) -> None:
+        """Raise ``ValueError`` unless examples of ``shape`` can be rotated to one common shape."""
+        if len(shape) < 2:
+            raise ValueError(
+                f"rotations need examples with at least 2 (height, width) axes, got shape {tuple(shape)}"
+            )
+        if any(k % 2 for k in self.quarter_turns) and shape[-1] != shape[-2]:
+            raise ValueError(
+                f"90/270-degree rotations need square images, got height x width = {shape[-2]} x "
+                f"{shape[-1]}; crop or resize to a square, or use rotations=(0, 180)"
+            )
+
+    def __call__(self, x: Tensor, variant: Tensor) -> Tensor:
+        """Rotate examples ``x`` ``[m, ..., H, W]`` by their variants ``[m]``."""
+        return self.gather(x, torch.arange(x.shape[0], device=x.device), variant)
+
+    def gather(self, data: Tensor, index: Tensor, variant: Tensor) -> Tensor:
+        """``self(data[index], variant)`` in one pass over the chosen examples (the sampler's fast path).
+
+        Each variant's examples are read with one ``index_select`` and rotated together. Floating data are
+        written to their places with ``index_copy_``; other dtypes (where ``index_copy_`` is slow on CPU) are
+        concatenated in variant order and put back in order with one more gather.
+        """
+        if data.is_floating_point():
+            out = data.new_empty((index.shape[0], *data.shape[1:]))
+            for v, k in enumerate(self.quarter_turns):
+                rows = torch.nonzero(variant == v).squeeze(1)
+                if rows.numel():
+                    part = data.index_select(0, index[rows])
+                    out.index_copy_(0, rows, torch.rot90(part, k, dims=(-2, -1)) if k else part)
+            return out
+        order = torch.argsort(variant, stable=True)
+        counts = torch.bincount(variant, minlength=len(self)).tolist()
+        grouped_index = index[order]
+        parts, start = [], 0
+        for k, count in zip(self.quarter_turns, counts):
+            if count:
+                segment = data.index_select(0, grouped_index[start : start + count])
+                parts.append(torch.rot90(segment, k, dims=(-2, -1)) if k else segment)
+                start += count
+        return torch.cat(parts).index_select(0, torch.argsort(order))

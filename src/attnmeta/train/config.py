@@ -1,0 +1,304 @@
+"""Run configuration: one validated dataclass, loaded from YAML/JSON plus command-line overrides.
+
+Every key is checked up front: an unknown key or a bad value is a ``ValueError`` that names the key and
+the allowed values, before any data is read or any model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REGRESSION_BENCHMARKS = ("sinusoid", "multimodal")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "float64")
+MAML_FAMILY = ("maml", "fomaml", "meta-sgd", "anil", "maml++")
+
+#: Defaults per benchmark, applied by ``RunConfig.preset`` (the CLI) under the user's own settings.
+#: The regression preset is the README's main job: about a minute on 2 CPU cores. One torch thread: the
+#: 40-40 MLP is far too small to gain from more, and extra threads spin against each other on a busy machine.
+BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
+    "sinusoid": {
+        "meta_batch": 10,
+        "steps": 1200,
+        "lr": 3e-3,
+        "schedule": "cosine",
+        "eval_every": 300,
+        "eval_episodes": 100,
+        "checkpoint_every": 300,
+        "threads": 1,
+    },
+    "multimodal": {
+        "meta_batch": 10,
+        "steps": 1200,
+        "lr": 3e-3,
+        "schedule": "cosine",
+        "eval_every": 300,
+        "eval_episodes": 100,
+        "checkpoint_every": 300,
+        "threads": 1,
+    },
+}
+#: Learner options added for the MAML family on the regression presets (evaluation with 10 inner steps,
+#: as in the MAML paper's sinusoid results).
+REGRESSION_MAML_OPTIONS = {"eval_inner_steps": 10}
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a meta-training run. ``None`` means "the benchmark's default".
+
+    Attributes (units in brackets):
+        benchmark: ``sinusoid``, ``multimodal``, ``omniglot``, ``miniimagenet`` (see ``make_benchmark``).
+        root: data folder of image benchmarks.
+        ways / shots / queries: N-way (classification only), K support and Q query examples per class
+            (per task for regression).
+        split: split name passed to ``make_benchmark``.
+        image_size: side of the square images [pixels] (``None``: benchmark default).
+        benchmark_options: extra keyword arguments of ``make_benchmark``.
+        algo / algo_options: learner name in ``attnmeta.learners`` and its keyword options.
+        backbone / backbone_options: ``build_backbone`` name (``None``: the benchmark's default) and options.
+        meta_batch: tasks per outer step.
+        steps: outer steps.
+        optimizer / lr / weight_decay / momentum: outer optimizer (``adam`` or ``sgd``), learning rate.
+        schedule: LR schedule: ``constant``, ``cosine`` (to ``lr * min_lr_ratio``) or ``step``
+            (multiply by ``gamma`` every ``step_size`` steps); ``warmup_steps`` of linear warm-up first.
+        grad_clip: clip the meta-gradient's global norm to this value (``None``: no clipping).
+        eval_every / eval_episodes / val_seed: validation period [steps], fixed val. episodes, their seed.
+        test_episodes / test_seed: fixed test episodes evaluated at the end (600 and seed 0 as in the papers).
+        checkpoint_every / keep_last: checkpoint period [steps] and how many recent checkpoints to keep
+            (the best one is always kept).
+        seed: seed of every random number generator of the run.
+        device / dtype / threads: ``auto``/``cpu``/``cuda``, ``float32``/``float64``, torch CPU threads
+            (``None``: leave torch's default).
+        run_dir: run folder (``None``: ``runs/<benchmark>-<algo>-<ways>w<shots>s``).
+        plot: write ``learning_curves.png`` to the run folder at the end (needs matplotlib).
+        imports: modules or ``.py`` files imported before building (to register custom learners).
+    """
+
+    benchmark: str = "sinusoid"
+    root: str | None = None
+    ways: int | None = None
+    shots: int | None = None
+    queries: int | None = None
+    split: str = "default"
+    image_size: int | None = None
+    benchmark_options: dict[str, Any] = field(default_factory=dict)
+    algo: str = "maml"
+    algo_options: dict[str, Any] = field(default_factory=dict)
+    backbone: str | None = None
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    meta_batch: int = 25
+    steps: int = 1000
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    step_size: int = 1000
+    gamma: float = 0.5
+    grad_clip: float | None = None
+    eval_every: int = 500
+    eval_episodes: int = 100
+    val_seed: int = 1
+    test_episodes: int = 600
+    test_seed: int = 0
+    checkpoint_every: int = 500
+    keep_last: int = 2
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    threads: int | None = None
+    run_dir: str | None = None
+    plot: bool = True
+    imports: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        for key in ("lr", "weight_decay", "momentum", "min_lr_ratio", "gamma", "grad_clip"):
+            value = getattr(self, key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, key, float(value))
+        self.validate()
+
+    @property
+    def task_type(self) -> str:
+        return "regression" if self.benchmark in REGRESSION_BENCHMARKS else "classification"
+
+    def validate(self) -> None:
+        """Type-check every field and its range; raise ``ValueError``/``TypeError`` naming the key."""
+        hints = typing.get_type_hints(RunConfig)
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), hints[f.name])
+        for key in ("ways", "shots", "queries", "image_size", "threads"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"config key {key!r} must be >= 1 (or null for the default), got {value}")
+        for key in (
+            "meta_batch",
+            "steps",
+            "eval_every",
+            "eval_episodes",
+            "test_episodes",
+            "checkpoint_every",
+            "keep_last",
+            "step_size",
+        ):
+            if getattr(self, key) < 1:
+                raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
+        for key in ("warmup_steps",):
+            if getattr(self, key) < 0:
+                raise ValueError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
+        if self.ways is not None and self.ways < 2:
+            raise ValueError(f"config key 'ways' must be >= 2 (a task needs two classes), got {self.ways}")
+        if not self.lr > 0:
+            raise ValueError(f"config key 'lr' must be > 0, got {self.lr}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"config key 'grad_clip' must be > 0 or null, got {self.grad_clip}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"config key 'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("dtype", self.dtype, DTYPES)
+
+    def resolved(self) -> RunConfig:
+        """A copy with the benchmark's defaults filled in (shots, queries, ways, run_dir)."""
+        c = dataclasses.replace(
+            self,
+            benchmark_options=dict(self.benchmark_options),
+            algo_options=dict(self.algo_options),
+            backbone_options=dict(self.backbone_options),
+            imports=list(self.imports),
+        )
+        if c.task_type == "regression":
+            c.shots = 10 if c.shots is None else c.shots
+            c.queries = 10 if c.queries is None else c.queries
+        else:
+            c.ways = 5 if c.ways is None else c.ways
+            c.shots = 1 if c.shots is None else c.shots
+            c.queries = 15 if c.queries is None else c.queries
+        if c.run_dir is None:
+            shape = f"{c.shots}shot" if c.task_type == "regression" else f"{c.ways}w{c.shots}s"
+            c.run_dir = str(Path("runs") / f"{c.benchmark}-{c.algo}-{shape}")
+        return c
+
+    @staticmethod
+    def preset(benchmark: str, algo: str) -> dict[str, Any]:
+        """Benchmark-specific defaults (``BENCHMARK_PRESETS``) for ``benchmark`` trained with ``algo``."""
+        values = dict(BENCHMARK_PRESETS.get(benchmark, {}))
+        if benchmark in REGRESSION_BENCHMARKS and algo in MAML_FAMILY:
+            values["algo_options"] = dict(REGRESSION_MAML_OPTIONS)
+        return values
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """Build from a plain dict; unknown keys are an error naming the closest known key."""
+        if not isinstance(values, dict):
+            raise TypeError(f"a config must be a mapping of key: value, got {type(values).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in known:
+                raise ValueError(_unknown_key_message(key, known))
+        return cls(**values)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
+        """Apply ``{"key": value}`` or ``{"algo_options.inner_lr": 0.01}`` overrides, validated."""
+        values = self.to_dict()
+        known = list(values)
+        for key, value in overrides.items():
+            top, _, sub = key.partition(".")
+            if top not in known:
+                raise ValueError(_unknown_key_message(top, known))
+            if sub:
+                if not isinstance(values[top], dict):
+                    raise ValueError(
+                        f"config key {top!r} is not a mapping; set it as {top}=VALUE, not {key}=VALUE"
+                    )
+                values[top] = {**values[top], sub: value}
+            else:
+                values[top] = value
+        return RunConfig.from_dict(values)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a ``.yaml``/``.yml``/``.json`` config file into a dict (not yet validated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist; pass the path of a .yaml or .json file")
+    text = path.read_text()
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ValueError(
+            f"config file {str(path)!r} is not valid {path.suffix[1:] or 'YAML'}: {error}"
+        ) from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"config file {str(path)!r} must hold a mapping of key: value, got {type(values).__name__}"
+        )
+    return values
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse ``["lr=0.01", "algo_options.inner_steps=5"]``; values are read as YAML scalars/lists/maps."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} must look like key=value, e.g. --set lr=0.001")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def _unknown_key_message(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown config key {key!r}{hint}; allowed keys: {', '.join(known)}"
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"config key {key!r} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_type(key: str, value: Any, hint: Any) -> None:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    expected = origin or hint
+    ok = isinstance(value, expected) and not (expected in (int, float) and isinstance(value, bool))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise TypeError(
+            f"config key {key!r} must be {getattr(expected, '__name__', expected)}, "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    if expected is list and args:
+        for item in value:
+            if not isinstance(item, args[0]):
+                raise TypeError(f"config key {key!r} must be a list of {args[0].__name__}, got item {item!r}")
