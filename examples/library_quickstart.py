@@ -1,4 +1,4 @@
-"""attnmeta as a library: any nn.Module, a task family, MAML, the evaluation protocol (about a minute on a CPU).
+"""attnmeta as a library: any nn.Module, a task family, MAML, the evaluation protocol (about a minute).
 
     python examples/library_quickstart.py
 """
