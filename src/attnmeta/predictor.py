@@ -183,7 +183,7 @@ class FewShotPredictor:
         try:
             classes = sorted(classes)
         except TypeError:
-            pass
+            pass  # labels of mixed types keep their first-seen order
         if len(classes) < 2:
             raise ValueError(
                 f"the support set has only one class ({classes[0]!r}); few-shot classification needs "

@@ -79,3 +79,23 @@ class Learner(nn.Module):
             raise ValueError(
                 f"{self.name} was meta-trained {trained_ways}-way and cannot be evaluated {task.ways}-way; "
                 f"evaluate with --ways {trained_ways}")
+
+
+def episode_classification_output(logits: Tensor, query_y: Tensor, *, log_probs: bool = False) -> MetaOutput:
+    """``MetaOutput`` of a classification meta-batch from its query scores.
+
+    Args:
+        logits: ``[T, n_query, ways]`` logits (or log-probabilities when ``log_probs``).
+        query_y: ``[T, n_query]`` int64 labels.
+    Returns: mean cross-entropy as ``loss``, per-task losses ``[T]`` (detached), loss and accuracy metrics.
+    """
+    flat_logits, flat_labels = logits.flatten(0, 1), query_y.flatten()
+    if log_probs:
+        losses = nn.functional.nll_loss(flat_logits, flat_labels, reduction="none")
+    else:
+        losses = nn.functional.cross_entropy(flat_logits, flat_labels, reduction="none")
+    task_losses = losses.view(query_y.shape[0], -1).mean(1)
+    with torch.no_grad():
+        accuracy = (logits.argmax(-1) == query_y).float().mean().item()
+    loss = task_losses.mean()
+    return MetaOutput(loss, task_losses.detach(), {"loss": loss.item(), "accuracy": accuracy})

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnmeta.learners.base import Learner, MetaOutput
+from attnmeta.learners.base import Learner, MetaOutput, episode_classification_output
 from attnmeta.learners.registry import register
 from attnmeta.tasks.episode import Task, TaskBatch
 
@@ -192,11 +192,7 @@ class MatchingNetworks(Learner):
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         check_classification_batch(batch, self.name)
         logits = self._logits(batch.support_x, batch.support_y, batch.query_x, batch.ways)
-        losses = F.nll_loss(logits.flatten(0, 1), batch.query_y.flatten(), reduction="none")
-        task_losses = losses.view(len(batch), -1).mean(1)
-        accuracy = (logits.argmax(-1) == batch.query_y).float().mean().item()
-        return MetaOutput(task_losses.mean(), task_losses.detach(),
-                          {"loss": task_losses.mean().item(), "accuracy": accuracy})
+        return episode_classification_output(logits, batch.query_y, log_probs=True)
 
     def predict(self, task: Task) -> Tensor:
         check_classification_batch(task, self.name)

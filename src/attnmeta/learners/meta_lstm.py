@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from attnmeta.learners.base import Learner, MetaOutput
+from attnmeta.learners.base import Learner, MetaOutput, episode_classification_output
 from attnmeta.learners.matching import check_classification_batch
 from attnmeta.learners.registry import register
 from attnmeta.tasks.episode import Task, TaskBatch
@@ -168,11 +168,7 @@ class MetaLSTM(Learner):
         self._check(batch)
         theta = self.adapt(batch.support_x, batch.support_y)
         logits = torch.stack([self._task_logits(theta[k], batch.query_x[k]) for k in range(len(batch))])
-        losses = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten(), reduction="none")
-        task_losses = losses.view(len(batch), -1).mean(1)
-        accuracy = (logits.argmax(-1) == batch.query_y).float().mean().item()
-        return MetaOutput(task_losses.mean(), task_losses.detach(),
-                          {"loss": task_losses.mean().item(), "accuracy": accuracy})
+        return episode_classification_output(logits, batch.query_y)
 
     def predict(self, task: Task) -> Tensor:
         self._check(task)

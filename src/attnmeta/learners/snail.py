@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnmeta.learners.base import Learner, MetaOutput
+from attnmeta.learners.base import Learner, MetaOutput, episode_classification_output
 from attnmeta.learners.matching import check_classification_batch, embed_episodes, infer_feature_dim
 from attnmeta.learners.registry import register
 from attnmeta.nn.attention import scaled_dot_product_attention
@@ -178,11 +178,7 @@ class SNAIL(Learner):
         self._check(batch)
         support_emb, query_emb = embed_episodes(self.model, batch.support_x, batch.query_x)
         logits = self.sequence_logits(support_emb, batch.support_y, query_emb)
-        losses = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten(), reduction="none")
-        task_losses = losses.view(len(batch), -1).mean(1)
-        accuracy = (logits.argmax(-1) == batch.query_y).float().mean().item()
-        return MetaOutput(task_losses.mean(), task_losses.detach(),
-                          {"loss": task_losses.mean().item(), "accuracy": accuracy})
+        return episode_classification_output(logits, batch.query_y)
 
     def predict(self, task: Task) -> Tensor:
         self._check(task)
