@@ -97,6 +97,11 @@ class NormalizedSource:
         return getattr(self.source, name)
 
 
+def uint8_to_unit(x: Tensor) -> Tensor:
+    """uint8 pixels ``[m, ...]`` -> float32 in [0, 1] (the sampler's batch transform for image stores)."""
+    return x.float().div_(255.0)
+
+
 def make_benchmark(name: str, *, root: str | Path | None = None, ways: int, shots: int, queries: int,
                    split: str = "default", seed: int = 0, image_size: int | None = None,
                    **options: Any) -> Benchmark:
@@ -156,19 +161,22 @@ def _omniglot(root: str | Path | None, ways: int, shots: int, queries: int, spli
 
     def sampler(images: Tensor, labels: Tensor, offset: int, classes: Tensor | None = None,
                 rotations: tuple[int, ...] | None = None) -> EpisodeSampler:
+        # uint8 storage, rotations precomputed once, float conversion only of the sampled examples:
+        # the fastest sampler path (benchmarks/bench_sampler.py), same tasks as float storage.
         return EpisodeSampler(images, labels, ways, shots, queries, classes=classes, rotations=rotations,
-                              seed=seed + offset)
+                              seed=seed + offset, batch_transform=uint8_to_unit,
+                              precompute_augmentation=rotations is not None)
 
     info: dict[str, Any] = {"split": split, "image_size": image_size}
     if split in ("default", "lake"):
-        train = sampler(background.float_images(), background.labels, 0, rotations=rotations)
-        eval_images = evaluation.float_images()
+        train = sampler(background.images, background.labels, 0, rotations=rotations)
+        eval_images = evaluation.images
         val = sampler(eval_images, evaluation.labels, 1)
         test = sampler(eval_images, evaluation.labels, 2)
         info.update(train_characters=background.num_characters, test_characters=evaluation.num_characters)
     else:
         both = Omniglot.combine(background, evaluation)
-        images = both.float_images()
+        images = both.images
         if split == "vinyals":
             folder = Path(split_dir) if split_dir is not None else (Path(root) / "splits" / "vinyals"
                                                                     if root is not None else None)
