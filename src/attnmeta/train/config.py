@@ -26,27 +26,19 @@ MAML_FAMILY = ("maml", "fomaml", "meta-sgd", "anil", "maml++")
 #: Defaults per benchmark, applied by ``RunConfig.preset`` (the CLI) under the user's own settings.
 #: The regression preset is the README's main job: about a minute on 2 CPU cores. One torch thread: the
 #: 40-40 MLP is far too small to gain from more, and extra threads spin against each other on a busy machine.
+_REGRESSION_PRESET: dict[str, Any] = {
+    "meta_batch": 10,
+    "steps": 1200,
+    "lr": 3e-3,
+    "schedule": "cosine",
+    "eval_every": 300,
+    "eval_episodes": 100,
+    "checkpoint_every": 300,
+    "threads": 1,
+}
 BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
-    "sinusoid": {
-        "meta_batch": 10,
-        "steps": 1200,
-        "lr": 3e-3,
-        "schedule": "cosine",
-        "eval_every": 300,
-        "eval_episodes": 100,
-        "checkpoint_every": 300,
-        "threads": 1,
-    },
-    "multimodal": {
-        "meta_batch": 10,
-        "steps": 1200,
-        "lr": 3e-3,
-        "schedule": "cosine",
-        "eval_every": 300,
-        "eval_episodes": 100,
-        "checkpoint_every": 300,
-        "threads": 1,
-    },
+    "sinusoid": dict(_REGRESSION_PRESET),
+    "multimodal": dict(_REGRESSION_PRESET),
 }
 #: Learner options added for the MAML family on the regression presets (evaluation with 10 inner steps,
 #: as in the MAML paper's sinusoid results).
