@@ -4,6 +4,10 @@ Needs the ``rl`` extra (gymnasium + mujoco). Stages, each its own process (1 thr
     python benchmarks/rl_halfcheetah.py train --kind direction --algo maml --iterations 500
     python benchmarks/rl_halfcheetah.py train --kind direction --algo pretrained --iterations 500
     python benchmarks/rl_halfcheetah.py evaluate --kind direction
+Reduced run that fits a 2-core session (measured numbers in the README):
+    python benchmarks/rl_halfcheetah.py train --algo maml --meta-batch 10 --episodes 10 --max-cpu-min 8
+    python benchmarks/rl_halfcheetah.py train --algo pretrained --meta-batch 10 --episodes 10 --max-cpu-min 4
+    python benchmarks/rl_halfcheetah.py evaluate --episodes 10
 Paper settings: meta-batch 40 tasks, 20 episodes of 200 steps per task, inner lr 0.1, one inner step, TRPO
 (max KL 0.01). Evaluation: 40 fixed test tasks, returns before and after 1, 2, 3 steps, mean +/- 95% CI, for
 MAML, the jointly pre-trained policy (fine-tuned) and a random initialisation (fine-tuned); writes
@@ -38,7 +42,8 @@ def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     family = HalfCheetahTasks(args.kind, seed=args.seed)
     policy = GaussianMLPPolicy(17, 6)
-    learner = _learner(policy, family, 1 if args.algo == "maml" else 0, args.episodes, args.inner_lr)
+    learner = _learner(policy, family, args.inner_steps if args.algo == "maml" else 0, args.episodes,
+                       args.inner_lr)
     generator = torch.Generator().manual_seed(args.seed + 1)
     cpu0, wall0 = time.process_time(), time.time()
     log = []
@@ -51,9 +56,12 @@ def train(args: argparse.Namespace) -> None:
         print(f"{args.kind} {args.algo} it {it:4d} cpu {cpu / 60:7.2f} min return before "
               f"{metrics['return_before']:8.2f} after {metrics['return_after']:8.2f} kl {metrics['kl']:.4f}",
               flush=True)
-        done = cpu > 60 * args.max_cpu_min or it == args.iterations
+        done = cpu > 60 * args.max_cpu_min or wall > 60 * args.max_wall_min or it == args.iterations
         if it % 5 == 0 or done:
-            torch.save({"policy": policy.state_dict(), "log": log, "cpu_s": cpu, "wall_s": wall}, path)
+            samples = (learner.inner_steps + 1) * args.meta_batch * args.episodes * family.horizon * it
+            torch.save({"policy": policy.state_dict(), "log": log, "cpu_s": cpu, "wall_s": wall,
+                        "env_steps": samples, "meta_batch": args.meta_batch, "episodes": args.episodes,
+                        "inner_steps": learner.inner_steps}, path)
         if done:
             break
 
@@ -68,7 +76,10 @@ def evaluate(args: argparse.Namespace) -> None:
         policy.load_state_dict(state["policy"])
         runs[algo] = policy
         info[algo] = {"iterations": len(state["log"]), "train_cpu_min": state["cpu_s"] / 60,
+                      "env_steps": state.get("env_steps"), "meta_batch": state.get("meta_batch"),
+                      "episodes": state.get("episodes"),
                       "train_curve": [row["return_after"] for row in state["log"]]}
+        print(algo, {k: v for k, v in info[algo].items() if k != "train_curve"})
     torch.manual_seed(args.seed)
     runs["random init"] = GaussianMLPPolicy(17, 6)
     curves = [evaluate_adaptation(policy, tasks, name, steps=args.steps, inner_lr=args.inner_lr,
@@ -98,6 +109,8 @@ def main() -> None:
     parser.add_argument("--algo", choices=["maml", "pretrained"], default="maml")
     parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--max-cpu-min", type=float, default=float("inf"))
+    parser.add_argument("--max-wall-min", type=float, default=float("inf"))
+    parser.add_argument("--inner-steps", type=int, default=1, help="inner steps in MAML meta-training")
     parser.add_argument("--meta-batch", type=int, default=40)
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--test-tasks", type=int, default=40)

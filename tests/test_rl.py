@@ -153,13 +153,15 @@ def _double_meta_batch(learner: MAMLRL, goals: torch.Tensor) -> MetaBatchData:
     names = ("support_x", "support_y", "query_x", "query_actions", "query_adv", "query_mask", "old_outputs")
     for name in names:
         setattr(data, name, [t.double() for t in getattr(data, name)])
+    data.extra_support = [[(x.double(), y.double()) for x, y in step] for step in data.extra_support]
     return data
 
 
-def test_second_order_meta_gradient_matches_finite_differences():
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_second_order_meta_gradient_matches_finite_differences(inner_steps):
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(2, 2, hidden=(6,))
-    learner = MAMLRL(policy, inner_lr=0.3, episodes=3, horizon=15)
+    learner = MAMLRL(policy, inner_lr=0.3, inner_steps=inner_steps, episodes=3, horizon=15)
     goals = torch.stack([t.goal for t in NavigationTasks(seed=4).sample_batch(2)])
     data = _double_meta_batch(learner, goals)
     params = {n: p.detach().double().requires_grad_(True) for n, p in policy.named_parameters()}
@@ -281,3 +283,111 @@ def test_halfcheetah_env_rewards_follow_maml_paper():
                     horizon=4, generator=torch.Generator().manual_seed(0), env_factory=task.env_factory())
     assert batch.obs.shape == (1, 4, 2, 17) and batch.mask.all()
     assert (batch.rewards <= 0).all() and torch.allclose(batch.returns(), batch.rewards.sum(1))
+
+
+def test_multi_step_training_samples_fresh_episodes_for_every_inner_step():
+    torch.manual_seed(0)
+    learner = MAMLRL(GaussianMLPPolicy(2, 2, hidden=(16,)), inner_steps=3, episodes=4, horizon=20)
+    goals = torch.stack([t.goal for t in NavigationTasks(seed=7).sample_batch(2)])
+    data = learner.sample(goals, torch.Generator().manual_seed(0))
+    assert len(data.extra_support) == 2 and all(len(step) == 2 for step in data.extra_support)
+    assert len(data.step_returns) == 3
+    # the stored chain reproduces the query policy that generated the query episodes (ratio 1 at start)
+    params = {n: p.detach() for n, p in learner.params().items()}
+    adapted = learner.adapted_for_task(params, data, 1, create_graph=False)
+    out = learner.forward_fn(adapted, data.query_x[1])
+    assert torch.allclose(out, data.old_outputs[1], atol=1e-5)
+    assert not torch.equal(data.extra_support[0][1][0], data.support_x[1])  # fresh episodes, not reused
+    metrics = learner.train_iteration(goals, torch.Generator().manual_seed(1))
+    assert {"return_step1", "return_step2"} <= metrics.keys()
+
+
+# -- task attention and SNAIL for meta-RL ---------------------------------------------------------------
+def test_task_attention_weights_the_meta_rl_surrogate_and_learns():
+    from attnmeta.learners.task_attention import TaskWeighting
+    from attnmeta.rl.maml_rl import RL_TASK_STATS
+
+    torch.manual_seed(0)
+    goals = torch.stack([t.goal for t in NavigationTasks(seed=8).sample_batch(4)])
+    weighting = TaskWeighting(RL_TASK_STATS, dim=8, heads=1, temperature=0.5)
+    learner = MAMLRL(GaussianMLPPolicy(2, 2, hidden=(16,)), episodes=4, horizon=20, task_weighting=weighting,
+                     weighting_lr=0.05)
+    data = learner.sample(goals, torch.Generator().manual_seed(0))
+    assert data.task_stats.shape == (4, RL_TASK_STATS) and torch.isfinite(data.task_stats).all()
+    assert data.task_grads.shape == (4, sum(p.numel() for p in learner.policy.parameters()))
+    # the module starts uniform (zero score layer): the surrogate equals plain MAML-RL's
+    assert torch.allclose(data.task_weights, torch.ones(4))
+    params = {n: p.detach() for n, p in learner.params().items()}
+    weighted, _ = learner.surrogate(params, data, create_graph=False)
+    data.task_weights = torch.tensor([2.0, 0.0, 1.0, 1.0])
+    per_task = []
+    for i in range(4):
+        one = MetaBatchData([data.support_x[i]], [data.support_y[i]], [data.query_x[i]],
+                            [data.query_actions[i]], [data.query_adv[i]], [data.query_mask[i]],
+                            [data.old_outputs[i]], 0.0, 0.0)
+        per_task.append(learner.surrogate(params, one, create_graph=False)[0])
+    assert weighted.item() == pytest.approx(torch.stack(per_task).mean().item(), abs=1e-6)
+    reweighted, _ = learner.surrogate(params, data, create_graph=False)
+    expected = (torch.stack(per_task) * data.task_weights).mean()
+    assert reweighted.item() == pytest.approx(expected.item(), abs=1e-6)
+    # one outer step also trains the weighting module: its weights move away from uniform, mean stays 1
+    metrics = learner.train_iteration(goals, torch.Generator().manual_seed(1))
+    assert "weighting_objective" in metrics
+    new_weights = weighting(learner.sample(goals, torch.Generator().manual_seed(2)).task_stats)
+    assert new_weights.mean().item() == pytest.approx(1.0, abs=1e-5) and new_weights.std() > 1e-4
+    with pytest.raises(TypeError, match="TaskWeighting"):
+        MAMLRL(GaussianMLPPolicy(2, 2), task_weighting=torch.nn.Linear(4, 1))
+
+
+def test_snail_policy_is_causal_and_its_rollout_matches_one_sequence_pass():
+    from attnmeta.rl.policy import gaussian_log_prob
+    from attnmeta.rl.snail_policy import SNAILPolicy, rollout_trial
+
+    torch.manual_seed(0)
+    policy = SNAILPolicy(2, 2, max_len=24, dim=8, filters=4, key_size=8, value_size=8)
+    seq = torch.randn(3, 24, policy.input_dim)
+    out = policy(seq)
+    changed = seq.clone()
+    changed[:, 10:] += 1.0
+    assert torch.equal(policy(changed)[:, :10], out[:, :10]) and not torch.allclose(policy(changed)[:, 10:],
+                                                                                     out[:, 10:])
+    goals = torch.stack([t.goal for t in NavigationTasks(seed=9).sample_batch(2)])
+    trial = rollout_trial(policy, goals, trials=3, episodes_per_trial=2, horizon=12,
+                          generator=torch.Generator().manual_seed(0))
+    assert trial.seq.shape == (6, 24, 6) and trial.episode_returns().shape == (2, 3, 2)
+    # the step-by-step rollout (re-reading the trial so far) equals one causal pass over the whole trial
+    assert torch.allclose(gaussian_log_prob(policy(trial.seq), trial.actions), trial.log_prob, atol=1e-4)
+    # episode starts are flagged, and previous reward/action inputs are what the environment returned
+    starts = trial.seq[:, :, -1]
+    assert starts[:, 0].eq(1).all() and starts[:, 12].eq(1).all() and starts[:, 5].eq(0).all()
+    assert torch.allclose(trial.seq[:, 1:12, -2], trial.rewards[:, :11])
+    with pytest.raises(ValueError, match="exceeds max_len"):
+        policy(torch.zeros(1, 25, policy.input_dim))
+    with pytest.raises(ValueError, match=r"seq must be \[batch, length, 6\]"):
+        policy(torch.zeros(1, 5, 3))
+
+
+def test_snail_rl_ppo_iteration_lowers_the_surrogate_and_uses_the_reward_input():
+    from attnmeta.rl.snail_policy import SNAILRL, SNAILPolicy
+
+    torch.manual_seed(0)
+    policy = SNAILPolicy(2, 2, max_len=30, dim=8, filters=4, key_size=8, value_size=8)
+    learner = SNAILRL(policy, episodes_per_trial=2, trials=4, horizon=15, lr=3e-3, epochs=3)
+    goals = torch.stack([t.goal for t in NavigationTasks(seed=10).sample_batch(3)])
+    trial = learner.sample(goals, torch.Generator().manual_seed(0))
+    adv = learner.advantages(trial)
+    assert adv.shape == (12, 30)
+    before = learner.surrogate(trial, adv)
+    before.backward()
+    reward_column = policy.embed.weight.grad[:, -2]
+    assert reward_column.abs().sum() > 0  # the policy reads the previous reward
+    for _ in range(3):
+        loss = learner.surrogate(trial, adv)
+        learner.optimizer.zero_grad()
+        loss.backward()
+        learner.optimizer.step()
+    assert learner.surrogate(trial, adv).item() < before.item() - 1e-3
+    metrics = learner.train_iteration(goals, torch.Generator().manual_seed(1))
+    assert {"return_ep0", "return_ep1", "surrogate"} <= metrics.keys()
+    with pytest.raises(ValueError, match="exceeds the policy's max_len"):
+        SNAILRL(policy, episodes_per_trial=3, horizon=15)

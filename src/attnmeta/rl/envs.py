@@ -79,12 +79,19 @@ EnvFactory = Callable[[Tensor, int], VectorEnv]
 """``factory(task_params [E, k], horizon) -> VectorEnv`` (``Navigation2DEnv`` itself is one)."""
 
 
+_CHEETAH_POOL: dict[int, list[Any]] = {}
+"""Per-process pool of gymnasium HalfCheetah simulators by horizon, shared by ``HalfCheetahEnv`` instances
+(``rollout`` uses one at a time; creating 100s of MuJoCo models per rollout costs seconds)."""
+
+
 class HalfCheetahEnv:
     """``E`` gymnasium MuJoCo HalfCheetah-v5 robots with MAML-paper task rewards (horizon 200).
 
     ``kind="direction"``: ``task_values [E]`` in ``{-1, +1}``, reward ``direction * forward_velocity``;
     ``kind="velocity"``: goal velocities (m/s), reward ``-|forward_velocity - goal|``; both minus the control
     cost ``0.05 * |a|^2`` (``a`` clipped to ``[-1, 1]``). Needs the ``rl`` extra (gymnasium, mujoco).
+    Simulators come from a per-process pool: two live instances with the same horizon share them, so step
+    one at a time (as ``rollout`` does) and call ``reset`` before stepping.
     """
 
     action_dim = 6
@@ -102,8 +109,10 @@ class HalfCheetahEnv:
         values = torch.as_tensor(task_values, dtype=torch.float64).reshape(-1)
         self.task_values, self.kind, self.horizon, self.seed = values, kind, horizon, seed
         self.num_envs = values.numel()
-        self.envs = [gymnasium.make("HalfCheetah-v5", max_episode_steps=horizon)
-                     for _ in range(self.num_envs)]
+        pool = _CHEETAH_POOL.setdefault(horizon, [])
+        while len(pool) < self.num_envs:  # simulators are reused across rollouts (reset re-seeds them)
+            pool.append(gymnasium.make("HalfCheetah-v5", max_episode_steps=horizon))
+        self.envs = pool[:self.num_envs]
         self.t = 0
 
     def reset(self, seed: int | None = None) -> tuple[Tensor, dict[str, Any]]:

@@ -6,17 +6,24 @@ task's *support* episodes (sampled with the meta-policy). Outer loop: the policy
 default), optimised with TRPO (conjugate gradient on the Fisher/KL Hessian + backtracking line search on the
 KL constraint) or, cheaper, with a few Adam epochs on the PPO clipped surrogate. ``inner_steps=0`` is plain
 multi-task TRPO/PPO (the "pre-trained on all tasks jointly" baseline).
+
+With ``inner_steps = K > 1`` every inner step gets fresh episodes sampled with the policy adapted so far
+(the evaluation protocol, and the MAML paper's code):
+``theta_k = theta_{k-1} - alpha grad L(theta_{k-1}; D_{k-1})`` with ``D_{k-1}`` sampled from
+``pi_{theta_{k-1}}``; the outer gradient flows through the chain of updates (as in the paper's code, not
+through the sampling distributions of ``D_1 .. D_{K-1}``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from attnmeta.learners.inner import Params, SGDRule, StepRule, adapt
+from attnmeta.learners.task_attention import TaskWeighting, cosine_alignment
 from attnmeta.rl.envs import EnvFactory, Navigation2DEnv, Rollout, rollout
 from attnmeta.rl.policy import (
     LinearFeatureBaseline,
@@ -30,7 +37,10 @@ from attnmeta.rl.policy import (
 
 @dataclass
 class MetaBatchData:
-    """Everything one outer step needs: per-task support data, query data, and the old query policy."""
+    """Everything one outer step needs: per-task support data, query data, and the old query policy.
+
+    ``support_x[i]`` / ``support_y[i]``: task ``i``'s support data of the first inner step;
+    ``extra_support[k - 1][i]``: ``(x, y)`` of inner step ``k >= 1`` (empty for one inner step)."""
 
     support_x: list[Tensor]
     support_y: list[Tensor]
@@ -41,6 +51,11 @@ class MetaBatchData:
     old_outputs: list[Tensor]
     support_return: float
     query_return: float
+    extra_support: list[list[tuple[Tensor, Tensor]]] = field(default_factory=list)
+    step_returns: list[float] = field(default_factory=list)
+    task_stats: Tensor | None = None
+    task_weights: Tensor | None = None
+    task_grads: Tensor | None = None
 
 
 class MAMLRL(nn.Module):
@@ -58,6 +73,11 @@ class MAMLRL(nn.Module):
             (the gradient stays second order and the line search checks the exact KL); ~10x cheaper on CPU.
             ``False`` differentiates the KL three times through the inner step, as the paper's code.
         env_factory: ``factory(task_params [E, k], horizon)`` (``Navigation2DEnv``; see ``envs``).
+        task_weighting: optional task attention over the meta-batch (``TaskWeighting(stats_dim=4)``): the
+            outer surrogate becomes ``mean_t(w_t L_t)`` with weights from the per-task descriptors of
+            ``rl_task_stats`` (``w`` constant in the outer step); after each outer step the module takes one
+            Adam step (``weighting_lr``) on its look-ahead objective with leave-one-out cosine alignments of
+            the per-task policy gradients at the adapted parameters (``attnmeta.learners.task_attention``).
     """
 
     def __init__(self, policy: nn.Module, inner_lr: float = 0.1, inner_steps: int = 1, episodes: int = 20,
@@ -65,7 +85,8 @@ class MAMLRL(nn.Module):
                  outer: str = "trpo", max_kl: float = 0.01, cg_iters: int = 10, cg_damping: float = 1e-5,
                  ls_steps: int = 15, ls_backtrack: float = 0.5, ppo_lr: float = 3e-4, ppo_epochs: int = 5,
                  ppo_clip: float = 0.2, fisher_first_order: bool = True,
-                 rule: StepRule | None = None, env_factory: EnvFactory = Navigation2DEnv) -> None:
+                 rule: StepRule | None = None, env_factory: EnvFactory = Navigation2DEnv,
+                 task_weighting: TaskWeighting | None = None, weighting_lr: float = 1e-3) -> None:
         super().__init__()
         if not isinstance(policy, nn.Module):
             raise TypeError(f"policy must be an nn.Module, got {type(policy).__name__}")
@@ -84,6 +105,11 @@ class MAMLRL(nn.Module):
         self.ppo_epochs, self.ppo_clip = ppo_epochs, ppo_clip
         self.baseline = LinearFeatureBaseline()
         self.ppo_optimizer = torch.optim.Adam(self.policy.parameters(), lr=ppo_lr) if outer == "ppo" else None
+        if task_weighting is not None and not isinstance(task_weighting, TaskWeighting):
+            raise TypeError(f"task_weighting must be a TaskWeighting, got {type(task_weighting).__name__}")
+        self.task_weighting = task_weighting
+        self.weighting_optimizer = (torch.optim.Adam(task_weighting.parameters(), lr=weighting_lr)
+                                    if task_weighting is not None and not task_weighting.uniform else None)
 
     # -- functional pieces -------------------------------------------------------------------------------
     def params(self) -> Params:
@@ -119,12 +145,24 @@ class MAMLRL(nn.Module):
         support_x: list[Tensor] = []
         support_y: list[Tensor] = []
         support_return = float("nan")
+        extra: list[list[tuple[Tensor, Tensor]]] = []
+        step_returns: list[float] = []
         if self.inner_steps > 0:
             support = rollout(self.policy, params, goals, self.episodes, self.horizon, generator,
                               env_factory=self.env_factory)
             support_return = support.returns().mean().item()
+            step_returns.append(support_return)
             support_x, support_y = self.support_data(support)
-            adapted = [self.adapt_params(params, support_x[i], support_y[i]) for i in range(num_tasks)]
+            adapted = [self.adapt_params(params, support_x[i], support_y[i], steps=1)
+                       for i in range(num_tasks)]
+            for _ in range(1, self.inner_steps):  # fresh episodes with the policy adapted so far
+                stacked = {n: torch.stack([a[n].detach() for a in adapted]) for n in params}
+                batch = rollout(self.policy, stacked, goals, self.episodes, self.horizon, generator,
+                                per_task_params=True, env_factory=self.env_factory)
+                step_returns.append(batch.returns().mean().item())
+                xs, ys = self.support_data(batch)
+                extra.append(list(zip(xs, ys)))
+                adapted = [self.adapt_params(adapted[i], xs[i], ys[i], steps=1) for i in range(num_tasks)]
             stacked = {n: torch.stack([a[n].detach() for a in adapted]) for n in params}
             query = rollout(self.policy, stacked, goals, self.episodes, self.horizon, generator,
                             per_task_params=True, env_factory=self.env_factory)
@@ -135,10 +173,46 @@ class MAMLRL(nn.Module):
         adv = advantages(query, self.baseline, self.gamma, self.gae_lambda)
         with torch.no_grad():
             old = [self.forward_fn(adapted[i], query.obs[i]) for i in range(num_tasks)]
-        return MetaBatchData(support_x, support_y, [query.obs[i] for i in range(num_tasks)],
+        data = MetaBatchData(support_x, support_y, [query.obs[i] for i in range(num_tasks)],
                              [query.actions[i] for i in range(num_tasks)], [adv[i] for i in range(num_tasks)],
                              [query.mask[i] for i in range(num_tasks)], old, support_return,
-                             query.returns().mean().item())
+                             query.returns().mean().item(), extra, step_returns)
+        if self.task_weighting is not None:
+            first = (support if self.inner_steps > 0 else query).returns().mean(dim=1)
+            step = [torch.sqrt(sum(((adapted[i][n] - params[n]) ** 2).sum() for n in params))
+                    for i in range(num_tasks)]
+            lr = float(getattr(self.rule, "lr", torch.tensor(1.0)).detach().mean())
+            data.task_stats = rl_task_stats(first, query.returns().mean(dim=1), torch.stack(step) / lr,
+                                            self.horizon).detach()
+            with torch.no_grad():
+                data.task_weights = self.task_weighting(data.task_stats)
+            data.task_grads = torch.stack([self._task_gradient(adapted[i], data, i)
+                                           for i in range(num_tasks)])
+        return data
+
+    def _task_gradient(self, adapted: Params, data: MetaBatchData, i: int) -> Tensor:
+        """First-order policy gradient of task ``i``'s query surrogate at its adapted parameters, flat."""
+        leaves = {n: t.detach().requires_grad_(True) for n, t in adapted.items()}
+        mask = data.query_mask[i]
+        log_prob = gaussian_log_prob(self.forward_fn(leaves, data.query_x[i]), data.query_actions[i])
+        loss = -(log_prob * data.query_adv[i] * mask).sum() / mask.sum().clamp_min(1.0)
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        return torch.cat([(torch.zeros_like(t) if g is None else g).reshape(-1)
+                          for g, t in zip(grads, leaves.values())])
+
+    def weighting_step(self, data: MetaBatchData) -> dict[str, float]:
+        """One Adam step of the task-attention module on its look-ahead objective (see ``task_weighting``)."""
+        assert self.task_weighting is not None and data.task_stats is not None
+        assert data.task_weights is not None
+        out = {"weight_min": data.task_weights.min().item(), "weight_max": data.task_weights.max().item()}
+        if self.weighting_optimizer is None or data.task_grads is None or len(data.query_x) < 2:
+            return out
+        probs = self.task_weighting.probabilities(data.task_stats)
+        objective = self.task_weighting.objective(probs, cosine_alignment(data.task_grads))
+        self.weighting_optimizer.zero_grad()
+        objective.backward()
+        self.weighting_optimizer.step()
+        return {**out, "weighting_objective": objective.item()}
 
     # -- outer objective ---------------------------------------------------------------------------------
     def surrogate(self, params: Params, data: MetaBatchData, create_graph: bool,
@@ -147,10 +221,7 @@ class MAMLRL(nn.Module):
         ``KL(old || new)``, both as functions of the meta-parameters ``params``."""
         losses, kls = [], []
         for i in range(len(data.query_x)):
-            adapted = params
-            if self.inner_steps > 0:
-                adapted = self.adapt_params(params, data.support_x[i], data.support_y[i],
-                                            create_graph=create_graph)
+            adapted = self.adapted_for_task(params, data, i, create_graph)
             out = self.forward_fn(adapted, data.query_x[i])
             mask = data.query_mask[i]
             n = mask.sum().clamp_min(1.0)
@@ -163,7 +234,21 @@ class MAMLRL(nn.Module):
                 objective = torch.minimum(objective, ratio.clamp(1 - clip, 1 + clip) * adv)
             losses.append(-(objective * mask).sum() / n)
             kls.append((gaussian_kl(data.old_outputs[i], out) * mask).sum() / n)
-        return torch.stack(losses).mean(), torch.stack(kls).mean()
+        losses_t = torch.stack(losses)
+        if data.task_weights is not None:
+            losses_t = losses_t * data.task_weights.to(losses_t.dtype)
+        return losses_t.mean(), torch.stack(kls).mean()
+
+    def adapted_for_task(self, params: Params, data: MetaBatchData, i: int, create_graph: bool) -> Params:
+        """Task ``i``'s query policy: ``inner_steps`` chained single steps on its stored support data."""
+        if self.inner_steps == 0:
+            return params
+        adapted = self.adapt_params(params, data.support_x[i], data.support_y[i], steps=1,
+                                    create_graph=create_graph)
+        for step_data in data.extra_support[: self.inner_steps - 1]:
+            x, y = step_data[i]
+            adapted = self.adapt_params(adapted, x, y, steps=1, create_graph=create_graph)
+        return adapted
 
     def trpo_step(self, data: MetaBatchData) -> dict[str, float]:
         """One TRPO update of the meta-parameters (conjugate gradient + backtracking line search)."""
@@ -230,7 +315,21 @@ class MAMLRL(nn.Module):
         mean undiscounted episode returns before and after adaptation)."""
         data = self.sample(goals, generator)
         metrics = self.trpo_step(data) if self.outer == "trpo" else self.ppo_step(data)
-        return {"return_before": data.support_return, "return_after": data.query_return, **metrics}
+        if data.task_weights is not None:
+            metrics.update(self.weighting_step(data))
+        steps = {f"return_step{k}": r for k, r in enumerate(data.step_returns[1:], start=1)}
+        return {"return_before": data.support_return, "return_after": data.query_return, **steps, **metrics}
+
+
+RL_TASK_STATS = 4
+
+
+def rl_task_stats(return_before: Tensor, return_after: Tensor, step_norm: Tensor, horizon: int) -> Tensor:
+    """``[T, 4]`` task descriptors for task attention in meta-RL: mean return per step before and after
+    adaptation, their difference, and ``log`` of the inner update's norm divided by the inner rate (all
+    inputs ``[T]``)."""
+    before, after = return_before / horizon, return_after / horizon
+    return torch.stack([before, after, after - before, torch.log(step_norm + 1e-8)], dim=-1).float()
 
 
 def conjugate_gradient(matvec, b: Tensor, iters: int = 10, tol: float = 1e-10) -> Tensor:
