@@ -1,19 +1,22 @@
 """Attention-MAML ablation: MAML, +task, +feature, +parameter attention, all three; task selection.
 
-Benchmarks (regression, MLP 1-40-40-1, 1 inner step, inner lr 0.01, Adam 1e-3):
+Benchmarks (regression, MLP 1-40-40-1, 1 inner step, inner lr 0.01, Adam 1e-3, meta-batch 10):
   sinusoid K=5/10/20, multimodal (5 kinds, K=10), corrupted sinusoid (30% of training tasks' targets
-  replaced by noise, K=10, tested on clean tasks), and attentive task selection on the multimodal family
-  (target kind "sinusoid": selected vs uniform meta-batches from a pool, tested on that kind).
+  replaced by noise, K=10, tested on clean tasks), attentive task selection on the multimodal family
+  (target kind "sinusoid": selected vs uniform meta-batches from a pool, tested on that kind), ``param5``
+  (sinusoid K=5: MAML and parameter attention, each also with a learned inner rate) and ``param5x5`` (the
+  same with 5 inner steps), and ``omniglot`` (5-way 1-shot, Conv-4, first order; needs ../shared/data).
+Task attention's look-ahead uses 20 trusted clean tasks of the family (``HELDOUT_TASKS``; never test tasks);
+``+task(loo)`` uses leave-one-out alignment instead, ``+task(raw)`` / ``+task(sf)`` are descriptor variants
+(no batch standardisation / scale-free losses, see ``attnmeta.learners.task_attention``).
 Every method of a benchmark is tested on the same 600 fixed test tasks (seed 1234); mean +/- 95% CI of the
-per-task MSE, training time, meta-steps done. Runs go in parallel processes (one thread each); a run stops
-at ``--steps`` meta-steps or ``--time-budget`` seconds of training, whichever comes first (steps done are
-reported).
+per-task MSE (Omniglot: accuracy), training CPU seconds (process time, one thread), meta-steps done. A run
+stops at ``--steps`` meta-steps or ``--time-budget`` CPU seconds of training, whichever comes first.
 
-    python benchmarks/attention_ablation.py --steps 5000 --time-budget 300 --jobs 16
+    python benchmarks/attention_ablation.py --steps 5000 --time-budget 300 --jobs 2
     python benchmarks/attention_ablation.py --only sinusoid5 --steps 200      # quick look
 
-Writes ``benchmarks/results/attention_ablation.json`` (``--out``) and prints the table. Timings on a shared,
-loaded machine are indicative only.
+Writes ``benchmarks/results/attention_ablation.json`` (``--out``) and prints the table.
 """
 
 from __future__ import annotations
@@ -32,9 +35,15 @@ sys.path.insert(0, str(ROOT / "src"))
 METHODS = {
     "maml": {},
     "+task": {"task_attention": True},
+    "+task(loo)": {"task_attention": True, "heldout": False},
+    "+task(raw)": {"task_attention": True, "weighting_standardize": False},
+    "+task(sf)": {"task_attention": True, "weighting_standardize": False, "weighting_scale_free": True},
+    "oracle": {},  # plain MAML whose outer loss skips the corrupted tasks (knows info["corrupted"]): a bound
     "+feature": {"feature_attention": True},
     "+feature(context)": {"feature_attention": True, "feature_mode": "context"},
     "+param": {"param_attention": True},
+    "+param(lr)": {"param_attention": True, "learn_inner_lr": True},  # attention weights x a learned rate
+    "maml(lr)": {"learn_inner_lr": True},  # control for +param(lr): MAML with the same learned rate
     "all three": {"task_attention": True, "feature_attention": True, "param_attention": True},
 }
 FIVE = ["maml", "+task", "+feature", "+param", "all three"]
@@ -42,13 +51,23 @@ BENCHMARKS = {
     "sinusoid5": dict(family="sinusoid", shots=5, methods=FIVE),
     "sinusoid10": dict(family="sinusoid", shots=10, methods=FIVE),
     "sinusoid20": dict(family="sinusoid", shots=20, methods=FIVE),
+    "param5": dict(family="sinusoid", shots=5, methods=["maml", "maml(lr)", "+param", "+param(lr)"]),
+    "param5x5": dict(family="sinusoid", shots=5, inner_steps=5, methods=["maml", "+param"]),
     "multimodal": dict(family="multimodal", shots=10,
                        methods=["maml", "+task", "+feature", "+feature(context)", "+param", "all three"]),
-    "corrupted": dict(family="sinusoid", shots=10, corrupt=0.3, methods=["maml", "+task", "all three"]),
+    "corrupted": dict(family="sinusoid", shots=10, corrupt=0.3,
+                      methods=["maml", "+task", "+task(loo)", "+task(raw)", "+task(sf)", "oracle",
+                               "all three"]),
     "selection": dict(family="multimodal", shots=10, methods=["uniform", "attentive"],
                       target_kind="sinusoid"),
+    "omniglot": dict(family="omniglot", shots=1, methods=FIVE),
 }
+OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
+# Omniglot 5-way 1-shot: Conv-4-64, first-order, 1 inner step (inner lr 0.4), meta-batch 4, Adam 1e-3
+OMNIGLOT_OPTIONS = {"inner_lr": 0.4, "inner_steps": 1, "first_order": True, "strategy": "loop"}
 CONTEXT_LR = 1.0  # CAVIA's inner rate for the context vector
+HELDOUT_TASKS = 20  # trusted clean tasks for task attention's look-ahead (learning-to-reweight style)
+WEIGHTING_ENTROPY = 0.02
 
 
 def make_family(spec: dict, *, seed: int, clean: bool = False, kinds=None):
@@ -61,17 +80,50 @@ def make_family(spec: dict, *, seed: int, clean: bool = False, kinds=None):
     return Multimodal(shots=spec["shots"], queries=10, corrupt_fraction=corrupt, seed=seed, **kw)
 
 
-def make_learner(method: str, *, inner_lr: float = 0.01):
+def make_learner(method: str, spec: dict | None = None, *, inner_lr: float = 0.01):
+    """The learner of ``method``; with task attention, its look-ahead uses ``HELDOUT_TASKS`` trusted clean
+    tasks of the benchmark's family (seed 6, never test tasks) unless the method says ``heldout=False``."""
     import torch
 
     from attnmeta.learners.attention_maml import AttentionMAML
     from attnmeta.nn.backbones import MLP
 
     flags = dict(METHODS.get(method, {}))
+    use_heldout = flags.pop("heldout", True)
     lr = CONTEXT_LR if flags.get("feature_mode") == "context" else inner_lr
+    if flags.get("task_attention"):
+        flags["weighting_entropy"] = float(os.environ.get("ATTN_WEIGHTING_ENTROPY", WEIGHTING_ENTROPY))
+        if use_heldout and spec is not None:
+            trusted = make_family(spec, seed=6, clean=True)
+            flags["weighting_heldout"] = trusted.fixed_tasks(HELDOUT_TASKS, seed=6)
     torch.manual_seed(0)
-    return AttentionMAML(MLP(1, (40, 40), 1), "regression", inner_lr=lr, inner_steps=1, strategy="vmap",
+    steps = (spec or {}).get("inner_steps", 1)
+    return AttentionMAML(MLP(1, (40, 40), 1), "regression", inner_lr=lr, inner_steps=steps, strategy="vmap",
                          **flags)
+
+
+def run_omniglot(method: str, steps: int, time_budget: float, episodes: int) -> dict:
+    """Omniglot 5w1s (background -> evaluation alphabets) for one method: train for ``time_budget`` CPU
+    seconds (or ``steps``), evaluate on ``benchmark.test.fixed_tasks(episodes, seed=0)``."""
+    import torch
+
+    torch.set_num_threads(1)
+    from attnmeta.compare import build_for, train_learner
+    from attnmeta.data.benchmarks import make_benchmark
+    from attnmeta.data.omniglot import Omniglot
+    from attnmeta.eval import evaluate
+
+    data = tuple(Omniglot(str(OMNIGLOT), background=b) for b in (True, False))
+    bench = make_benchmark("omniglot", ways=5, shots=1, queries=15, data=data)
+    flags = {k: v for k, v in METHODS[method].items() if k != "heldout"}
+    learner = build_for("attention-maml", bench, 5, 1, options={**OMNIGLOT_OPTIONS, **flags})
+    trained = train_learner(learner, bench.train, steps=steps, budget_seconds=time_budget, meta_batch=4,
+                            lr=1e-3, print_fn=lambda _line: None)
+    result = evaluate(learner, bench.test.fixed_tasks(episodes, seed=0))
+    return {"benchmark": "omniglot", "method": method, "steps": trained["steps"],
+            "train_seconds": trained["cpu_s"],
+            "seconds_per_step": trained["cpu_s"] / max(trained["steps"], 1),
+            "mse": None, "accuracy": result.mean, "ci95": result.ci95, "per_task": result.per_episode}
 
 
 def run_one(bench: str, method: str, steps: int, time_budget: float, meta_batch: int,
@@ -79,25 +131,27 @@ def run_one(bench: str, method: str, steps: int, time_budget: float, meta_batch:
     import torch
 
     torch.set_num_threads(1)
+    if bench == "omniglot":
+        return run_omniglot(method, steps, time_budget, test_count)
     from attnmeta.eval import evaluate
     from attnmeta.learners.task_attention import TaskSelector
     from attnmeta.tasks.episode import TaskBatch
 
     spec = BENCHMARKS[bench]
-    learner = make_learner("maml" if bench == "selection" else method)
+    learner = make_learner("maml" if bench == "selection" else method, spec)
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
     family = make_family(spec, seed=1)
     test_kinds = (spec["target_kind"],) if bench == "selection" else None
     test_tasks = make_family(spec, seed=2, clean=True, kinds=test_kinds).fixed_tasks(test_count, seed=1234)
     selector, targets, generator = None, None, torch.Generator().manual_seed(3)
     if bench == "selection":
-        selector = TaskSelector(temperature=0.05, uniform_share=0.2)
+        selector = TaskSelector(temperature=0.02, uniform_share=0.1)
         targets = make_family(spec, seed=4, kinds=test_kinds).fixed_tasks(5, seed=99)
     weights_log: list[tuple[float, bool]] = []
     selected_kinds: dict[str, int] = {}
-    start, done = time.perf_counter(), 0
+    start, done = time.process_time(), 0  # CPU seconds of this (one-thread) process
     for _ in range(steps):
-        if time.perf_counter() - start > time_budget:
+        if time.process_time() - start > time_budget:
             break
         if bench == "selection":
             pool = [family.sample() for _ in range(10 * meta_batch)]
@@ -111,7 +165,13 @@ def run_one(bench: str, method: str, steps: int, time_budget: float, meta_batch:
             batch = TaskBatch.stack(chosen)
         else:
             batch = family.sample_batch(meta_batch)
-        out = learner.meta_loss(batch)
+        if method == "oracle":
+            clean = torch.tensor([not info.get("corrupted", False) for info in batch.infos],
+                                 dtype=torch.float32)
+            clean = clean if clean.sum() > 0 else torch.ones_like(clean)
+            out = learner.meta_loss(batch, task_weights=clean / clean.sum())
+        else:
+            out = learner.meta_loss(batch)
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
@@ -119,7 +179,7 @@ def run_one(bench: str, method: str, steps: int, time_budget: float, meta_batch:
         if learner.last_task_weights is not None:
             weights_log += [(float(w), bool(i.get("corrupted", False)))
                             for w, i in zip(learner.last_task_weights, batch.infos)]
-    train_seconds = time.perf_counter() - start
+    train_seconds = time.process_time() - start
     result = evaluate(learner, test_tasks)
     record = {"benchmark": bench, "method": method, "steps": done, "train_seconds": train_seconds,
               "seconds_per_step": train_seconds / max(done, 1), "mse": result.mean, "ci95": result.ci95,
@@ -129,6 +189,7 @@ def run_one(bench: str, method: str, steps: int, time_budget: float, meta_batch:
         clean = [w for w, c in weights_log[len(weights_log) // 2:] if not c]
         record["weight_corrupted"] = sum(corrupted) / max(len(corrupted), 1)
         record["weight_clean"] = sum(clean) / max(len(clean), 1)
+        record["weight_clean_std"] = float(torch.tensor(clean).std()) if len(clean) > 1 else 0.0
         record["weights_log"] = weights_log[-2000:]
     if selected_kinds:
         record["selected_kinds"] = selected_kinds
@@ -175,10 +236,10 @@ def timing(meta_batch: int, repeats: int = 20) -> dict:
             learner.strategy = strategy
             for _ in range(3):
                 learner.meta_loss(batch).loss.backward()
-            start = time.perf_counter()
+            start = time.process_time()
             for _ in range(repeats):
                 learner.meta_loss(batch).loss.backward()
-            out[f"{method}/{strategy}"] = (time.perf_counter() - start) / repeats
+            out[f"{method}/{strategy}"] = (time.process_time() - start) / repeats
     return out
 
 
@@ -192,10 +253,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--only", nargs="*", default=None, help=f"benchmarks among {list(BENCHMARKS)}")
     parser.add_argument("--methods", nargs="*", default=None, help="restrict to these methods")
+    parser.add_argument("--weighting-entropy", type=float, default=WEIGHTING_ENTROPY,
+                        help="entropy weight of task attention's look-ahead objective")
     parser.add_argument("--no-timing", action="store_true", help="skip the seconds-per-step measurement")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "attention_ablation.json"))
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ["ATTN_WEIGHTING_ENTROPY"] = str(args.weighting_entropy)  # read by make_learner in workers
     benches = args.only or list(BENCHMARKS)
     unknown = [b for b in benches if b not in BENCHMARKS]
     if unknown:
@@ -237,10 +301,12 @@ def print_table(summary: dict, header: bool = True) -> None:
             continue
         extra = ""
         if r.get("weights_log") and any(c for _, c in r["weights_log"]):
-            extra = f"corrupted {r['weight_corrupted']:.3f} / clean {r['weight_clean']:.3f}"
+            extra = (f"weight corrupted {r['weight_corrupted']:.3f} / clean {r['weight_clean']:.3f} "
+                     f"(clean std {r.get('weight_clean_std', float('nan')):.3f})")
         if "selected_kinds" in r:
             extra = " ".join(f"{k}:{v}" for k, v in sorted(r["selected_kinds"].items()))
-        print(f"{r['benchmark']:<12} {r['method']:<18} {r['mse']:.3f} +/- {r['ci95']:.3f}{'':<6} "
+        score = r["mse"] if r.get("mse") is not None else r["accuracy"]
+        print(f"{r['benchmark']:<12} {r['method']:<18} {score:.3f} +/- {r['ci95']:.3f}{'':<6} "
               f"{r['steps']:>6} {r['train_seconds']:>8.0f}  {extra}", flush=True)
     if summary.get("timing_seconds_per_step"):
         print("seconds per meta-step (1 thread):",

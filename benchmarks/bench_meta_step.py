@@ -6,15 +6,22 @@ Variants (each in its own subprocess, so peak RSS is per variant):
                      ``functional_call`` + ``torch.autograd.grad(create_graph=True)`` (what learn2learn does)
   higher             ``higher.innerloop_ctx`` with the same ``nn.BatchNorm2d`` net (skipped if not importable)
   learn2learn        ``l2l.algorithms.MAML`` (skipped if not importable)
-  attnmeta-*         ``attnmeta.learners.maml.MAML``, loop / vmap, 2nd / 1st order, library Conv-4
-  attnmeta-fast-*    + fused BN+ReLU module, reshape max-pool (``attnmeta.nn.layers``)
-  attnmeta-cl-*      channels_last weights and inputs
+  attnmeta-*         ``attnmeta.learners.maml.MAML``, loop / vmap, 2nd / 1st order, library Conv-4 (its
+                     default fast block: channels_last convolution, im2col first layer, ReLU after max-pool)
+  attnmeta-ref-*     the same learner with the op-by-op block (``ConvBlock.fast = False``)
+  attnmeta-bf16-*    ``precision="bf16"`` (autocast bf16; batch norm, losses and updates in fp32)
+  attnmeta-fast-*    (not default) fused BN+ReLU module, reshape max-pool (``speed_up_conv_blocks``)
+  attnmeta-cl-*      (not default) channels_last weights and inputs around the op-by-op model
 
-    .venv/bin/python benchmarks/bench_meta_step.py [--threads 2] [--steps 3] [--device cpu]
+learn2learn does not install here (see issue 3); it is about as fast as a plain functional loop, so the
+``torch-loop`` row (same run) stands in for it.
 
-Prints a table (with GFLOP/s from ``torch.utils.flop_counter``) and writes
-``benchmarks/results/bench_meta_step[_<device>].json``. Timings on a shared machine are noisy: the ratio to
-the reference measured in the same run is the number to read.
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_meta_step.py --threads 1 --meta-batch 16 --steps 2
+
+Prints a table (CPU seconds per step, the ratio to ``torch-loop``, GFLOP from ``torch.utils.flop_counter`` and
+GFLOP per CPU second) and writes ``benchmarks/results/bench_meta_step_mb<N>[_<device>].json``. On a shared
+machine wall time is inflated by other jobs: read CPU seconds (``time.process_time``) and the ratio to the
+reference measured in the same run.
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ from torch.func import functional_call
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WAYS, SHOTS, QUERIES, SIZE, INNER_LR = 5, 1, 15, 28, 0.4
-VARIANTS = ["torch-loop", "higher", "learn2learn", "attnmeta-loop-2nd", "attnmeta-loop-1st",
-            "attnmeta-vmap-2nd", "attnmeta-vmap-1st", "attnmeta-cl-loop-2nd", "attnmeta-fast-loop-2nd"]
+VARIANTS = ["torch-loop", "higher", "learn2learn", "attnmeta-ref-loop-2nd", "attnmeta-loop-2nd",
+            "attnmeta-loop-1st", "attnmeta-vmap-2nd", "attnmeta-bf16-loop-2nd"]
 
 
 def conv4(norm: str) -> nn.Module:
@@ -44,7 +51,10 @@ def conv4(norm: str) -> nn.Module:
 
     if norm == "meta":
         return Conv4((1, SIZE, SIZE), 64, out_features=WAYS)
-    return Conv4((1, SIZE, SIZE), 64, out_features=WAYS, norm="fused")
+    model = Conv4((1, SIZE, SIZE), 64, out_features=WAYS, norm="fused")
+    for block in model.blocks:
+        block.fast = False  # the peers' op-by-op network: conv -> BN -> ReLU -> max-pool, NCHW
+    return model
 
 
 def make_batch(meta_batch: int, device: str):
@@ -114,12 +124,16 @@ def step_fn(variant: str, meta_batch: int, device: str):
 
     parts = variant.split("-")
     model = conv4("meta")
+    if "ref" in parts or "cl" in parts or "fast" in parts:
+        for block in model.blocks:
+            block.fast = False
     if "fast" in parts:
         speed_up_conv_blocks(model)
     if "cl" in parts:
         model = ChannelsLast(model.to(memory_format=torch.channels_last))
     learner = MAML(model, "classification", ways=WAYS, inner_lr=INNER_LR, inner_steps=1,
-                   first_order=parts[-1] == "1st", strategy="vmap" if "vmap" in parts else "loop").to(device)
+                   first_order=parts[-1] == "1st", strategy="vmap" if "vmap" in parts else "loop",
+                   precision="bf16" if "bf16" in parts else "fp32").to(device)
     opt = torch.optim.Adam(learner.parameters(), 1e-3)
 
     def step():
@@ -141,17 +155,20 @@ class ChannelsLast(nn.Module):
 
 
 def gradient_gap(variant: str, meta_batch: int, device: str) -> float | None:
-    """Max |g - g_ref| / max |g_ref| of the first meta-gradient vs attnmeta-loop-2nd (same init and batch)."""
-    if not ("fast" in variant.split("-") or "cl" in variant.split("-")):
+    """Max |g - g_ref| / max |g_ref| of the first meta-gradient vs attnmeta-ref-loop-2nd (same init and batch;
+    conv biases left out: their exact gradient is 0, batch norm follows) and the cosine between them."""
+    parts = variant.split("-")
+    if not parts[0] == "attnmeta" or parts[-1] != "2nd" or "ref" in parts:
         return None
     grads = {}
-    for name in ("attnmeta-loop-2nd", variant):
+    for name in ("attnmeta-ref-loop-2nd", variant):
         _, learner = step_fn(name, meta_batch, device)
         out = learner.meta_loss(make_batch(meta_batch, device))
-        params = [p for p in learner.model.parameters()]
-        grads[name] = torch.cat([g.flatten() for g in torch.autograd.grad(out.loss, params)])
-    ref = grads["attnmeta-loop-2nd"]
-    return ((grads[variant] - ref).abs().max() / ref.abs().max()).item()
+        named = [(n, p) for n, p in learner.model.named_parameters() if not n.endswith("conv.bias")]
+        grads[name] = torch.cat([g.flatten() for g in torch.autograd.grad(out.loss, [p for _, p in named])])
+    ref = grads["attnmeta-ref-loop-2nd"]
+    return {"max_rel": ((grads[variant] - ref).abs().max() / ref.abs().max()).item(),
+            "cosine": torch.nn.functional.cosine_similarity(grads[variant], ref, dim=0).item()}
 
 
 def run_variant(variant: str, steps: int, meta_batch: int, device: str) -> dict:
@@ -189,9 +206,36 @@ def run_variant(variant: str, steps: int, meta_batch: int, device: str) -> dict:
     return {"variant": variant, "seconds_per_step": seconds, "all_seconds": times,
             "cpu_seconds_per_step": cpu_seconds, "all_cpu_seconds": cpu_times,
             "gflop_per_step": flops / 1e9,
-            "gflop_per_s": flops / 1e9 / seconds, "peak_mib": peak,
+            "gflop_per_s": flops / 1e9 / seconds, "gflop_per_cpu_s": flops / 1e9 / cpu_seconds,
+            "peak_mib": peak,
             "peak_kind": "cuda max_memory_allocated" if device.startswith("cuda") else "process max RSS",
-            "grad_rel_gap_vs_attnmeta_loop_2nd": gradient_gap(variant, meta_batch, device)}
+            "grad_gap_vs_attnmeta_ref_loop_2nd": gradient_gap(variant, meta_batch, device)}
+
+
+def interleaved(variants: list[str], rounds: int, meta_batch: int, device: str) -> dict:
+    """All variants in one process, one step of each in turn per round (load changes hit all alike):
+    CPU seconds per step (median over rounds) and the ratio to the first variant."""
+    steps = {v: step_fn(v, meta_batch, device)[0] for v in variants}
+    for step in steps.values():
+        step()  # warm-up
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(rounds):
+        for v, step in steps.items():
+            began = time.process_time()
+            step()
+            cpu[v].append(time.process_time() - began)
+    medians = {v: sorted(t)[len(t) // 2] for v, t in cpu.items()}
+    rows = [{"variant": v, "cpu_seconds_per_step": medians[v], "all_cpu_seconds": cpu[v],
+             "cpu_speedup_vs_first": medians[variants[0]] / medians[v]} for v in variants]
+    for r in rows:
+        print(f"{r['variant']:28s} CPU s {r['cpu_seconds_per_step']:.3f}  vs {variants[0]} "
+              f"{r['cpu_speedup_vs_first']:.2f}  all {[round(t, 3) for t in r['all_cpu_seconds']]}",
+              flush=True)
+    return {"mode": "interleaved", "rounds": rounds, "rows": rows}
+
+
+def _gap_text(gap: dict | None) -> str:
+    return "" if gap is None else f"{gap['max_rel']:.1e}, {gap['cosine']:.5f}"
 
 
 def main() -> None:
@@ -201,9 +245,19 @@ def main() -> None:
     parser.add_argument("--meta-batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
+                        help="run the variants in one process, interleaved, for ROUNDS rounds (CPU time)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.interleaved:
+        result = interleaved(args.variants, args.interleaved, args.meta_batch, args.device)
+        result["setting"] = {"meta_batch": args.meta_batch, "threads": args.threads, "device": args.device,
+                             "torch": torch.__version__, "load_average_at_end": os.getloadavg()}
+        out = RESULTS / f"bench_meta_step_interleaved_mb{args.meta_batch}.json"
+        out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {out}")
+        return
     if args.child:
         print(json.dumps(run_variant(args.variants[0], args.steps, args.meta_batch, args.device)))
         return
@@ -219,7 +273,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     ref = next((r for r in rows if r["variant"] == "torch-loop" and "seconds_per_step" in r), None)
     print(f"\n{'variant':28s} {'wall s':>8s} {'vs ref':>7s} {'CPU s':>8s} {'vs ref':>7s} {'GFLOP':>7s} "
-          f"{'GFLOP/s':>8s} {'peak MiB':>9s} grad gap   (GFLOP/s per wall second)")
+          f"{'GFLOP/CPU-s':>11s} {'peak MiB':>9s} grad gap (max rel, cosine)")
     for r in rows:
         if "skipped" in r:
             print(f"{r['variant']:28s} skipped: {r['skipped']}")
@@ -227,13 +281,13 @@ def main() -> None:
         r["speedup_vs_torch_loop"] = ref["seconds_per_step"] / r["seconds_per_step"] if ref else None
         r["cpu_speedup_vs_torch_loop"] = (ref["cpu_seconds_per_step"] / r["cpu_seconds_per_step"]
                                           if ref else None)
-        gap = r["grad_rel_gap_vs_attnmeta_loop_2nd"]
+        gap = r["grad_gap_vs_attnmeta_ref_loop_2nd"]
         print(f"{r['variant']:28s} {r['seconds_per_step']:8.3f} {r['speedup_vs_torch_loop'] or 0:7.2f} "
               f"{r['cpu_seconds_per_step']:8.3f} {r['cpu_speedup_vs_torch_loop'] or 0:7.2f} "
-              f"{r['gflop_per_step']:7.1f} {r['gflop_per_s']:8.1f} {r['peak_mib']:9.0f} "
-              f"{'' if gap is None else f'{gap:.1e}'}")
+              f"{r['gflop_per_step']:7.1f} {r['gflop_per_cpu_s']:11.1f} {r['peak_mib']:9.0f} "
+              f"{_gap_text(gap)}")
     suffix = "" if args.device == "cpu" else f"_{args.device.replace(':', '')}"
-    out = RESULTS / f"bench_meta_step{suffix}.json"
+    out = RESULTS / f"bench_meta_step_mb{args.meta_batch}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     setting = {"ways": WAYS, "shots": SHOTS, "queries_per_class": QUERIES, "image": SIZE,
                "backbone": "conv4-64", "meta_batch": args.meta_batch, "inner_steps": 1, "inner_lr": INNER_LR,

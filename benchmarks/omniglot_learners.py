@@ -32,9 +32,13 @@ DATA = ROOT.parent / "shared" / "data" / "omniglot"
 
 DEFAULTS = {  # per-algorithm settings used for the README numbers
     "protonet": {"train_ways": 20, "queries": 5, "meta_batch": 1, "options": {}},
-    "matching": {"train_ways": 20, "queries": 5, "meta_batch": 1, "options": {}},
+    # First-order learners: the fused batch norm gives the same numbers about 2x faster on CPU.
+    "matching": {"train_ways": 20, "queries": 5, "meta_batch": 1, "options": {},
+                 "backbone_options": {"norm": "fused"}},
     "feat": {"train_ways": 20, "queries": 5, "meta_batch": 1, "options": {}},
-    "snail": {"train_ways": 5, "queries": 5, "meta_batch": 8, "options": {}},
+    # SNAIL: 1 query per class (5 queries share each support prefix), 16 episodes per step.
+    "snail": {"train_ways": 5, "queries": 1, "meta_batch": 16, "options": {},
+              "backbone_options": {"norm": "fused"}},
     "transfer": {"train_ways": 32, "queries": 3, "meta_batch": 1, "options": {}},
     "baseline++": {"train_ways": 32, "queries": 3, "meta_batch": 1, "options": {}},
     "meta-lstm": {"train_ways": 5, "queries": 5, "meta_batch": 4, "options": {"steps": 5},
@@ -94,6 +98,8 @@ def main() -> None:
               "train_steps": row.train_steps, "train_cpu_minutes": row.train_cpu_s / 60,
               "train_wall_minutes": row.train_wall_s / 60, "adapt_ms_per_task": 1000 * row.adapt_s_per_task,
               "peak_memory_mib": row.peak_memory_mib, "train_ways": train_ways, "meta_batch": meta_batch,
+              "train_queries": settings["queries"], "backbone_options": settings.get("backbone_options"),
+              "lr_decay_every": args.lr_decay_every,
               "lr": args.lr, "threads": args.threads, "cpu_minutes_budget": args.cpu_minutes,
               "wall_minutes_cap": args.wall_minutes, "machine": platform.processor() or platform.machine(),
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "log": log}

@@ -70,8 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=25, help="evaluate every this many training episodes")
     p.add_argument("--eval-episodes", type=int, default=300, help="fixed 5w1s test episodes during training")
     p.add_argument("--final-episodes", type=int, default=600)
-    p.add_argument("--norm", default="fused", choices=("fused", "meta"),
-                   help="Conv-4 batch norm (fused: first-order learners only; meta: second-order safe)")
+    p.add_argument("--norm", default="fused", choices=("fused", "meta", "running"),
+                   help="Conv-4 batch norm (fused: batch statistics, first-order learners only; meta: batch "
+                        "statistics, second-order safe; running: batch statistics in training, running "
+                        "statistics at evaluation, as nn.BatchNorm2d)")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--channels-last", action="store_true", default=True)
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")

@@ -1,4 +1,4 @@
-"""Few-shot intent detection on CLINC150: meta-learned attention-pooling encoders vs TF-IDF nearest centroid.
+"""Few-shot intent detection on CLINC150: meta-learned text encoders vs TF-IDF nearest centroid.
 
 Classes (intents) are split by domain (default: 6 meta-train / 1 validation / 3 test domains, see
 ``attnmeta.data.text.CLINC150_DOMAINS_DEFAULT_SPLIT``) or at random (``--split random``). The tokenizer is
@@ -9,11 +9,23 @@ baselines:
 
 * ``tfidf-centroid``: nearest class centroid on TF-IDF vectors of the support examples (support-set idf);
 * ``tfidf-centroid (corpus idf)``: the same with idf from the meta-train utterances (a stronger baseline);
-* ``protonet (untrained)``: the randomly initialised encoder with prototypes (what meta-training adds).
+* ``<learner> (untrained)``: the initial encoder with the same learner (what meta-training adds).
+
+Encoders (``--encoder``):
+
+* ``lexical`` (default): :class:`attnmeta.nn.text.LexicalEncoder`, a meta-learned TF-IDF: attention pooling of
+  one-hot word and character-trigram ids whose scores start at ``log idf`` (idf from the meta-train
+  utterances only) and are re-weighted by meta-training; with ``--distance cosine`` the untrained ProtoNet is
+  TF-IDF nearest centroid over words + trigrams. ``--dense`` appends the attention-pooling encoder's output.
+* ``attention``: :class:`attnmeta.nn.text.TextEncoder` (piece embeddings, self-attention, attention pooling).
+
+Head learners (``maml``, ``fomaml``, ``anil``, ``attention-maml``) get ``encoder -> Linear(D, ways)`` with
+a zero-initialised head and train 5-way (their head has a fixed number of ways); ``--adapt head`` adapts
+only the head in the inner loop. Options of a learner: ``--algo-options '{"maml": {"inner_lr": 0.5}}'``.
 
 Run (1 thread, in the background; timings are from a shared, loaded machine)::
 
-    OMP_NUM_THREADS=1 nohup .venv/bin/python benchmarks/text_fewshot.py \
+    OMP_NUM_THREADS=1 nohup .venv/bin/python benchmarks/text_fewshot.py --learners protonet,matching,maml \
         > benchmarks/results/text_fewshot.log 2>&1 &
 
 Prints a table and writes ``benchmarks/results/text_fewshot.json``.
@@ -29,11 +41,12 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from attnmeta.data.text import clinc150_domain_split, load_clinc150, random_class_split
 from attnmeta.eval import evaluate
-from attnmeta.learners.registry import build
-from attnmeta.nn.text import TextEncoder, TextTokenizer, TfidfCentroid
+from attnmeta.learners.registry import build, spec
+from attnmeta.nn.text import LexicalEncoder, TextEncoder, TextTokenizer, TfidfCentroid, corpus_idf
 from attnmeta.tasks.sampler import EpisodeSampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +57,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/text/clinc150"))
     parser.add_argument("--split", choices=["domain", "random"], default="domain")
     parser.add_argument("--learners", default="protonet", help="comma-separated registry names")
+    parser.add_argument("--encoder", choices=["lexical", "attention"], default="lexical")
+    parser.add_argument("--context-dim", type=int, default=32, help="lexical: sub-word context score width")
+    parser.add_argument("--no-idf", action="store_true", help="lexical: start from weight 1, not corpus idf")
+    parser.add_argument("--fixed-weights", action="store_true", help="lexical: do not learn per-id weights")
+    parser.add_argument("--dense", action="store_true", help="lexical: append the attention encoder")
+    parser.add_argument("--dense-weight", type=float, default=0.3, help="lexical: initial weight of --dense")
+    parser.add_argument("--distance", choices=["euclidean", "cosine"], default="cosine",
+                        help="protonet distance")
+    parser.add_argument("--scale", type=float, default=10.0, help="initial cosine temperature (protonet, "
+                        "matching)")
+    parser.add_argument("--adapt", default="head", help="head learners: parameters adapted in the inner loop")
+    parser.add_argument("--algo-options", default="{}", help='JSON {"learner": {option: value}}')
+    parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--cpu-minutes", type=float, default=25.0, help="training budget per learner")
     parser.add_argument("--max-steps", type=int, default=100000)
     parser.add_argument("--train-ways", type=int, default=10)
@@ -78,7 +104,7 @@ def accuracy_row(name: str, result, extra: dict | None = None) -> dict:
 
 def train(learner, sampler: EpisodeSampler, val_episodes, args, log) -> dict:
     """Adam on ``meta_loss`` until the CPU budget or ``max_steps``; keep the best validation state."""
-    optimizer = torch.optim.Adam(learner.parameters(), lr=args.lr)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     generator = torch.Generator().manual_seed(args.seed + 1)
     budget_s = args.cpu_minutes * 60
     start_cpu, start_wall = time.process_time(), time.perf_counter()
@@ -147,23 +173,52 @@ def main(argv: list[str] | None = None) -> dict:
         for shots in (1, 5):
             rows[shots].append(accuracy_row(name, evaluate(baseline, test_episodes[shots])))
 
-    def make_encoder() -> TextEncoder:
+    idf = None if args.no_idf else corpus_idf(tokens[train_mask], tokenizer.num_embeddings)
+
+    def make_attention_encoder() -> TextEncoder:
         return TextEncoder(tokenizer.num_embeddings, args.dim, args.dim, heads=args.heads,
                            self_attention=not args.no_self_attention, dropout=args.dropout,
                            freeze_embeddings=args.freeze_embeddings, normalize=args.normalize)
 
+    def make_encoder() -> nn.Module:
+        if args.encoder == "attention":
+            return make_attention_encoder()
+        return LexicalEncoder(tokenizer.num_embeddings, idf=idf, context_dim=args.context_dim,
+                              learn_weights=not args.fixed_weights,
+                              dense=make_attention_encoder() if args.dense else None,
+                              dense_weight=args.dense_weight)
+
+    algo_options = json.loads(args.algo_options)
     training = {}
     for name in [n.strip() for n in args.learners.split(",") if n.strip()]:
         torch.manual_seed(args.seed)
-        learner = build(name, model=make_encoder(), task_type="classification", ways=args.train_ways)
-        if name == "protonet":
-            for shots in (1, 5):
-                rows[shots].append(accuracy_row("protonet (untrained encoder)",
-                                                evaluate(learner, test_episodes[shots])))
-        log(f"training {name}: {args.train_ways}-way {args.train_shots}-shot, meta-batch {args.meta_batch}, "
-            f"budget {args.cpu_minutes} CPU-minutes, {sum(p.numel() for p in learner.parameters())} "
-            "parameters")
-        info = train(learner, train_sampler, val_episodes, args, log)
+        options = dict(algo_options.get(name, {}))
+        encoder = make_encoder()
+        head = spec(name).head
+        ways, learner_sampler = args.train_ways, train_sampler
+        if head:  # encoder -> zero-initialised linear head; a fixed number of ways (5, as at test time)
+            ways = 5
+            learner_sampler = sampler("train", ways, args.train_shots, args.train_queries)
+            linear = nn.Linear(encoder.out_features, ways)
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+            encoder = nn.Sequential(encoder, linear)
+            options.setdefault("adapt", args.adapt)
+        elif name == "protonet":
+            options.setdefault("distance", args.distance)
+            options.setdefault("scale", args.scale)
+        elif name == "matching":
+            options.setdefault("scale", args.scale)
+        learner = build(name, model=encoder, task_type="classification", ways=ways, **options)
+        for shots in (1, 5):
+            rows[shots].append(accuracy_row(f"{name} (untrained)", evaluate(learner, test_episodes[shots])))
+        log(f"{rows[1][-1]['method']}: 1-shot {100 * rows[1][-1]['mean']:.2f}, "
+            f"5-shot {100 * rows[5][-1]['mean']:.2f}")
+        log(f"training {name} ({args.encoder} encoder, options {options}): {ways}-way "
+            f"{args.train_shots}-shot, "
+            f"meta-batch {args.meta_batch}, budget {args.cpu_minutes} CPU-minutes, "
+            f"{sum(p.numel() for p in learner.parameters())} parameters")
+        info = train(learner, learner_sampler, val_episodes, args, log)
         training[name] = {k: v for k, v in info.items()}
         for shots in (1, 5):
             rows[shots].append(accuracy_row(name, evaluate(learner, test_episodes[shots]),

@@ -100,6 +100,8 @@ def test_learns_omniglot_5way_1shot(shared_data: Path):
                     task_type="classification", ways=5, steps=3, hidden=8)
     episodes = bench.test.fixed_tasks(30, seed=0)
     before = evaluate(learner, episodes).mean
-    meta_train(learner, bench.train, steps=30, meta_batch=2, lr=3e-3)
+    meta_train(learner, bench.train, steps=60, meta_batch=2, lr=3e-3)
     after = evaluate(learner, episodes).mean
-    assert after > 0.3 and after > before + 0.08, (before, after)  # measured 0.232 -> 0.343
+    # measured 0.232 -> 0.392 (1 thread) / 0.388 (2 threads); 30 steps ended at 0.31-0.34 depending on the
+    # thread count (float rounding), too close to the threshold
+    assert after > 0.33 and after > before + 0.1, (before, after)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from attnmeta.learners import build
-from attnmeta.learners.snail import SNAIL, episode_attention_mask, predecessor_index
+from attnmeta.learners.snail import SNAIL, episode_attention_mask, predecessor_index, standardize_by_support
 from attnmeta.tasks.episode import Task, TaskBatch
 from test_matching import gaussian_task, meta_train
 
@@ -110,7 +110,54 @@ def test_learns_a_synthetic_problem():
         loss.backward()
         optimizer.step()
     after = accuracy()
-    assert after > 0.6 and after > before + 0.3, (before, after)  # measured 0.278 -> 0.687
+    assert after > 0.8 and after > before + 0.5, (before, after)  # measured 0.272 -> 0.893 (paper: 0.687)
+
+
+def offset_gaussian_task(generator: torch.Generator, ways: int = 5, queries: int = 5, dim: int = 16) -> Task:
+    """5-way 1-shot on random class prototypes that share a large common offset, like the non-negative
+    (ReLU + max-pool) Conv-4 embeddings of Omniglot characters (cosine ~0.8 between different classes)."""
+    offset = 3.0 * torch.randn(dim, generator=torch.Generator().manual_seed(5)).abs()
+    means = offset + 0.5 * torch.randn(ways, dim, generator=generator)
+    support = means + 0.15 * torch.randn(ways, dim, generator=generator)
+    query = means.repeat_interleave(queries, 0) + 0.15 * torch.randn(ways * queries, dim, generator=generator)
+    labels = torch.arange(ways)
+    return Task(support, labels, query, labels.repeat_interleave(queries), labels)
+
+
+def train_on_offset_prototypes(steps: int = 50, **options) -> float:
+    torch.manual_seed(0)
+    learner = SNAIL(nn.Identity(), 5, shots=1, feature_dim=16, filters=16,
+                    attention_sizes=((16, 16), (16, 16), (16, 16)), **options)
+    optimizer = torch.optim.Adam(learner.parameters(), 3e-3)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        batch = TaskBatch.stack([offset_gaussian_task(generator) for _ in range(16)])
+        loss = learner.meta_loss(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    generator = torch.Generator().manual_seed(123)
+    tasks = [offset_gaussian_task(generator) for _ in range(100)]
+    return sum((learner.predict(t).argmax(1) == t.query_y).float().mean().item() for t in tasks) / 100
+
+
+def test_learns_offset_prototypes_quickly():
+    """The Omniglot plateau at chance, reproduced in a second: with embeddings that share a large offset the
+    randomly initialised attention scores (a random bilinear form) are dominated by the offset and do not
+    compare examples. Standardising the embeddings on the support and tying query/key maps at
+    initialisation fixes it; without them SNAIL is still near chance after the same 50 steps."""
+    assert train_on_offset_prototypes() > 0.85  # measured 0.928
+    assert train_on_offset_prototypes(normalize=False, tie_query_key=False) < 0.45
+
+
+def test_standardize_by_support():
+    support, query = 5.0 + torch.randn(2, 5, 4), 5.0 + torch.randn(2, 3, 4)
+    s, q = standardize_by_support(support, query)
+    torch.testing.assert_close(s.mean(1), torch.zeros(2, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(s.pow(2).mean((1, 2)), torch.ones(2), atol=1e-4, rtol=0)
+    mean = support.mean(1, keepdim=True)
+    scale = (support - mean).pow(2).mean((1, 2), keepdim=True).add(1e-5).rsqrt()
+    torch.testing.assert_close(q, (query - mean) * scale)
 
 
 def test_omniglot_episode_runs(shared_data: Path):

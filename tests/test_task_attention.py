@@ -36,9 +36,10 @@ def test_cosine_alignment_matches_formula():
 
 
 def test_weighting_starts_uniform_and_uniform_flag_is_exact():
-    stats = torch.randn(8, 5)
+    stats = torch.randn(8, 8)
     module = TaskWeighting()
     torch.testing.assert_close(module(stats), torch.ones(8))
+    torch.testing.assert_close(TaskWeighting(standardize=False)(stats), torch.ones(8))
     assert torch.equal(TaskWeighting(uniform=True)(stats), torch.ones(8))
 
 
@@ -62,7 +63,7 @@ def test_objective_optimum_is_softmax_of_alignment_over_entropy():
 def test_weighting_learns_to_down_weight_tasks_with_bad_alignment():
     """Synthetic descriptors: tasks whose first statistic is large have alignment -0.5, others +0.5."""
     torch.manual_seed(0)
-    module = TaskWeighting(entropy=0.1, temperature=0.1)
+    module = TaskWeighting(stats_dim=5, entropy=0.1, temperature=0.1)
     optimizer = torch.optim.Adam(module.parameters(), lr=3e-3)
     for _ in range(150):
         stats = torch.randn(10, 5)
@@ -113,6 +114,62 @@ def test_descriptor_statistics():
     expected = torch.log(torch.tensor([[2.0, 0.5, 4.0, 1.0, 0.25]]) + 1e-8)
     expected[0, 4] = torch.log(torch.tensor(0.5 + 1e-8)) - torch.log(torch.tensor(2.0 + 1e-8))
     torch.testing.assert_close(stats, expected)
+    one = torch.tensor
+    full = descriptor_stats(one([2.0]), one([0.5]), one([4.0]), one([1.0]), one([3.0]), one([-0.25]))
+    assert full.shape == (1, 8)
+    torch.testing.assert_close(full[:, :5], expected)
+    log_q = torch.log(torch.tensor(3.0 + 1e-8))
+    torch.testing.assert_close(full[0, 5:], torch.stack([log_q, log_q - torch.log(torch.tensor(0.5 + 1e-8)),
+                                                         torch.tensor(-0.25)]))
+    # scale-free: multiplying every loss and the reference by c (gradients by sqrt(c)) changes nothing
+    g = torch.Generator().manual_seed(0)
+    lb, la, gb, ga, qa, ref = (torch.rand(5, generator=g) + 0.1 for _ in range(6))
+    align = torch.rand(5, generator=g) - 0.5
+    base = descriptor_stats(lb, la, gb, ga, qa, align, reference=ref)
+    scaled = descriptor_stats(9 * lb, 9 * la, 3 * gb, 3 * ga, 9 * qa, align, reference=9 * ref)
+    torch.testing.assert_close(scaled, base)
+    torch.testing.assert_close(base[:, 1], torch.log(la / ref + 1e-8))
+    with pytest.raises(ValueError, match="both query_after and alignment"):
+        descriptor_stats(torch.ones(1), torch.ones(1), torch.ones(1), torch.ones(1), torch.ones(1))
+    with pytest.raises(ValueError, match="expected 8 statistics"):
+        TaskWeighting()(torch.randn(4, 5))
+
+
+def test_heldout_gradient_is_the_mean_fomaml_gradient_and_drives_the_objective():
+    """With a trusted held-out set the look-ahead alignment is cos(g_t, mean held-out FOMAML gradient)."""
+    torch.manual_seed(0)
+    heldout = Sinusoid(shots=5, queries=5, seed=9).fixed_tasks(4, seed=9)
+    heldout = [t.to("cpu", torch.float64) for t in heldout]
+    learner = AttentionMAML(MLP(1, (8,), 1).double(), "regression", task_attention=True, inner_lr=0.05,
+                            task_dim=8, weighting_heldout=heldout, weighting_heldout_batch=3)
+    window = learner._heldout_window()
+    assert len(window) == 3
+    expected = []
+    for task in window:  # FOMAML by hand: one SGD step on the support set, gradient of the query loss there
+        params = {n: p.detach().clone().requires_grad_(True) for n, p in learner.model.named_parameters()}
+        model = learner.model
+        loss = torch.func.functional_call(model, params, (task.support_x,)).sub(task.support_y).pow(2).mean()
+        grads = torch.autograd.grad(loss, list(params.values()))
+        fast = {n: (p - 0.05 * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
+        query = torch.func.functional_call(model, fast, (task.query_x,)).sub(task.query_y).pow(2).mean()
+        expected.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(query, list(fast.values()))]))
+    expected = torch.stack(expected)
+    expected = (expected / expected.norm(dim=1, keepdim=True)).mean(0)
+    torch.testing.assert_close(learner.heldout_gradient(window), expected)
+    learner.strategy = "vmap"
+    torch.testing.assert_close(learner.heldout_gradient(window), expected)
+    learner.strategy = "loop"
+    with torch.no_grad():
+        learner.task_weighting.score.weight.normal_()
+    batch = corrupted_batch()
+    out = learner.meta_loss(batch)
+    _, _, trace = learner.task_outer_losses(batch)
+    alignment = cosine_alignment(trace["task_grad"], learner.heldout_gradient(window))
+    weights = learner.last_task_weights
+    objective = learner.task_weighting.objective(weights / len(weights), alignment)
+    torch.testing.assert_close(out.metrics["weighting_objective"], objective.item(), rtol=1e-10, atol=1e-12)
+    # the window rotates with the meta-step: the next step uses the 4th task first
+    assert torch.equal(learner._heldout_window().support_x[0], heldout[3].support_x)
 
 
 @settings(max_examples=20, deadline=None)
@@ -160,6 +217,13 @@ def test_bad_configuration_errors_are_clear():
         TaskSelector(uniform_share=1.5)
     with pytest.raises(ValueError, match="cannot draw 5 distinct tasks"):
         TaskSelector().sample(torch.randn(1, 3), torch.randn(4, 3), 5)
+    with pytest.raises(ValueError, match="set task_attention=True"):
+        AttentionMAML(MLP(1, (4,), 1), "regression", weighting_heldout=Sinusoid().fixed_tasks(2))
+    with pytest.raises(TypeError, match="non-empty list of Task"):
+        AttentionMAML(MLP(1, (4,), 1), "regression", task_attention=True, weighting_heldout=[])
+    with pytest.raises(ValueError, match="same shapes"):
+        AttentionMAML(MLP(1, (4,), 1), "regression", task_attention=True,
+                      weighting_heldout=[Sinusoid(shots=3).sample(), Sinusoid(shots=4).sample()])
     learner = AttentionMAML(MLP(1, (4,), 1), "regression", task_attention=True, task_dim=8)
     with pytest.raises(ValueError, match="do not pass task_weights"):
         learner.meta_loss(Sinusoid(shots=3, queries=3).sample_batch(2), task_weights=torch.ones(2))

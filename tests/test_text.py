@@ -9,13 +9,15 @@ from collections import Counter
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import functional_call, grad, vmap
 
 from attnmeta.data.text import TextDataset, load_text_pairs, random_class_split, text_dataset_from_pairs
-from attnmeta.nn.text import TextEncoder, TextTokenizer, TfidfCentroid, word_ids
-from attnmeta.tasks.episode import Task
+from attnmeta.learners.registry import build
+from attnmeta.nn.text import LexicalEncoder, TextEncoder, TextTokenizer, TfidfCentroid, corpus_idf, word_ids
+from attnmeta.tasks.episode import Task, TaskBatch
 
 TRAIN_TEXTS = ["book a flight to paris", "book a hotel in rome", "what is my balance",
                "what is the weather", "play some music", "don't play that song"]
@@ -279,3 +281,95 @@ def test_frozen_embeddings_are_a_buffer_and_normalized_output_has_the_learned_no
     assert torch.allclose(out.norm(dim=-1), torch.full((6,), 3.0), atol=1e-5)
     out.sum().backward()
     assert frozen.pool_queries.grad is not None and frozen.pool_queries.grad.abs().sum() > 0
+
+
+# Lexical encoder (meta-learned TF-IDF) and cosine ProtoNets -------------------------------------------------
+def test_corpus_idf_counts_each_document_once():
+    tok = TextTokenizer.fit(TRAIN_TEXTS, ngram_sizes=(), pieces=1)
+    corpus = tok.encode(["play play music", "play", "what"])
+    idf = corpus_idf(corpus, tok.num_embeddings)
+    play, music, book = (tok.word_to_id[w] for w in ("play", "music", "book"))
+    assert idf.shape == (tok.num_embeddings,)
+    assert math.isclose(idf[play].item(), math.log(4 / 3) + 1, rel_tol=1e-6)   # in 2 of 3 documents
+    assert math.isclose(idf[music].item(), math.log(4 / 2) + 1, rel_tol=1e-6)
+    assert math.isclose(idf[book].item(), math.log(4) + 1, rel_tol=1e-6)       # never seen: largest idf
+    with pytest.raises(ValueError, match="num_embeddings"):
+        corpus_idf(corpus, 3)
+
+
+def test_untrained_lexical_encoder_with_cosine_protonet_is_tfidf_nearest_centroid():
+    tok = TextTokenizer.fit(TRAIN_TEXTS, ngram_sizes=(), pieces=1)
+    corpus = tok.encode(TRAIN_TEXTS + ["what music", "book it"])
+    support = ["book a flight to paris", "book flight now", "what is my balance", "balance please",
+               "play some music", "play music play"]
+    queries = ["book me a flight", "my balance", "music now play", "a flight and music"]
+    task = Task(tok.encode(support), torch.tensor([0, 0, 1, 1, 2, 2]), tok.encode(queries),
+                torch.tensor([0, 1, 2, 0]), torch.tensor([7, 8, 9]))
+    encoder = LexicalEncoder(tok.num_embeddings, idf=corpus_idf(corpus, tok.num_embeddings), context_dim=4)
+    learner = build("protonet", model=encoder, task_type="classification", distance="cosine", scale=1.0)
+    logits = learner.predict(task)
+    reference = TfidfCentroid(corpus_tokens=corpus).predict(task)
+    # the baseline scores queries on the support vocabulary only: same cosines up to a positive factor per row
+    assert torch.allclose(F.normalize(logits, dim=-1), F.normalize(reference, dim=-1), atol=1e-5)
+    assert torch.equal(logits.argmax(-1), reference.argmax(-1))
+    assert torch.allclose(encoder(task.support_x).norm(dim=-1), torch.full((6,), 4.0), atol=1e-5)
+
+
+def test_lexical_encoder_learns_piece_weights_and_ignores_padding():
+    tok = TextTokenizer.fit(TRAIN_TEXTS, max_words=12, pieces=4)
+    torch.manual_seed(0)
+    encoder = LexicalEncoder(tok.num_embeddings, context_dim=4)
+    ids = tok.encode(TRAIN_TEXTS)
+    out = encoder(ids)
+    assert out.shape == (6, tok.num_embeddings) and encoder.out_features == tok.num_embeddings
+    assert torch.allclose(out, encoder(tok.trim(ids)), atol=1e-6)
+    assert torch.allclose(out, torch.cat([encoder(ids[i:i + 1]) for i in range(6)]), atol=1e-6)
+    assert (out[:, 0] == 0).all() and ((out > 0).sum(1) > 1).all()       # padding id never used
+    scores = encoder.scores(ids)
+    assert torch.isinf(scores[ids == 0]).all() and torch.isfinite(scores[ids != 0]).all()
+    learner = build("protonet", model=encoder, task_type="classification", distance="cosine")
+    batch = Task(ids[:3], torch.tensor([0, 1, 2]), ids[3:], torch.tensor([0, 1, 2]), torch.arange(3))
+    learner.meta_loss(TaskBatch.stack([batch])).loss.backward()
+    used = torch.zeros(tok.num_embeddings, dtype=torch.bool)
+    used[ids.flatten()] = True
+    used[0] = False
+    weight_grad = encoder.log_weight.grad
+    assert (weight_grad[~used] == 0).all() and weight_grad[used].abs().sum() > 0
+    assert encoder.query.grad.abs().sum() > 0 and encoder.channel.grad.abs().sum() > 0
+    assert learner.log_scale.grad is not None
+
+
+def test_lexical_encoder_with_a_dense_branch_and_bad_input():
+    tok = TextTokenizer.fit(TRAIN_TEXTS)
+    torch.manual_seed(0)
+    dense = TextEncoder(tok.num_embeddings, dim=16, out_dim=8, heads=2, dropout=0.0)
+    encoder = LexicalEncoder(tok.num_embeddings, dense=dense, dense_weight=0.5, scale=2.0)
+    out = encoder(tok.encode(TRAIN_TEXTS))
+    assert out.shape == (6, tok.num_embeddings + 8) and encoder.out_features == tok.num_embeddings + 8
+    assert torch.allclose(out[:, -8:].norm(dim=-1), torch.full((6,), 1.0), atol=1e-5)   # 2.0 * 0.5
+    with pytest.raises(ValueError, match="idf must be positive"):
+        LexicalEncoder(tok.num_embeddings, idf=torch.zeros(tok.num_embeddings))
+    with pytest.raises(ValueError, match="num_embeddings=tokenizer.num_embeddings"):
+        LexicalEncoder(5)(tok.encode(["vaccines"]))
+    with pytest.raises(ValueError, match="distance must be"):
+        build("protonet", model=encoder, task_type="classification", distance="manhattan")
+
+
+def test_text_backbone_by_name_with_a_zero_head_for_head_learners():
+    from attnmeta.nn.backbones import build_backbone
+
+    tok = TextTokenizer.fit(TRAIN_TEXTS, max_words=8, pieces=4)
+    idf = [1.0] * tok.num_embeddings
+    embed = build_backbone("text", in_shape=(8, 4), num_embeddings=tok.num_embeddings, idf=idf)
+    assert isinstance(embed, LexicalEncoder)
+    model = build_backbone("text", in_shape=(8, 4), out_features=3, num_embeddings=tok.num_embeddings)
+    assert (model(tok.encode(TRAIN_TEXTS)) == 0).all()          # zero head: MAML starts from uniform logits
+    maml = build("maml", model=model, task_type="classification", ways=3, adapt="head", inner_lr=0.5)
+    task = Task(tok.encode(TRAIN_TEXTS[:3]), torch.tensor([0, 1, 2]), tok.encode(TRAIN_TEXTS[:3]),
+                torch.tensor([0, 1, 2]), torch.arange(3))
+    assert maml.predict(task).argmax(-1).tolist() == [0, 1, 2]   # one step on the head = nearest support
+    attention = build_backbone("text", in_shape=(8, 4), num_embeddings=tok.num_embeddings,
+                               encoder="attention", dim=16, heads=2)
+    assert isinstance(attention, TextEncoder)
+    with pytest.raises(ValueError, match="'lexical' or 'attention'"):
+        build_backbone("text", in_shape=(8, 4), num_embeddings=tok.num_embeddings, encoder="bert")

@@ -2,6 +2,7 @@
 
 attnmeta train sinusoid                                   # the README's main job (~1 minute on 2 CPUs)
 attnmeta train omniglot --algo maml --ways 5 --shots 1 --root ../shared/data/omniglot
+attnmeta train clinc150 --algo protonet --root ../shared/data/text/clinc150   # few-shot intents (text)
 attnmeta train --resume runs/omniglot-maml-5w1s
 attnmeta eval runs/omniglot-maml-5w1s --ways 20 --shots 1
 attnmeta plot runs/a runs/b -o curves.png

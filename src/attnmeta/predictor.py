@@ -7,6 +7,9 @@ clf.predict(query_images)                        # labels in the user's label sp
 clf.predict_proba(query_images)                  # [m, n_classes], columns in clf.classes_ order
 ```
 
+Text runs (``attnmeta train clinc150``) take lists of strings: ``clf.fit(["book a flight", ...], labels)``,
+``clf.predict(["what's the weather"])``; the checkpoint carries the tokenizer
+(``preprocessing["tokenizer"]``).
 Images are preprocessed as in training from the checkpoint's ``preprocessing`` record (keys:
 ``image_size`` (int or [h, w]), ``channels`` (1 or 3), ``invert`` (raw dark-on-light drawings are inverted,
 as in training),
@@ -86,6 +89,23 @@ class FewShotPredictor:
         self._support: tuple[Tensor, Tensor] | None = None
 
     # -- inputs -------------------------------------------------------------------------------------
+    def _prepare_inputs(self, inputs: Any, what: str) -> Tensor:
+        """Model inputs: token ids of strings for text runs (their tokenizer is in the checkpoint), else
+        images."""
+        if not self.preprocessing.get("text"):
+            return self._prepare_images(inputs, what)
+        if isinstance(inputs, str) or not isinstance(inputs, Sequence) or len(inputs) == 0:
+            raise ValueError(f"{what}: this is a text model; pass a non-empty list of strings")
+        bad = [i for i, text in enumerate(inputs) if not isinstance(text, str)]
+        if bad:
+            raise TypeError(f"{what}[{bad[0]}] is a {type(inputs[bad[0]]).__name__}; this is a text model, "
+                            "pass strings")
+        if not hasattr(self, "_tokenizer"):
+            from attnmeta.nn.text import TextTokenizer
+
+            self._tokenizer = TextTokenizer.from_dict(self.preprocessing["tokenizer"])
+        return self._tokenizer.encode(list(inputs))
+
     def _image_settings(self) -> tuple[int, tuple[int, int]]:
         channels = int(self.preprocessing.get("channels", self.input_shape[0]))
         size = self.preprocessing.get("image_size", self.input_shape[-2:])
@@ -200,7 +220,7 @@ class FewShotPredictor:
                 f"classes, but the support set has {len(classes)}"
             )
         index = {c: i for i, c in enumerate(classes)}
-        images = self._prepare_images(support, "support")
+        images = self._prepare_inputs(support, "support")
         self.classes_ = classes
         self._support = (images, torch.tensor([index[label] for label in labels], dtype=torch.long))
         return self
@@ -214,7 +234,7 @@ class FewShotPredictor:
             query_y = torch.zeros(len(query_x), support_y.shape[1], dtype=support_y.dtype)
             classes = torch.empty(0, dtype=torch.long)
         else:
-            query_x = self._prepare_images(query, "query")
+            query_x = self._prepare_inputs(query, "query")
             query_y = torch.zeros(len(query_x), dtype=torch.long)
             classes = torch.arange(len(self.classes_))
         task = Task(support_x, support_y, query_x, query_y, classes).to(self.device, self.dtype)

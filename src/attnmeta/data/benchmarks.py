@@ -12,6 +12,9 @@ Omniglot splits (``split=``):
   default ``<root>/splits/vinyals``), every split with rotation classes.
 - ``"maml"``: 1,200 seeded random characters (x4 rotations) for training, the other 423 for testing
   (``val`` = ``test``).
+
+CLINC150 (``root``: folder of ``data_full.json`` and ``domains.json``): intents as classes, held-out domains
+(``split="default"``) or random intents (``"random"``); inputs are token ids from ``attnmeta.nn.text``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from attnmeta.tasks.sampler import EpisodeSampler
 
 __all__ = ["Benchmark", "make_benchmark", "BENCHMARKS", "NormalizedSource"]
 
-BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet")
+BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet", "clinc150")
 
 
 @dataclass
@@ -127,6 +130,8 @@ def make_benchmark(name: str, *, root: str | Path | None = None, ways: int, shot
         return _regression(name, shots, queries, seed, options)
     if name == "omniglot":
         return _omniglot(root, ways, shots, queries, split, seed, image_size or 28, options)
+    if name == "clinc150":
+        return _clinc150(root, ways, shots, queries, split, seed, options)
     return _miniimagenet(root, ways, shots, queries, split, seed, image_size or 84, options)
 
 
@@ -220,3 +225,43 @@ def _miniimagenet(root: str | Path | None, ways: int, shots: int, queries: int, 
                      "std": list(MINIIMAGENET_STD)}
     return Benchmark("miniimagenet", "classification", *sources, (3, image_size, image_size), preprocessing,
                      {"name": "conv4", "options": {"hidden": 32}}, {"split": "ravi"})
+
+
+def _clinc150(root: str | Path | None, ways: int, shots: int, queries: int, split: str, seed: int,
+              options: dict[str, Any]) -> Benchmark:
+    """CLINC150 intents: ``split`` ``"default"`` (alias ``"domain"``: 6 train / 1 val / 3 test domains) or
+    ``"random"`` (90 / 15 / 45 random intents). The tokenizer and the lexical encoder's initial idf come from
+    the meta-train utterances only; the checkpoint carries the tokenizer, so a predictor takes strings.
+    Options: ``download``, ``max_words`` (24), ``pieces`` (8), ``buckets`` (4096), ``encoder``
+    (``"lexical"`` or ``"attention"``)."""
+    from attnmeta.data.text import clinc150_domain_split, load_clinc150, random_class_split
+    from attnmeta.nn.text import TextTokenizer, corpus_idf
+
+    download = options.pop("download", False)
+    max_words, pieces = options.pop("max_words", 24), options.pop("pieces", 8)
+    buckets, encoder = options.pop("buckets", 1 << 12), options.pop("encoder", "lexical")
+    if options:
+        raise TypeError(f"unknown clinc150 options {sorted(options)}; accepted: download, max_words, pieces, "
+                        "buckets, encoder")
+    if root is None:
+        raise ValueError("clinc150 needs root= (the folder with data_full.json and domains.json of "
+                         "github.com/clinc/oos-eval); pass download=True to fetch them there")
+    if split not in ("default", "domain", "random"):
+        raise ValueError(f"unknown clinc150 split {split!r}; choose 'default' (alias 'domain') or 'random'")
+    data = load_clinc150(root, download=download)
+    parts = (clinc150_domain_split(data) if split != "random" else
+             random_class_split(data.num_classes, {"train": 90, "val": 15, "test": 45}, seed=seed))
+    tokenizer = TextTokenizer.fit(data.subset(parts["train"]).texts, max_words=max_words, pieces=pieces,
+                                  word_buckets=buckets, ngram_buckets=buckets)
+    tokens = tokenizer.encode(data.texts)
+    samplers = [EpisodeSampler(tokens, data.labels, ways, shots, queries, classes=parts[part], seed=seed + i)
+                for i, part in enumerate(("train", "val", "test"))]
+    backbone: dict[str, Any] = {"num_embeddings": tokenizer.num_embeddings, "encoder": encoder}
+    if encoder == "lexical":
+        train_rows = torch.isin(data.labels, torch.tensor(parts["train"]))
+        idf = corpus_idf(tokens[train_rows], tokenizer.num_embeddings)
+        backbone["idf"] = [round(v, 5) for v in idf.tolist()]
+    preprocessing = {"text": True, "tokenizer": tokenizer.to_dict()}
+    return Benchmark("clinc150", "classification", *samplers, (max_words, pieces), preprocessing,
+                     {"name": "text", "options": backbone},
+                     {"split": split, **{f"{k}_intents": len(v) for k, v in parts.items()}})

@@ -1,7 +1,8 @@
 """Attention-MAML: MAML plus any combination of task, feature and parameter attention, by flags.
 
 * ``task_attention``: the meta-batch is weighted by ``TaskWeighting`` (attention over per-task descriptors,
-  trained by a first-order one-step look-ahead; see ``attnmeta.learners.task_attention``).
+  trained by a first-order one-step look-ahead; see ``attnmeta.learners.task_attention``). The look-ahead's
+  held-out batch is ``weighting_heldout`` (a small trusted list of tasks) or, without it, leave-one-out.
 * ``feature_attention``: the model is wrapped in ``FiLMBackbone``; a ``TaskEncoder`` embeds each task's
   support set and every block is gated by it. ``feature_mode="all"`` adapts every model parameter in the inner
   loop; ``"context"`` adapts only the ``task_dim`` context vector (CAVIA-like, cheaper).
@@ -14,7 +15,7 @@ With no flag it is exactly ``MAML``. Registered as ``"attention-maml"``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -53,7 +54,12 @@ class AttentionMAML(MAML):
         x_encoder: feature extractor of the task encoder (default: flatten for vectors, a 32-filter Conv-4
             for images). y_features: target size for regression (default the model's ``out_features``).
         param_mode / param_top_k / param_lr_mode: ``ParamAttentionRule`` options.
-        weighting_entropy / weighting_temperature: ``TaskWeighting`` options.
+        weighting_entropy / weighting_temperature / weighting_standardize: ``TaskWeighting`` options.
+        weighting_scale_free: divide the descriptor losses by a per-task reference loss (regression: variance
+            of the support targets; classification: ``log(ways)``), see ``descriptor_stats``.
+        weighting_heldout: trusted held-out tasks (a list of ``Task``) for the weighting module's look-ahead;
+            each meta-step uses ``weighting_heldout_batch`` of them (a rotating window, deterministic).
+            Default: leave-one-out alignment within the meta-batch.
     """
 
     name = "attention-maml"
@@ -64,7 +70,9 @@ class AttentionMAML(MAML):
                  in_shape: tuple[int, ...] | None = None, x_encoder: nn.Module | None = None,
                  y_features: int | None = None, param_mode: str = "soft", param_top_k: int = 1,
                  param_lr_mode: str = "scalar", weighting_entropy: float = 0.1,
-                 weighting_temperature: float = 0.1, inner_lr: float = 0.01, **maml_options: Any) -> None:
+                 weighting_temperature: float = 0.1, weighting_heldout: Sequence[Task] | None = None,
+                 weighting_heldout_batch: int = 10, weighting_standardize: bool = True,
+                 weighting_scale_free: bool = False, inner_lr: float = 0.01, **maml_options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if feature_mode not in FEATURE_MODES:
@@ -74,6 +82,11 @@ class AttentionMAML(MAML):
         classification = task_type == "classification"
         if (feature_attention or task_attention) and classification and ways is None:
             raise ValueError("task and feature attention encode labels one-hot: pass ways=N")
+        if weighting_heldout is not None and not task_attention:
+            raise ValueError("weighting_heldout is the look-ahead set of task attention: "
+                             "set task_attention=True")
+        heldout = _stack_heldout(weighting_heldout) if weighting_heldout is not None else None
+        _check_int("weighting_heldout_batch", weighting_heldout_batch, 1)
         in_shape = tuple(in_shape) if in_shape is not None else _input_shape(model)
         if (feature_attention or task_attention) and in_shape is None:
             raise ValueError(f"cannot infer the input shape of {type(model).__name__}; pass in_shape=(...)")
@@ -95,10 +108,13 @@ class AttentionMAML(MAML):
         self.param_attention, self.feature_mode = param_attention, feature_mode
         self.task_encoder = _make_encoder(*encoder_args) if feature_attention else None
         self.task_weighting = (TaskWeighting(encoder=_make_encoder(*encoder_args), entropy=weighting_entropy,
-                                             temperature=weighting_temperature) if task_attention else None)
+                                             temperature=weighting_temperature,
+                                             standardize=weighting_standardize) if task_attention else None)
         reference = next(self.model.parameters())
         self.to(device=reference.device, dtype=reference.dtype)
         self.last_task_weights: Tensor | None = None
+        self.weighting_heldout, self.weighting_heldout_batch = heldout, weighting_heldout_batch
+        self.weighting_scale_free = weighting_scale_free
 
     # --- forward with the task embedding ----------------------------------------------------------
     def _embedding(self, support_x: Tensor, support_y: Tensor) -> Tensor | None:
@@ -150,9 +166,14 @@ class AttentionMAML(MAML):
             return self.task_loss(forward(p, query_x), query_y)
 
         grads_after, loss_after = torch.func.grad_and_value(support_loss)(fast)
-        task_grad = torch.func.grad(query_loss)(point)
+        task_grad = torch.func.grad(query_loss)(point)  # first-order meta-gradient of this task
         assert self.task_weighting is not None and self.task_weighting.encoder is not None
-        return {"loss_after": loss_after.detach(),
+        if self.task_type == "classification":
+            reference = torch.log(torch.tensor(float(max(ways, 2)), dtype=loss_after.dtype,
+                                               device=loss_after.device))
+        else:
+            reference = (support_y - support_y.mean(0, keepdim=True)).pow(2).mean()
+        return {"loss_after": loss_after.detach(), "loss_reference": reference.detach(),
                 "grad_norm_after": torch.sqrt(sum((g ** 2).sum() for g in grads_after.values())).detach(),
                 "task_grad": torch.cat([g.reshape(-1) for g in task_grad.values()]).detach(),
                 "weighting_embedding": self.task_weighting.encoder(support_x, support_y)}
@@ -172,12 +193,19 @@ class AttentionMAML(MAML):
         steps = trace["support_loss"].shape[1] if "support_loss" in trace else 0
         loss_before = trace["support_loss"][:, 0] if steps else trace["loss_after"]
         grad_before = trace["grad_norm"][:, 0] if steps else trace["grad_norm_after"]
-        stats = descriptor_stats(loss_before, trace["loss_after"], grad_before, trace["grad_norm_after"])
+        loo = (cosine_alignment(trace["task_grad"]) if tasks > 1
+               else torch.zeros_like(trace["loss_after"]))
+        stats = descriptor_stats(loss_before, trace["loss_after"], grad_before, trace["grad_norm_after"],
+                                 losses.detach(), loo,
+                                 trace["loss_reference"] if self.weighting_scale_free else None)
         probs = self.task_weighting.probabilities(stats.detach(), trace["weighting_embedding"])
         weights = tasks * probs
         outer = (weights.detach().to(losses.dtype) * losses).mean()
-        objective = (self.task_weighting.objective(probs, cosine_alignment(trace["task_grad"]))
-                     if tasks > 1 else probs.sum() * 0)
+        if self.weighting_heldout is not None:
+            alignment = cosine_alignment(trace["task_grad"], self.heldout_gradient(self._heldout_window()))
+            objective = self.task_weighting.objective(probs, alignment)
+        else:
+            objective = self.task_weighting.objective(probs, loo) if tasks > 1 else probs.sum() * 0
         self.last_task_weights = weights.detach()
         self.last_trace = {k: v.detach() for k, v in trace.items() if k != "task_grad"}
         metrics = {"loss": outer.item(), "weighting_objective": objective.item()}
@@ -195,6 +223,48 @@ class AttentionMAML(MAML):
         if self.training:
             self.meta_steps += 1
         return MetaOutput(outer + objective, losses, metrics)
+
+    def _heldout_window(self) -> TaskBatch:
+        """This meta-step's held-out tasks: a window of ``weighting_heldout_batch`` rotating with the step."""
+        assert self.weighting_heldout is not None
+        total = len(self.weighting_heldout)
+        size = min(self.weighting_heldout_batch, total)
+        index = (int(self.meta_steps) * size + torch.arange(size)) % total
+        ref = next(self.model.parameters())
+        held = self.weighting_heldout
+        batch = TaskBatch(held.support_x[index], held.support_y[index], held.query_x[index],
+                          held.query_y[index], held.classes[index],
+                          tuple(held.infos[i] for i in index.tolist()) if held.infos else ())
+        return batch.to(ref.device, ref.dtype)
+
+    def heldout_gradient(self, batch: TaskBatch) -> Tensor:
+        """Mean unit first-order meta-gradient ``mean_s g_s / ||g_s||`` ``[P]`` (all model parameters,
+        flattened in ``model_params`` order) of the tasks of ``batch``: the held-out direction of the
+        weighting look-ahead (each held-out task counts equally). Detached."""
+        self._check_batch(batch)
+        steps, ways = self.inner_steps, self._ways_of(batch)
+        params = {n: p.detach() for n, p in self.model_params().items()}
+        buffers = dict(self.model.named_buffers())
+        names = list(params)
+
+        def one(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
+            embedding = self._embedding(sx, sy)
+            embedding = None if embedding is None else embedding.detach()
+            forward = self._conditioned_forward(buffers, ways, embedding)
+            adapted, _ = adapt(forward, params, sx, sy, loss_fn=self.task_loss, rule=self.rule, steps=steps,
+                               adapt_names=self.adapt_names, first_order=True, inner_grad="func")
+            point = {n: t.detach() for n, t in adapted.items()}
+            grads = torch.func.grad(lambda p: self.task_loss(forward(p, qx), qy))(point)
+            return torch.cat([grads[n].reshape(-1) for n in names])
+
+        parts = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        with torch.no_grad():  # torch.func.grad inside still differentiates; nothing outside is recorded
+            if self.resolved_strategy() == "vmap":
+                grads = torch.func.vmap(one, randomness="different")(*parts)
+            else:
+                grads = torch.stack([one(*task) for task in zip(*parts)])
+        # each held-out task counts equally (unit steps), as in the leave-one-out alignment
+        return (grads / grads.norm(dim=-1, keepdim=True).clamp_min(1e-12)).mean(0)
 
     # --- one task ------------------------------------------------------------------------------------
     def adapt_task(self, task: Task,
@@ -226,6 +296,20 @@ class AttentionMAML(MAML):
                                rule=self.rule, steps=steps, adapt_names=self.adapt_names, first_order=True,
                                inner_grad="autograd")
             return forward(adapted, task.query_x)
+
+
+def _stack_heldout(tasks: Sequence[Task] | TaskBatch) -> TaskBatch:
+    if isinstance(tasks, TaskBatch):
+        return tasks
+    if isinstance(tasks, Task) or not isinstance(tasks, Sequence) or not tasks:
+        raise TypeError("weighting_heldout must be a non-empty list of Task "
+                        "(e.g. family.fixed_tasks(20, seed))")
+    if not all(isinstance(t, Task) for t in tasks):
+        raise TypeError("weighting_heldout must contain only Task values")
+    try:
+        return TaskBatch.stack(list(tasks))
+    except Exception as error:  # shapes differ
+        raise ValueError(f"weighting_heldout tasks must all have the same shapes: {error}") from None
 
 
 def _make_encoder(in_shape: tuple[int, ...], x_encoder: nn.Module | None, y_features: int, task_dim: int,

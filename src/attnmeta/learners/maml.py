@@ -17,6 +17,7 @@ meta-batch; the reference, fastest on CPU) and ``"vmap"`` (``torch.func.vmap`` o
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ from attnmeta.nn.norm import convert_batch_norm
 from attnmeta.tasks.episode import Task, TaskBatch
 
 STRATEGIES = ("auto", "loop", "vmap")
+PRECISIONS = ("fp32", "bf16")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -60,6 +62,11 @@ class MAML(Learner):
         strategy: ``"auto"``, ``"loop"`` or ``"vmap"``.
         convert_bn: replace ``nn.BatchNorm1d/2d`` in ``model`` by batch-statistics batch norm
             (``attnmeta.nn.norm``), whose second-order gradients are correct under vmap.
+        precision: ``"fp32"`` (default) or ``"bf16"``: opt-in mixed precision; every model call (inner
+            and outer, forward and its derivatives) runs under ``torch.autocast(dtype=torch.bfloat16)``
+            (matmuls and convolutions in bf16), while parameters, inner updates and losses stay in the
+            model's dtype. Pays off on GPUs and on CPUs with native bf16 (AVX512-BF16 / AMX); on other
+            CPUs bf16 is emulated and much slower (a warning says so).
     """
 
     name = "maml"
@@ -70,12 +77,15 @@ class MAML(Learner):
                  first_order: bool = False, rule: str | StepRule = "sgd", learn_inner_lr: bool = False,
                  adapt: str | Collection[str] = "all", multi_step_loss: bool = False,
                  msl_anneal_steps: int = 0, first_order_until: int = 0, strategy: str = "auto",
-                 convert_bn: bool = True) -> None:
+                 convert_bn: bool = True, precision: str = "fp32") -> None:
         super().__init__(task_type)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
         self.inner_steps = _check_int("inner_steps", inner_steps, 0)
         self.eval_inner_steps = (self.inner_steps if eval_inner_steps is None
                                  else _check_int("eval_inner_steps", eval_inner_steps, 0))
@@ -99,6 +109,8 @@ class MAML(Learner):
                        max(self.inner_steps, self.eval_inner_steps, 1))
         self.rule.to(next(self.model.parameters()))
         self.register_buffer("meta_steps", torch.zeros((), dtype=torch.long))
+        if precision == "bf16":
+            _warn_if_bf16_is_emulated(next(self.model.parameters()).device)
         self.last_trace: dict[str, Tensor] = {}
         self._inner_grad = "func"
 
@@ -136,8 +148,15 @@ class MAML(Learner):
     def _forward_fn(self, buffers: Mapping[str, Tensor], ways: int):
         model, classify = self.model, self.task_type == "classification"
 
+        bf16 = self.precision == "bf16"
+
         def forward(params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-            out = functional_call(model, ({**params, **buffers},), (x,))
+            if bf16:
+                with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                    out = functional_call(model, ({**params, **buffers},), (x,))
+                out = out.to(next(iter(params.values())).dtype) if out.is_floating_point() else out
+            else:
+                out = functional_call(model, ({**params, **buffers},), (x,))
             if classify:
                 if out.shape[-1] < ways:
                     raise ValueError(f"the model outputs {out.shape[-1]} logits but the task has {ways} "
@@ -285,10 +304,25 @@ class MAML(Learner):
         forward = self._forward_fn(dict(self.model.named_buffers()), ways)
         with torch.no_grad():
             params = {n: p.detach() for n, p in self.model_params().items()}
-            adapted, _ = adapt(forward, params, task.support_x, task.support_y, loss_fn=self.task_loss,
-                               rule=self.rule, steps=steps, adapt_names=self.adapt_names, first_order=True,
-                               inner_grad="autograd")
-            return forward(adapted, task.query_x)
+            adapted, trace = adapt(forward, params, task.support_x, task.support_y, loss_fn=self.task_loss,
+                                   rule=self.rule, steps=steps, adapt_names=self.adapt_names,
+                                   first_order=True, inner_grad="autograd")
+            out = forward(adapted, task.query_x)
+        if not bool(torch.isfinite(out).all()):
+            losses = trace.get("support_loss", torch.zeros(0)).tolist()
+            warnings.warn(f"the inner loop diverged: non-finite predictions after {steps} inner steps "
+                          f"(meta-trained with {self.inner_steps}; support loss before each step: "
+                          f"{', '.join(f'{v:.3g}' for v in losses)}). Learned inner rates (Meta-SGD, LSLR) "
+                          f"are tuned for the number of steps they were meta-trained with; evaluate with "
+                          f"inner_steps={self.inner_steps}", RuntimeWarning, stacklevel=2)
+        return out
+
+
+def _warn_if_bf16_is_emulated(device: torch.device) -> None:
+    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn("precision='bf16' on a CPU without native bf16 instructions (AVX512-BF16 / AMX): "
+                      "bf16 convolutions and matrix products are emulated and several times slower than "
+                      "fp32 here; use it on a GPU or a bf16-capable CPU", RuntimeWarning, stacklevel=3)
 
 
 def _build(model: nn.Module, task_type: str, ways: int | None, defaults: dict[str, Any],

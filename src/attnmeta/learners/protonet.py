@@ -11,6 +11,7 @@ batch norm sees the whole episode (the convention of the MAML reference code; se
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -44,24 +45,34 @@ def squared_euclidean_logits(query_embeddings: Tensor, class_prototypes: Tensor)
 
 
 class PrototypicalNetworks(Learner):
-    """Prototypical Networks with squared Euclidean distance.
+    """Prototypical Networks with squared Euclidean (default) or cosine distance.
 
     Args:
         model: embedding network, ``[n, *input_shape] -> [n, D]``.
         task_type: must be ``"classification"``.
+        distance: ``"euclidean"`` (``-||q - p||^2``) or ``"cosine"`` (``s * cos(q, p)``, with a learned
+            temperature ``s`` initialised to ``scale``; the cosine classifier of TF-IDF nearest centroid).
     """
 
     name = "protonet"
     any_ways = True
 
-    def __init__(self, model: nn.Module, task_type: str = "classification") -> None:
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, distance: str = "euclidean",
+                 scale: float = 10.0) -> None:
         super().__init__(task_type)
+        if distance not in ("euclidean", "cosine"):
+            raise ValueError(f"distance must be 'euclidean' or 'cosine', got {distance!r}")
+        if scale <= 0:
+            raise ValueError(f"scale must be > 0 (it multiplies cosine similarities), got {scale}")
         if task_type != "classification":
             raise ValueError("Prototypical Networks are a classification learner; got task_type="
                              f"{task_type!r}. Use a gradient learner such as 'maml' for regression")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module embedding network, got {type(model).__name__}")
         self.model = model
+        self.distance = distance
+        if distance == "cosine":
+            self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
 
     def _logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, ways: int) -> Tensor:
         """Logits ``[T, n_query, ways]`` of stacked tasks ``[T, n, *input_shape]``."""
@@ -69,7 +80,11 @@ class PrototypicalNetworks(Learner):
         inputs = torch.cat([support_x, query_x], dim=1).flatten(0, 1)
         embeddings = self.model(inputs).reshape(tasks, n_support + n_query, -1)
         support_embeddings, query_embeddings = embeddings[:, :n_support], embeddings[:, n_support:]
-        return squared_euclidean_logits(query_embeddings, prototypes(support_embeddings, support_y, ways))
+        class_prototypes = prototypes(support_embeddings, support_y, ways)
+        if self.distance == "cosine":
+            query, protos = F.normalize(query_embeddings, dim=-1), F.normalize(class_prototypes, dim=-1)
+            return self.log_scale.exp() * (query @ protos.transpose(-1, -2))
+        return squared_euclidean_logits(query_embeddings, class_prototypes)
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         _check_episode(batch)
@@ -107,7 +122,10 @@ def _check_episode(episode: Task | TaskBatch) -> None:
 @register("protonet", head=False, description="Prototypical Networks (Snell et al. 2017), squared Euclidean")
 def build_protonet(model: nn.Module, task_type: str = "classification", ways: int | None = None,
                    **options: Any) -> PrototypicalNetworks:
-    """Registry builder; ``ways`` is accepted and ignored (prototypes work for any number of ways)."""
-    if options:
-        raise TypeError(f"protonet takes no options, got {sorted(options)}")
-    return PrototypicalNetworks(model, task_type)
+    """Registry builder; ``ways`` is accepted and ignored (prototypes work for any number of ways).
+
+    Options: ``distance`` (``"euclidean"`` or ``"cosine"``), ``scale`` (initial cosine temperature)."""
+    unknown = sorted(set(options) - {"distance", "scale"})
+    if unknown:
+        raise TypeError(f"protonet takes no options other than distance and scale, got {unknown}")
+    return PrototypicalNetworks(model, task_type, **options)

@@ -13,6 +13,16 @@ numerically equal to running ``nq`` sequences ``support + (query q)`` (tested), 
 Architecture (paper, Omniglot): ``Attention(64, 32) -> TC(128) -> Attention(256, 128) -> TC(128) ->
 Attention(512, 256) -> linear(ways)``; ``TC`` has ``ceil(log2(seq_len))`` dense blocks with dilations
 ``1, 2, 4, ...``, ``seq_len = ways * shots + 1``. ``heads > 1`` gives causal multi-head attention.
+
+Two deviations from the paper, on by default (``normalize=False, tie_query_key=False`` is the paper's
+model): the embeddings are centred on their task's support mean and scaled to unit RMS over the support
+(``standardize_by_support``), and each attention block's key map starts equal to its query map. Why: Conv-4
+embeddings are non-negative (ReLU, max-pool) and share a large common component (cosine ~0.8 between
+different Omniglot characters at initialisation); a randomly initialised attention score is a random
+bilinear form dominated by that component, so it does not compare a query with the support, the loss gives
+almost no signal and training sits at chance for hundreds of steps (issue 7; reproduced in a second by
+``tests/test_snail.py::test_learns_offset_prototypes_quickly``). Centred embeddings and tied maps make the
+first attention read similar examples from step 0.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from attnmeta.learners.registry import register
 from attnmeta.nn.attention import scaled_dot_product_attention
 from attnmeta.tasks.episode import Task, TaskBatch
 
-__all__ = ["SNAIL", "episode_attention_mask", "predecessor_index"]
+__all__ = ["SNAIL", "episode_attention_mask", "predecessor_index", "standardize_by_support"]
 
 
 def episode_attention_mask(n_support: int, n_query: int, device: torch.device | None = None) -> Tensor:
@@ -49,6 +59,17 @@ def predecessor_index(n_support: int, n_query: int, dilation: int,
     positions = torch.arange(n_support + n_query, device=device).clamp(max=n_support)
     back = positions - dilation
     return back.masked_fill(back < 0, -1)
+
+
+def standardize_by_support(support: Tensor, query: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """Centre embeddings on their task's support mean and scale them to unit RMS over the support.
+
+    ``support [T, ns, D]``, ``query [T, nq, D]`` -> same shapes. Statistics come from the support only, so
+    every query still depends on the support and itself alone.
+    """
+    mean = support.mean(1, keepdim=True)
+    scale = (support - mean).pow(2).mean((1, 2), keepdim=True).add(eps).rsqrt()
+    return (support - mean) * scale, (query - mean) * scale
 
 
 class DenseBlock(nn.Module):
@@ -100,6 +121,13 @@ class AttentionBlock(nn.Module):
         self.value = nn.Linear(in_channels, value_size)
         self.out_channels = in_channels + value_size
 
+    def tie_query_key(self) -> None:
+        """Initialise the key map equal to the query map: scores start as ``<W x_i, W x_j> + ...``, a
+        similarity (a random bilinear form otherwise), so attention reads similar elements from step 0."""
+        with torch.no_grad():
+            self.key.weight.copy_(self.query.weight)
+            self.key.bias.copy_(self.query.bias)
+
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """``x [B, L, C]``, ``mask [L, L]`` -> ``[B, L, C + value_size]``."""
         b, length, _ = x.shape
@@ -121,6 +149,8 @@ class SNAIL(Learner):
         feature_dim / input_shape: embedding size ``D``, or an input shape to infer it with a dry run.
         filters: channels added by each dense block; key/value sizes: the paper's Omniglot configuration.
         heads: attention heads (1 in the paper).
+        normalize: standardise embeddings on the support (``standardize_by_support``); tie_query_key:
+            initialise every key map equal to its query map. Both default on; both off is the paper's model.
     """
 
     name = "snail"
@@ -130,7 +160,7 @@ class SNAIL(Learner):
                  feature_dim: int | None = None, input_shape: tuple[int, ...] | None = None,
                  filters: int = 128, attention_sizes: tuple[tuple[int, int], ...] = ((64, 32), (256, 128),
                                                                                    (512, 256)),
-                 heads: int = 1) -> None:
+                 heads: int = 1, normalize: bool = True, tie_query_key: bool = True) -> None:
         super().__init__(task_type)
         if task_type != "classification":
             raise ValueError("this SNAIL is a few-shot classification learner; "
@@ -141,7 +171,7 @@ class SNAIL(Learner):
             raise ValueError(f"shots must be a positive int, got {shots!r}")
         if len(attention_sizes) != 3:
             raise ValueError("attention_sizes must give (key_size, value_size) for the 3 attention blocks")
-        self.model, self.ways, self.shots = model, ways, shots
+        self.model, self.ways, self.shots, self.normalize = model, ways, shots, normalize
         dim = feature_dim or infer_feature_dim(model, input_shape)
         seq_len = ways * shots + 1
         channels = dim + ways
@@ -151,11 +181,16 @@ class SNAIL(Learner):
         self.tc2 = TCBlock(self.attention2.out_channels, seq_len, filters)
         self.attention3 = AttentionBlock(self.tc2.out_channels, *attention_sizes[2], heads=heads)
         self.classifier = nn.Linear(self.attention3.out_channels, ways)
+        if tie_query_key:
+            for block in (self.attention1, self.attention2, self.attention3):
+                block.tie_query_key()
 
     def sequence_logits(self, support_emb: Tensor, support_y: Tensor, query_emb: Tensor) -> Tensor:
         """Query logits ``[T, nq, ways]``; support ``[T, ns, D]``, labels ``[T, ns]``, queries ``[T, nq, D]``.
         """
         n_support, n_query = support_emb.shape[1], query_emb.shape[1]
+        if self.normalize:
+            support_emb, query_emb = standardize_by_support(support_emb, query_emb)
         labels = torch.cat([F.one_hot(support_y, self.ways).to(support_emb.dtype),
                             support_emb.new_zeros(support_emb.shape[0], n_query, self.ways)], dim=1)
         x = torch.cat([torch.cat([support_emb, query_emb], dim=1), labels], dim=-1)

@@ -1,20 +1,28 @@
 """Task attention: weight the tasks of a meta-batch, and choose which tasks to train on.
 
 **Meta-batch weighting** (``TaskWeighting``). Every task ``t`` of a meta-batch gets a descriptor: its
-support-set embedding (``TaskEncoder``: self-attention over (x, y) pairs, pooled) and the log statistics
-``[log L_before, log L_after, log ||g||_before, log ||g||_after, log(L_after / L_before)]`` of its support
-loss and inner gradient before and after adaptation. A set-attention block over the ``T`` descriptors
-(each task sees the others) and a linear score give ``p = softmax(s / temperature)``; the weights are
-``w = T * p`` (mean 1) and the outer loss is ``mean_t(w_t * L_t)`` with ``w`` treated as constants.
+support-set embedding (``TaskEncoder``: self-attention over (x, y) pairs, pooled) and ``DESCRIPTOR_STATS = 8``
+log statistics (``descriptor_stats``): support loss and inner-gradient norm before and after adaptation, their
+ratio, the post-adaptation *query* loss, the support-query gap ``log(Q_after / L_after)`` and the cosine
+alignment of the task's meta-gradient with the rest of the meta-batch. A set-attention block over the ``T``
+descriptors (each task sees the others) and a linear score give ``p = softmax(s / temperature)``; the weights
+are ``w = T * p`` (mean 1) and the outer loss is ``mean_t(w_t * L_t)`` with ``w`` treated as constants.
 
 *Objective of the weighting module (one-step look-ahead, first order).* With per-task meta-gradients ``g_t``
 the meta-update is ``theta' = theta - alpha * mean_t(w_t g_t)``. On a held-out meta-batch ``V``,
 ``L_V(theta') ~= L_V(theta) - (alpha / T) * sum_t w_t <grad L_V(theta), g_t>`` (first order in ``alpha``),
 so weights that lower the held-out loss maximise ``sum_t p_t a_t`` with alignment ``a_t = <g_V, g_t>``.
-We use first-order (FOMAML) task gradients ``g_t = d L_t / d phi_t`` at the adapted parameters, cosine
-alignments (each task's step normalised, so a task with a huge noisy gradient cannot dominate), and as
-held-out batch for task ``t`` the *other* tasks of the meta-batch (leave-one-out; or an explicit held-out
-batch). A KL-to-uniform (entropy) term keeps the weights spread:
+We use first-order (FOMAML) task gradients ``g_t = d L_t / d phi_t`` at the adapted parameters and cosine
+alignments (a task with a huge noisy gradient cannot dominate). The held-out batch ``V`` is either
+
+* a small *trusted* set of held-out tasks (``heldout_grad``; as in learning-to-reweight, Ren et al. 2018):
+  the look-ahead then asks "which training tasks move the meta-parameters the way the held-out tasks want";
+  this is what makes corrupted tasks lose weight, or
+* the *other* tasks of the meta-batch (leave-one-out, no extra data). Caveat, measured on 30%-corrupted
+  sinusoid: once MAML has trained a little, the meta-batch's own mean gradient is near a stationary point of
+  the *corrupted* mixture and every task's alignment with it is ~0, so this variant barely re-weights.
+
+A KL-to-uniform (entropy) term keeps the weights spread:
 
     J(phi) = - sum_t p_t a_t + entropy * sum_t p_t log p_t,       optimum  p_t ∝ exp(a_t / entropy).
 
@@ -43,15 +51,36 @@ from attnmeta.tasks.episode import Task
 __all__ = ["TaskWeighting", "TaskSelector", "function_signature", "cosine_alignment", "descriptor_stats",
            "DESCRIPTOR_STATS"]
 
-DESCRIPTOR_STATS = 5
+DESCRIPTOR_STATS = 8
 
 
-def descriptor_stats(loss_before: Tensor, loss_after: Tensor, grad_before: Tensor,
-                     grad_after: Tensor) -> Tensor:
-    """``[T, 5]`` log statistics from per-task support losses and gradient norms (all ``[T]``)."""
+def descriptor_stats(loss_before: Tensor, loss_after: Tensor, grad_before: Tensor, grad_after: Tensor,
+                     query_after: Tensor | None = None, alignment: Tensor | None = None,
+                     reference: Tensor | None = None) -> Tensor:
+    """Per-task descriptor statistics from ``[T]`` tensors.
+
+    ``[log L_before, log L_after, log ||g||_before, log ||g||_after, log(L_after / L_before)]`` (``[T, 5]``),
+    and with ``query_after`` (post-adaptation query loss) and ``alignment`` (cosine with the meta-batch)
+    also ``[log Q_after, log(Q_after / L_after), alignment]`` (``[T, 8]``).
+
+    ``reference [T]`` makes the statistics scale-free: losses are divided by it and gradient norms by its
+    square root (e.g. the variance of a regression task's support targets, the loss of predicting their mean,
+    so ``L / reference`` is the unexplained fraction; ``log(ways)`` for classification). Then a task's weight
+    cannot depend on how large its targets are, only on how well it is fitted."""
     eps = 1e-8
+    if reference is not None:
+        reference = reference.clamp_min(eps)
+        loss_before, loss_after = loss_before / reference, loss_after / reference
+        grad_before, grad_after = grad_before / reference.sqrt(), grad_after / reference.sqrt()
+        query_after = None if query_after is None else query_after / reference
     lb, la = torch.log(loss_before + eps), torch.log(loss_after + eps)
-    return torch.stack([lb, la, torch.log(grad_before + eps), torch.log(grad_after + eps), la - lb], dim=-1)
+    parts = [lb, la, torch.log(grad_before + eps), torch.log(grad_after + eps), la - lb]
+    if (query_after is None) != (alignment is None):
+        raise ValueError("pass both query_after and alignment (8 statistics) or neither (5 statistics)")
+    if query_after is not None and alignment is not None:
+        qa = torch.log(query_after + eps)
+        parts += [qa, qa - la, alignment.to(qa.dtype)]
+    return torch.stack(parts, dim=-1)
 
 
 def cosine_alignment(task_grads: Tensor, heldout_grad: Tensor | None = None) -> Tensor:
@@ -81,18 +110,20 @@ class TaskWeighting(nn.Module):
         temperature: softmax temperature of the scores.
         entropy: weight of the entropy (KL-to-uniform) term of the objective.
         uniform: always return weights 1 (plain MAML; the module is then unused).
+        standardize: also feed each statistic standardised over the meta-batch (relative to the other tasks);
+            ``False``: the statistics as they are (absolute levels only).
     """
 
     def __init__(self, stats_dim: int = DESCRIPTOR_STATS, encoder: nn.Module | None = None, *,
                  dim: int = 32, heads: int = 2, temperature: float = 1.0, entropy: float = 0.1,
-                 uniform: bool = False) -> None:
+                 uniform: bool = False, standardize: bool = True) -> None:
         super().__init__()
         if temperature <= 0 or entropy < 0:
             raise ValueError(f"temperature must be > 0 and entropy >= 0, got {temperature}, {entropy}")
         self.encoder = encoder
         embed_dim = int(getattr(encoder, "task_dim", 0)) if encoder is not None else 0
-        self.stats_norm = nn.LayerNorm(stats_dim)
-        self.input = nn.Linear(stats_dim + embed_dim, dim)
+        self.stats_dim, self.standardize = stats_dim, standardize
+        self.input = nn.Linear((2 if standardize else 1) * stats_dim + embed_dim, dim)
         self.attention = SetAttentionBlock(dim, heads)
         self.score = nn.Linear(dim, 1)
         nn.init.zeros_(self.score.weight)
@@ -106,7 +137,13 @@ class TaskWeighting(nn.Module):
         tasks = stats.shape[0]
         if self.uniform:
             return torch.full((tasks,), 1.0 / tasks, dtype=stats.dtype, device=stats.device)
-        parts = [self.stats_norm(stats)]
+        if stats.shape[1] != self.stats_dim:
+            raise ValueError(f"expected {self.stats_dim} statistics per task, got {stats.shape[1]}")
+        # each statistic as it is and standardised over the meta-batch (weights are relative to the others)
+        spread = stats.std(0, keepdim=True, unbiased=False) if tasks > 1 else torch.ones_like(stats[:1])
+        parts = [stats]
+        if self.standardize:
+            parts.append((stats - stats.mean(0, keepdim=True)) / (spread + 1e-3))
         if embeddings is not None:
             parts.append(embeddings)
         h = torch.relu(self.input(torch.cat(parts, dim=-1))).unsqueeze(0)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnmeta.nn.layers import can_use_fast_block, conv_norm_relu_pool
 from attnmeta.nn.norm import MetaBatchNorm2d
 
 __all__ = ["batch_norm_2d", "ConvBlock", "Conv4", "ResNet12", "ResidualBlock", "DropBlock", "MLP",
@@ -59,7 +60,10 @@ def batch_norm_2d(channels: int, norm: str = "meta") -> nn.Module:
 class ConvBlock(nn.Module):
     """conv3x3 (padding 1) -> batch norm -> ReLU -> max-pool 2.
 
-    ``[n, C_in, H, W] -> [n, C_out, H // 2, W // 2]``. ``norm`` as in ``batch_norm_2d``.
+    ``[n, C_in, H, W] -> [n, C_out, H // 2, W // 2]``. ``norm`` as in ``batch_norm_2d``. By default the block
+    is evaluated by ``attnmeta.nn.layers.conv_norm_relu_pool`` (channels_last convolution, ReLU after the
+    max-pool: the same values and gradients, faster on CPU; output in channels_last memory format); set
+    ``block.fast = False`` (or ``ConvBlock.fast``) for the op-by-op reference.
     """
 
     def __init__(self, in_channels: int, out_channels: int, pool: bool = True, norm: str = "meta") -> None:
@@ -69,7 +73,11 @@ class ConvBlock(nn.Module):
         self.act = nn.ReLU()
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
 
+    fast = True  # exact faster evaluation (``attnmeta.nn.layers.conv_norm_relu_pool``); False: op by op
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.fast and can_use_fast_block(self.conv, self.act, self.pool):
+            return conv_norm_relu_pool(x, self.conv, self.norm, self.pool)
         return self.pool(self.act(self.norm(self.conv(x))))
 
 
@@ -259,7 +267,13 @@ def _build_mlp(in_shape: tuple[int, ...], out_features: int | None, **options: A
     return MLP(in_shape[0], out_features=out_features, **options)
 
 
-BACKBONES = {"conv4": _build_conv4, "resnet12": _build_resnet12, "mlp": _build_mlp}
+def _build_text(in_shape: tuple[int, ...], out_features: int | None, **options: Any) -> nn.Module:
+    from attnmeta.nn.text import build_text_backbone  # token-id encoders (CLINC150, text files)
+
+    return build_text_backbone(in_shape, out_features, **options)
+
+
+BACKBONES = {"conv4": _build_conv4, "resnet12": _build_resnet12, "mlp": _build_mlp, "text": _build_text}
 
 
 def build_backbone(name: str, *, in_shape: Sequence[int], out_features: int | None = None,

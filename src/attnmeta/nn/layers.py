@@ -1,18 +1,23 @@
-"""Alternative drop-in blocks for meta-learned conv nets (same outputs and gradients as the plain blocks).
+"""Faster drop-in evaluation of meta-learned conv blocks (same outputs and gradients as the plain blocks).
 
-Measured on this 2-core CPU (benchmarks/bench_meta_step.py, second-order Conv-4 meta-step): NOT faster than
-the plain blocks (0.66x in CPU time), kept for GPU experiments and as a tested reference.
-
+- ``conv_norm_relu_pool(x, conv, norm, pool)``: ``pool(relu(norm(conv(x))))`` with two exact rewrites:
+  a channels_last convolution (im2col + one matmul when the input has few channels, as in Conv-4's first
+  layer) and ReLU after the max-pool. ``ConvBlock`` (``attnmeta.nn.backbones``) uses it by default; on this
+  2-core CPU it makes a second-order Conv-4 MAML meta-step about 1.3x faster than the op-by-op network
+  (``benchmarks/bench_meta_step.py``; numbers in the README). First and second derivatives are unchanged
+  (float64 to 1e-10, ``tests/test_layers.py``), under the loop and under ``vmap``.
 - ``MaxPool2x2``: 2x2 / stride-2 max-pooling as a reshape + ``amax`` (no index tensor; its double backward is
   elementwise). Equal to ``nn.MaxPool2d(2)`` in value; gradients are equal whenever the maximum of each window
   is unique or, after a ReLU, when tied values are all zero (their ReLU gradient is 0 either way).
 - ``speed_up_conv_blocks(model)``: swaps, in place, every ``ConvBlock``-like module (attributes ``norm``,
-  ``act``, ``pool``) to ``MetaBatchNormReLU2d`` + ``MaxPool2x2``.
+  ``act``, ``pool``) to ``MetaBatchNormReLU2d`` + ``MaxPool2x2``. Measured NOT faster on CPU (0.66x in CPU
+  time); kept for GPU experiments and as a tested reference.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnmeta.nn.norm import MetaBatchNorm2d, MetaBatchNormReLU2d
@@ -51,3 +56,70 @@ def speed_up_conv_blocks(model: nn.Module) -> nn.Module:
                 and pool.padding in (0, (0, 0)) and not pool.ceil_mode:
             module.pool = MaxPool2x2()
     return model
+
+
+# --- fast, exact Conv-4 block (measured faster on CPU; same outputs and gradients up to rounding) -------
+_IM2COL_MAX_COLUMNS = 32  # in_channels * kh * kw up to this: im2col + one matmul (the Conv-4 input layer)
+
+
+def _is_plain_conv3x3(conv: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
+def conv3x3_channels_last(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.conv2d(x, weight, bias, padding=1)`` (3x3, stride 1) returned in ``channels_last`` memory format.
+
+    ``x [n, C_in, H, W]``, ``weight [C_out, C_in, 3, 3]``, ``bias [C_out]`` -> ``[n, C_out, H, W]``.
+    With few input columns (``C_in * 9 <= 32``, e.g. grey or RGB images) it is im2col + one matmul: the
+    weight gradient is then a single ``[9 C_in, n H W] @ [n H W, C_out]`` product (oneDNN's weight gradient
+    for one input channel is about 8x slower on CPU). Otherwise oneDNN's convolution with channels_last
+    weights (faster than NCHW on CPU, and its output feeds channels_last batch norm and max-pool); inside
+    ``torch.func`` transforms (which cannot change memory formats) the plain ``F.conv2d``.
+    Built from differentiable ops only: first and second derivatives, ``vmap`` and ``grad`` all work.
+    """
+    c_out, c_in = weight.shape[:2]
+    if c_in * 9 > _IM2COL_MAX_COLUMNS:
+        if torch._C._functorch.is_functorch_wrapped_tensor(weight):  # vmap cannot change memory formats
+            return F.conv2d(x, weight, bias, padding=1)
+        out = F.conv2d(x, weight.contiguous(memory_format=torch.channels_last), None, padding=1)
+        # the bias as a separate add: oneDNN's bias gradient is slower than a sum
+        return out if bias is None else out + bias.view(1, -1, 1, 1)
+    n, _, height, width = x.shape
+    padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)  # [n, H+2, W+2, C_in]
+    pieces = [padded[:, i:i + height, j:j + width, :] for i in range(3) for j in range(3)]  # (i, j, c)
+    # [9 C_in (+1), C_out] row-major: autograd's weight gradient is then columns.T @ grad (fast in MKL),
+    # not (grad.T @ columns).T (about 15x slower for these shapes)
+    w = weight.permute(2, 3, 1, 0).reshape(9 * c_in, c_out)
+    if bias is not None:  # a column of ones: the bias and its gradient come out of the same product
+        pieces.append(padded.new_ones(n, height, width, 1))
+        w = torch.cat([w, bias.unsqueeze(0)])
+    columns = torch.cat(pieces, dim=-1).reshape(n * height * width, -1)
+    out = columns @ w.contiguous()
+    return out.view(n, height, width, c_out).permute(0, 3, 1, 2)
+
+
+def conv_norm_relu_pool(x: Tensor, conv: nn.Conv2d, norm: nn.Module, pool: nn.Module) -> Tensor:
+    """``pool(relu(norm(conv(x))))`` computed faster with the same values and gradients.
+
+    ``conv`` a 3x3 / stride-1 / padding-1 ``nn.Conv2d``; ``norm`` a per-channel module (batch norm);
+    ``pool`` ``nn.MaxPool2d(2)`` or ``nn.Identity``. ``[n, C_in, H, W] -> [n, C_out, H // 2, W // 2]``
+    (channels_last memory format). Two exact rewrites: the convolution runs channels_last
+    (``conv3x3_channels_last``; batch norm and max-pool are also faster channels_last on CPU), and ReLU is
+    applied after the max-pool (``max`` commutes with the monotone ReLU, with the same sub-gradients:
+    ties only occur at ReLU's zero, where both orders give gradient 0), so ReLU and its backward run on a
+    quarter of the values.
+    """
+    return torch.relu(pool(norm(conv3x3_channels_last(x, conv.weight, conv.bias))))
+
+
+def can_use_fast_block(conv: nn.Module, act: nn.Module, pool: nn.Module) -> bool:
+    """Whether ``conv_norm_relu_pool`` reproduces ``pool(act(norm(conv(x))))`` for these modules."""
+    if not (_is_plain_conv3x3(conv) and type(act) is nn.ReLU):
+        return False
+    if type(pool) is nn.Identity:
+        return True
+    return (type(pool) is nn.MaxPool2d and pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2))
+            and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1)) and not pool.ceil_mode
+            and not pool.return_indices)

@@ -49,6 +49,8 @@ def batch_norm_batch_stats(x: Tensor, weight: Tensor | None = None, bias: Tensor
     if values_per_channel < 2:
         raise ValueError(f"batch norm needs more than 1 value per channel to compute batch statistics, got "
                          f"input shape {tuple(x.shape)}; use at least 2 examples (or a spatial extent > 1)")
+    if weight is not None and x.dtype != weight.dtype and x.dtype in (torch.bfloat16, torch.float16):
+        x = x.to(weight.dtype)  # mixed precision (autocast): normalize in the parameters' precision
     if not any(_is_functorch_wrapped(t) for t in (x, weight, bias)):
         # Plain autograd (e.g. a loop over tasks with torch.autograd.grad): the fused kernel's first and
         # second derivatives are right here, and it is about 2x faster on CPU. Under torch.func transforms

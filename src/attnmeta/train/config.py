@@ -39,7 +39,14 @@ _REGRESSION_PRESET: dict[str, Any] = {
 BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
     "sinusoid": dict(_REGRESSION_PRESET),
     "multimodal": dict(_REGRESSION_PRESET),
+    # few-shot intents (held-out domains); the lexical text encoder, a few CPU-minutes
+    "clinc150": {"ways": 5, "shots": 1, "queries": 10, "meta_batch": 2, "steps": 300, "lr": 1e-3,
+                 "eval_every": 100, "eval_episodes": 100, "checkpoint_every": 100, "threads": 1},
 }
+#: Learner options added on CLINC150: cosine prototypes (TF-IDF nearest centroid before meta-training) and
+#: MAML on the zero-initialised head with a large inner step (the lexical features have norm 4).
+CLINC150_OPTIONS = {"protonet": {"distance": "cosine"}, "maml": {"adapt": "head", "inner_lr": 0.5},
+                    "fomaml": {"adapt": "head", "inner_lr": 0.5}, "anil": {"inner_lr": 0.5}}
 #: Learner options added for the MAML family on the regression presets (evaluation with 10 inner steps,
 #: as in the MAML paper's sinusoid results).
 REGRESSION_MAML_OPTIONS = {"eval_inner_steps": 10}
@@ -192,6 +199,8 @@ class RunConfig:
         values = dict(BENCHMARK_PRESETS.get(benchmark, {}))
         if benchmark in REGRESSION_BENCHMARKS and algo in MAML_FAMILY:
             values["algo_options"] = dict(REGRESSION_MAML_OPTIONS)
+        if benchmark == "clinc150" and algo in CLINC150_OPTIONS:
+            values["algo_options"] = dict(CLINC150_OPTIONS[algo])
         return values
 
     def to_dict(self) -> dict[str, Any]:
