@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     final = {}
     for ways, source in tests.items():
-        if ways != args.train_ways and not learner.any_ways:
-            continue
+        if ways != args.train_ways and (not learner.any_ways or (spec.head and ways > args.train_ways)):
+            continue  # a learner with a train_ways-output head cannot classify more ways
         result = evaluate(learner, source.fixed_tasks(args.final_episodes, seed=0))
         final[f"{ways}w1s"] = {"accuracy": result.mean, "ci95": result.ci95, "n": result.summary.n}
     report = {"name": name, "algo": args.algo, "args": vars(args), "episodes": episode,
