@@ -111,7 +111,7 @@ def make_benchmark(name: str, *, root: str | Path | None = None, ways: int, shot
     """Build a named benchmark.
 
     Args:
-        name: ``"sinusoid"``, ``"multimodal"``, ``"omniglot"`` or ``"miniimagenet"``.
+        name: ``"sinusoid"``, ``"multimodal"``, ``"omniglot"``, ``"miniimagenet"`` or ``"clinc150"``.
         root: data folder (Omniglot archives; miniImageNet CSVs and images or caches). Unused for regression.
         ways, shots, queries: episode shape (``ways`` is ignored for regression).
         split: see the module docstring (Omniglot ``"default"``/``"vinyals"``/``"maml"``; miniImageNet
