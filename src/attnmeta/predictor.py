@@ -87,6 +87,7 @@ class FewShotPredictor:
         self.dtype = next(learner.parameters()).dtype
         self.classes_: list[Hashable] = []
         self._support: tuple[Tensor, Tensor] | None = None
+        self._tokenizer: Any = None  # text runs: built from the checkpoint on first use
 
     # -- inputs -------------------------------------------------------------------------------------
     def _prepare_inputs(self, inputs: Any, what: str) -> Tensor:
@@ -100,7 +101,7 @@ class FewShotPredictor:
         if bad:
             raise TypeError(f"{what}[{bad[0]}] is a {type(inputs[bad[0]]).__name__}; this is a text model, "
                             "pass strings")
-        if not hasattr(self, "_tokenizer"):
+        if self._tokenizer is None:
             from attnmeta.nn.text import TextTokenizer
 
             self._tokenizer = TextTokenizer.from_dict(self.preprocessing["tokenizer"])
