@@ -34,10 +34,12 @@ sys.path.insert(0, str(ROOT / "src"))
 
 METHODS = {
     "maml": {},
-    "+task": {"task_attention": True},
-    "+task(loo)": {"task_attention": True, "heldout": False},
-    "+task(raw)": {"task_attention": True, "weighting_standardize": False},
-    "+task(sf)": {"task_attention": True, "weighting_standardize": False, "weighting_scale_free": True},
+    "+task": {"task_attention": True},  # per-task gates (the default weighting mode)
+    "+task(softmax)": {"task_attention": True, "weighting_mode": "softmax"},
+    "+task(loo)": {"task_attention": True, "heldout": False, "weighting_mode": "softmax"},
+    "+task(raw)": {"task_attention": True, "weighting_standardize": False, "weighting_mode": "softmax"},
+    "+task(sf)": {"task_attention": True, "weighting_standardize": False, "weighting_scale_free": True,
+                  "weighting_mode": "softmax"},
     "oracle": {},  # plain MAML whose outer loss skips the corrupted tasks (knows info["corrupted"]): a bound
     "+feature": {"feature_attention": True},
     "+feature(context)": {"feature_attention": True, "feature_mode": "context"},
@@ -56,8 +58,8 @@ BENCHMARKS = {
     "multimodal": dict(family="multimodal", shots=10,
                        methods=["maml", "+task", "+feature", "+feature(context)", "+param", "all three"]),
     "corrupted": dict(family="sinusoid", shots=10, corrupt=0.3,
-                      methods=["maml", "+task", "+task(loo)", "+task(raw)", "+task(sf)", "oracle",
-                               "all three"]),
+                      methods=["maml", "+task", "+task(softmax)", "+task(loo)", "+task(raw)", "+task(sf)",
+                               "oracle", "all three"]),
     "selection": dict(family="multimodal", shots=10, methods=["uniform", "attentive"],
                       target_kind="sinusoid"),
     "omniglot": dict(family="omniglot", shots=1, methods=FIVE),
@@ -67,7 +69,6 @@ OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
 OMNIGLOT_OPTIONS = {"inner_lr": 0.4, "inner_steps": 1, "first_order": True, "strategy": "loop"}
 CONTEXT_LR = 1.0  # CAVIA's inner rate for the context vector
 HELDOUT_TASKS = 20  # trusted clean tasks for task attention's look-ahead (learning-to-reweight style)
-WEIGHTING_ENTROPY = 0.02
 
 
 def make_family(spec: dict, *, seed: int, clean: bool = False, kinds=None):
@@ -92,7 +93,8 @@ def make_learner(method: str, spec: dict | None = None, *, inner_lr: float = 0.0
     use_heldout = flags.pop("heldout", True)
     lr = CONTEXT_LR if flags.get("feature_mode") == "context" else inner_lr
     if flags.get("task_attention"):
-        flags["weighting_entropy"] = float(os.environ.get("ATTN_WEIGHTING_ENTROPY", WEIGHTING_ENTROPY))
+        if os.environ.get("ATTN_WEIGHTING_ENTROPY"):
+            flags["weighting_entropy"] = float(os.environ["ATTN_WEIGHTING_ENTROPY"])
         if use_heldout and spec is not None:
             trusted = make_family(spec, seed=6, clean=True)
             flags["weighting_heldout"] = trusted.fixed_tasks(HELDOUT_TASKS, seed=6)
@@ -253,13 +255,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--only", nargs="*", default=None, help=f"benchmarks among {list(BENCHMARKS)}")
     parser.add_argument("--methods", nargs="*", default=None, help="restrict to these methods")
-    parser.add_argument("--weighting-entropy", type=float, default=WEIGHTING_ENTROPY,
-                        help="entropy weight of task attention's look-ahead objective")
+    parser.add_argument("--weighting-entropy", type=float, default=None,
+                        help="entropy weight of task attention's look-ahead objective (default: the "
+                             "weighting mode's default, 0.03 for gates, 0.1 for the softmax)")
     parser.add_argument("--no-timing", action="store_true", help="skip the seconds-per-step measurement")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "attention_ablation.json"))
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ["ATTN_WEIGHTING_ENTROPY"] = str(args.weighting_entropy)  # read by make_learner in workers
+    # read by make_learner in the worker processes
+    entropy = args.weighting_entropy
+    os.environ["ATTN_WEIGHTING_ENTROPY"] = "" if entropy is None else str(entropy)
     benches = args.only or list(BENCHMARKS)
     unknown = [b for b in benches if b not in BENCHMARKS]
     if unknown:

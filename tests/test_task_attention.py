@@ -60,6 +60,66 @@ def test_objective_optimum_is_softmax_of_alignment_over_entropy():
     torch.testing.assert_close(torch.softmax(logits, 0), torch.softmax(alignment / 0.2, 0), atol=1e-4, rtol=0)
 
 
+def test_gate_mode_starts_uniform_and_its_optimum_is_sigmoid_of_alignment_over_entropy():
+    """Gate mode: every gate 0.5 at initialisation (uniform weights); minimising the gate objective over
+    free logits gives g = sigmoid(a / (entropy * rms(a))), per task (not ranked against the others)."""
+    stats = torch.randn(8, 8)
+    module = TaskWeighting(mode="gate", entropy=0.2)
+    torch.testing.assert_close(module.gates(stats), torch.full((8,), 0.5))
+    torch.testing.assert_close(module(stats), torch.ones(8))
+    alignment = torch.tensor([0.5, -0.2, 0.1, 0.3])
+    logits = torch.zeros(4, requires_grad=True)
+    optimizer = torch.optim.LBFGS([logits], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = module.gate_objective(torch.sigmoid(logits), alignment)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    rms = alignment.pow(2).mean().sqrt()
+    expected = torch.sigmoid(alignment / (0.2 * rms))
+    torch.testing.assert_close(torch.sigmoid(logits), expected, atol=1e-4, rtol=0)
+    # the gates depend on the alignments' signs and relative sizes, not their overall scale
+    assert torch.allclose(module.gate_objective(torch.sigmoid(logits), alignment),
+                          module.gate_objective(torch.sigmoid(logits), 0.01 * alignment))
+    # two clearly helpful tasks get (almost) the same weight however different their alignments are,
+    # unlike the softmax optimum, which ranks them (exp(a / entropy))
+    gates = torch.sigmoid(torch.tensor([0.3, 0.6]) / 0.02)
+    assert abs(gates[0] - gates[1]) < 1e-6
+    softmax = torch.softmax(torch.tensor([0.3, 0.6]) / 0.02, 0)
+    assert softmax[1] > 0.99
+
+
+def test_gate_mode_learns_flat_weights_within_groups():
+    """Synthetic descriptors as below, with alignments spread within each group: gate weights stay flat
+    within the good group (the softmax's do not) and low on the bad one."""
+    results = {}
+    for mode in ("softmax", "gate"):
+        torch.manual_seed(0)
+        module = TaskWeighting(stats_dim=5, entropy=0.02 if mode == "softmax" else 0.1, temperature=0.1,
+                               mode=mode)
+        optimizer = torch.optim.Adam(module.parameters(), lr=3e-3)
+        for _ in range(200):
+            stats = torch.randn(10, 5)
+            bad = stats[:, 0] > 0.5
+            alignment = torch.where(bad, -0.3, 0.1 + 0.1 * stats[:, 1].clamp(-1, 1))  # good: 0..0.2
+            objective = (module.gate_objective(module.gates(stats), alignment) if mode == "gate"
+                         else module.objective(module.probabilities(stats), alignment))
+            optimizer.zero_grad()
+            objective.backward()
+            optimizer.step()
+        stats = torch.randn(200, 5)
+        bad = stats[:, 0] > 0.5
+        with torch.no_grad():
+            weights = torch.cat([module(chunk) for chunk in stats.split(10)])
+        good = weights[~bad]
+        results[mode] = (weights[bad].mean() / good.mean(), good.std() / good.mean())
+    assert results["gate"][0] < 0.1
+    assert results["gate"][1] < 0.5 * results["softmax"][1]
+
+
 def test_weighting_learns_to_down_weight_tasks_with_bad_alignment():
     """Synthetic descriptors: tasks whose first statistic is large have alignment -0.5, others +0.5."""
     torch.manual_seed(0)
@@ -84,11 +144,12 @@ def corrupted_batch(tasks=6):
     return family.sample_batch(tasks).to("cpu", torch.float64)
 
 
-def test_outer_gradient_is_maml_with_detached_weights_and_objective_trains_only_the_weighting():
+@pytest.mark.parametrize("mode", ["softmax", "gate"])
+def test_outer_gradient_is_maml_with_detached_weights_and_objective_trains_only_the_weighting(mode):
     torch.manual_seed(0)
     model = MLP(1, (8,), 1).double()
     learner = AttentionMAML(copy.deepcopy(model), "regression", task_attention=True, inner_lr=0.05,
-                            task_dim=8)
+                            task_dim=8, weighting_mode=mode)
     with torch.no_grad():
         learner.task_weighting.score.weight.normal_()  # non-uniform weights
     batch = corrupted_batch()
@@ -141,7 +202,8 @@ def test_heldout_gradient_is_the_mean_fomaml_gradient_and_drives_the_objective()
     heldout = Sinusoid(shots=5, queries=5, seed=9).fixed_tasks(4, seed=9)
     heldout = [t.to("cpu", torch.float64) for t in heldout]
     learner = AttentionMAML(MLP(1, (8,), 1).double(), "regression", task_attention=True, inner_lr=0.05,
-                            task_dim=8, weighting_heldout=heldout, weighting_heldout_batch=3)
+                            task_dim=8, weighting_heldout=heldout, weighting_heldout_batch=3,
+                            weighting_mode="softmax")
     window = learner._heldout_window()
     assert len(window) == 3
     expected = []
@@ -215,6 +277,8 @@ def test_bad_configuration_errors_are_clear():
         TaskSelector(temperature=0)
     with pytest.raises(ValueError, match="uniform_share"):
         TaskSelector(uniform_share=1.5)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        TaskWeighting(mode="sparsemax")
     with pytest.raises(ValueError, match="cannot draw 5 distinct tasks"):
         TaskSelector().sample(torch.randn(1, 3), torch.randn(4, 3), 5)
     with pytest.raises(ValueError, match="set task_attention=True"):

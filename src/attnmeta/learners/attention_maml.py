@@ -54,7 +54,9 @@ class AttentionMAML(MAML):
         x_encoder: feature extractor of the task encoder (default: flatten for vectors, a 32-filter Conv-4
             for images). y_features: target size for regression (default the model's ``out_features``).
         param_mode / param_top_k / param_lr_mode: ``ParamAttentionRule`` options.
-        weighting_entropy / weighting_temperature / weighting_standardize: ``TaskWeighting`` options.
+        weighting_entropy / weighting_temperature / weighting_standardize / weighting_mode: ``TaskWeighting``
+            options (``weighting_mode="gate"``, the default: an independent sigmoid gate per task;
+            ``"softmax"``: one distribution over the meta-batch).
         weighting_scale_free: divide the descriptor losses by a per-task reference loss (regression: variance
             of the support targets; classification: ``log(ways)``), see ``descriptor_stats``.
         weighting_heldout: trusted held-out tasks (a list of ``Task``) for the weighting module's look-ahead;
@@ -69,10 +71,11 @@ class AttentionMAML(MAML):
                  feature_mode: str = "all", task_dim: int = 32, spatial: bool = False,
                  in_shape: tuple[int, ...] | None = None, x_encoder: nn.Module | None = None,
                  y_features: int | None = None, param_mode: str = "soft", param_top_k: int = 1,
-                 param_lr_mode: str = "scalar", weighting_entropy: float = 0.1,
+                 param_lr_mode: str = "scalar", weighting_entropy: float | None = None,
                  weighting_temperature: float = 0.1, weighting_heldout: Sequence[Task] | None = None,
                  weighting_heldout_batch: int = 10, weighting_standardize: bool = True,
-                 weighting_scale_free: bool = False, inner_lr: float = 0.01, **maml_options: Any) -> None:
+                 weighting_scale_free: bool = False, weighting_mode: str = "gate", inner_lr: float = 0.01,
+                 **maml_options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if feature_mode not in FEATURE_MODES:
@@ -109,7 +112,8 @@ class AttentionMAML(MAML):
         self.task_encoder = _make_encoder(*encoder_args) if feature_attention else None
         self.task_weighting = (TaskWeighting(encoder=_make_encoder(*encoder_args), entropy=weighting_entropy,
                                              temperature=weighting_temperature,
-                                             standardize=weighting_standardize) if task_attention else None)
+                                             standardize=weighting_standardize, mode=weighting_mode)
+                               if task_attention else None)
         reference = next(self.model.parameters())
         self.to(device=reference.device, dtype=reference.dtype)
         self.last_task_weights: Tensor | None = None
@@ -198,14 +202,13 @@ class AttentionMAML(MAML):
         stats = descriptor_stats(loss_before, trace["loss_after"], grad_before, trace["grad_norm_after"],
                                  losses.detach(), loo,
                                  trace["loss_reference"] if self.weighting_scale_free else None)
-        probs = self.task_weighting.probabilities(stats.detach(), trace["weighting_embedding"])
-        weights = tasks * probs
-        outer = (weights.detach().to(losses.dtype) * losses).mean()
         if self.weighting_heldout is not None:
             alignment = cosine_alignment(trace["task_grad"], self.heldout_gradient(self._heldout_window()))
-            objective = self.task_weighting.objective(probs, alignment)
         else:
-            objective = self.task_weighting.objective(probs, loo) if tasks > 1 else probs.sum() * 0
+            alignment = loo if tasks > 1 else None
+        probs, objective = self.task_weighting.weigh(stats.detach(), trace["weighting_embedding"], alignment)
+        weights = tasks * probs
+        outer = (weights.detach().to(losses.dtype) * losses).mean()
         self.last_task_weights = weights.detach()
         self.last_trace = {k: v.detach() for k, v in trace.items() if k != "task_grad"}
         metrics = {"loss": outer.item(), "weighting_objective": objective.item()}

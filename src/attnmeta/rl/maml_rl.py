@@ -207,8 +207,7 @@ class MAMLRL(nn.Module):
         out = {"weight_min": data.task_weights.min().item(), "weight_max": data.task_weights.max().item()}
         if self.weighting_optimizer is None or data.task_grads is None or len(data.query_x) < 2:
             return out
-        probs = self.task_weighting.probabilities(data.task_stats)
-        objective = self.task_weighting.objective(probs, cosine_alignment(data.task_grads))
+        _, objective = self.task_weighting.weigh(data.task_stats, alignment=cosine_alignment(data.task_grads))
         self.weighting_optimizer.zero_grad()
         objective.backward()
         self.weighting_optimizer.step()
