@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -115,6 +116,21 @@ def test_causal_equals_explicit_lower_triangular_mask(return_weights):
     torch.testing.assert_close(out2[:, :3], ref_out[:, :3], rtol=1e-10, atol=1e-10)
     if return_weights:
         assert torch.all(result[1].triu(1) == 0)
+
+
+def test_vmap_over_tasks_matches_a_loop_without_the_fallback_warning():
+    """Under vmap the explicit formula is used (the CPU fused kernel has no batching rule)."""
+    q, k, v = rand_qkv(batch=(3, 2), lq=4, lk=6)
+    mask = torch.rand(3, 2, 4, 6, generator=torch.Generator().manual_seed(1)) > 0.3
+
+    def attend(q, k, v, mask):
+        return scaled_dot_product_attention(q, k, v, mask, causal=False)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batched = torch.func.vmap(attend)(q, k, v, mask)
+    looped = torch.stack([attend(*args) for args in zip(q, k, v, mask)])
+    torch.testing.assert_close(batched, looped, rtol=1e-10, atol=1e-10)
 
 
 def test_causal_combines_with_mask():

@@ -123,7 +123,7 @@ class TaskWeighting(nn.Module):
         stats_dim: number of per-task statistics (``DESCRIPTOR_STATS``).
         encoder: optional ``TaskEncoder`` giving the support-set embedding part of the descriptor.
         dim / heads: width and heads of the attention over tasks.
-        temperature: softmax temperature of the scores.
+        temperature: temperature of the scores (softmax, or each gate's sigmoid).
         entropy: weight of the entropy term of the objective (``None``: ``DEFAULT_ENTROPY[mode]``, 0.03 for
             gates, 0.1 for the softmax).
         uniform: always return weights 1 (plain MAML; the module is then unused).
@@ -156,10 +156,7 @@ class TaskWeighting(nn.Module):
 
     def probabilities(self, stats: Tensor, embeddings: Tensor | None = None) -> Tensor:
         """``p [T]`` (sums to 1) from ``stats [T, stats_dim]`` and ``embeddings [T, task_dim]``."""
-        if self.mode == "gate" and not self.uniform:
-            gates = self.gates(stats, embeddings)
-            return gates / gates.sum().clamp_min(1e-12)
-        return torch.softmax(self.scores(stats, embeddings) / self.temperature, dim=-1)
+        return self.weigh(stats, embeddings)[0]
 
     def gates(self, stats: Tensor, embeddings: Tensor | None = None) -> Tensor:
         """Per-task gates ``g [T]`` in (0, 1) (``mode="gate"``; 0.5 everywhere at initialisation)."""
@@ -193,7 +190,7 @@ class TaskWeighting(nn.Module):
             probs = gates / gates.sum().clamp_min(1e-12)
             objective = None if alignment is None else self.gate_objective(gates, alignment)
         else:
-            probs = self.probabilities(stats, embeddings)
+            probs = torch.softmax(self.scores(stats, embeddings) / self.temperature, dim=-1)
             objective = None if alignment is None else self.objective(probs, alignment)
         return probs, probs.sum() * 0 if objective is None else objective
 
