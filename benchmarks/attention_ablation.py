@@ -7,14 +7,17 @@ Benchmarks (regression, MLP 1-40-40-1, 1 inner step, inner lr 0.01, Adam 1e-3, m
   (sinusoid K=5: MAML and parameter attention, each also with a learned inner rate) and ``param5x5`` (the
   same with 5 inner steps), and ``omniglot`` (5-way 1-shot, Conv-4, first order; needs ../shared/data).
 Task attention's look-ahead uses 20 trusted clean tasks of the family (``HELDOUT_TASKS``; never test tasks);
-``+task(loo)`` uses leave-one-out alignment instead, ``+task(raw)`` / ``+task(sf)`` are descriptor variants
-(no batch standardisation / scale-free losses, see ``attnmeta.learners.task_attention``).
+``+task`` weighs tasks with per-task gates (the default), ``+task(softmax)`` with one softmax over the
+meta-batch; the softmax variants ``+task(loo)`` (leave-one-out alignment instead of the trusted tasks),
+``+task(raw)`` / ``+task(sf)`` (no batch standardisation / scale-free losses) are kept for the README's
+analysis (see ``attnmeta.learners.task_attention``).
 Every method of a benchmark is tested on the same 600 fixed test tasks (seed 1234); mean +/- 95% CI of the
 per-task MSE (Omniglot: accuracy), training CPU seconds (process time, one thread), meta-steps done. A run
 stops at ``--steps`` meta-steps or ``--time-budget`` CPU seconds of training, whichever comes first.
 
     python benchmarks/attention_ablation.py --steps 5000 --time-budget 300 --jobs 2
     python benchmarks/attention_ablation.py --only sinusoid5 --steps 200      # quick look
+    python benchmarks/attention_ablation.py --timing-only    # CPU ms per meta-step, feature attention modes
 
 Writes ``benchmarks/results/attention_ablation.json`` (``--out``) and prints the table.
 """
