@@ -340,8 +340,20 @@ def main() -> None:
     summary = {"args": vars(args), "wall_seconds": time.time() - started, "timing_seconds_per_step": speed,
                "records": records}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary))
+    Path(args.out).write_text(json.dumps(rounded(summary)))
     print_table(summary)
+
+
+def rounded(value, digits: int = 5):
+    """``value`` with every float rounded to ``digits`` significant digits (per-task results and weight logs
+    are thousands of floats; full precision made a results file over 1 MiB)."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    return value
 
 
 def print_table(summary: dict, header: bool = True) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 
 import pytest
 import torch
@@ -118,18 +117,24 @@ def test_causal_equals_explicit_lower_triangular_mask(return_weights):
         assert torch.all(result[1].triu(1) == 0)
 
 
-def test_vmap_over_tasks_matches_a_loop_without_the_fallback_warning():
-    """Under vmap the explicit formula is used (the CPU fused kernel has no batching rule)."""
+def test_vmap_over_tasks_uses_the_explicit_formula_and_matches_a_loop(monkeypatch):
+    """Under vmap the explicit formula is used (the CPU fused kernel has no batching rule and would fall
+    back to a per-example loop); outside transforms the fused kernel is still used."""
     q, k, v = rand_qkv(batch=(3, 2), lq=4, lk=6)
     mask = torch.rand(3, 2, 4, 6, generator=torch.Generator().manual_seed(1)) > 0.3
 
     def attend(q, k, v, mask):
         return scaled_dot_product_attention(q, k, v, mask, causal=False)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        batched = torch.func.vmap(attend)(q, k, v, mask)
     looped = torch.stack([attend(*args) for args in zip(q, k, v, mask)])
+    fused_calls = []
+    fused = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: fused_calls.append(1) or fused(*a, **kw))
+    batched = torch.func.vmap(attend)(q, k, v, mask)
+    assert not fused_calls
+    attend(q[0], k[0], v[0], mask[0])
+    assert fused_calls
     torch.testing.assert_close(batched, looped, rtol=1e-10, atol=1e-10)
 
 

@@ -121,8 +121,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
     if not return_weights and any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in (q, k, v)):
         # under torch.func transforms (vmap over tasks) the CPU fused kernel has no batching rule and
         # falls back to a per-example loop (with a warning); the explicit formula batches
-        out = _safe_softmax(_masked_scores(q, k, full_mask, scale))
-        return (F.dropout(out, dropout) if dropout > 0 else out) @ v
+        weights = _safe_softmax(_masked_scores(q, k, full_mask, scale))
+        return (F.dropout(weights, dropout) if dropout > 0 else weights) @ v
     if return_weights:
         weights = _safe_softmax(_masked_scores(q, k, full_mask, scale))
         dropped = F.dropout(weights, dropout) if dropout > 0 else weights
