@@ -13,8 +13,10 @@ Variants (each in its own subprocess, so peak RSS is per variant):
   attnmeta-fast-*    (not default) fused BN+ReLU module, reshape max-pool (``speed_up_conv_blocks``)
   attnmeta-cl-*      (not default) channels_last weights and inputs around the op-by-op model
 
-learn2learn does not install here (see issue 3); it is about as fast as a plain functional loop, so the
-``torch-loop`` row (same run) stands in for it.
+learn2learn does not install on Python >= 3.11 (see issue 3), but its ``MAML`` is pure Python:
+``python benchmarks/fetch_peers.py --target .peers`` copies it (and ``higher``) into ``.peers``; with
+``PYTHONPATH=src:.peers`` the ``learn2learn`` row runs learn2learn's own unmodified ``MAML`` class (it is
+about as fast as the ``torch-loop`` row, 1.02x at meta-batch 16).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_meta_step.py --threads 1 --meta-batch 16 --steps 2
 
@@ -105,10 +107,8 @@ def step_fn(variant: str, meta_batch: int, device: str):
             opt.step()
         return step, model
     if variant == "learn2learn":
-        import learn2learn as l2l
-
         model = conv4("fused").to(device)
-        maml = l2l.algorithms.MAML(model, lr=INNER_LR, first_order=False)
+        maml = learn2learn_maml()(model, lr=INNER_LR, first_order=False)
         opt = torch.optim.Adam(maml.parameters(), 1e-3)
 
         def step():
@@ -141,6 +141,18 @@ def step_fn(variant: str, meta_batch: int, device: str):
         learner.meta_loss(batch).loss.backward()
         opt.step()
     return step, learner
+
+
+def learn2learn_maml() -> type:
+    """learn2learn's ``MAML`` class: from the installed package, else from its unmodified pure-Python sources
+    (``learn2learn/algorithms/{maml,base_learner}.py`` and ``learn2learn/utils/__init__.py`` of the 0.2.0
+    sdist, copied without ``__init__.py`` files into a folder on ``PYTHONPATH`` by ``fetch_peers.py``),
+    which skips the package's compiled data modules that do not build on Python >= 3.11."""
+    try:
+        from learn2learn.algorithms import MAML
+    except ImportError:
+        from learn2learn.algorithms.maml import MAML
+    return MAML
 
 
 class ChannelsLast(nn.Module):
@@ -247,6 +259,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
                         help="run the variants in one process, interleaved, for ROUNDS rounds (CPU time)")
+    parser.add_argument("--tag", default="", help="suffix of the result file name")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -254,7 +267,7 @@ def main() -> None:
         result = interleaved(args.variants, args.interleaved, args.meta_batch, args.device)
         result["setting"] = {"meta_batch": args.meta_batch, "threads": args.threads, "device": args.device,
                              "torch": torch.__version__, "load_average_at_end": os.getloadavg()}
-        out = RESULTS / f"bench_meta_step_interleaved_mb{args.meta_batch}.json"
+        out = RESULTS / f"bench_meta_step_interleaved_mb{args.meta_batch}{args.tag}.json"
         out.write_text(json.dumps(result, indent=1))
         print(f"wrote {out}")
         return
@@ -287,7 +300,7 @@ def main() -> None:
               f"{r['gflop_per_step']:7.1f} {r['gflop_per_cpu_s']:11.1f} {r['peak_mib']:9.0f} "
               f"{_gap_text(gap)}")
     suffix = "" if args.device == "cpu" else f"_{args.device.replace(':', '')}"
-    out = RESULTS / f"bench_meta_step_mb{args.meta_batch}{suffix}.json"
+    out = RESULTS / f"bench_meta_step_mb{args.meta_batch}{suffix}{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     setting = {"ways": WAYS, "shots": SHOTS, "queries_per_class": QUERIES, "image": SIZE,
                "backbone": "conv4-64", "meta_batch": args.meta_batch, "inner_steps": 1, "inner_lr": INNER_LR,

@@ -70,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--episodes", type=int, default=1000, help="length of the lr schedule (training episodes)")
     p.add_argument("--half-life", type=float, default=250.0)
     p.add_argument("--cpu-minutes", type=float, default=20.0, help="stop after this much training CPU time")
+    p.add_argument("--wall-minutes", type=float, default=float("inf"),
+                   help="also stop after this much training wall time (for GPU runs)")
     p.add_argument("--eval-every", type=int, default=25, help="evaluate every this many training episodes")
     p.add_argument("--eval-episodes", type=int, default=300, help="fixed 5w1s test episodes during training")
     p.add_argument("--final-episodes", type=int, default=600)
@@ -140,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     cpu = wall = 0.0
     curve, reached = [], {}
     episode = 0
-    while cpu < 60 * args.cpu_minutes and not (args.schedule == "cosine" and episode >= args.episodes):
+    while (cpu < 60 * args.cpu_minutes and wall < 60 * args.wall_minutes
+           and not (args.schedule == "cosine" and episode >= args.episodes)):
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args, episode)

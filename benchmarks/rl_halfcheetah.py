@@ -47,7 +47,7 @@ def train(args: argparse.Namespace) -> None:
     generator = torch.Generator().manual_seed(args.seed + 1)
     cpu0, wall0 = time.process_time(), time.time()
     log = []
-    path = RESULTS / f"rl_halfcheetah_{args.kind}_{args.algo}.pt"
+    path = RESULTS / f"rl_halfcheetah_{args.kind}{args.tag}_{args.algo}.pt"
     for it in range(1, args.iterations + 1):
         goals = torch.stack([t.env_params for t in family.sample_batch(args.meta_batch)])
         metrics = learner.train_iteration(goals, generator)
@@ -71,7 +71,7 @@ def evaluate(args: argparse.Namespace) -> None:
     tasks = family.fixed_tasks(args.test_tasks, seed=0)
     runs, info = {}, {}
     for algo in ("maml", "pretrained"):
-        state = torch.load(RESULTS / f"rl_halfcheetah_{args.kind}_{algo}.pt", weights_only=False)
+        state = torch.load(RESULTS / f"rl_halfcheetah_{args.kind}{args.tag}_{algo}.pt", weights_only=False)
         policy = GaussianMLPPolicy(17, 6)
         policy.load_state_dict(state["policy"])
         runs[algo] = policy
@@ -94,11 +94,12 @@ def evaluate(args: argparse.Namespace) -> None:
     out = {"task": f"HalfCheetah {args.kind}, {len(tasks)} fixed test tasks", "inner_lr": args.inner_lr,
            "curves": [c.as_dict() for c in curves], "training": info,
            "maml_beats_with_non_overlapping_ci": beats}
-    (RESULTS / f"rl_halfcheetah_{args.kind}.json").write_text(json.dumps(out, indent=1))
-    plot_adaptation(curves, str(RESULTS / f"rl_halfcheetah_{args.kind}_adaptation.png"),
+    (RESULTS / f"rl_halfcheetah_{args.kind}{args.tag}.json").write_text(json.dumps(out, indent=1))
+    plot_adaptation(curves, str(RESULTS / f"rl_halfcheetah_{args.kind}{args.tag}_adaptation.png"),
                     title=f"HalfCheetah {args.kind}")
     plot_training({k: v["train_curve"] for k, v in info.items()},
-                  str(RESULTS / f"rl_halfcheetah_{args.kind}_training.png"), title=f"HalfCheetah {args.kind}")
+                  str(RESULTS / f"rl_halfcheetah_{args.kind}{args.tag}_training.png"),
+                  title=f"HalfCheetah {args.kind}")
 
 
 def main() -> None:
@@ -118,6 +119,7 @@ def main() -> None:
     parser.add_argument("--inner-lr", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tag", default="", help="suffix of the checkpoint and result file names")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(exist_ok=True)
