@@ -6,8 +6,9 @@ Variants (each in its own subprocess, so peak RSS is per variant):
                      ``functional_call`` + ``torch.autograd.grad(create_graph=True)`` (what learn2learn does)
   higher             ``higher.innerloop_ctx`` with the same ``nn.BatchNorm2d`` net (skipped if not importable)
   learn2learn        ``l2l.algorithms.MAML`` (skipped if not importable)
-  attnmeta-*         ``attnmeta.learners.maml.MAML``, loop / vmap, 2nd / 1st order, library Conv-4 (its
-                     default fast block: channels_last convolution, im2col first layer, ReLU after max-pool)
+  attnmeta-*         ``attnmeta.learners.maml.MAML``, loop / vmap / threads, 2nd / 1st order, library
+                     Conv-4 (its default fast block: channels_last convolution, im2col first layer, ReLU
+                     after max-pool)
   attnmeta-ref-*     the same learner with the op-by-op block (``ConvBlock.fast = False``)
   attnmeta-bf16-*    ``precision="bf16"`` (autocast bf16; batch norm, losses and updates in fp32)
   attnmeta-fast-*    (not default) fused BN+ReLU module, reshape max-pool (``speed_up_conv_blocks``)
@@ -44,6 +45,7 @@ from torch.func import functional_call
 RESULTS = Path(__file__).resolve().parent / "results"
 WAYS, SHOTS, QUERIES, SIZE, INNER_LR = 5, 1, 15, 28, 0.4
 VARIANTS = ["torch-loop", "higher", "learn2learn", "attnmeta-ref-loop-2nd", "attnmeta-loop-2nd",
+            "attnmeta-threads-2nd",
             "attnmeta-loop-1st", "attnmeta-vmap-2nd", "attnmeta-bf16-loop-2nd"]
 
 
@@ -132,7 +134,8 @@ def step_fn(variant: str, meta_batch: int, device: str):
     if "cl" in parts:
         model = ChannelsLast(model.to(memory_format=torch.channels_last))
     learner = MAML(model, "classification", ways=WAYS, inner_lr=INNER_LR, inner_steps=1,
-                   first_order=parts[-1] == "1st", strategy="vmap" if "vmap" in parts else "loop",
+                   first_order=parts[-1] == "1st",
+                   strategy=next((k for k in ("vmap", "threads") if k in parts), "loop"),
                    precision="bf16" if "bf16" in parts else "fp32").to(device)
     opt = torch.optim.Adam(learner.parameters(), 1e-3)
 
@@ -224,26 +227,28 @@ def run_variant(variant: str, steps: int, meta_batch: int, device: str) -> dict:
             "grad_gap_vs_attnmeta_ref_loop_2nd": gradient_gap(variant, meta_batch, device)}
 
 
-def interleaved(variants: list[str], rounds: int, meta_batch: int, device: str) -> dict:
+def interleaved(variants: list[str], rounds: int, meta_batch: int, device: str, clock: str = "cpu") -> dict:
     """All variants in one process, one step of each in turn per round (load changes hit all alike):
-    CPU seconds per step (median over rounds) and the ratio to the first variant."""
+    seconds per step (median over rounds) and the ratio to the first variant. ``clock="cpu"``: process CPU
+    time (single-thread runs); ``"wall"``: wall time (multi-threaded runs: CPU time sums the threads)."""
+    timer = time.process_time if clock == "cpu" else time.perf_counter
     steps = {v: step_fn(v, meta_batch, device)[0] for v in variants}
     for step in steps.values():
         step()  # warm-up
-    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    seconds: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(rounds):
         for v, step in steps.items():
-            began = time.process_time()
+            began = timer()
             step()
-            cpu[v].append(time.process_time() - began)
-    medians = {v: sorted(t)[len(t) // 2] for v, t in cpu.items()}
-    rows = [{"variant": v, "cpu_seconds_per_step": medians[v], "all_cpu_seconds": cpu[v],
-             "cpu_speedup_vs_first": medians[variants[0]] / medians[v]} for v in variants]
+            seconds[v].append(timer() - began)
+    medians = {v: sorted(t)[len(t) // 2] for v, t in seconds.items()}
+    rows = [{"variant": v, f"{clock}_seconds_per_step": medians[v], f"all_{clock}_seconds": seconds[v],
+             f"{clock}_speedup_vs_first": medians[variants[0]] / medians[v]} for v in variants]
     for r in rows:
-        print(f"{r['variant']:28s} CPU s {r['cpu_seconds_per_step']:.3f}  vs {variants[0]} "
-              f"{r['cpu_speedup_vs_first']:.2f}  all {[round(t, 3) for t in r['all_cpu_seconds']]}",
+        print(f"{r['variant']:28s} {clock} s {medians[r['variant']]:.3f}  vs {variants[0]} "
+              f"{r[f'{clock}_speedup_vs_first']:.2f}  all {[round(t, 3) for t in seconds[r['variant']]]}",
               flush=True)
-    return {"mode": "interleaved", "rounds": rounds, "rows": rows}
+    return {"mode": "interleaved", "clock": clock, "rounds": rounds, "rows": rows}
 
 
 def _gap_text(gap: dict | None) -> str:
@@ -259,12 +264,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
                         help="run the variants in one process, interleaved, for ROUNDS rounds (CPU time)")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="--interleaved timer: process CPU time, or wall time for multi-threaded runs")
     parser.add_argument("--tag", default="", help="suffix of the result file name")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.interleaved:
-        result = interleaved(args.variants, args.interleaved, args.meta_batch, args.device)
+        result = interleaved(args.variants, args.interleaved, args.meta_batch, args.device, args.clock)
         result["setting"] = {"meta_batch": args.meta_batch, "threads": args.threads, "device": args.device,
                              "torch": torch.__version__, "load_average_at_end": os.getloadavg()}
         out = RESULTS / f"bench_meta_step_interleaved_mb{args.meta_batch}{args.tag}.json"

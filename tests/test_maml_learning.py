@@ -137,7 +137,7 @@ def test_bad_input_messages():
     with pytest.raises(ValueError, match=r"task_weights must be a tensor of shape \(2,\)"):
         learner.meta_loss(batch, task_weights=torch.ones(3))
     with pytest.raises(ValueError, match="strategy must be one of"):
-        MAML(_mlp(), "regression", strategy="threads")
+        MAML(_mlp(), "regression", strategy="processes")
     with pytest.raises(ValueError, match="inner_steps must be an int >= 0"):
         MAML(_mlp(), "regression", inner_steps=-2)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):

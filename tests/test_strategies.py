@@ -103,3 +103,50 @@ def test_vmap_refuses_torch_batch_norm_with_running_statistics_with_a_clear_mess
     learner = MAML(model, "classification", strategy="vmap", convert_bn=False)
     with pytest.raises(ValueError, match="'1' is a torch BatchNorm with running statistics"):
         learner.meta_loss(_batch(torch.float32))
+
+
+@pytest.mark.parametrize("name", LEARNERS)
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_threads_strategy_gives_the_loop_meta_gradient(name, workers):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(workers)
+    try:
+        losses_threads, threaded = _grads(name, "threads", torch.float64)
+        assert torch.get_num_threads() == workers  # restored after the worker threads
+    finally:
+        torch.set_num_threads(previous)
+    losses_loop, loop = _grads(name, "loop", torch.float64)
+    torch.testing.assert_close(losses_threads, losses_loop, rtol=1e-12, atol=1e-12)
+    assert loop.keys() == threaded.keys()
+    for key in loop:
+        torch.testing.assert_close(threaded[key], loop[key], rtol=1e-10, atol=1e-12, msg=key)
+    assert sum(g.abs().sum() for g in loop.values()) > 1e-3
+
+
+def test_threads_strategy_task_weights_and_backward():
+    """Per-task losses carry their own gradients: any weighting of them backpropagates correctly."""
+    weights = torch.tensor([0.1, 0.5, 0.0, 2.0], dtype=torch.float64)
+    grads = {}
+    for strategy in ("loop", "threads"):
+        torch.manual_seed(0)
+        learner = MAML(ScaledConvNet().double(), "classification", ways=3, inner_lr=0.4, strategy=strategy)
+        learner.meta_loss(_batch(torch.float64), task_weights=weights).loss.backward()
+        grads[strategy] = {n: p.grad.clone() for n, p in learner.named_parameters()}
+    for key, value in grads["loop"].items():
+        torch.testing.assert_close(grads["threads"][key], value, rtol=1e-10, atol=1e-12, msg=key)
+
+
+def test_threads_strategy_refuses_what_it_cannot_do():
+    learner = MAML(ScaledConvNet().double(), "classification", ways=3, strategy="threads")
+    loss = learner.meta_loss(_batch(torch.float64)).loss
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(loss, list(learner.parameters()), create_graph=True)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(32, 3))
+    torch_bn = MAML(model.double(), "classification", ways=3, strategy="threads", convert_bn=False)
+    with pytest.raises(ValueError, match="running statistics.*parallel threads"):
+        torch_bn.meta_loss(_batch(torch.float64))
+    from attnmeta.learners.attention_maml import AttentionMAML
+
+    attention = AttentionMAML(ScaledConvNet(), "classification", ways=3, strategy="threads")
+    with pytest.raises(ValueError, match="not available for AttentionMAML"):
+        attention.meta_loss(_batch(torch.float32))

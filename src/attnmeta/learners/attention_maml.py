@@ -66,6 +66,8 @@ class AttentionMAML(MAML):
 
     name = "attention-maml"
 
+    supports_threads = False  # its _task_outer evaluates self.model directly
+
     def __init__(self, model: nn.Module, task_type: str = "classification", *, ways: int | None = None,
                  task_attention: bool = False, feature_attention: bool = False, param_attention: bool = False,
                  feature_mode: str = "all", task_dim: int = 32, spatial: bool = False,

@@ -10,15 +10,19 @@ All variants are the same inner loop (``attnmeta.learners.inner.adapt``) with di
 ``maml++``    ``rule="lslr"``, multi-step loss, first-to-second-order annealing
 ============  =====================================================================
 
-Two execution strategies compute the same meta-gradient: ``"loop"`` (a Python loop over the tasks of a
-meta-batch; the reference, fastest on CPU) and ``"vmap"`` (``torch.func.vmap`` over tasks, for GPUs);
-``"auto"`` picks the loop on CPU and vmap on CUDA.
+Three execution strategies compute the same meta-gradient: ``"loop"`` (a Python loop over the tasks of a
+meta-batch; the reference), ``"vmap"`` (``torch.func.vmap`` over tasks, for GPUs) and ``"threads"`` (CPU:
+the tasks split over ``torch.get_num_threads()`` Python threads, each with its own copy of the model's
+module structure and one intra-op thread, each task's meta-gradient computed in its thread; faster than the
+loop's intra-op parallelism on a few cores). ``"auto"`` picks the loop on CPU and vmap on CUDA.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -31,7 +35,7 @@ from attnmeta.learners.registry import register
 from attnmeta.nn.norm import convert_batch_norm
 from attnmeta.tasks.episode import Task, TaskBatch
 
-STRATEGIES = ("auto", "loop", "vmap")
+STRATEGIES = ("auto", "loop", "vmap", "threads")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -59,7 +63,9 @@ class MAML(Learner):
         multi_step_loss: MAML++ multi-step loss: weighted query loss after every inner step.
         msl_anneal_steps: meta-steps over which the multi-step weights anneal to the last step only.
         first_order_until: use first order for the first this many meta-steps, then second order (MAML++).
-        strategy: ``"auto"``, ``"loop"`` or ``"vmap"``.
+        strategy: ``"auto"``, ``"loop"``, ``"vmap"`` or ``"threads"`` (CPU; see the module docstring: the
+            outer loss it returns carries each task's precomputed meta-gradient, so it supports first
+            derivatives w.r.t. the learner's parameters, not ``create_graph=True`` or other inputs).
         convert_bn: replace ``nn.BatchNorm1d/2d`` in ``model`` by batch-statistics batch norm
             (``attnmeta.nn.norm``), whose second-order gradients are correct under vmap.
         precision: ``"fp32"`` (default) or ``"bf16"``: opt-in mixed precision; every model call (inner
@@ -145,8 +151,8 @@ class MAML(Learner):
                 weights[-1] = min(1.0 / steps + t * (steps - 1) * decay, 1.0 - (steps - 1) * floor)
         return weights
 
-    def _forward_fn(self, buffers: Mapping[str, Tensor], ways: int):
-        model, classify = self.model, self.task_type == "classification"
+    def _forward_fn(self, buffers: Mapping[str, Tensor], ways: int, model: nn.Module | None = None):
+        model, classify = model if model is not None else self.model, self.task_type == "classification"
 
         bf16 = self.precision == "bf16"
 
@@ -195,18 +201,18 @@ class MAML(Learner):
             raise ValueError(f"inputs are on {support_x.device} but the model is on {param.device}; "
                              f"move the batch with batch.to({str(param.device)!r})")
 
-    def _check_vmap_safe(self) -> None:
+    def _check_vmap_safe(self, where: str = "under vmap") -> None:
         for name, module in self.model.named_modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
                 raise ValueError(f"model layer {name!r} is a torch BatchNorm with running statistics, which "
-                                 "it updates in place; that cannot run under vmap. Build the learner with "
+                                 f"it updates in place; that cannot run {where}. Build the learner with "
                                  "convert_bn=True (batch-statistics BN) or strategy='loop'")
 
     # --- one task -------------------------------------------------------------------------------
     def _task_outer(self, params: dict[str, Tensor], buffers: dict[str, Tensor], support_x: Tensor,
                     support_y: Tensor, query_x: Tensor, query_y: Tensor, *, ways: int, steps: int,
-                    first_order: bool, msl_weights: Tensor | None):
-        forward = self._forward_fn(buffers, ways)
+                    first_order: bool, msl_weights: Tensor | None, model: nn.Module | None = None):
+        forward = self._forward_fn(buffers, ways, model)
         query = (query_x, query_y) if msl_weights is not None else None
         adapted, trace = adapt(forward, params, support_x, support_y, loss_fn=self.task_loss,
                                rule=self.rule, steps=steps, adapt_names=self.adapt_names,
@@ -240,6 +246,8 @@ class MAML(Learner):
         msl = self.step_loss_weights(steps) if (self.multi_step_loss and steps > 0) else None
         params, buffers = self.model_params(), dict(self.model.named_buffers())
         kwargs = dict(ways=ways, steps=steps, first_order=first_order, msl_weights=msl)
+        if self.resolved_strategy() == "threads":
+            return self._threaded_outer_losses(batch, kwargs)
         vectorized = self.resolved_strategy() == "vmap"
         if vectorized and self.training:
             self._check_vmap_safe()
@@ -258,6 +266,53 @@ class MAML(Learner):
             outputs = torch.stack([r[1] for r in results])
             trace = {k: torch.stack([r[2][k] for r in results]) for k in results[0][2]}
         return losses, outputs.detach(), trace
+
+    supports_threads = True  # subclasses whose ``_task_outer`` reads ``self.model`` directly set False
+
+    def _threaded_outer_losses(self, batch: TaskBatch,
+                               kwargs: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """``task_outer_losses`` for ``strategy="threads"``: contiguous chunks of tasks, one per worker
+        thread; each worker evaluates its tasks with its own copy of the model's modules (``functional_call``
+        swaps module attributes, so two threads must never share a module) and computes each task's
+        meta-gradient with ``torch.autograd.grad``. The returned per-task losses carry those gradients."""
+        if not type(self).supports_threads:
+            raise ValueError(f"strategy='threads' is not available for {type(self).__name__}; "
+                             "use strategy='loop' (or 'vmap')")
+        if next(self.model.parameters()).device.type != "cpu":
+            raise ValueError("strategy='threads' is for CPU tensors; use strategy='vmap' on a GPU")
+        if self.training:
+            self._check_vmap_safe("in parallel threads")
+        tasks = list(zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y))
+        workers = max(1, min(torch.get_num_threads(), len(tasks)))
+        params = self.model_params()
+        # frozen parameters and buffers are passed explicitly, so the copies' own tensors are never read
+        extra = {**{n: p for n, p in self.model.named_parameters() if not p.requires_grad},
+                 **dict(self.model.named_buffers())}
+        meta_params = [p for p in self.parameters() if p.requires_grad]
+        models = [self.model] + [copy.deepcopy(self.model) for _ in range(workers - 1)]
+        bounds = [round(i * len(tasks) / workers) for i in range(workers + 1)]
+        self._inner_grad = "autograd"
+
+        def run(worker: int) -> list[tuple[Tensor, Tensor, dict[str, Tensor], tuple]]:
+            torch.set_num_threads(1)
+            results = []
+            for parts in tasks[bounds[worker]:bounds[worker + 1]]:
+                loss, outputs, trace = self._task_outer(params, extra, *parts, model=models[worker], **kwargs)
+                grads = torch.autograd.grad(loss, meta_params, allow_unused=True)
+                results.append((loss.detach(), outputs.detach(), {k: v.detach() for k, v in trace.items()},
+                                grads))
+            return results
+
+        threads = torch.get_num_threads()
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                results = [r for chunk in pool.map(run, range(workers)) for r in chunk]
+        finally:
+            torch.set_num_threads(threads)
+        losses = torch.stack([_LossWithGradient.apply(r[0], r[3], *meta_params) for r in results])
+        outputs = torch.stack([r[1] for r in results])
+        trace = {k: torch.stack([r[2][k] for r in results]) for k in results[0][2]}
+        return losses, outputs, trace
 
     def meta_loss(self, batch: TaskBatch, task_weights: Tensor | None = None) -> MetaOutput:
         """Outer loss of a meta-batch: mean of the per-task query losses after adaptation, or
@@ -316,6 +371,24 @@ class MAML(Learner):
                           f"are tuned for the number of steps they were meta-trained with; evaluate with "
                           f"inner_steps={self.inner_steps}", RuntimeWarning, stacklevel=2)
         return out
+
+
+class _LossWithGradient(torch.autograd.Function):
+    """A task's loss value whose gradient w.r.t. ``params`` was already computed (``strategy="threads"``):
+    the backward pass returns ``grad_output * grads``. First derivatives only."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, grads: tuple, *params: Tensor) -> Tensor:  # noqa: ARG004
+        ctx.grads = grads
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        if torch.is_grad_enabled():
+            raise RuntimeError("the outer loss of strategy='threads' supports first derivatives only "
+                               "(no create_graph=True); use strategy='loop' for higher-order outer gradients")
+        grads = [None if g is None else grad_output * g for g in ctx.grads]
+        return (None, None, *grads)
 
 
 def _warn_if_bf16_is_emulated(device: torch.device) -> None:
