@@ -150,3 +150,13 @@ def test_threads_strategy_refuses_what_it_cannot_do():
     attention = AttentionMAML(ScaledConvNet(), "classification", ways=3, strategy="threads")
     with pytest.raises(ValueError, match="not available for AttentionMAML"):
         attention.meta_loss(_batch(torch.float32))
+
+
+def test_threads_strategy_without_grad_mode_only_evaluates():
+    learner = MAML(ScaledConvNet().double(), "classification", ways=3, inner_lr=0.4, strategy="threads")
+    reference = MAML(ScaledConvNet().double(), "classification", ways=3, inner_lr=0.4, strategy="loop")
+    reference.load_state_dict(learner.state_dict())
+    with torch.no_grad():
+        out = learner.meta_loss(_batch(torch.float64))
+    assert not out.loss.requires_grad
+    torch.testing.assert_close(out.loss, reference.meta_loss(_batch(torch.float64)).loss.detach())

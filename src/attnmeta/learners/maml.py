@@ -292,13 +292,14 @@ class MAML(Learner):
         models = [self.model] + [copy.deepcopy(self.model) for _ in range(workers - 1)]
         bounds = [round(i * len(tasks) / workers) for i in range(workers + 1)]
         self._inner_grad = "autograd"
+        need_grads = torch.is_grad_enabled()  # grad mode is per thread: the workers' own is always on
 
         def run(worker: int) -> list[tuple[Tensor, Tensor, dict[str, Tensor], tuple]]:
             torch.set_num_threads(1)
             results = []
             for parts in tasks[bounds[worker]:bounds[worker + 1]]:
                 loss, outputs, trace = self._task_outer(params, extra, *parts, model=models[worker], **kwargs)
-                grads = torch.autograd.grad(loss, meta_params, allow_unused=True)
+                grads = torch.autograd.grad(loss, meta_params, allow_unused=True) if need_grads else ()
                 results.append((loss.detach(), outputs.detach(), {k: v.detach() for k, v in trace.items()},
                                 grads))
             return results
