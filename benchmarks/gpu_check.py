@@ -37,9 +37,7 @@ def meta_gradients(strategy: str, first_order: bool, dtype: torch.dtype, hidden:
     model = build_backbone("conv4", in_shape=(1, 28, 28), out_features=5, hidden=hidden)
     learner = MAML(model, "classification", ways=5, inner_lr=0.4, inner_steps=2, first_order=first_order,
                    strategy=strategy).to(device=device, dtype=dtype)
-    batch = make_batch(meta_batch, device)
-    batch = type(batch)(batch.support_x.to(dtype), batch.support_y, batch.query_x.to(dtype), batch.query_y,
-                        batch.classes)
+    batch = make_batch(meta_batch, device).to(device, dtype=dtype)
     learner.meta_loss(batch).loss.backward()
     return {n: p.grad.detach().clone() for n, p in learner.named_parameters() if p.grad is not None}
 
@@ -48,6 +46,7 @@ def check_gradients(device: str) -> list[dict]:
     """Max |loop - vmap| over all meta-gradient entries, relative to max |loop| (2 inner steps), with
     TensorFloat-32 convolutions and matrix products off (exact fp32) and on (PyTorch's cuDNN default)."""
     rows = []
+    defaults = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     for dtype, hidden, tf32 in ((torch.float64, 16, False), (torch.float32, 64, False),
                                 (torch.float32, 64, True)):
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -59,9 +58,8 @@ def check_gradients(device: str) -> list[dict]:
             rows.append({"dtype": str(dtype), "tf32": tf32, "first_order": first_order, "max_abs_diff": diff,
                          "max_abs_grad": scale, "relative": diff / scale})
             print(f"loop vs vmap {str(dtype):14s} tf32={tf32!s:5s} first_order={first_order!s:5s}: "
-                  f"max |diff| {diff:.2e} "
-                  f"(relative {diff / scale:.2e})", flush=True)
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False  # torch defaults
+                  f"max |diff| {diff:.2e} (relative {diff / scale:.2e})", flush=True)
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = defaults
     return rows
 
 

@@ -78,6 +78,7 @@ class MAML(Learner):
 
     name = "maml"
     any_ways = True
+    supports_threads = True  # subclasses whose ``_task_outer`` reads ``self.model`` directly set False
 
     def __init__(self, model: nn.Module, task_type: str = "classification", *, ways: int | None = None,
                  inner_lr: float = 0.01, inner_steps: int = 1, eval_inner_steps: int | None = None,
@@ -202,7 +203,7 @@ class MAML(Learner):
             raise ValueError(f"inputs are on {support_x.device} but the model is on {param.device}; "
                              f"move the batch with batch.to({str(param.device)!r})")
 
-    def _check_vmap_safe(self, where: str = "under vmap") -> None:
+    def _check_no_running_stats(self, where: str) -> None:
         for name, module in self.model.named_modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
                 raise ValueError(f"model layer {name!r} is a torch BatchNorm with running statistics, which "
@@ -248,10 +249,10 @@ class MAML(Learner):
         params, buffers = self.model_params(), dict(self.model.named_buffers())
         kwargs = dict(ways=ways, steps=steps, first_order=first_order, msl_weights=msl)
         if self.resolved_strategy() == "threads":
-            return self._threaded_outer_losses(batch, kwargs)
+            return self._threaded_outer_losses(batch, params, buffers, kwargs)
         vectorized = self.resolved_strategy() == "vmap"
         if vectorized and self.training:
-            self._check_vmap_safe()
+            self._check_no_running_stats("under vmap")
         # torch.autograd.grad in a Python loop (less overhead), torch.func.grad under vmap
         self._inner_grad = "func" if vectorized else "autograd"
         if vectorized:
@@ -268,9 +269,7 @@ class MAML(Learner):
             trace = {k: torch.stack([r[2][k] for r in results]) for k in results[0][2]}
         return losses, outputs.detach(), trace
 
-    supports_threads = True  # subclasses whose ``_task_outer`` reads ``self.model`` directly set False
-
-    def _threaded_outer_losses(self, batch: TaskBatch,
+    def _threaded_outer_losses(self, batch: TaskBatch, params: dict[str, Tensor], buffers: dict[str, Tensor],
                                kwargs: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """``task_outer_losses`` for ``strategy="threads"``: contiguous chunks of tasks, one per worker
         thread; each worker evaluates its tasks with its own copy of the model's modules (``functional_call``
@@ -282,13 +281,11 @@ class MAML(Learner):
         if next(self.model.parameters()).device.type != "cpu":
             raise ValueError("strategy='threads' is for CPU tensors; use strategy='vmap' on a GPU")
         if self.training:
-            self._check_vmap_safe("in parallel threads")
+            self._check_no_running_stats("in parallel threads")
         tasks = list(zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y))
         workers = max(1, min(torch.get_num_threads(), len(tasks)))
-        params = self.model_params()
         # frozen parameters and buffers are passed explicitly, so the copies' own tensors are never read
-        extra = {**{n: p for n, p in self.model.named_parameters() if not p.requires_grad},
-                 **dict(self.model.named_buffers())}
+        extra = {**{n: p for n, p in self.model.named_parameters() if not p.requires_grad}, **buffers}
         meta_params = [p for p in self.parameters() if p.requires_grad]
         models = [self.model] + [copy.deepcopy(self.model) for _ in range(workers - 1)]
         bounds = [round(i * len(tasks) / workers) for i in range(workers + 1)]
