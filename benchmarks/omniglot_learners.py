@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--train-ways", type=int, default=None)
     parser.add_argument("--meta-batch", type=int, default=None)
+    parser.add_argument("--queries", type=int, default=None, help="training queries per class")
+    parser.add_argument("--options", default="{}", help="JSON learner options, merged into the defaults")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lr-decay-every", type=int, default=None)
     parser.add_argument("--episodes", type=int, default=600)
@@ -74,13 +76,15 @@ def main() -> None:
     settings = DEFAULTS[args.algo]
     train_ways = args.train_ways or settings["train_ways"]
     meta_batch = args.meta_batch or settings["meta_batch"]
+    queries = args.queries or settings["queries"]
+    options = {**settings["options"], **json.loads(args.options)}
     start = time.perf_counter()
     data = tuple(Omniglot(args.root, background=b) for b in (True, False))
     test_bench = make_benchmark("omniglot", ways=5, shots=1, queries=15, data=data)
-    train_bench = make_benchmark("omniglot", ways=train_ways, shots=1, queries=settings["queries"], data=data)
+    train_bench = make_benchmark("omniglot", ways=train_ways, shots=1, queries=queries, data=data)
     bench = dataclasses.replace(test_bench, train=train_bench.train)
     print(f"data loaded in {time.perf_counter() - start:.1f}s; {args.algo}: train {train_ways}-way 1-shot "
-          f"{settings['queries']}-query x{meta_batch}, threads {args.threads}", flush=True)
+          f"{queries}-query x{meta_batch}, threads {args.threads}", flush=True)
     log: list[str] = []
 
     def say(line: str) -> None:
@@ -91,15 +95,15 @@ def main() -> None:
                      budget_seconds=60 * args.cpu_minutes,
                      wall_seconds=None if args.wall_minutes is None else 60 * args.wall_minutes,
                      meta_batch=meta_batch, lr=args.lr, lr_decay_every=args.lr_decay_every,
-                     episodes=args.episodes, algo_options={args.algo: settings["options"]},
+                     episodes=args.episodes, algo_options={args.algo: options},
                      backbone_options=settings.get("backbone_options"), log_every=100, print_fn=say)
     row = result.rows[0]
     record = {"algo": args.algo, "accuracy": row.accuracy, "ci95": row.ci95, "episodes": row.episodes,
               "train_steps": row.train_steps, "train_cpu_minutes": row.train_cpu_s / 60,
               "train_wall_minutes": row.train_wall_s / 60, "adapt_ms_per_task": 1000 * row.adapt_s_per_task,
               "peak_memory_mib": row.peak_memory_mib, "train_ways": train_ways, "meta_batch": meta_batch,
-              "train_queries": settings["queries"], "backbone_options": settings.get("backbone_options"),
-              "lr_decay_every": args.lr_decay_every,
+              "train_queries": queries, "options": options,
+              "backbone_options": settings.get("backbone_options"), "lr_decay_every": args.lr_decay_every,
               "lr": args.lr, "threads": args.threads, "cpu_minutes_budget": args.cpu_minutes,
               "wall_minutes_cap": args.wall_minutes, "machine": platform.processor() or platform.machine(),
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "log": log}

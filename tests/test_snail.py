@@ -74,6 +74,26 @@ def test_interface_and_gradients():
     assert learner.predict(batch[0]).shape == (12, 4)
 
 
+def test_prototype_loss_weight_adds_the_protonet_loss_of_the_same_embeddings():
+    """The auxiliary loss is exactly weight x the ProtoNets loss of the episode; predictions are unchanged."""
+    from attnmeta.learners.protonet import PrototypicalNetworks
+
+    torch.manual_seed(0)
+    batch = TaskBatch.stack([gaussian_task(4, 2, 3) for _ in range(3)])
+    plain = small_snail()
+    auxiliary = small_snail()
+    auxiliary.prototype_loss_weight = 0.5
+    protonet = PrototypicalNetworks(plain.model)
+    expected = plain.meta_loss(batch).loss + 0.5 * protonet.meta_loss(batch).loss
+    out = auxiliary.meta_loss(batch)
+    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.task_losses.mean(), out.loss.detach())
+    assert out.metrics["prototype_loss"] > 0 and "snail_loss" in out.metrics
+    torch.testing.assert_close(auxiliary.predict(batch[0]), plain.predict(batch[0]))
+    with pytest.raises(ValueError, match="prototype_loss_weight must be >= 0"):
+        SNAIL(nn.Identity(), 4, feature_dim=8, prototype_loss_weight=-1.0)
+
+
 def test_errors():
     learner = small_snail(ways=4)
     with pytest.raises(ValueError, match="built 4-way"):

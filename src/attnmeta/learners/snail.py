@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from attnmeta.learners.base import Learner, MetaOutput, episode_classification_output
 from attnmeta.learners.matching import check_classification_batch, embed_episodes, infer_feature_dim
+from attnmeta.learners.protonet import prototypes, squared_euclidean_logits
 from attnmeta.learners.registry import register
 from attnmeta.nn.attention import scaled_dot_product_attention
 from attnmeta.tasks.episode import Task, TaskBatch
@@ -151,6 +152,9 @@ class SNAIL(Learner):
         heads: attention heads (1 in the paper).
         normalize: standardise embeddings on the support (``standardize_by_support``); tie_query_key:
             initialise every key map equal to its query map. Both default on; both off is the paper's model.
+        prototype_loss_weight: optional auxiliary loss (off by default, not in the paper): this weight times
+            the Prototypical Networks cross-entropy of the same episode's raw embeddings is added to the
+            training loss, so the embedding also gets a direct metric signal. Prediction is SNAIL's alone.
     """
 
     name = "snail"
@@ -160,7 +164,8 @@ class SNAIL(Learner):
                  feature_dim: int | None = None, input_shape: tuple[int, ...] | None = None,
                  filters: int = 128, attention_sizes: tuple[tuple[int, int], ...] = ((64, 32), (256, 128),
                                                                                    (512, 256)),
-                 heads: int = 1, normalize: bool = True, tie_query_key: bool = True) -> None:
+                 heads: int = 1, normalize: bool = True, tie_query_key: bool = True,
+                 prototype_loss_weight: float = 0.0) -> None:
         super().__init__(task_type)
         if task_type != "classification":
             raise ValueError("this SNAIL is a few-shot classification learner; "
@@ -169,9 +174,13 @@ class SNAIL(Learner):
             raise ValueError(f"SNAIL needs ways >= 2 (the one-hot label size), got {ways!r}")
         if not isinstance(shots, int) or shots < 1:
             raise ValueError(f"shots must be a positive int, got {shots!r}")
+        if not prototype_loss_weight >= 0:
+            raise ValueError(f"prototype_loss_weight must be >= 0 (0 turns the auxiliary loss off), got "
+                             f"{prototype_loss_weight!r}")
         if len(attention_sizes) != 3:
             raise ValueError("attention_sizes must give (key_size, value_size) for the 3 attention blocks")
         self.model, self.ways, self.shots, self.normalize = model, ways, shots, normalize
+        self.prototype_loss_weight = float(prototype_loss_weight)
         dim = feature_dim or infer_feature_dim(model, input_shape)
         seq_len = ways * shots + 1
         channels = dim + ways
@@ -213,7 +222,17 @@ class SNAIL(Learner):
         self._check(batch)
         support_emb, query_emb = embed_episodes(self.model, batch.support_x, batch.query_x)
         logits = self.sequence_logits(support_emb, batch.support_y, query_emb)
-        return episode_classification_output(logits, batch.query_y)
+        out = episode_classification_output(logits, batch.query_y)
+        if not self.prototype_loss_weight:
+            return out
+        centres = prototypes(support_emb, batch.support_y, self.ways)
+        proto = episode_classification_output(squared_euclidean_logits(query_emb, centres), batch.query_y)
+        weight = self.prototype_loss_weight
+        metrics = {**out.metrics, "loss": out.metrics["loss"] + weight * proto.metrics["loss"],
+                   "snail_loss": out.metrics["loss"], "prototype_loss": proto.metrics["loss"],
+                   "prototype_accuracy": proto.metrics["accuracy"]}
+        task_losses = out.task_losses + weight * proto.task_losses
+        return MetaOutput(out.loss + weight * proto.loss, task_losses, metrics)
 
     def predict(self, task: Task) -> Tensor:
         self._check(task)
