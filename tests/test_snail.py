@@ -94,6 +94,38 @@ def test_prototype_loss_weight_adds_the_protonet_loss_of_the_same_embeddings():
         SNAIL(nn.Identity(), 4, feature_dim=8, prototype_loss_weight=-1.0)
 
 
+def test_batch_scope_prototype_loss_treats_the_meta_batch_as_one_episode():
+    """Scope "batch": queries of every task against the prototypes of all classes of the meta-batch, a class
+    shared by two tasks (original id 3 here) pooling its support examples; hand-computed reference."""
+    torch.manual_seed(1)
+    first, second = gaussian_task(4, 2, 3), gaussian_task(4, 2, 3)
+    second = Task(second.support_x, second.support_y, second.query_x, second.query_y,
+                  torch.tensor([3, 4, 5, 6]))
+    batch = TaskBatch.stack([first, second])
+    learner = small_snail()
+    learner.prototype_loss_weight, learner.prototype_loss_scope = 1.0, "batch"
+    plain = small_snail()
+    proto_loss = learner.meta_loss(batch).loss - plain.meta_loss(batch).loss
+
+    embed = learner.model
+    support = [(embed(t.support_x[i]), int(t.classes[t.support_y[i]])) for t in batch for i in range(8)]
+    centres = {c: torch.stack([e for e, k in support if k == c]).mean(0) for c in range(7)}
+    losses = []
+    for task in batch:
+        for x, y in zip(task.query_x, task.query_y):
+            e = embed(x)
+            logits = torch.stack([-(e - centres[c]).pow(2).sum() for c in range(7)])
+            losses.append(-torch.log_softmax(logits, 0)[int(task.classes[y])])
+    torch.testing.assert_close(proto_loss, torch.stack(losses).mean(), atol=1e-5, rtol=1e-5)
+    # With one task per meta-batch both scopes are the same loss.
+    single = TaskBatch.stack([first])
+    episode_scope = learner.meta_loss(single).loss
+    learner.prototype_loss_scope = "episode"
+    torch.testing.assert_close(learner.meta_loss(single).loss, episode_scope)
+    with pytest.raises(ValueError, match="prototype_loss_scope"):
+        SNAIL(nn.Identity(), 4, feature_dim=8, prototype_loss_scope="task")
+
+
 def test_errors():
     learner = small_snail(ways=4)
     with pytest.raises(ValueError, match="built 4-way"):

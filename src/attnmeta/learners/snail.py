@@ -155,6 +155,9 @@ class SNAIL(Learner):
         prototype_loss_weight: optional auxiliary loss (off by default, not in the paper): this weight times
             the Prototypical Networks cross-entropy of the same episode's raw embeddings is added to the
             training loss, so the embedding also gets a direct metric signal. Prediction is SNAIL's alone.
+        prototype_loss_scope: ``"episode"`` (each task's queries against its own ``ways`` prototypes) or
+            ``"batch"`` (the meta-batch as one episode: every query against the prototypes of all classes
+            of the meta-batch, matched by their original class ids; 80-way for 16 5-way tasks).
     """
 
     name = "snail"
@@ -165,7 +168,7 @@ class SNAIL(Learner):
                  filters: int = 128, attention_sizes: tuple[tuple[int, int], ...] = ((64, 32), (256, 128),
                                                                                    (512, 256)),
                  heads: int = 1, normalize: bool = True, tie_query_key: bool = True,
-                 prototype_loss_weight: float = 0.0) -> None:
+                 prototype_loss_weight: float = 0.0, prototype_loss_scope: str = "episode") -> None:
         super().__init__(task_type)
         if task_type != "classification":
             raise ValueError("this SNAIL is a few-shot classification learner; "
@@ -177,10 +180,14 @@ class SNAIL(Learner):
         if not prototype_loss_weight >= 0:
             raise ValueError(f"prototype_loss_weight must be >= 0 (0 turns the auxiliary loss off), got "
                              f"{prototype_loss_weight!r}")
+        if prototype_loss_scope not in ("episode", "batch"):
+            raise ValueError("prototype_loss_scope must be 'episode' or 'batch', got "
+                             f"{prototype_loss_scope!r}")
         if len(attention_sizes) != 3:
             raise ValueError("attention_sizes must give (key_size, value_size) for the 3 attention blocks")
         self.model, self.ways, self.shots, self.normalize = model, ways, shots, normalize
         self.prototype_loss_weight = float(prototype_loss_weight)
+        self.prototype_loss_scope = prototype_loss_scope
         dim = feature_dim or infer_feature_dim(model, input_shape)
         seq_len = ways * shots + 1
         channels = dim + ways
@@ -225,14 +232,28 @@ class SNAIL(Learner):
         out = episode_classification_output(logits, batch.query_y)
         if not self.prototype_loss_weight:
             return out
-        centres = prototypes(support_emb, batch.support_y, self.ways)
-        proto = episode_classification_output(squared_euclidean_logits(query_emb, centres), batch.query_y)
+        proto = self._prototype_output(support_emb, query_emb, batch)
         weight = self.prototype_loss_weight
         metrics = {**out.metrics, "loss": out.metrics["loss"] + weight * proto.metrics["loss"],
                    "snail_loss": out.metrics["loss"], "prototype_loss": proto.metrics["loss"],
                    "prototype_accuracy": proto.metrics["accuracy"]}
         task_losses = out.task_losses + weight * proto.task_losses
         return MetaOutput(out.loss + weight * proto.loss, task_losses, metrics)
+
+    def _prototype_output(self, support_emb: Tensor, query_emb: Tensor, batch: TaskBatch) -> MetaOutput:
+        """Prototypical Networks loss of the embeddings ``[T, ns, D]`` / ``[T, nq, D]``, per task ``[T]``."""
+        if self.prototype_loss_scope == "episode":
+            centres = prototypes(support_emb, batch.support_y, self.ways)
+            return episode_classification_output(squared_euclidean_logits(query_emb, centres), batch.query_y)
+        tasks, n_query = batch.query_y.shape
+        support_ids = batch.classes.gather(1, batch.support_y).flatten()
+        query_ids = batch.classes.gather(1, batch.query_y).flatten()
+        classes, labels = torch.unique(torch.cat([support_ids, query_ids]), return_inverse=True)
+        support_labels, query_labels = labels[:support_ids.numel()], labels[support_ids.numel():]
+        centres = prototypes(support_emb.flatten(0, 1), support_labels, len(classes))
+        logits = squared_euclidean_logits(query_emb.flatten(0, 1), centres)
+        return episode_classification_output(logits.view(tasks, n_query, -1),
+                                             query_labels.view(tasks, n_query))
 
     def predict(self, task: Task) -> Tensor:
         self._check(task)
