@@ -82,7 +82,7 @@ def test_prototype_loss_weight_adds_the_protonet_loss_of_the_same_embeddings():
     batch = TaskBatch.stack([gaussian_task(4, 2, 3) for _ in range(3)])
     plain = small_snail()
     auxiliary = small_snail()
-    auxiliary.prototype_loss_weight = 0.5
+    auxiliary.prototype_loss_weight, auxiliary.prototype_loss_scope = 0.5, "episode"
     protonet = PrototypicalNetworks(plain.model)
     expected = plain.meta_loss(batch).loss + 0.5 * protonet.meta_loss(batch).loss
     out = auxiliary.meta_loss(batch)

@@ -155,9 +155,10 @@ class SNAIL(Learner):
         prototype_loss_weight: optional auxiliary loss (off by default, not in the paper): this weight times
             the Prototypical Networks cross-entropy of the same episode's raw embeddings is added to the
             training loss, so the embedding also gets a direct metric signal. Prediction is SNAIL's alone.
-        prototype_loss_scope: ``"episode"`` (each task's queries against its own ``ways`` prototypes) or
-            ``"batch"`` (the meta-batch as one episode: every query against the prototypes of all classes
-            of the meta-batch, matched by their original class ids; 80-way for 16 5-way tasks).
+        prototype_loss_scope: ``"batch"`` (default: the meta-batch as one episode, every query against the
+            prototypes of all classes of the meta-batch, matched by their original class ids; 80-way for 16
+            5-way tasks; measured better on Omniglot, 97.3% vs 96.5%) or ``"episode"`` (each task's queries
+            against its own ``ways`` prototypes).
     """
 
     name = "snail"
@@ -168,7 +169,7 @@ class SNAIL(Learner):
                  filters: int = 128, attention_sizes: tuple[tuple[int, int], ...] = ((64, 32), (256, 128),
                                                                                    (512, 256)),
                  heads: int = 1, normalize: bool = True, tie_query_key: bool = True,
-                 prototype_loss_weight: float = 0.0, prototype_loss_scope: str = "episode") -> None:
+                 prototype_loss_weight: float = 0.0, prototype_loss_scope: str = "batch") -> None:
         super().__init__(task_type)
         if task_type != "classification":
             raise ValueError("this SNAIL is a few-shot classification learner; "
