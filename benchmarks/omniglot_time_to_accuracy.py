@@ -65,8 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-queries", type=int, default=5)
     p.add_argument("--meta-batch", type=int, default=1)
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (outer)")
-    p.add_argument("--schedule", default="cosine", choices=("cosine", "exp", "constant"),
-                   help="cosine over --episodes; exp halves the lr every --half-life episodes")
+    p.add_argument("--schedule", default="cosine", choices=("cosine", "cosine-budget", "exp", "constant"),
+                   help="cosine over --episodes; cosine-budget: cosine over whichever of --episodes, "
+                        "--cpu-minutes and --wall-minutes runs out first (a time limit then ends the "
+                        "schedule instead of cutting it short); exp halves the lr every --half-life episodes")
     p.add_argument("--episodes", type=int, default=1000, help="length of the lr schedule (training episodes)")
     p.add_argument("--half-life", type=float, default=250.0)
     p.add_argument("--cpu-minutes", type=float, default=20.0, help="stop after this much training CPU time")
@@ -87,6 +89,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learner-options", default="{}", help="JSON keyword arguments of the learner")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu or cuda (CPU time is then not the measure: use wall)")
+    p.add_argument("--init-backbone", default=None,
+                   help="start from this Conv-4 state dict (written by --save-backbone of an earlier run, "
+                        "e.g. a ProtoNets pre-training; count that run's time too)")
+    p.add_argument("--save-backbone", default=None, help="write the trained Conv-4 state dict here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None, help="result file stem (default omniglot_<algo>)")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
@@ -101,9 +107,19 @@ def load_data(args: argparse.Namespace) -> tuple[Omniglot, Omniglot]:
     return Omniglot(args.root, background=True), Omniglot(args.root, background=False)
 
 
-def learning_rate(args: argparse.Namespace, episode: int) -> float:
-    if args.schedule == "cosine":
-        return args.lr * 0.5 * (1 + math.cos(math.pi * min(episode / args.episodes, 1.0)))
+def schedule_fraction(args: argparse.Namespace, episode: int, cpu_s: float = 0.0,
+                      wall_s: float = 0.0) -> float:
+    """How far training is through its schedule, in [0, 1]: episodes for ``cosine``, and for
+    ``cosine-budget`` the largest of the episode, CPU-time and wall-time fractions."""
+    fraction = episode / args.episodes
+    if args.schedule == "cosine-budget":
+        fraction = max(fraction, cpu_s / (60 * args.cpu_minutes), wall_s / (60 * args.wall_minutes))
+    return min(fraction, 1.0)
+
+
+def learning_rate(args: argparse.Namespace, episode: int, cpu_s: float = 0.0, wall_s: float = 0.0) -> float:
+    if args.schedule in ("cosine", "cosine-budget"):
+        return args.lr * 0.5 * (1 + math.cos(math.pi * schedule_fraction(args, episode, cpu_s, wall_s)))
     if args.schedule == "exp":
         return args.lr * 0.5 ** (episode / args.half_life)
     return args.lr
@@ -127,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     spec = registry.spec(args.algo)
     model = build_backbone("conv4", in_shape=(1, 28, 28), hidden=args.hidden, norm=args.norm,
                            out_features=args.train_ways if spec.head else None)
+    if args.init_backbone:
+        model.load_state_dict(torch.load(args.init_backbone, weights_only=True))
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     options = json.loads(args.learner_options)
@@ -143,10 +161,10 @@ def main(argv: list[str] | None = None) -> dict:
     curve, reached = [], {}
     episode = 0
     while (cpu < 60 * args.cpu_minutes and wall < 60 * args.wall_minutes
-           and not (args.schedule == "cosine" and episode >= args.episodes)):
+           and not (args.schedule in ("cosine", "cosine-budget") and episode >= args.episodes)):
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(args, episode)
+            group["lr"] = learning_rate(args, episode, cpu, wall)
         batch = train.sample_batch(args.meta_batch).to(args.device)
         out = learner.meta_loss(batch)
         optimizer.zero_grad(set_to_none=True)
@@ -159,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
             result = evaluate(learner, monitor, device=args.device)
             point = {"episode": episode, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
                      "accuracy": result.mean, "ci95": result.ci95, "train_loss": out.metrics.get("loss"),
-                     "lr": learning_rate(args, episode)}
+                     "lr": learning_rate(args, episode, cpu, wall)}
             curve.append(point)
             for threshold in THRESHOLDS:
                 if result.mean >= threshold and str(threshold) not in reached:
@@ -176,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
             continue  # a learner with a train_ways-output head cannot classify more ways
         result = evaluate(learner, source.fixed_tasks(args.final_episodes, seed=0), device=args.device)
         final[f"{ways}w1s"] = {"accuracy": result.mean, "ci95": result.ci95, "n": result.summary.n}
+    if args.save_backbone:
+        torch.save(model.state_dict(), args.save_backbone)
     report = {"name": name, "algo": args.algo, "args": vars(args), "episodes": episode,
               "train_cpu_min": cpu / 60, "train_wall_min": wall / 60, "reached": reached, "final": final,
               "curve": curve, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),

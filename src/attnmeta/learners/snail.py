@@ -247,8 +247,9 @@ class SNAIL(Learner):
             centres = prototypes(support_emb, batch.support_y, self.ways)
             return episode_classification_output(squared_euclidean_logits(query_emb, centres), batch.query_y)
         tasks, n_query = batch.query_y.shape
-        support_ids = batch.classes.gather(1, batch.support_y).flatten()
-        query_ids = batch.classes.gather(1, batch.query_y).flatten()
+        original = batch.classes.to(batch.support_y.device)  # class ids are metadata: kept on the CPU
+        support_ids = original.gather(1, batch.support_y).flatten()
+        query_ids = original.gather(1, batch.query_y).flatten()
         classes, labels = torch.unique(torch.cat([support_ids, query_ids]), return_inverse=True)
         support_labels, query_labels = labels[:support_ids.numel()], labels[support_ids.numel():]
         centres = prototypes(support_emb.flatten(0, 1), support_labels, len(classes))

@@ -95,7 +95,8 @@ class TransferBaseline(Learner):
                              f"{self.num_classes}), got ids up to {int(batch.classes.max())}; build the "
                              "learner with num_classes = the number of training classes of the sampler")
         inputs = torch.cat([batch.support_x, batch.query_x], dim=1)
-        labels = torch.gather(batch.classes, 1, torch.cat([batch.support_y, batch.query_y], dim=1))
+        original = batch.classes.to(batch.support_y.device)  # class ids are metadata: kept on the CPU
+        labels = torch.gather(original, 1, torch.cat([batch.support_y, batch.query_y], dim=1))
         logits = self.classifier(self.model(inputs.flatten(0, 1)).flatten(1))
         losses = F.cross_entropy(logits, labels.flatten(), reduction="none").view(len(batch), -1)
         task_losses = losses.mean(1)

@@ -1,0 +1,40 @@
+"""The learning-rate schedules of ``benchmarks/omniglot_time_to_accuracy.py``."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "omniglot_time_to_accuracy.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("omniglot_time_to_accuracy", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cosine_follows_episodes_only(bench):
+    args = bench.parse_args(["--schedule", "cosine", "--episodes", "100", "--lr", "1e-3",
+                             "--cpu-minutes", "1"])
+    assert bench.learning_rate(args, 0, cpu_s=59.0) == pytest.approx(1e-3)
+    assert bench.learning_rate(args, 50, cpu_s=59.0) == pytest.approx(0.5e-3)
+    assert bench.learning_rate(args, 100) == pytest.approx(0.0)
+
+
+def test_cosine_budget_ends_with_whichever_budget_runs_out_first(bench):
+    args = bench.parse_args(["--schedule", "cosine-budget", "--episodes", "1000", "--lr", "1e-3",
+                             "--cpu-minutes", "2", "--wall-minutes", "4"])
+    assert bench.schedule_fraction(args, 100, cpu_s=30.0, wall_s=30.0) == pytest.approx(0.25)  # CPU: 30/120
+    assert bench.schedule_fraction(args, 100, cpu_s=30.0, wall_s=180.0) == pytest.approx(0.75)  # wall
+    assert bench.schedule_fraction(args, 900, cpu_s=30.0, wall_s=30.0) == pytest.approx(0.9)  # episodes
+    assert bench.learning_rate(args, 10, cpu_s=60.0) == pytest.approx(0.5e-3)
+    assert bench.learning_rate(args, 10, cpu_s=500.0) == pytest.approx(0.0)  # clipped at the end
+    no_wall = bench.parse_args(["--schedule", "cosine-budget", "--episodes", "1000", "--cpu-minutes", "2"])
+    assert math.isinf(no_wall.wall_minutes)
+    assert bench.schedule_fraction(no_wall, 0, cpu_s=0.0, wall_s=1e6) == 0.0
