@@ -12,7 +12,13 @@ from torch import nn
 
 from attnmeta.learners.maml import MAML
 from attnmeta.nn.backbones import Conv4, ConvBlock
-from attnmeta.nn.layers import can_use_fast_block, conv3x3_channels_last
+from attnmeta.nn.layers import (
+    can_use_fast_block,
+    conv3x3_batch_norm,
+    conv3x3_channels_last,
+    conv_norm_relu_pool,
+)
+from attnmeta.nn.norm import MetaBatchNorm2d
 from attnmeta.tasks.episode import TaskBatch
 
 
@@ -26,6 +32,47 @@ def test_channels_last_convolution_equals_conv2d(in_channels, with_bias):
     out = conv3x3_channels_last(x, weight, bias)
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, F.conv2d(x, weight, bias, padding=1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_folded_into_the_convolution_equals_conv_then_batch_norm(in_channels, affine):
+    """Values, first and second derivatives (float64, every input) against conv2d -> F.batch_norm."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(5, in_channels, 8, 7, generator=g) > 0.6).double().requires_grad_()
+    weight = torch.randn(4, in_channels, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    gamma, beta = (torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True) if affine else None
+                   for _ in range(2))
+    reference = F.batch_norm(F.conv2d(x, weight, bias, padding=1), None, None, gamma, beta, training=True,
+                             eps=1e-5)
+    out = conv3x3_batch_norm(x, weight, bias, gamma, beta, 1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, reference, rtol=1e-12, atol=1e-12)
+    inputs = (x, weight, bias, gamma, beta) if affine else (x, weight, bias)
+
+    def folded(*args):
+        return conv3x3_batch_norm(*args, *([] if affine else [None, None]), 1e-5)
+
+    assert torch.autograd.gradcheck(folded, inputs)
+    assert torch.autograd.gradgradcheck(folded, inputs)
+    grad_bias, = torch.autograd.grad(out.square().sum(), bias)
+    assert torch.equal(grad_bias, torch.zeros_like(bias))  # the conv bias cancels in batch norm
+
+
+def test_batch_norm_is_folded_only_for_batch_statistics():
+    """Running statistics (nn.BatchNorm2d's default) must still be updated and used: no folding there."""
+    torch.manual_seed(0)
+    x = torch.rand(6, 1, 8, 8)
+    conv, pool = nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2)
+    for norm in (MetaBatchNorm2d(4), nn.BatchNorm2d(4, track_running_stats=False)):
+        torch.testing.assert_close(conv_norm_relu_pool(x, conv, norm, pool), pool(torch.relu(norm(conv(x)))))
+    running = nn.BatchNorm2d(4)
+    conv_norm_relu_pool(x, conv, running, pool)
+    assert running.num_batches_tracked.item() == 1 and running.running_mean.abs().sum() > 0
+    running.eval()
+    torch.testing.assert_close(conv_norm_relu_pool(x, conv, running, pool),
+                               pool(torch.relu(running(conv(x)))))
 
 
 def _omniglot_like_batch(dtype: torch.dtype, tasks: int = 2, ways: int = 3, size: int = 16) -> TaskBatch:

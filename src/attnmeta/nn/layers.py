@@ -87,17 +87,73 @@ def conv3x3_channels_last(x: Tensor, weight: Tensor, bias: Tensor | None) -> Ten
         # the bias as a separate add: oneDNN's bias gradient is slower than a sum
         return out if bias is None else out + bias.view(1, -1, 1, 1)
     n, _, height, width = x.shape
-    padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)  # [n, H+2, W+2, C_in]
-    pieces = [padded[:, i:i + height, j:j + width, :] for i in range(3) for j in range(3)]  # (i, j, c)
+    pieces = _im2col_pieces(x)
     # [9 C_in (+1), C_out] row-major: autograd's weight gradient is then columns.T @ grad (fast in MKL),
     # not (grad.T @ columns).T (about 15x slower for these shapes)
-    w = weight.permute(2, 3, 1, 0).reshape(9 * c_in, c_out)
+    w = _weight_matrix(weight)
     if bias is not None:  # a column of ones: the bias and its gradient come out of the same product
-        pieces.append(padded.new_ones(n, height, width, 1))
+        pieces.append(x.new_ones(n, height, width, 1))
         w = torch.cat([w, bias.unsqueeze(0)])
     columns = torch.cat(pieces, dim=-1).reshape(n * height * width, -1)
     out = columns @ w.contiguous()
     return out.view(n, height, width, c_out).permute(0, 3, 1, 2)
+
+
+def _im2col_pieces(x: Tensor) -> list[Tensor]:
+    """The 9 shifted views ``[n, H, W, C_in]`` of the zero-padded input, in (row, column) order."""
+    height, width = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)  # [n, H+2, W+2, C_in]
+    return [padded[:, i:i + height, j:j + width, :] for i in range(3) for j in range(3)]
+
+
+def _weight_matrix(weight: Tensor) -> Tensor:
+    """``[C_out, C_in, 3, 3] -> [9 C_in, C_out]``, rows in the (row, column, channel) order of the im2col."""
+    return weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0])
+
+
+def conv3x3_batch_norm(x: Tensor, weight: Tensor, bias: Tensor | None, norm_weight: Tensor | None,
+                       norm_bias: Tensor | None, eps: float) -> Tensor:
+    """``batch_norm(conv2d(x, weight, bias, padding=1))`` with batch statistics, in one matrix product.
+
+    ``x [n, C_in, H, W]`` with few input channels (``C_in * 9 <= 32``), ``weight [C_out, C_in, 3, 3]``,
+    ``bias``, ``norm_weight``, ``norm_bias [C_out]`` (or ``None``) -> ``[n, C_out, H, W]`` (channels_last).
+    The convolution is linear in the im2col columns ``P [n H W, 9 C_in]``, so the statistics of its output
+    follow from those of the columns: mean ``mu W`` and biased variance ``diag(W^T Cov(P) W)``. Batch norm
+    then folds into the weights (``W * s`` with ``s = gamma / sqrt(var + eps)``) and the output is one
+    product ``P (W * s) + shift``: the batch norm's passes over the full-resolution output (the largest
+    activation of Conv-4) and their gradients disappear. The conv bias cancels, as in batch norm (its
+    gradient is exactly 0). Elementary differentiable ops only: exact first and second derivatives in plain
+    autograd and under ``vmap``/``grad``, equal to the op-by-op block up to rounding.
+    """
+    n, c_in, height, width = x.shape
+    c_out = weight.shape[0]
+    columns = torch.cat(_im2col_pieces(x), dim=-1).reshape(n * height * width, 9 * c_in)
+    w = _weight_matrix(weight)
+    mean = columns.mean(dim=0)  # [9 C_in]
+    centred = columns - mean
+    covariance = centred.T @ centred / columns.shape[0]  # [9 C_in, 9 C_in]
+    variance = ((covariance @ w) * w).sum(dim=0)  # [C_out]: the biased variance of each output channel
+    scale = torch.rsqrt(variance + eps)
+    if norm_weight is not None:
+        scale = scale * norm_weight
+    output_mean = mean @ w
+    if bias is not None:  # cancels, as in batch norm; kept in the graph so its gradient is an exact 0
+        output_mean = output_mean + bias - bias
+    shift = -output_mean * scale
+    if norm_bias is not None:
+        shift = shift + norm_bias
+    out = torch.addmm(shift, columns, (w * scale).contiguous())
+    return out.view(n, height, width, c_out).permute(0, 3, 1, 2)
+
+
+def _batch_statistics_norm(norm: nn.Module,
+                           channels: int) -> tuple[Tensor | None, Tensor | None, float] | None:
+    """``(weight, bias, eps)`` of ``norm`` when it is a batch norm over ``channels`` that always uses batch
+    statistics (``MetaBatchNorm2d``, ``nn.BatchNorm2d(track_running_stats=False)``); ``None`` otherwise."""
+    if type(norm) is MetaBatchNorm2d or (type(norm) is nn.BatchNorm2d and not norm.track_running_stats):
+        if norm.num_features == channels:
+            return norm.weight, norm.bias, float(norm.eps)
+    return None
 
 
 def conv_norm_relu_pool(x: Tensor, conv: nn.Conv2d, norm: nn.Module, pool: nn.Module) -> Tensor:
@@ -105,13 +161,21 @@ def conv_norm_relu_pool(x: Tensor, conv: nn.Conv2d, norm: nn.Module, pool: nn.Mo
 
     ``conv`` a 3x3 / stride-1 / padding-1 ``nn.Conv2d``; ``norm`` a per-channel module (batch norm);
     ``pool`` ``nn.MaxPool2d(2)`` or ``nn.Identity``. ``[n, C_in, H, W] -> [n, C_out, H // 2, W // 2]``
-    (channels_last memory format). Two exact rewrites: the convolution runs channels_last
-    (``conv3x3_channels_last``; batch norm and max-pool are also faster channels_last on CPU), and ReLU is
+    (channels_last memory format). Exact rewrites: the convolution runs channels_last
+    (``conv3x3_channels_last``; batch norm and max-pool are also faster channels_last on CPU); ReLU is
     applied after the max-pool (``max`` commutes with the monotone ReLU, with the same sub-gradients:
     ties only occur at ReLU's zero, where both orders give gradient 0), so ReLU and its backward run on a
-    quarter of the values.
+    quarter of the values; and where the input has few channels (Conv-4's first block) and ``norm`` uses
+    batch statistics only, batch norm is folded into the convolution (``conv3x3_batch_norm``).
     """
-    return torch.relu(pool(norm(conv3x3_channels_last(x, conv.weight, conv.bias))))
+    statistics = _batch_statistics_norm(norm, conv.out_channels)
+    if (statistics is not None and conv.in_channels * 9 <= _IM2COL_MAX_COLUMNS and x.dim() == 4
+            and x.dtype in (torch.float32, torch.float64) and x.dtype == conv.weight.dtype
+            and not torch.is_autocast_enabled(x.device.type)):
+        out = conv3x3_batch_norm(x, conv.weight, conv.bias, *statistics)  # batch norm folded in
+    else:
+        out = norm(conv3x3_channels_last(x, conv.weight, conv.bias))
+    return torch.relu(pool(out))
 
 
 def can_use_fast_block(conv: nn.Module, act: nn.Module, pool: nn.Module) -> bool:
