@@ -1,10 +1,12 @@
 """Faster drop-in evaluation of meta-learned conv blocks (same outputs and gradients as the plain blocks).
 
-- ``conv_norm_relu_pool(x, conv, norm, pool)``: ``pool(relu(norm(conv(x))))`` with two exact rewrites:
+- ``conv_norm_relu_pool(x, conv, norm, pool)``: ``pool(relu(norm(conv(x))))`` with exact rewrites:
   a channels_last convolution (im2col + one matmul when the input has few channels, as in Conv-4's first
-  layer) and ReLU after the max-pool. ``ConvBlock`` (``attnmeta.nn.backbones``) uses it by default; on this
-  2-core CPU it makes a second-order Conv-4 MAML meta-step about 1.3x faster than the op-by-op network
-  (``benchmarks/bench_meta_step.py``; numbers in the README). First and second derivatives are unchanged
+  layer), ReLU after the max-pool, and, in that first layer, batch norm with batch statistics folded into
+  the convolution (``conv3x3_batch_norm``). ``ConvBlock`` (``attnmeta.nn.backbones``) uses it by default;
+  on this 2-core CPU the first two rewrites made a second-order Conv-4 MAML meta-step about 1.3x faster than
+  the op-by-op network (``benchmarks/bench_meta_step.py``), and the folding another 1.2-1.3x per Conv-4 step
+  (``benchmarks/bench_fold.py``; numbers in the README). First and second derivatives are unchanged
   (float64 to 1e-10, ``tests/test_layers.py``), under the loop and under ``vmap``.
 - ``MaxPool2x2``: 2x2 / stride-2 max-pooling as a reshape + ``amax`` (no index tensor; its double backward is
   elementwise). Equal to ``nn.MaxPool2d(2)`` in value; gradients are equal whenever the maximum of each window
