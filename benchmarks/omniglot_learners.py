@@ -12,7 +12,8 @@ any number of ways), as in Prototypical Networks.
     .venv/bin/python benchmarks/omniglot_learners.py --algo snail --threads 4 --cpu-minutes 30
 
 Times are process CPU time (all threads) and wall time of this process; on a shared machine the wall time
-is longer than the CPU time.
+is longer than the CPU time. CPU only (``compare`` trains on the CPU); GPU runs use
+``omniglot_time_to_accuracy.py --device cuda``.
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ def main() -> None:
     parser.add_argument("--lr-decay-every", type=int, default=None)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--root", default=str(DATA))
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
