@@ -4,12 +4,14 @@ opt-in bf16 mode of the MAML family."""
 from __future__ import annotations
 
 import warnings
+from unittest import mock
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import attnmeta.nn.layers as layers
 from attnmeta.learners.maml import MAML
 from attnmeta.nn.backbones import Conv4, ConvBlock
 from attnmeta.nn.layers import (
@@ -65,10 +67,16 @@ def test_batch_norm_is_folded_only_for_batch_statistics():
     torch.manual_seed(0)
     x = torch.rand(6, 1, 8, 8)
     conv, pool = nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2)
-    for norm in (MetaBatchNorm2d(4), nn.BatchNorm2d(4, track_running_stats=False)):
-        torch.testing.assert_close(conv_norm_relu_pool(x, conv, norm, pool), pool(torch.relu(norm(conv(x)))))
-    running = nn.BatchNorm2d(4)
-    conv_norm_relu_pool(x, conv, running, pool)
+    with mock.patch.object(layers, "conv3x3_batch_norm", wraps=layers.conv3x3_batch_norm) as folded:
+        for norm in (MetaBatchNorm2d(4), nn.BatchNorm2d(4, track_running_stats=False)):
+            torch.testing.assert_close(conv_norm_relu_pool(x, conv, norm, pool),
+                                       pool(torch.relu(norm(conv(x)))))
+        assert folded.call_count == 2
+        running = nn.BatchNorm2d(4)
+        conv_norm_relu_pool(x, conv, running, pool)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            conv_norm_relu_pool(x, conv, MetaBatchNorm2d(4), pool)
+        assert folded.call_count == 2  # neither running statistics nor autocast are folded
     assert running.num_batches_tracked.item() == 1 and running.running_mean.abs().sum() > 0
     running.eval()
     torch.testing.assert_close(conv_norm_relu_pool(x, conv, running, pool),
