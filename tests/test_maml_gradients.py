@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from attnmeta.learners.inner import initialise_head
 from attnmeta.learners.maml import MAML
 from attnmeta.nn.norm import MetaBatchNorm1d
-from attnmeta.tasks.episode import TaskBatch
+from attnmeta.tasks.episode import Task, TaskBatch
 
 WAYS, IN, HIDDEN, LR = 3, 4, 5, 0.3
 
@@ -170,3 +171,104 @@ def test_multi_step_loss_weights_and_gradient():
     expected = sum(MAML(_net(), "classification", inner_lr=LR, inner_steps=k).meta_loss(batch).loss
                    for k in (1, 2, 3)) / 3
     torch.testing.assert_close(out.loss, expected, rtol=1e-12, atol=1e-12)
+
+
+# --- head_init: the zeroing trick and UnicornMAML's shared head ---------------------------------------
+
+def _grads_by_model_order(learner: MAML, batch: TaskBatch) -> list[torch.Tensor]:
+    _, grads = learner.meta_gradient(batch)
+    return [grads[f"model.{n}"] for n, _ in learner.model.named_parameters()]
+
+
+def test_initialise_head_replaces_only_the_head():
+    params = {"body": torch.randn(3), "head.weight": torch.randn(4, 2, requires_grad=True),
+              "head.bias": torch.randn(4, requires_grad=True)}
+    head = ["head.weight", "head.bias"]
+    assert initialise_head(params, head, "learned") == params
+    zero = initialise_head(params, head, "zero")
+    assert zero["body"] is params["body"]
+    assert torch.equal(zero["head.weight"], torch.zeros(4, 2)) and not zero["head.weight"].requires_grad
+    shared = initialise_head(params, head, "shared")
+    assert torch.equal(shared["head.weight"], params["head.weight"][:1].expand(4, 2))
+    assert torch.equal(shared["head.bias"], params["head.bias"][0].expand(4))
+    with pytest.raises(ValueError, match="head_init must be one of"):
+        initialise_head(params, head, "random")
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "threads"])
+@pytest.mark.parametrize("steps", [1, 2])
+def test_shared_head_meta_gradient_is_the_reference_summed_over_the_rows(strategy, steps):
+    learner = MAML(_net(), "classification", inner_lr=LR, inner_steps=steps, strategy=strategy,
+                   head_init="shared")
+    batch = _batch()
+    w1, b1, gamma, beta, w2, b2 = learner.model.parameters()
+    start = [w1, b1, gamma, beta, w2[:1].expand_as(w2), b2[:1].expand_as(b2)]
+    ref = _reference_meta_gradient(start, batch, steps)
+    ours = _grads_by_model_order(learner, batch)
+    for a, b in zip(ours[:4], ref[:4]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(ours[4:], ref[4:]):  # row 0 receives the whole head's gradient, the other rows none
+        torch.testing.assert_close(a[0], b.sum(0), rtol=1e-10, atol=1e-12)
+        assert torch.count_nonzero(a[1:]) == 0
+    assert ref[4].abs().sum() > 1e-3
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "threads"])
+def test_zero_head_meta_gradient_is_the_reference_from_a_zero_head(strategy):
+    learner = MAML(_net(), "classification", inner_lr=LR, inner_steps=2, strategy=strategy, head_init="zero")
+    batch = _batch()
+    w1, b1, gamma, beta, w2, b2 = learner.model.parameters()
+    zero_head = [torch.zeros_like(w2), torch.zeros_like(b2)]
+    ref = _reference_meta_gradient([w1, b1, gamma, beta, *zero_head], batch, 2)
+    ours = _grads_by_model_order(learner, batch)
+    for a, b in zip(ours[:4], ref[:4]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert all(torch.count_nonzero(g) == 0 for g in ours[4:])  # the zero head is not meta-learned
+    assert sum(g.abs().sum() for g in ref[:4]) > 1e-3
+
+
+def test_zero_head_predicts_uniformly_before_adapting_and_ignores_the_model_head():
+    learner = MAML(_net(), "classification", inner_lr=LR, inner_steps=1, head_init="zero")
+    task = _batch()[0]
+    assert torch.count_nonzero(learner.predict(task, inner_steps=0)) == 0
+    adapted = learner.predict(task)
+    with torch.no_grad():
+        learner.model[3].weight.add_(5.0)
+    torch.testing.assert_close(learner.predict(task), adapted)
+
+
+def test_shared_head_is_invariant_to_the_order_of_the_labels():
+    """A permutation of the class ids permutes the predictions (a learned head breaks this)."""
+    batch = _batch(tasks=1, shots=9)
+    task = batch[0]
+    perm = torch.tensor([2, 0, 1])
+    permuted = Task(task.support_x, perm[task.support_y], task.query_x, perm[task.query_y], task.classes)
+    for head_init, invariant in (("shared", True), ("learned", False)):
+        learner = MAML(_net(), "classification", inner_lr=LR, inner_steps=2, head_init=head_init)
+        out, out_permuted = learner.predict(task), learner.predict(permuted)
+        assert torch.allclose(out_permuted[:, perm], out, atol=1e-12) == invariant, head_init
+
+
+def test_head_init_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="head_init must be one of"):
+        MAML(_net(), "classification", head_init="random")
+    with pytest.raises(ValueError, match="needs the head .*3.weight, 3.bias.* to adapt"):
+        MAML(_net(), "classification", head_init="zero", adapt=["0"])
+    with pytest.raises(ValueError, match="for classification"):
+        MAML(nn.Linear(1, 1), "regression", head_init="shared")
+    conv_head = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, WAYS, 1), nn.Flatten(1))
+    with pytest.raises(ValueError, match="needs a linear output layer"):
+        MAML(conv_head, "classification", head_init="shared")
+    from attnmeta.learners.attention_maml import AttentionMAML
+
+    with pytest.raises(ValueError, match="not supported by AttentionMAML"):
+        AttentionMAML(_net(), "classification", ways=WAYS, head_init="zero")
+
+
+def test_zero_head_works_for_regression():
+    learner = MAML(nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)), "regression", inner_lr=0.1,
+                   head_init="zero")
+    x = torch.linspace(-1, 1, 10)[:, None]
+    task = Task(x, 2 * x, x, 2 * x)
+    assert torch.count_nonzero(learner.predict(task, inner_steps=0)) == 0
+    assert learner.predict(task).abs().sum() > 0

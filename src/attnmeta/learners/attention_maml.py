@@ -90,6 +90,9 @@ class AttentionMAML(MAML):
         if weighting_heldout is not None and not task_attention:
             raise ValueError("weighting_heldout is the look-ahead set of task attention: "
                              "set task_attention=True")
+        if maml_options.get("head_init", "learned") != "learned":
+            raise ValueError("head_init is not supported by AttentionMAML yet (its inner loop starts from "
+                             "the model's own head); use MAML(..., head_init=...)")
         heldout = _stack_heldout(weighting_heldout) if weighting_heldout is not None else None
         _check_int("weighting_heldout_batch", weighting_heldout_batch, 1)
         in_shape = tuple(in_shape) if in_shape is not None else _input_shape(model)

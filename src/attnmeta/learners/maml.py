@@ -10,6 +10,9 @@ All variants are the same inner loop (``attnmeta.learners.inner.adapt``) with di
 ``maml++``    ``rule="lslr"``, multi-step loss, first-to-second-order annealing
 ============  =====================================================================
 
+Any of them can start each task's output layer from zero (``head_init="zero"``, Kao et al. 2022) or from one
+meta-learned row shared by every class (``head_init="shared"``, UnicornMAML, Ye & Chao 2022).
+
 Three execution strategies compute the same meta-gradient: ``"loop"`` (a Python loop over the tasks of a
 meta-batch; the reference), ``"vmap"`` (``torch.func.vmap`` over tasks, for GPUs) and ``"threads"`` (CPU:
 the tasks split over ``torch.get_num_threads()`` Python threads, each with its own copy of the model's
@@ -31,7 +34,16 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from attnmeta.learners.base import Learner, MetaOutput
-from attnmeta.learners.inner import SGDRule, StepRule, adapt, make_rule, select_names
+from attnmeta.learners.inner import (
+    HEAD_INITS,
+    SGDRule,
+    StepRule,
+    adapt,
+    head_names,
+    initialise_head,
+    make_rule,
+    select_names,
+)
 from attnmeta.learners.registry import register
 from attnmeta.nn.norm import convert_batch_norm
 from attnmeta.tasks.episode import Task, TaskBatch
@@ -69,6 +81,10 @@ class MAML(Learner):
             derivatives w.r.t. the learner's parameters, not ``create_graph=True`` or other inputs).
         convert_bn: replace ``nn.BatchNorm1d/2d`` in ``model`` by batch-statistics batch norm
             (``attnmeta.nn.norm``), whose second-order gradients are correct under vmap.
+        head_init: where each task's inner loop starts for the output layer (the last module with
+            parameters): ``"learned"`` (MAML: a meta-learned head), ``"zero"`` (a zero head, not meta-learned:
+            the zeroing trick of Kao et al. 2022) or ``"shared"`` (one meta-learned row copied to every class:
+            UnicornMAML, Ye & Chao 2022); see ``inner.initialise_head``. The head must adapt.
         precision: ``"fp32"`` (default) or ``"bf16"``: opt-in mixed precision; every model call (inner
             and outer, forward and its derivatives) runs under ``torch.autocast(dtype=torch.bfloat16)``
             (matmuls and convolutions in bf16), while parameters, inner updates and losses stay in the
@@ -85,7 +101,7 @@ class MAML(Learner):
                  first_order: bool = False, rule: str | StepRule = "sgd", learn_inner_lr: bool = False,
                  adapt: str | Collection[str] = "all", multi_step_loss: bool = False,
                  msl_anneal_steps: int = 0, first_order_until: int = 0, strategy: str = "auto",
-                 convert_bn: bool = True, precision: str = "fp32") -> None:
+                 convert_bn: bool = True, precision: str = "fp32", head_init: str = "learned") -> None:
         super().__init__(task_type)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -108,6 +124,7 @@ class MAML(Learner):
         if not names:
             raise ValueError("model has no trainable parameters to meta-learn")
         self.adapt_names = select_names(names, adapt)
+        self.head_init, self.head_names = head_init, self._check_head_init(head_init, names)
         if isinstance(rule, str) and rule == "sgd":
             self.rule: StepRule = SGDRule(inner_lr, learnable=learn_inner_lr)
         else:
@@ -122,10 +139,34 @@ class MAML(Learner):
         self.last_trace: dict[str, Tensor] = {}
         self._inner_grad = "func"
 
+    def _check_head_init(self, head_init: str, names: list[str]) -> list[str]:
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}")
+        if head_init == "learned":
+            return []
+        head = head_names(names)
+        if not set(head) <= set(self.adapt_names):
+            raise ValueError(f"head_init={head_init!r} needs the head ({', '.join(head)}) to adapt, or every "
+                             "task would keep the same head; include it in adapt=")
+        if head_init == "shared":
+            shapes = {n: p.shape for n, p in self.model.named_parameters()}
+            if self.task_type != "classification":
+                raise ValueError("head_init='shared' copies one class row to every class: it is for "
+                                 "classification; use 'zero' or 'learned' for regression")
+            if any(len(shapes[n]) != (2 if n.endswith("weight") else 1) for n in head):
+                raise ValueError(f"head_init='shared' needs a linear output layer (weight [outputs, "
+                                 f"features], bias [outputs]); the last layer has "
+                                 f"{', '.join(f'{n} {tuple(shapes[n])}' for n in head)}")
+        return head
+
     # --- pieces ---------------------------------------------------------------------------------
     def model_params(self) -> dict[str, Tensor]:
         """The model's trainable parameters by name (the meta-learned initialisation)."""
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def initial_params(self) -> dict[str, Tensor]:
+        """Where every task's inner loop starts: ``model_params`` with the head set by ``head_init``."""
+        return initialise_head(self.model_params(), self.head_names, self.head_init)
 
     def resolved_strategy(self) -> str:
         """``"loop"`` or ``"vmap"`` (``"auto"``: vmap on CUDA, loop elsewhere)."""
@@ -234,7 +275,7 @@ class MAML(Learner):
         self._check_targets(task.support_y, task.query_y, task.support_x)
         buffers = dict(self.model.named_buffers())
         forward = self._forward_fn(buffers, self._ways_of(task))
-        return adapt(forward, self.model_params(), task.support_x, task.support_y, loss_fn=self.task_loss,
+        return adapt(forward, self.initial_params(), task.support_x, task.support_y, loss_fn=self.task_loss,
                      rule=self.rule, steps=steps, adapt_names=self.adapt_names,
                      first_order=self.current_first_order(), inner_grad="autograd")
 
@@ -246,7 +287,7 @@ class MAML(Learner):
         steps, ways = self.inner_steps, self._ways_of(batch)
         first_order = self.current_first_order()
         msl = self.step_loss_weights(steps) if (self.multi_step_loss and steps > 0) else None
-        params, buffers = self.model_params(), dict(self.model.named_buffers())
+        params, buffers = self.initial_params(), dict(self.model.named_buffers())
         kwargs = dict(ways=ways, steps=steps, first_order=first_order, msl_weights=msl)
         if self.resolved_strategy() == "threads":
             return self._threaded_outer_losses(batch, params, buffers, kwargs)
@@ -357,7 +398,7 @@ class MAML(Learner):
         ways = self._ways_of(task)
         forward = self._forward_fn(dict(self.model.named_buffers()), ways)
         with torch.no_grad():
-            params = {n: p.detach() for n, p in self.model_params().items()}
+            params = {n: p.detach() for n, p in self.initial_params().items()}
             adapted, trace = adapt(forward, params, task.support_x, task.support_y, loss_fn=self.task_loss,
                                    rule=self.rule, steps=steps, adapt_names=self.adapt_names,
                                    first_order=True, inner_grad="autograd")
