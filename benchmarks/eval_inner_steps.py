@@ -20,6 +20,7 @@ from omniglot_time_to_accuracy import load_data, parse_args  # noqa: E402
 from attnmeta.data.benchmarks import make_benchmark  # noqa: E402
 from attnmeta.eval import evaluate  # noqa: E402
 from attnmeta.learners import registry  # noqa: E402
+from attnmeta.learners.inner import HEAD_INITS  # noqa: E402
 from attnmeta.nn.backbones import build_backbone  # noqa: E402
 
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="state dict written by --save-backbone")
     parser.add_argument("--train-ways", type=int, required=True, help="outputs of the saved head")
-    parser.add_argument("--head-init", default="learned", choices=("learned", "zero", "shared"))
+    parser.add_argument("--head-init", default="learned", choices=HEAD_INITS)
     parser.add_argument("--inner-lr", type=float, default=0.4)
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 3, 5])
     parser.add_argument("--ways", type=int, nargs="+", default=[5, 20])

@@ -175,11 +175,6 @@ def test_multi_step_loss_weights_and_gradient():
 
 # --- head_init: the zeroing trick and UnicornMAML's shared head ---------------------------------------
 
-def _grads_by_model_order(learner: MAML, batch: TaskBatch) -> list[torch.Tensor]:
-    _, grads = learner.meta_gradient(batch)
-    return [grads[f"model.{n}"] for n, _ in learner.model.named_parameters()]
-
-
 def test_initialise_head_replaces_only_the_head():
     params = {"body": torch.randn(3), "head.weight": torch.randn(4, 2, requires_grad=True),
               "head.bias": torch.randn(4, requires_grad=True)}
@@ -204,7 +199,7 @@ def test_shared_head_meta_gradient_is_the_reference_summed_over_the_rows(strateg
     w1, b1, gamma, beta, w2, b2 = learner.model.parameters()
     start = [w1, b1, gamma, beta, w2[:1].expand_as(w2), b2[:1].expand_as(b2)]
     ref = _reference_meta_gradient(start, batch, steps)
-    ours = _grads_by_model_order(learner, batch)
+    ours = _learner_grads(learner, batch)
     for a, b in zip(ours[:4], ref[:4]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     for a, b in zip(ours[4:], ref[4:]):  # row 0 receives the whole head's gradient, the other rows none
@@ -220,7 +215,7 @@ def test_zero_head_meta_gradient_is_the_reference_from_a_zero_head(strategy):
     w1, b1, gamma, beta, w2, b2 = learner.model.parameters()
     zero_head = [torch.zeros_like(w2), torch.zeros_like(b2)]
     ref = _reference_meta_gradient([w1, b1, gamma, beta, *zero_head], batch, 2)
-    ours = _grads_by_model_order(learner, batch)
+    ours = _learner_grads(learner, batch)
     for a, b in zip(ours[:4], ref[:4]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert all(torch.count_nonzero(g) == 0 for g in ours[4:])  # the zero head is not meta-learned

@@ -172,7 +172,7 @@ def initialise_head(params: Mapping[str, Tensor], head: Collection[str], mode: s
         return out
     for name in head:
         p = params[name]
-        out[name] = torch.zeros_like(p).detach() if mode == "zero" else p[:1].expand_as(p)
+        out[name] = torch.zeros_like(p) if mode == "zero" else p[:1].expand_as(p)
     return out
 
 
