@@ -106,6 +106,62 @@ def test_classification_with_conv4_and_all_three():
     assert learner.predict(tasks[0]).shape == (3, 3)
 
 
+def _conv_tasks(count=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = dict(generator=g, dtype=torch.float64)
+    return [Task(torch.randn(6, 1, 16, 16, **images), torch.tensor([0, 1, 2, 0, 1, 2]),
+                 torch.randn(3, 1, 16, 16, **images), torch.tensor([0, 1, 2]), torch.arange(3))
+            for _ in range(count)]
+
+
+@pytest.mark.parametrize("head_init", ["zero", "shared"])
+def test_head_init_without_flags_is_exactly_maml(head_init):
+    torch.manual_seed(0)
+    model = Conv4((1, 16, 16), hidden=4, out_features=3).double()
+    batch = TaskBatch.stack(_conv_tasks())
+    options = dict(ways=3, inner_lr=0.4, head_init=head_init)
+    maml = MAML(copy.deepcopy(model), "classification", **options)
+    attention = AttentionMAML(copy.deepcopy(model), "classification", **options)
+    out_a, grads_a = maml.meta_gradient(batch)
+    out_b, grads_b = attention.meta_gradient(batch)
+    torch.testing.assert_close(out_b.loss, out_a.loss, rtol=0, atol=0)
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("head_init", ["zero", "shared"])
+def test_head_init_with_all_three_mechanisms(head_init):
+    """The inner loop starts from the zero / shared head under feature, task and parameter attention too."""
+    torch.manual_seed(0)
+    tasks = _conv_tasks(3)
+    learner = AttentionMAML(Conv4((1, 16, 16), hidden=4, out_features=3).double(), "classification", ways=3,
+                            task_dim=8, inner_lr=0.4, head_init=head_init, **ALL)
+    assert learner.head_names == ["backbone.head.weight", "backbone.head.bias"]
+    out = learner.meta_loss(TaskBatch.stack(tasks))
+    out.loss.backward()
+    head = dict(learner.model.named_parameters())
+    weight, bias = head["backbone.head.weight"], head["backbone.head.bias"]
+    if head_init == "zero":  # not meta-learned, and no prediction before adapting
+        assert weight.grad is None or torch.count_nonzero(weight.grad) == 0
+        assert torch.count_nonzero(learner.predict(tasks[0], inner_steps=0)) == 0
+    else:  # one meta-learned row: every class starts from it
+        assert torch.count_nonzero(weight.grad[1:]) == 0 and torch.count_nonzero(bias.grad[1:]) == 0
+        assert weight.grad[0].abs().sum() > 0
+        before = learner.predict(tasks[0], inner_steps=0)
+        torch.testing.assert_close(before, before[:, :1].expand_as(before))
+    assert learner.predict(tasks[0]).abs().sum() > 0
+    params, _ = learner.adapt_task(tasks[0], inner_steps=0)
+    start = learner.initial_params()["backbone.head.weight"]
+    torch.testing.assert_close(params["backbone.head.weight"], start)
+    assert learner.heldout_gradient(TaskBatch.stack(tasks[:2])).isfinite().all()
+
+
+def test_head_init_needs_the_head_to_adapt_under_context_adaptation():
+    with pytest.raises(ValueError, match="needs the head .* to adapt"):
+        AttentionMAML(MLP(1, (4,), 1), "regression", feature_attention=True, feature_mode="context",
+                      task_dim=4, head_init="zero")
+
+
 def test_plots_are_written(tmp_path):
     paths = [
         plot_task_weights([0.5, 1.2, 1.3, 0.4], [True, False, False, True], tmp_path / "weights.png"),

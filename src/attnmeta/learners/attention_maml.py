@@ -45,7 +45,8 @@ def _input_shape(model: nn.Module) -> tuple[int, ...] | None:
 class AttentionMAML(MAML):
     """MAML with task, feature and/or parameter attention (see the module docstring).
 
-    Args (beyond ``MAML``'s, which are passed through):
+    Args (beyond ``MAML``'s, which are passed through; ``head_init="zero"`` / ``"shared"`` start every task's
+    inner loop from a zero or shared output layer under any combination of mechanisms, as in ``MAML``):
         task_attention / feature_attention / param_attention: switch each mechanism on.
         feature_mode: ``"all"`` or ``"context"`` (only the FiLM context vector adapts in the inner loop).
         task_dim: size of task embeddings (feature attention and task weighting).
@@ -90,9 +91,6 @@ class AttentionMAML(MAML):
         if weighting_heldout is not None and not task_attention:
             raise ValueError("weighting_heldout is the look-ahead set of task attention: "
                              "set task_attention=True")
-        if maml_options.get("head_init", "learned") != "learned":
-            raise ValueError("head_init is not supported by AttentionMAML yet (its inner loop starts from "
-                             "the model's own head); use MAML(..., head_init=...)")
         heldout = _stack_heldout(weighting_heldout) if weighting_heldout is not None else None
         _check_int("weighting_heldout_batch", weighting_heldout_batch, 1)
         in_shape = tuple(in_shape) if in_shape is not None else _input_shape(model)
@@ -251,7 +249,7 @@ class AttentionMAML(MAML):
         weighting look-ahead (each held-out task counts equally). Detached."""
         self._check_batch(batch)
         steps, ways = self.inner_steps, self._ways_of(batch)
-        params = {n: p.detach() for n, p in self.model_params().items()}
+        params = {n: p.detach() for n, p in self.initial_params().items()}
         buffers = dict(self.model.named_buffers())
         names = list(params)
 
@@ -283,7 +281,7 @@ class AttentionMAML(MAML):
         self._check_targets(task.support_y, task.query_y, task.support_x)
         forward = self._conditioned_forward(dict(self.model.named_buffers()), self._ways_of(task),
                                             self._embedding(task.support_x, task.support_y))
-        return adapt(forward, self.model_params(), task.support_x, task.support_y, loss_fn=self.task_loss,
+        return adapt(forward, self.initial_params(), task.support_x, task.support_y, loss_fn=self.task_loss,
                      rule=self.rule, steps=steps, adapt_names=self.adapt_names,
                      first_order=self.current_first_order(), inner_grad="autograd")
 
@@ -299,7 +297,7 @@ class AttentionMAML(MAML):
             embedding = self._embedding(task.support_x, task.support_y)
             forward = self._conditioned_forward(dict(self.model.named_buffers()), self._ways_of(task),
                                                 embedding)
-            params = {n: p.detach() for n, p in self.model_params().items()}
+            params = {n: p.detach() for n, p in self.initial_params().items()}
             adapted, _ = adapt(forward, params, task.support_x, task.support_y, loss_fn=self.task_loss,
                                rule=self.rule, steps=steps, adapt_names=self.adapt_names, first_order=True,
                                inner_grad="autograd")
