@@ -8,7 +8,12 @@ from torch import nn
 
 from attnmeta.eval import evaluate
 from attnmeta.learners import registry
-from attnmeta.learners.protonet import PrototypicalNetworks, prototypes, squared_euclidean_logits
+from attnmeta.learners.protonet import (
+    PrototypicalNetworks,
+    euclidean_logits,
+    prototypes,
+    squared_euclidean_logits,
+)
 from attnmeta.nn.backbones import MLP
 from attnmeta.tasks.episode import Task, TaskBatch
 from attnmeta.tasks.sampler import EpisodeSampler
@@ -21,10 +26,12 @@ def test_prototypes_and_logits_match_explicit_loops():
     protos = prototypes(support, labels, 3)
     for c in range(3):
         torch.testing.assert_close(protos[c], support[labels == c].mean(0))
-    logits = squared_euclidean_logits(queries, protos)
+    logits, distance_logits = squared_euclidean_logits(queries, protos), euclidean_logits(queries, protos)
     for q in range(5):
         for c in range(3):
             torch.testing.assert_close(logits[q, c], -((queries[q] - protos[c]) ** 2).sum())
+            distance = torch.linalg.vector_norm(queries[q] - protos[c])
+            torch.testing.assert_close(distance_logits[q, c], -distance)
     with pytest.raises(ValueError, match="at least one support example"):
         prototypes(support, torch.zeros(7, dtype=torch.long), 3)
 
@@ -54,9 +61,18 @@ def test_meta_loss_is_mean_of_task_cross_entropies_and_predict_agrees():
     assert 0.0 <= out.metrics["accuracy"] <= 1.0 and out.metrics["loss"] == pytest.approx(out.loss.item())
 
 
-def test_meta_gradient_matches_finite_differences():
+def test_euclidean_logits_of_a_query_on_its_prototype_have_a_zero_gradient():
+    query = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    logits = euclidean_logits(query, torch.tensor([[1.0, 2.0], [4.0, 6.0]]))
+    torch.testing.assert_close(logits.detach(), torch.tensor([[-1e-6, -5.0]]))
+    logits[0, 0].backward()
+    assert torch.equal(query.grad, torch.zeros(1, 2))
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "l2", "cosine"])
+def test_meta_gradient_matches_finite_differences(distance):
     torch.manual_seed(0)
-    learner = PrototypicalNetworks(MLP(5, (7,), out_features=4)).double()
+    learner = PrototypicalNetworks(MLP(5, (7,), out_features=4), distance=distance).double()
     batch = _episode_batch(dtype=torch.float64)
     learner.meta_loss(batch).loss.backward()
     eps = 1e-6
