@@ -16,10 +16,10 @@ from test_matching import gaussian_task, meta_train
 SMALL = dict(filters=8, attention_sizes=((8, 8), (8, 8), (8, 8)))
 
 
-def small_snail(ways: int = 4, shots: int = 2, heads: int = 1) -> SNAIL:
+def small_snail(ways: int = 4, shots: int = 2, heads: int = 1, **options) -> SNAIL:
     torch.manual_seed(0)
     return SNAIL(nn.Sequential(nn.Linear(8, 12), nn.Tanh()), ways, shots=shots, feature_dim=12, heads=heads,
-                 **SMALL)
+                 **SMALL, **options)
 
 
 def test_mask_and_predecessors():
@@ -92,6 +92,21 @@ def test_prototype_loss_weight_adds_the_protonet_loss_of_the_same_embeddings():
     torch.testing.assert_close(auxiliary.predict(batch[0]), plain.predict(batch[0]))
     with pytest.raises(ValueError, match="prototype_loss_weight must be >= 0"):
         SNAIL(nn.Identity(), 4, feature_dim=8, prototype_loss_weight=-1.0)
+
+
+def test_prototype_distance_l2_is_the_protonet_l2_loss():
+    from attnmeta.learners.protonet import PrototypicalNetworks
+
+    torch.manual_seed(0)
+    batch = TaskBatch.stack([gaussian_task(4, 2, 3) for _ in range(3)])
+    plain = small_snail()
+    auxiliary = small_snail(prototype_loss_weight=1.0, prototype_loss_scope="episode",
+                            prototype_distance="l2")
+    protonet = PrototypicalNetworks(plain.model, distance="l2")
+    expected = plain.meta_loss(batch).loss + protonet.meta_loss(batch).loss
+    torch.testing.assert_close(auxiliary.meta_loss(batch).loss, expected)
+    with pytest.raises(ValueError, match="prototype_distance must be one of"):
+        SNAIL(nn.Identity(), 4, feature_dim=8, prototype_distance="cosine")
 
 
 def test_batch_scope_prototype_loss_treats_the_meta_batch_as_one_episode():

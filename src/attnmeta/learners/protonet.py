@@ -24,7 +24,8 @@ from attnmeta.learners.base import Learner, MetaOutput
 from attnmeta.learners.registry import register
 from attnmeta.tasks.episode import Task, TaskBatch
 
-__all__ = ["DISTANCES", "PrototypicalNetworks", "euclidean_logits", "prototypes", "squared_euclidean_logits"]
+__all__ = ["DISTANCES", "METRIC_LOGITS", "PrototypicalNetworks", "euclidean_logits", "prototypes",
+           "squared_euclidean_logits"]
 
 DISTANCES = ("euclidean", "l2", "cosine")
 
@@ -56,6 +57,10 @@ def euclidean_logits(query_embeddings: Tensor, class_prototypes: Tensor) -> Tens
     """
     squared = -squared_euclidean_logits(query_embeddings, class_prototypes)
     return -squared.clamp_min(1e-12).sqrt()
+
+
+METRIC_LOGITS = {"euclidean": squared_euclidean_logits, "l2": euclidean_logits}
+"""Parameter-free distances by name: ``logits(query [..., nq, D], prototypes [..., ways, D])``."""
 
 
 class PrototypicalNetworks(Learner):
@@ -99,9 +104,7 @@ class PrototypicalNetworks(Learner):
         if self.distance == "cosine":
             query, protos = F.normalize(query_embeddings, dim=-1), F.normalize(class_prototypes, dim=-1)
             return self.log_scale.exp() * (query @ protos.transpose(-1, -2))
-        if self.distance == "l2":
-            return euclidean_logits(query_embeddings, class_prototypes)
-        return squared_euclidean_logits(query_embeddings, class_prototypes)
+        return METRIC_LOGITS[self.distance](query_embeddings, class_prototypes)
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         _check_episode(batch)

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from attnmeta.learners.base import Learner, MetaOutput, episode_classification_output
 from attnmeta.learners.matching import check_classification_batch, embed_episodes, infer_feature_dim
-from attnmeta.learners.protonet import prototypes, squared_euclidean_logits
+from attnmeta.learners.protonet import METRIC_LOGITS, prototypes
 from attnmeta.learners.registry import register
 from attnmeta.nn.attention import scaled_dot_product_attention
 from attnmeta.tasks.episode import Task, TaskBatch
@@ -159,6 +159,8 @@ class SNAIL(Learner):
             prototypes of all classes of the meta-batch, matched by their original class ids; 80-way for 16
             5-way tasks; measured better on Omniglot, 97.3% vs 96.5%) or ``"episode"`` (each task's queries
             against its own ``ways`` prototypes).
+        prototype_distance: the auxiliary loss's distance, ``"euclidean"`` (squared, default) or ``"l2"``
+            (not squared; see ``PrototypicalNetworks``).
     """
 
     name = "snail"
@@ -169,7 +171,8 @@ class SNAIL(Learner):
                  filters: int = 128, attention_sizes: tuple[tuple[int, int], ...] = ((64, 32), (256, 128),
                                                                                    (512, 256)),
                  heads: int = 1, normalize: bool = True, tie_query_key: bool = True,
-                 prototype_loss_weight: float = 0.0, prototype_loss_scope: str = "batch") -> None:
+                 prototype_loss_weight: float = 0.0, prototype_loss_scope: str = "batch",
+                 prototype_distance: str = "euclidean") -> None:
         super().__init__(task_type)
         if task_type != "classification":
             raise ValueError("this SNAIL is a few-shot classification learner; "
@@ -184,11 +187,15 @@ class SNAIL(Learner):
         if prototype_loss_scope not in ("episode", "batch"):
             raise ValueError("prototype_loss_scope must be 'episode' or 'batch', got "
                              f"{prototype_loss_scope!r}")
+        if prototype_distance not in METRIC_LOGITS:
+            raise ValueError(f"prototype_distance must be one of {tuple(METRIC_LOGITS)}, got "
+                             f"{prototype_distance!r}")
         if len(attention_sizes) != 3:
             raise ValueError("attention_sizes must give (key_size, value_size) for the 3 attention blocks")
         self.model, self.ways, self.shots, self.normalize = model, ways, shots, normalize
         self.prototype_loss_weight = float(prototype_loss_weight)
         self.prototype_loss_scope = prototype_loss_scope
+        self.prototype_logits = METRIC_LOGITS[prototype_distance]
         dim = feature_dim or infer_feature_dim(model, input_shape)
         seq_len = ways * shots + 1
         channels = dim + ways
@@ -245,7 +252,7 @@ class SNAIL(Learner):
         """Prototypical Networks loss of the embeddings ``[T, ns, D]`` / ``[T, nq, D]``, per task ``[T]``."""
         if self.prototype_loss_scope == "episode":
             centres = prototypes(support_emb, batch.support_y, self.ways)
-            return episode_classification_output(squared_euclidean_logits(query_emb, centres), batch.query_y)
+            return episode_classification_output(self.prototype_logits(query_emb, centres), batch.query_y)
         tasks, n_query = batch.query_y.shape
         original = batch.classes.to(batch.support_y.device)  # class ids are metadata: kept on the CPU
         support_ids = original.gather(1, batch.support_y).flatten()
@@ -253,7 +260,7 @@ class SNAIL(Learner):
         classes, labels = torch.unique(torch.cat([support_ids, query_ids]), return_inverse=True)
         support_labels, query_labels = labels[:support_ids.numel()], labels[support_ids.numel():]
         centres = prototypes(support_emb.flatten(0, 1), support_labels, len(classes))
-        logits = squared_euclidean_logits(query_emb.flatten(0, 1), centres)
+        logits = self.prototype_logits(query_emb.flatten(0, 1), centres)
         return episode_classification_output(logits.view(tasks, n_query, -1),
                                              query_labels.view(tasks, n_query))
 
