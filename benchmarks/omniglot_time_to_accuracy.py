@@ -94,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "e.g. a ProtoNets pre-training; count that run's time too)")
     p.add_argument("--save-backbone", default=None, help="write the trained Conv-4 state dict here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-rotations", dest="rotations", action="store_false",
+                   help="train on the 964 upright background characters only (default: x4 rotation classes)")
     p.add_argument("--name", default=None, help="result file stem (default omniglot_<algo>)")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     return p.parse_args(argv)
@@ -137,7 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     torch.manual_seed(args.seed)
     shape = dict(ways=args.train_ways, shots=args.train_shots, queries=args.train_queries)
-    train = make_benchmark("omniglot", data=(background, evaluation), seed=args.seed, **shape).train
+    train = make_benchmark("omniglot", data=(background, evaluation), seed=args.seed,
+                           rotations=args.rotations, **shape).train
     tests = {w: make_benchmark("omniglot", data=(background, evaluation), ways=w, shots=1, queries=15).test
              for w in (5, 20)}
     spec = registry.spec(args.algo)
