@@ -27,8 +27,6 @@ from attnmeta.tasks.episode import Task, TaskBatch
 __all__ = ["DISTANCES", "METRIC_LOGITS", "PrototypicalNetworks", "euclidean_logits", "prototypes",
            "squared_euclidean_logits"]
 
-DISTANCES = ("euclidean", "l2", "cosine")
-
 
 def prototypes(support_embeddings: Tensor, support_labels: Tensor, ways: int) -> Tensor:
     """Class means ``[..., ways, D]`` of support embeddings ``[..., n, D]`` with labels ``[..., n]``.
@@ -61,6 +59,7 @@ def euclidean_logits(query_embeddings: Tensor, class_prototypes: Tensor) -> Tens
 
 METRIC_LOGITS = {"euclidean": squared_euclidean_logits, "l2": euclidean_logits}
 """Parameter-free distances by name: ``logits(query [..., nq, D], prototypes [..., ways, D])``."""
+DISTANCES = (*METRIC_LOGITS, "cosine")
 
 
 class PrototypicalNetworks(Learner):
