@@ -183,11 +183,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from attnmeta.train.trainer import resolve_device
 
     device, dtype = resolve_device(target.device), getattr(torch, trained.dtype)
+    if args.rotation_ensemble:
+        from attnmeta.eval import with_rotation_ensemble
+
+        learner = with_rotation_ensemble(learner)
     episodes = [t.to(device, dtype) for t in bench.test.fixed_tasks(args.episodes, seed=args.seed)]
     result = evaluate(learner, episodes, device=device, progress=not args.quiet, desc="eval")
     print(_results_table([_result_row(dataclasses.replace(target, algo=trained.algo), result)]))
+    suffix = "-rotation-ensemble" if args.rotation_ensemble else ""
     out = (
-        Path(args.run_dir) / f"eval-{target.ways or 0}w{target.shots}s-{args.episodes}ep-seed{args.seed}.json"
+        Path(args.run_dir)
+        / f"eval-{target.ways or 0}w{target.shots}s-{args.episodes}ep-seed{args.seed}{suffix}.json"
     )
     out.write_text(
         json.dumps(
@@ -196,6 +202,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "step": state["step"],
                 "ways": target.ways,
                 "shots": target.shots,
+                "rotation_ensemble": args.rotation_ensemble,
                 **result.to_dict(),
             },
             indent=2,
@@ -346,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", choices=("best", "latest"), default="best", help="which checkpoint")
     e.add_argument("--root", help="data folder (default: as trained)")
     e.add_argument("--device", help="auto, cpu or cuda")
+    e.add_argument("--rotation-ensemble", action="store_true",
+                   help="embed each image and its 90/180/270-degree rotations and concatenate (test-time "
+                   "ensemble; protonet and matching without FCE)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)
 

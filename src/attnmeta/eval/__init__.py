@@ -2,5 +2,6 @@
 
 from attnmeta.eval.protocol import EvalResult, evaluate
 from attnmeta.eval.stats import MeanCI, mean_ci95
+from attnmeta.eval.views import with_rotation_ensemble
 
-__all__ = ["EvalResult", "evaluate", "MeanCI", "mean_ci95"]
+__all__ = ["EvalResult", "evaluate", "MeanCI", "mean_ci95", "with_rotation_ensemble"]
