@@ -92,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init-backbone", default=None,
                    help="start from this Conv-4 state dict (written by --save-backbone of an earlier run, "
                         "e.g. a ProtoNets pre-training; count that run's time too)")
+    p.add_argument("--freeze-backbone", action="store_true",
+                   help="train only the learner's own parameters (e.g. SNAIL's attention and convolution "
+                        "blocks), not the Conv-4 loaded with --init-backbone")
     p.add_argument("--save-backbone", default=None, help="write the trained Conv-4 state dict here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-rotations", dest="rotations", action="store_false",
@@ -166,10 +169,15 @@ def main(argv: list[str] | None = None) -> dict:
     learner = registry.build(args.algo, model=model, task_type="classification", ways=args.train_ways,
                              **options)
     learner.to(args.device)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=args.lr)
+    if args.freeze_backbone:
+        if not args.init_backbone:
+            raise SystemExit("--freeze-backbone keeps the Conv-4 as loaded: give it --init-backbone")
+        model.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=args.lr)
     monitor = tests[5].fixed_tasks(args.eval_episodes, seed=1)
     name = args.name or f"omniglot_{args.algo}"
-    print(f"{name}: {args.algo} on {train!r}, {sum(p.numel() for p in learner.parameters())} parameters, "
+    print(f"{name}: {args.algo} on {train!r}, {sum(p.numel() for p in learner.parameters())} parameters "
+          f"({sum(p.numel() for p in learner.parameters() if p.requires_grad)} trained), "
           f"{torch.get_num_threads()} thread(s)", flush=True)
 
     cpu = wall = 0.0

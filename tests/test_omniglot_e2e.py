@@ -8,7 +8,7 @@ import torch
 
 from attnmeta.data.benchmarks import make_benchmark
 from attnmeta.data.omniglot import Omniglot
-from attnmeta.eval import evaluate
+from attnmeta.eval import evaluate, with_rotation_ensemble
 from attnmeta.learners import registry
 from attnmeta.nn.backbones import build_backbone
 
@@ -33,7 +33,10 @@ def test_protonet_learns_omniglot_in_seconds(shared_data):
         optimizer.step()
     cpu_s = time.process_time() - start
     result = evaluate(learner, test)
-    print(f"before {before:.3f}, after {result}, training {cpu_s:.1f} CPU-s")
+    ensemble = evaluate(with_rotation_ensemble(learner), test)
+    print(f"before {before:.3f}, after {result}, rotation ensemble {ensemble}, training {cpu_s:.1f} CPU-s")
     # Chance is 0.2. Measured (1 thread): 0.495 with the random network, 0.844 +/- 0.020 after 60 episodes
     # (14.6 CPU-s of training on a loaded machine).
     assert result.mean > 0.75 and result.mean > before + 0.25, (before, result.mean)
+    # The test-time ensemble of the four rotations (same weights): 0.897 +/- 0.017 against 0.848 measured.
+    assert ensemble.mean > result.mean + 0.02, (result.mean, ensemble.mean)
