@@ -102,8 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="result file stem (default omniglot_<algo>)")
     p.add_argument("--rotation-ensemble", action="store_true",
                    help="also evaluate (monitor and final test) with the test-time ensemble of the four "
-                        "rotations of every image (attnmeta.eval.with_rotation_ensemble; metric learners "
-                        "only), reported apart from the plain figures")
+                        "rotations of every task (attnmeta.eval.with_rotation_ensemble: concatenated "
+                        "embeddings for protonet / matching, averaged predictions otherwise), reported "
+                        "apart from the plain figures")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     return p.parse_args(argv)
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from attnmeta.eval import evaluate, with_rotation_ensemble
+from attnmeta.eval.views import PredictionEnsemble, rotate_task
 from attnmeta.learners.maml import MAML
 from attnmeta.learners.matching import MatchingNetworks
 from attnmeta.learners.protonet import PrototypicalNetworks, squared_euclidean_logits
@@ -81,20 +82,48 @@ def test_the_copy_shares_parameters_and_leaves_the_learner_unchanged():
         torch.testing.assert_close(value, before[key])
 
 
+def test_prediction_ensemble_averages_log_probabilities_of_the_rotated_tasks():
+    torch.manual_seed(0)
+    maml = MAML(nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(108, 3)),
+                task_type="classification", inner_lr=0.5)
+    ensemble = with_rotation_ensemble(maml)  # MAML has no embedding to concatenate: predictions by default
+    assert isinstance(ensemble, PredictionEnsemble) and ensemble.learner is maml
+    task = _task()
+    views = [torch.log_softmax(maml.predict(rotate_task(task, k)), -1) for k in range(4)]
+    expected = torch.stack(views).mean(0)
+    torch.testing.assert_close(ensemble.predict(task), expected)
+    torch.testing.assert_close(ensemble.predict(rotate_task(task, 3)), expected, atol=1e-5, rtol=1e-5)
+    half = with_rotation_ensemble(maml, (0, 2), combine="predictions").predict(task)
+    torch.testing.assert_close(half, (torch.log_softmax(maml.predict(task), -1)
+                                      + torch.log_softmax(maml.predict(rotate_task(task, 2)), -1)) / 2)
+    fce = MatchingNetworks(_embedding(), fce=True, feature_dim=4)
+    assert isinstance(with_rotation_ensemble(fce), PredictionEnsemble)
+    assert evaluate(ensemble, [_task(seed=s) for s in range(2)]).summary.n == 2
+
+
 def test_bad_input_gets_a_clear_error():
     with pytest.raises(ValueError, match="distinct values in 0..3"):
         RotationEnsemble(_embedding(), (0, 4))
     with pytest.raises(ValueError, match="distinct values in 0..3"):
-        RotationEnsemble(_embedding(), (1, 1))
+        with_rotation_ensemble(PrototypicalNetworks(_embedding()), (1, 1))
     with pytest.raises(TypeError, match="nn.Module"):
         RotationEnsemble(lambda x: x)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="square images"):
         RotationEnsemble(nn.Flatten())(torch.randn(2, 1, 4, 6))
-    with pytest.raises(ValueError, match="full-context"):
-        with_rotation_ensemble(MatchingNetworks(_embedding(), fce=True, feature_dim=4))
+    with pytest.raises(ValueError, match="combine must be one of"):
+        with_rotation_ensemble(PrototypicalNetworks(_embedding()), combine="views")
+    with pytest.raises(ValueError, match="without full-context"):
+        with_rotation_ensemble(MatchingNetworks(_embedding(), fce=True, feature_dim=4), combine="embeddings")
     maml = MAML(nn.Sequential(nn.Flatten(), nn.Linear(36, 3)), task_type="classification")
-    with pytest.raises(ValueError, match="Prototypical Networks and Matching Networks"):
-        with_rotation_ensemble(maml)
+    with pytest.raises(ValueError, match="use combine='predictions'"):
+        with_rotation_ensemble(maml, combine="embeddings")
+    with pytest.raises(TypeError, match="evaluation only"):
+        with_rotation_ensemble(maml).meta_loss(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="square images"):
+        with_rotation_ensemble(maml).predict(Task(torch.randn(3, 36), torch.arange(3), torch.randn(3, 36),
+                                                  torch.arange(3), classes=torch.arange(3)))
+    with pytest.raises(ValueError, match="needs a classification learner"):
+        with_rotation_ensemble(MAML(nn.Linear(1, 1), task_type="regression"))
 
 
 def test_cli_eval_with_rotation_ensemble(tmp_path, capsys):
@@ -117,4 +146,4 @@ def test_cli_eval_with_rotation_ensemble(tmp_path, capsys):
     assert main(["train", "sinusoid", *SMALL, "--run-dir", str(sinusoid)]) == 0
     capsys.readouterr()
     assert main(["eval", str(sinusoid), "--episodes", "4", "--quiet", "--rotation-ensemble"]) == 1
-    assert "supports Prototypical Networks and Matching Networks" in capsys.readouterr().err
+    assert "needs a classification learner" in capsys.readouterr().err

@@ -354,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--root", help="data folder (default: as trained)")
     e.add_argument("--device", help="auto, cpu or cuda")
     e.add_argument("--rotation-ensemble", action="store_true",
-                   help="embed each image and its 90/180/270-degree rotations and concatenate (test-time "
-                   "ensemble; protonet and matching without FCE)")
+                   help="test-time ensemble of the task's four rotations (0/90/180/270 degrees): "
+                   "concatenated embeddings for protonet and matching without FCE, averaged "
+                   "log-probabilities of one adaptation per view for other classification learners")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)
 

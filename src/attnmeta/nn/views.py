@@ -14,7 +14,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RotationEnsemble"]
+__all__ = ["RotationEnsemble", "check_quarter_turns"]
+
+
+def check_quarter_turns(quarter_turns: Sequence[int]) -> tuple[int, ...]:
+    """``quarter_turns`` as a tuple of distinct ints in 0..3, or a ``ValueError`` saying what is wrong."""
+    turns = tuple(int(k) for k in quarter_turns)
+    if not turns or len(set(turns)) != len(turns) or any(k not in range(4) for k in turns):
+        raise ValueError(f"quarter_turns must be distinct values in 0..3 (e.g. (0, 1, 2, 3)), got "
+                         f"{tuple(quarter_turns)}")
+    return turns
 
 
 class RotationEnsemble(nn.Module):
@@ -31,12 +40,8 @@ class RotationEnsemble(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module embedding network, got {type(model).__name__}")
-        turns = tuple(int(k) for k in quarter_turns)
-        if not turns or len(set(turns)) != len(turns) or any(k not in range(4) for k in turns):
-            raise ValueError(f"quarter_turns must be distinct values in 0..3 (e.g. (0, 1, 2, 3)), got "
-                             f"{tuple(quarter_turns)}")
         self.model = model
-        self.quarter_turns = turns
+        self.quarter_turns = check_quarter_turns(quarter_turns)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 3 or x.shape[-1] != x.shape[-2]:
