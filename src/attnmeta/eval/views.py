@@ -20,7 +20,7 @@ from attnmeta.learners.base import Learner, MetaOutput
 from attnmeta.nn.views import RotationEnsemble, check_quarter_turns
 from attnmeta.tasks.episode import Task, TaskBatch
 
-__all__ = ["COMBINE", "PredictionEnsemble", "with_rotation_ensemble"]
+__all__ = ["COMBINE", "PredictionEnsemble", "rotate_task", "with_rotation_ensemble"]
 
 COMBINE = ("embeddings", "predictions")
 
