@@ -106,7 +106,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "embeddings for protonet / matching, averaged predictions otherwise), reported "
                         "apart from the plain figures")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.freeze_backbone and not args.init_backbone:
+        p.error("--freeze-backbone keeps the Conv-4 as loaded: give it --init-backbone")
+    return args
 
 
 def load_data(args: argparse.Namespace) -> tuple[Omniglot, Omniglot]:
@@ -171,8 +174,6 @@ def main(argv: list[str] | None = None) -> dict:
                              **options)
     learner.to(args.device)
     if args.freeze_backbone:
-        if not args.init_backbone:
-            raise SystemExit("--freeze-backbone keeps the Conv-4 as loaded: give it --init-backbone")
         model.requires_grad_(False)
     optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=args.lr)
     monitor = tests[5].fixed_tasks(args.eval_episodes, seed=1)
@@ -219,13 +220,13 @@ def main(argv: list[str] | None = None) -> dict:
     for ways, source in tests.items():
         if ways != args.train_ways and (not learner.any_ways or (spec.head and ways > args.train_ways)):
             continue  # a learner with a train_ways-output head cannot classify more ways
-        result = evaluate(learner, source.fixed_tasks(args.final_episodes, seed=0), device=args.device)
-        final[f"{ways}w1s"] = {"accuracy": result.mean, "ci95": result.ci95, "n": result.summary.n}
+        episodes = source.fixed_tasks(args.final_episodes, seed=0)
+        evaluated = {f"{ways}w1s": learner}
         if args.rotation_ensemble:
-            result = evaluate(with_rotation_ensemble(learner),
-                              source.fixed_tasks(args.final_episodes, seed=0), device=args.device)
-            final[f"{ways}w1s_rotation_ensemble"] = {"accuracy": result.mean, "ci95": result.ci95,
-                                                     "n": result.summary.n}
+            evaluated[f"{ways}w1s_rotation_ensemble"] = with_rotation_ensemble(learner)
+        for key, evaluated_learner in evaluated.items():
+            result = evaluate(evaluated_learner, episodes, device=args.device)
+            final[key] = {"accuracy": result.mean, "ci95": result.ci95, "n": result.summary.n}
     if args.save_backbone:
         torch.save(model.state_dict(), args.save_backbone)
     report = {"name": name, "algo": args.algo, "args": vars(args), "episodes": episode,

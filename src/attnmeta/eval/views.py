@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from attnmeta.learners.base import Learner, MetaOutput
-from attnmeta.nn.views import RotationEnsemble, check_quarter_turns
+from attnmeta.nn.views import RotationEnsemble, check_quarter_turns, rotate_images
 from attnmeta.tasks.episode import Task, TaskBatch
 
 __all__ = ["COMBINE", "PredictionEnsemble", "rotate_task", "with_rotation_ensemble"]
@@ -27,13 +27,8 @@ COMBINE = ("embeddings", "predictions")
 
 def rotate_task(task: Task, quarter_turns: int) -> Task:
     """``task`` with every support and query image ``[..., H, W]`` turned counter-clockwise."""
-    if task.support_x.dim() < 3 or task.support_x.shape[-1] != task.support_x.shape[-2]:
-        raise ValueError(f"a rotation ensemble needs square images [..., H, W] with H == W, got support "
-                         f"inputs of shape {tuple(task.support_x.shape)}")
-    if not quarter_turns:
-        return task
-    return dataclasses.replace(task, support_x=torch.rot90(task.support_x, quarter_turns, dims=(-2, -1)),
-                               query_x=torch.rot90(task.query_x, quarter_turns, dims=(-2, -1)))
+    return dataclasses.replace(task, support_x=rotate_images(task.support_x, quarter_turns),
+                               query_x=rotate_images(task.query_x, quarter_turns))
 
 
 class PredictionEnsemble(Learner):
@@ -85,11 +80,12 @@ def with_rotation_ensemble(learner: Learner, quarter_turns: Sequence[int] = (0, 
     if combine is not None and combine not in COMBINE:
         raise ValueError(f"combine must be one of {COMBINE} or None (embeddings where the learner takes "
                          f"them), got {combine!r}")
+    takes_embeddings = _concatenates_embeddings(learner)
     if combine is None:
-        combine = "embeddings" if _concatenates_embeddings(learner) else "predictions"
+        combine = "embeddings" if takes_embeddings else "predictions"
     if combine == "predictions":
         return PredictionEnsemble(learner, quarter_turns)
-    if not _concatenates_embeddings(learner):
+    if not takes_embeddings:
         raise ValueError(f"combine='embeddings' changes the embedding size, which only Prototypical Networks "
                          f"and Matching Networks without full-context embeddings take; got "
                          f"{type(learner).__name__}: use combine='predictions'")

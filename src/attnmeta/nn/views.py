@@ -14,7 +14,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RotationEnsemble", "check_quarter_turns"]
+__all__ = ["RotationEnsemble", "check_quarter_turns", "rotate_images"]
+
+
+def rotate_images(x: Tensor, quarter_turns: int) -> Tensor:
+    """Square images ``[..., H, W]`` turned ``quarter_turns`` times counter-clockwise (a clear error if not
+    square: a rotation would change their shape)."""
+    if x.dim() < 3 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"a rotation ensemble needs square images [..., H, W] with H == W, got inputs of "
+                         f"shape {tuple(x.shape)}")
+    return torch.rot90(x, quarter_turns, dims=(-2, -1)) if quarter_turns else x
 
 
 def check_quarter_turns(quarter_turns: Sequence[int]) -> tuple[int, ...]:
@@ -44,10 +53,7 @@ class RotationEnsemble(nn.Module):
         self.quarter_turns = check_quarter_turns(quarter_turns)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() < 3 or x.shape[-1] != x.shape[-2]:
-            raise ValueError(f"RotationEnsemble needs square images [..., H, W] with H == W, got inputs of "
-                             f"shape {tuple(x.shape)}")
-        views = [self.model(torch.rot90(x, k, dims=(-2, -1)) if k else x) for k in self.quarter_turns]
+        views = [self.model(rotate_images(x, k)) for k in self.quarter_turns]
         return torch.cat([view.flatten(1) for view in views], dim=-1)
 
     def extra_repr(self) -> str:
