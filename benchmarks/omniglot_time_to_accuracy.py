@@ -50,6 +50,8 @@ from attnmeta.data.omniglot import Omniglot  # noqa: E402
 from attnmeta.eval import evaluate, with_rotation_ensemble  # noqa: E402
 from attnmeta.learners import registry  # noqa: E402
 from attnmeta.nn.backbones import build_backbone  # noqa: E402
+from attnmeta.tasks import RandomShift  # noqa: E402
+from attnmeta.train.memory import retain_freed_memory  # noqa: E402
 
 THRESHOLDS = (0.95, 0.97, 0.98, 0.988)
 
@@ -84,10 +86,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "statistics in training, running "
                         "statistics at evaluation, as nn.BatchNorm2d)")
     p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--no-pool-last", dest="pool_last", action="store_false",
+                   help="Conv-4 without the fourth max-pool (28x28: a 3x3 map, hidden * 9 features)")
+    p.add_argument("--shift-pixels", type=int, default=0,
+                   help="shift every training example by up to this pixels (RandomShift); test untouched")
     p.add_argument("--channels-last", action="store_true", default=True)
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--learner-options", default="{}", help="JSON keyword arguments of the learner")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-retain-memory", dest="retain_memory", action="store_false",
+                   help="leave glibc's allocator as it is (as runs before 2026-11-28; attnmeta.train.memory)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (CPU time is then not the measure: use wall)")
     p.add_argument("--init-backbone", default=None,
                    help="start from this Conv-4 state dict (written by --save-backbone of an earlier run, "
@@ -120,6 +128,15 @@ def load_data(args: argparse.Namespace) -> tuple[Omniglot, Omniglot]:
     return Omniglot(args.root, background=True), Omniglot(args.root, background=False)
 
 
+def compose(*functions):
+    """``x -> functions[-1](...functions[0](x))``."""
+    def composed(x):
+        for function in functions:
+            x = function(x)
+        return x
+    return composed
+
+
 def schedule_fraction(args: argparse.Namespace, episode: int, cpu_s: float = 0.0,
                       wall_s: float = 0.0) -> float:
     """How far training is through its schedule, in [0, 1]: episodes for ``cosine``, and for
@@ -149,6 +166,8 @@ def mark_reached(reached: dict, accuracy: float, episode: int, cpu_s: float, wal
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.retain_memory:
+        retain_freed_memory()
     background, evaluation = load_data(args)
     if args.export_data:
         pairs = (("background", background), ("evaluation", evaluation))
@@ -160,10 +179,13 @@ def main(argv: list[str] | None = None) -> dict:
     shape = dict(ways=args.train_ways, shots=args.train_shots, queries=args.train_queries)
     train = make_benchmark("omniglot", data=(background, evaluation), seed=args.seed,
                            rotations=args.rotations, **shape).train
+    if args.shift_pixels:
+        train.batch_transform = compose(train.batch_transform, RandomShift(args.shift_pixels, seed=args.seed))
     tests = {w: make_benchmark("omniglot", data=(background, evaluation), ways=w, shots=1, queries=15).test
              for w in (5, 20)}
     spec = registry.spec(args.algo)
     model = build_backbone("conv4", in_shape=(1, 28, 28), hidden=args.hidden, norm=args.norm,
+                           pool_last=args.pool_last,
                            out_features=args.train_ways if spec.head else None)
     if args.init_backbone:
         model.load_state_dict(torch.load(args.init_backbone, weights_only=True))

@@ -124,3 +124,17 @@ def test_bad_inputs_give_clear_errors():
         Conv4(norm="layer")
     with pytest.raises(ValueError, match="4 entries"):
         ResNet12(widths=(8, 8))
+
+
+def test_conv4_without_the_last_pool_keeps_a_3x3_map():
+    model = Conv4((1, 28, 28), 8, pool_last=False)
+    assert model.feature_dim == 8 * 3 * 3 and model(torch.rand(4, 1, 28, 28)).shape == (4, 72)
+    head = build_backbone("conv4", in_shape=(3, 84, 84), hidden=4, out_features=5, pool_last=False)
+    assert head.feature_dim == 4 * 10 * 10 and head(torch.rand(2, 3, 84, 84)).shape == (2, 5)
+    x = torch.rand(5, 1, 28, 28)
+    reference = model.blocks[:3](x)
+    block = model.blocks[3]
+    expected = torch.relu(block.norm(block.conv(reference))).flatten(1)  # no max-pool
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="pool_last must be True or False"):
+        Conv4(pool_last="no")

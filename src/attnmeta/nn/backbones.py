@@ -85,7 +85,8 @@ class Conv4(nn.Module):
     """The Conv-4 backbone of Vinyals et al. / MAML / Prototypical Networks.
 
     Four ``ConvBlock`` s with ``hidden`` filters (64 for Omniglot, 32 for miniImageNet in MAML), flattened.
-    28x28 inputs give ``hidden`` features, 84x84 inputs ``hidden * 25``.
+    28x28 inputs give ``hidden`` features, 84x84 inputs ``hidden * 25``; with ``pool_last=False`` the last
+    block keeps its resolution (28x28: ``hidden * 9`` features, a 3x3 map).
 
     Args:
         in_shape: ``(channels, height, width)`` of the inputs.
@@ -93,10 +94,11 @@ class Conv4(nn.Module):
         out_features: ``None`` for an embedding; otherwise a linear head to this many outputs (ways).
         norm: ``"meta"`` (default, safe for second-order meta-gradients) or ``"fused"`` (faster, first-order
             only); see ``batch_norm_2d``.
+        pool_last: max-pool after the fourth block (True, the papers' Conv-4) or keep its spatial map.
     """
 
     def __init__(self, in_shape: Sequence[int] = (1, 28, 28), hidden: int = 64,
-                 out_features: int | None = None, norm: str = "meta") -> None:
+                 out_features: int | None = None, norm: str = "meta", pool_last: bool = True) -> None:
         super().__init__()
         self.in_shape = _image_shape(in_shape, "Conv4")
         hidden = _positive_int("hidden", hidden)
@@ -104,9 +106,12 @@ class Conv4(nn.Module):
         if min(height, width) < 16:
             raise ValueError(f"Conv4 pools four times and needs images of at least 16x16, got "
                              f"{height}x{width}")
-        self.blocks = nn.Sequential(*[ConvBlock(channels if i == 0 else hidden, hidden, norm=norm)
-                                      for i in range(4)])
-        self.feature_dim = hidden * (height // 16) * (width // 16)
+        if not isinstance(pool_last, bool):
+            raise TypeError(f"pool_last must be True or False, got {pool_last!r}")
+        self.blocks = nn.Sequential(*[ConvBlock(channels if i == 0 else hidden, hidden, norm=norm,
+                                                pool=i < 3 or pool_last) for i in range(4)])
+        scale = 16 if pool_last else 8
+        self.feature_dim = hidden * (height // scale) * (width // scale)
         self.head = nn.Linear(self.feature_dim, _positive_int("out_features", out_features)) \
             if out_features is not None else None
         self.out_features = out_features

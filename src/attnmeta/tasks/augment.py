@@ -122,3 +122,44 @@ class Rotations:
                 parts.append(torch.rot90(segment, k, dims=(-2, -1)) if k else segment)
                 start += count
         return torch.cat(parts).index_select(0, torch.argsort(order))
+
+
+class RandomShift:
+    """Random translation of every example by up to ``max_pixels`` in each image axis (a batch transform).
+
+    Each example ``[..., H, W]`` moves by its own integer offsets ``(dy, dx)``, drawn uniformly from
+    ``-max_pixels..max_pixels``; the pixels that enter at the border repeat the edge (Omniglot's background
+    is uniform, so the edge is background). Unlike ``Rotations`` this makes no new classes: it varies the
+    examples of a class (Omniglot's characters are drawn by hand at slightly different positions). Use it as
+    an ``EpisodeSampler`` ``batch_transform`` for training episodes only; test episodes stay untouched.
+
+    Args:
+        max_pixels: largest shift in pixels (0 leaves examples unchanged).
+        seed: seeds the transform's own generator, so a training run is reproducible.
+    """
+
+    def __init__(self, max_pixels: int = 2, seed: int = 0) -> None:
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0:
+            raise ValueError(f"max_pixels must be a non-negative integer, got {max_pixels!r}")
+        self.max_pixels = max_pixels
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __repr__(self) -> str:
+        return f"RandomShift(max_pixels={self.max_pixels})"
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Shift examples ``x`` ``[m, ..., H, W]`` (floating point) -> same shape and dtype."""
+        if x.dim() < 3:
+            raise ValueError(f"RandomShift needs examples [m, ..., H, W], got shape {tuple(x.shape)}")
+        p = self.max_pixels
+        if p == 0:
+            return x
+        m, height, width = x.shape[0], x.shape[-2], x.shape[-1]
+        offsets = torch.randint(0, 2 * p + 1, (2, m), generator=self.generator).to(x.device)
+        flat = x.reshape(m, -1, height, width)
+        padded = torch.nn.functional.pad(flat, (p, p, p, p), mode="replicate")
+        rows = (offsets[0, :, None] + torch.arange(height, device=x.device))[:, :, None]  # [m, H, 1]
+        cols = (offsets[1, :, None] + torch.arange(width, device=x.device))[:, None, :]  # [m, 1, W]
+        examples = torch.arange(m, device=x.device)[:, None, None]
+        shifted = padded.permute(0, 2, 3, 1)[examples, rows, cols]  # [m, H, W, channels]
+        return shifted.permute(0, 3, 1, 2).reshape(x.shape).contiguous()

@@ -2,6 +2,7 @@
 
 from attnmeta.train.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, save_checkpoint
 from attnmeta.train.config import RunConfig, load_config_file, parse_overrides
+from attnmeta.train.memory import retain_freed_memory
 from attnmeta.train.trainer import NonFiniteLossError, RunExistsError, TrainResult, train
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "RunExistsError",
     "TrainResult",
     "train",
+    "retain_freed_memory",
 ]

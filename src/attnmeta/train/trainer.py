@@ -39,6 +39,7 @@ from attnmeta.learners.base import Learner
 from attnmeta.train.checkpoint import CheckpointManager, load_checkpoint, write_json_atomic
 from attnmeta.train.config import RunConfig
 from attnmeta.train.distributed import DistributedContext
+from attnmeta.train.memory import retain_freed_memory
 
 METRIC_COLUMNS = ("step", "phase", "loss", "accuracy", "mse", "ci95", "lr", "train_seconds")
 
@@ -304,6 +305,8 @@ def train(
     main = ctx.is_main
     if config.threads:
         torch.set_num_threads(config.threads)
+    if config.retain_memory and device.type == "cpu":
+        retain_freed_memory()
     checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=config.keep_last)
     if not resume and checkpoints.steps():
         raise RunExistsError(
