@@ -38,3 +38,11 @@ def test_cosine_budget_ends_with_whichever_budget_runs_out_first(bench):
     no_wall = bench.parse_args(["--schedule", "cosine-budget", "--episodes", "1000", "--cpu-minutes", "2"])
     assert math.isinf(no_wall.wall_minutes)
     assert bench.schedule_fraction(no_wall, 0, cpu_s=0.0, wall_s=1e6) == 0.0
+
+
+def test_training_options_parse_and_compose_in_order(bench):
+    defaults = bench.parse_args([])
+    assert defaults.retain_memory and defaults.pool_last and defaults.shift_pixels == 0
+    args = bench.parse_args(["--no-retain-memory", "--no-pool-last", "--shift-pixels", "2"])
+    assert not args.retain_memory and not args.pool_last and args.shift_pixels == 2
+    assert bench.compose(lambda x: x + 1, lambda x: 2 * x)(3) == 8  # (3 + 1) * 2: first function first
