@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-pool-last", dest="pool_last", action="store_false",
                    help="Conv-4 without the fourth max-pool (28x28: a 3x3 map, hidden * 9 features)")
     p.add_argument("--shift-pixels", type=int, default=0,
-                   help="shift every training example by up to this pixels (RandomShift); test untouched")
+                   help="shift training examples by up to N pixels (RandomShift); test episodes untouched")
     p.add_argument("--channels-last", action="store_true", default=True)
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--learner-options", default="{}", help="JSON keyword arguments of the learner")

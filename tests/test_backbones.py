@@ -138,3 +138,9 @@ def test_conv4_without_the_last_pool_keeps_a_3x3_map():
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(TypeError, match="pool_last must be True or False"):
         Conv4(pool_last="no")
+
+
+def test_conv4_minimum_image_size_follows_the_number_of_pools():
+    assert Conv4((1, 8, 8), 4, pool_last=False)(torch.rand(2, 1, 8, 8)).shape == (2, 4)
+    with pytest.raises(ValueError, match="pools 4 times and needs images of at least 16x16"):
+        Conv4((1, 8, 8), 4)

@@ -103,11 +103,12 @@ class Conv4(nn.Module):
         self.in_shape = _image_shape(in_shape, "Conv4")
         hidden = _positive_int("hidden", hidden)
         channels, height, width = self.in_shape
-        if min(height, width) < 16:
-            raise ValueError(f"Conv4 pools four times and needs images of at least 16x16, got "
-                             f"{height}x{width}")
         if not isinstance(pool_last, bool):
             raise TypeError(f"pool_last must be True or False, got {pool_last!r}")
+        pools = 4 if pool_last else 3
+        if min(height, width) < 2**pools:
+            raise ValueError(f"Conv4 pools {pools} times and needs images of at least {2**pools}x{2**pools}, "
+                             f"got {height}x{width}")
         self.blocks = nn.Sequential(*[ConvBlock(channels if i == 0 else hidden, hidden, norm=norm,
                                                 pool=i < 3 or pool_last) for i in range(4)])
         scale = 16 if pool_last else 8

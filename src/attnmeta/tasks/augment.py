@@ -148,7 +148,7 @@ class RandomShift:
         return f"RandomShift(max_pixels={self.max_pixels})"
 
     def __call__(self, x: Tensor) -> Tensor:
-        """Shift examples ``x`` ``[m, ..., H, W]`` (floating point) -> same shape and dtype."""
+        """Shift examples ``x`` ``[m, ..., H, W]`` -> same shape and dtype."""
         if x.dim() < 3:
             raise ValueError(f"RandomShift needs examples [m, ..., H, W], got shape {tuple(x.shape)}")
         p = self.max_pixels
