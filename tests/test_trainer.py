@@ -155,3 +155,14 @@ def test_default_run_folder_is_never_reused(tmp_path, monkeypatch):
     first = train(config, quiet=True, print_fn=lambda _: None).run_dir
     second = train(config, quiet=True, print_fn=lambda _: None).run_dir
     assert (str(first), str(second)) == ("runs/sinusoid-ridge-10shot", "runs/sinusoid-ridge-10shot-2")
+
+
+@pytest.mark.parametrize("retain", [True, False])
+def test_cpu_runs_retain_freed_memory_unless_configured_off(tmp_path, monkeypatch, retain):
+    import attnmeta.train.trainer as trainer_module
+
+    calls = []
+    monkeypatch.setattr(trainer_module, "retain_freed_memory", lambda: calls.append(True) or True)
+    train(small(tmp_path, steps=2, eval_every=2, checkpoint_every=2, test_episodes=5, device="cpu",
+                retain_memory=retain), quiet=True, print_fn=lambda _: None)
+    assert calls == ([True] if retain else [])

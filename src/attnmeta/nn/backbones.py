@@ -106,12 +106,12 @@ class Conv4(nn.Module):
         if not isinstance(pool_last, bool):
             raise TypeError(f"pool_last must be True or False, got {pool_last!r}")
         pools = 4 if pool_last else 3
-        if min(height, width) < 2**pools:
-            raise ValueError(f"Conv4 pools {pools} times and needs images of at least {2**pools}x{2**pools}, "
+        scale = 2**pools
+        if min(height, width) < scale:
+            raise ValueError(f"Conv4 pools {pools} times and needs images of at least {scale}x{scale}, "
                              f"got {height}x{width}")
         self.blocks = nn.Sequential(*[ConvBlock(channels if i == 0 else hidden, hidden, norm=norm,
-                                                pool=i < 3 or pool_last) for i in range(4)])
-        scale = 16 if pool_last else 8
+                                                pool=i < pools) for i in range(4)])
         self.feature_dim = hidden * (height // scale) * (width // scale)
         self.head = nn.Linear(self.feature_dim, _positive_int("out_features", out_features)) \
             if out_features is not None else None
