@@ -50,10 +50,23 @@ from attnmeta.data.omniglot import Omniglot  # noqa: E402
 from attnmeta.eval import evaluate, with_rotation_ensemble  # noqa: E402
 from attnmeta.learners import registry  # noqa: E402
 from attnmeta.nn.backbones import build_backbone  # noqa: E402
-from attnmeta.tasks import RandomShift  # noqa: E402
+from attnmeta.tasks import RandomAffine, RandomShift  # noqa: E402
 from attnmeta.train.memory import retain_freed_memory  # noqa: E402
 
 THRESHOLDS = (0.95, 0.97, 0.98, 0.988)
+
+
+def parse_affine(text: str) -> tuple[float, float, float, float]:
+    """``"DEG,SCALE,SHEAR,PIXELS"`` -> RandomAffine's (degrees, scale, shear, translate)."""
+    parts = text.split(",")
+    try:
+        values = tuple(float(part) for part in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(
+            f"--affine takes four numbers DEG,SCALE,SHEAR,PIXELS (e.g. 10,0.1,0,0), got {text!r}")
+    return values
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,6 +103,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Conv-4 without the fourth max-pool (28x28: a 3x3 map, hidden * 9 features)")
     p.add_argument("--shift-pixels", type=int, default=0,
                    help="shift training examples by up to N pixels (RandomShift); test episodes untouched")
+    p.add_argument("--affine", type=parse_affine, default=None, metavar="DEG,SCALE,SHEAR,PIXELS",
+                   help="random affine jitter of training examples (RandomAffine: rotation up to DEG "
+                        "degrees, zoom 1 +/- SCALE, shear up to SHEAR degrees, translation up to PIXELS), "
+                        "after --shift-pixels; test episodes untouched")
     p.add_argument("--channels-last", action="store_true", default=True)
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--learner-options", default="{}", help="JSON keyword arguments of the learner")
@@ -181,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
                            rotations=args.rotations, **shape).train
     if args.shift_pixels:
         train.batch_transform = compose(train.batch_transform, RandomShift(args.shift_pixels, seed=args.seed))
+    if args.affine:
+        train.batch_transform = compose(train.batch_transform, RandomAffine(*args.affine, seed=args.seed))
     tests = {w: make_benchmark("omniglot", data=(background, evaluation), ways=w, shots=1, queries=15).test
              for w in (5, 20)}
     spec = registry.spec(args.algo)

@@ -46,3 +46,12 @@ def test_training_options_parse_and_compose_in_order(bench):
     args = bench.parse_args(["--no-retain-memory", "--no-pool-last", "--shift-pixels", "2"])
     assert not args.retain_memory and not args.pool_last and args.shift_pixels == 2
     assert bench.compose(lambda x: x + 1, lambda x: 2 * x)(3) == 8  # (3 + 1) * 2: first function first
+
+
+def test_affine_option_parses_four_numbers_or_says_what_it_takes(bench, capsys):
+    assert bench.parse_args([]).affine is None
+    assert bench.parse_args(["--affine", "10,0.1,5,1.5"]).affine == (10.0, 0.1, 5.0, 1.5)
+    for bad in ("10,0.1", "a,b,c,d"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--affine", bad])
+        assert "four numbers DEG,SCALE,SHEAR,PIXELS" in capsys.readouterr().err

@@ -61,6 +61,31 @@ def test_meta_loss_is_mean_of_task_cross_entropies_and_predict_agrees():
     assert 0.0 <= out.metrics["accuracy"] <= 1.0 and out.metrics["loss"] == pytest.approx(out.loss.item())
 
 
+def test_matrix_product_distances_match_the_direct_form_at_training_scale():
+    # ReLU-like embeddings of a 200-way Omniglot episode (400 queries, 576-d), two tasks: the expansion
+    # ||q||^2 + ||p||^2 - 2 q.p against (q - p)^2 in float64, values and gradients.
+    g = torch.Generator().manual_seed(3)
+    queries = torch.randn(2, 400, 576, generator=g).relu().requires_grad_()
+    protos = torch.randn(2, 200, 576, generator=g).relu().requires_grad_()
+    queries64, protos64 = (t.detach().double().requires_grad_() for t in (queries, protos))
+    direct = -(queries64.unsqueeze(-2) - protos64.unsqueeze(-3)).pow(2).sum(-1)
+    logits = squared_euclidean_logits(queries, protos)
+    assert logits.shape == (2, 400, 200) and bool((logits <= 0).all())
+    torch.testing.assert_close(logits.double(), direct.detach(), rtol=1e-5, atol=1e-3)
+    weights = torch.randn(2, 400, 200, generator=g)
+    (logits * weights).sum().backward()
+    (direct * weights.double()).sum().backward()
+    torch.testing.assert_close(queries.grad.double(), queries64.grad, rtol=1e-4, atol=1e-2)
+    torch.testing.assert_close(protos.grad.double(), protos64.grad, rtol=1e-4, atol=1e-2)
+    # a large component shared by every embedding (as ReLU features have) costs no accuracy: centred away
+    offset = 50.0 * torch.rand(576, generator=g)
+    shifted = squared_euclidean_logits(queries.detach()[0] + offset, protos.detach()[0] + offset)
+    torch.testing.assert_close(shifted.double(), direct.detach()[0], rtol=1e-5, atol=1e-3)
+    same = torch.randn(30, 64, generator=g) * 10  # a query on its prototype: ~0 (rounding), never positive
+    on_prototype = squared_euclidean_logits(same, same).diagonal()
+    assert bool((on_prototype <= 0).all()) and bool((on_prototype > -1e-6 * same.pow(2).sum(-1)).all())
+
+
 def test_euclidean_logits_of_a_query_on_its_prototype_have_a_zero_gradient():
     query = torch.tensor([[1.0, 2.0]], requires_grad=True)
     logits = euclidean_logits(query, torch.tensor([[1.0, 2.0], [4.0, 6.0]]))

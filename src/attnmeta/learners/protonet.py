@@ -42,9 +42,20 @@ def prototypes(support_embeddings: Tensor, support_labels: Tensor, ways: int) ->
 
 
 def squared_euclidean_logits(query_embeddings: Tensor, class_prototypes: Tensor) -> Tensor:
-    """``-||q - p||^2``: ``[..., n_query, D]`` x ``[..., ways, D]`` -> ``[..., n_query, ways]``."""
-    difference = query_embeddings.unsqueeze(-2) - class_prototypes.unsqueeze(-3)
-    return -difference.pow(2).sum(-1)
+    """``-||q - p||^2``: ``[..., n_query, D]`` x ``[..., ways, D]`` -> ``[..., n_query, ways]``.
+
+    Computed as ``-(||q||^2 + ||p||^2 - 2 q.p)`` with one matrix product (as ``torch.cdist`` does for large
+    inputs), floored at zero: the direct ``(q - p)^2`` would build an ``[n_query, ways, D]`` tensor, a fifth
+    of a 200-way Omniglot training step's time on a CPU. Both sides are first centred on the prototypes' mean
+    (distances do not change; a constant, so no gradient flows through it): ReLU embeddings share a large
+    common component, whose norm would otherwise dominate the expansion's rounding error.
+    """
+    centre = class_prototypes.detach().mean(-2, keepdim=True)  # [..., 1, D]
+    query_embeddings, class_prototypes = query_embeddings - centre, class_prototypes - centre
+    squared_norms = query_embeddings.pow(2).sum(-1, keepdim=True)  # [..., n_query, 1]
+    prototype_norms = class_prototypes.pow(2).sum(-1).unsqueeze(-2)  # [..., 1, ways]
+    cross = query_embeddings @ class_prototypes.transpose(-1, -2)  # [..., n_query, ways]
+    return -(squared_norms + prototype_norms - 2 * cross).clamp_min(0)
 
 
 def euclidean_logits(query_embeddings: Tensor, class_prototypes: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """Episodic tasks: episodes, samplers over labelled data, regression task families, the DataLoader path."""
 
-from attnmeta.tasks.augment import ClassAugmentation, RandomShift, Rotations, augmented_class_id
+from attnmeta.tasks.augment import ClassAugmentation, RandomAffine, RandomShift, Rotations, augmented_class_id
 from attnmeta.tasks.episode import Task, TaskBatch
 from attnmeta.tasks.loader import TaskStream, collate_tasks, derive_seed, task_loader
 from attnmeta.tasks.regression import MULTIMODAL_KINDS, Multimodal, Sinusoid, TaskFamily
@@ -18,6 +18,7 @@ __all__ = [
     "check_disjoint_splits",
     "ClassAugmentation",
     "Rotations",
+    "RandomAffine",
     "RandomShift",
     "augmented_class_id",
     "TaskStream",

@@ -163,3 +163,97 @@ class RandomShift:
         examples = torch.arange(m, device=x.device)[:, None, None]
         shifted = padded.permute(0, 2, 3, 1)[examples, rows, cols]  # [m, H, W, channels]
         return shifted.permute(0, 3, 1, 2).reshape(x.shape).contiguous()
+
+
+class RandomAffine:
+    """Random rotation, scaling, shear and translation of every example (a batch transform).
+
+    Each example ``[..., H, W]`` gets its own affine map: a rotation by an angle drawn uniformly from
+    ``[-degrees, degrees]``, a zoom by a factor from ``[1 - scale, 1 + scale]``, a horizontal shear of
+    ``[-shear, shear]`` degrees and a translation by up to ``translate`` pixels along each axis, all about the
+    image centre; pixels are resampled bilinearly and those that come from outside repeat the edge.
+    Handwriting varies by such small slants, sizes and offsets (elastic and affine jitter are the classic
+    augmentations of handwritten characters); like ``RandomShift`` it makes no new classes. Use it as an
+    ``EpisodeSampler`` ``batch_transform`` for training episodes only.
+
+    Args:
+        degrees: largest rotation in degrees (0: none).
+        scale: largest relative zoom, in ``[0, 1)`` (0.1: factors 0.9 to 1.1).
+        shear: largest horizontal shear in degrees, below 90.
+        translate: largest translation in pixels (may be fractional).
+        seed: seeds the transform's own generator, so a training run is reproducible.
+    """
+
+    def __init__(
+        self,
+        degrees: float = 10.0,
+        scale: float = 0.1,
+        shear: float = 0.0,
+        translate: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        limits = (("degrees", degrees, 180.0), ("scale", scale, 1.0), ("shear", shear, 90.0))
+        for name, value, upper in limits:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < upper:
+                raise ValueError(f"{name} must be a number in [0, {upper:g}), got {value!r}")
+        if isinstance(translate, bool) or not isinstance(translate, (int, float)) or translate < 0:
+            raise ValueError(f"translate must be a non-negative number of pixels, got {translate!r}")
+        self.degrees, self.scale, self.shear = float(degrees), float(scale), float(shear)
+        self.translate = float(translate)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __repr__(self) -> str:
+        return (
+            f"RandomAffine(degrees={self.degrees:g}, scale={self.scale:g}, shear={self.shear:g}, "
+            f"translate={self.translate:g})"
+        )
+
+    def sample_parameters(self, m: int) -> dict[str, Tensor]:
+        """Draw ``m`` maps: ``angle`` (radians, counter-clockwise on screen), ``zoom``, ``shear`` (slope) and
+        ``shift`` ``[m, 2]`` (x, y pixels), each ``[m]`` float64 unless stated."""
+        u = torch.rand(5, m, generator=self.generator, dtype=torch.float64) * 2 - 1  # uniform in [-1, 1)
+        return {
+            "angle": torch.deg2rad(u[0] * self.degrees),
+            "zoom": 1 + u[1] * self.scale,
+            "shear": torch.tan(torch.deg2rad(u[2] * self.shear)),
+            "shift": torch.stack([u[3], u[4]], -1) * self.translate,
+        }
+
+    @staticmethod
+    def matrices(parameters: dict[str, Tensor], height: int, width: int) -> Tensor:
+        """``affine_grid`` matrices ``[m, 2, 3]`` (output -> input, normalized coordinates) of the maps.
+
+        In pixels about the image centre (x right, y down) an output point ``p`` reads the input at
+        ``A p - shift`` with ``A = R(angle) @ [[1, -shear], [0, 1]] / zoom`` (``R``: the usual rotation):
+        as displayed (rows run downwards) the content turns by ``angle`` counter-clockwise, grows by ``zoom``,
+        slants by ``shear`` and moves by ``shift``.
+        """
+        zoom, shear = parameters["zoom"], parameters["shear"]
+        cos, sin = torch.cos(parameters["angle"]) / zoom, torch.sin(parameters["angle"]) / zoom
+        a = torch.stack(
+            [torch.stack([cos, -sin - cos * shear], -1), torch.stack([sin, cos - sin * shear], -1)], -2
+        )
+        half = torch.tensor([width / 2, height / 2], dtype=torch.float64)  # (x, y) half sizes in pixels
+        a = a * half[None, None, :] / half[None, :, None]
+        shift = -parameters["shift"].to(torch.float64) / half
+        return torch.cat([a, shift[:, :, None]], -1).float()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Transform examples ``x`` ``[m, ..., H, W]`` (floating point) -> same shape and dtype."""
+        if x.dim() < 3:
+            raise ValueError(f"RandomAffine needs examples [m, ..., H, W], got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(
+                f"RandomAffine resamples pixels and needs floating-point examples, got {x.dtype}; "
+                "convert first (e.g. compose(uint8_to_unit, RandomAffine(...)))"
+            )
+        if self.degrees == self.scale == self.shear == self.translate == 0:
+            return x
+        m, height, width = x.shape[0], x.shape[-2], x.shape[-1]
+        flat = x.reshape(m, -1, height, width)
+        theta = self.matrices(self.sample_parameters(m), height, width).to(device=x.device, dtype=x.dtype)
+        grid = torch.nn.functional.affine_grid(theta, list(flat.shape), align_corners=False)
+        out = torch.nn.functional.grid_sample(
+            flat, grid, mode="bilinear", padding_mode="border", align_corners=False
+        )
+        return out.reshape(x.shape)
