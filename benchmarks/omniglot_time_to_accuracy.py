@@ -101,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--no-pool-last", dest="pool_last", action="store_false",
                    help="Conv-4 without the fourth max-pool (28x28: a 3x3 map, hidden * 9 features)")
+    p.add_argument("--pools", type=int, default=None,
+                   help="max-pool after the first N Conv-4 blocks only (28x28, 2: a 7x7 map, hidden * 49 "
+                        "features); overrides --no-pool-last")
     p.add_argument("--shift-pixels", type=int, default=0,
                    help="shift training examples by up to N pixels (RandomShift); test episodes untouched")
     p.add_argument("--affine", type=parse_affine, default=None, metavar="DEG,SCALE,SHEAR,PIXELS",
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
              for w in (5, 20)}
     spec = registry.spec(args.algo)
     model = build_backbone("conv4", in_shape=(1, 28, 28), hidden=args.hidden, norm=args.norm,
-                           pool_last=args.pool_last,
+                           pool_last=args.pool_last or args.pools is not None, pools=args.pools,
                            out_features=args.train_ways if spec.head else None)
     if args.init_backbone:
         model.load_state_dict(torch.load(args.init_backbone, weights_only=True))

@@ -144,3 +144,21 @@ def test_conv4_minimum_image_size_follows_the_number_of_pools():
     assert Conv4((1, 8, 8), 4, pool_last=False)(torch.rand(2, 1, 8, 8)).shape == (2, 4)
     with pytest.raises(ValueError, match="pools 4 times and needs images of at least 16x16"):
         Conv4((1, 8, 8), 4)
+
+
+def test_conv4_pools_only_after_the_first_blocks_it_is_asked_to():
+    x = torch.rand(3, 1, 28, 28)
+    model = Conv4((1, 28, 28), 4, pools=2)
+    assert model.feature_dim == 4 * 7 * 7 and model(x).shape == (3, 196)
+    pooled = [isinstance(block.pool, torch.nn.MaxPool2d) for block in model.blocks]
+    assert pooled == [True, True, False, False]
+    assert Conv4((1, 28, 28), 4, pools=0).feature_dim == 4 * 28 * 28
+    torch.manual_seed(0)
+    three = Conv4((1, 28, 28), 4, pools=3)
+    torch.manual_seed(0)
+    torch.testing.assert_close(three(x), Conv4((1, 28, 28), 4, pool_last=False)(x))  # the same network
+    for bad in (5, -1, 2.0, True):
+        with pytest.raises(ValueError, match="pools must be an integer from 0 to 4"):
+            Conv4(pools=bad)
+    with pytest.raises(ValueError, match="give pools or pool_last=False, not both"):
+        Conv4(pools=2, pool_last=False)

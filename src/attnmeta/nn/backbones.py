@@ -86,7 +86,8 @@ class Conv4(nn.Module):
 
     Four ``ConvBlock`` s with ``hidden`` filters (64 for Omniglot, 32 for miniImageNet in MAML), flattened.
     28x28 inputs give ``hidden`` features, 84x84 inputs ``hidden * 25``; with ``pool_last=False`` the last
-    block keeps its resolution (28x28: ``hidden * 9`` features, a 3x3 map).
+    block keeps its resolution (28x28: ``hidden * 9`` features, a 3x3 map), and ``pools=k`` max-pools after
+    the first ``k`` blocks only (28x28, ``pools=2``: a 7x7 map, ``hidden * 49`` features).
 
     Args:
         in_shape: ``(channels, height, width)`` of the inputs.
@@ -95,17 +96,26 @@ class Conv4(nn.Module):
         norm: ``"meta"`` (default, safe for second-order meta-gradients) or ``"fused"`` (faster, first-order
             only); see ``batch_norm_2d``.
         pool_last: max-pool after the fourth block (True, the papers' Conv-4) or keep its spatial map.
+        pools: how many blocks, from the first, end with a max-pool (0-4); overrides ``pool_last``
+            (``pools=3`` is ``pool_last=False``).
     """
 
     def __init__(self, in_shape: Sequence[int] = (1, 28, 28), hidden: int = 64,
-                 out_features: int | None = None, norm: str = "meta", pool_last: bool = True) -> None:
+                 out_features: int | None = None, norm: str = "meta", pool_last: bool = True,
+                 pools: int | None = None) -> None:
         super().__init__()
         self.in_shape = _image_shape(in_shape, "Conv4")
         hidden = _positive_int("hidden", hidden)
         channels, height, width = self.in_shape
         if not isinstance(pool_last, bool):
             raise TypeError(f"pool_last must be True or False, got {pool_last!r}")
-        pools = 4 if pool_last else 3
+        if pools is None:
+            pools = 4 if pool_last else 3
+        elif isinstance(pools, bool) or not isinstance(pools, int) or not 0 <= pools <= 4:
+            raise ValueError(f"pools must be an integer from 0 to 4 (blocks followed by a max-pool), "
+                             f"got {pools!r}")
+        elif not pool_last:
+            raise ValueError("give pools or pool_last=False, not both (pool_last=False is pools=3)")
         scale = 2**pools
         if min(height, width) < scale:
             raise ValueError(f"Conv4 pools {pools} times and needs images of at least {scale}x{scale}, "
