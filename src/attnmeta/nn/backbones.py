@@ -96,8 +96,8 @@ class Conv4(nn.Module):
         norm: ``"meta"`` (default, safe for second-order meta-gradients) or ``"fused"`` (faster, first-order
             only); see ``batch_norm_2d``.
         pool_last: max-pool after the fourth block (True, the papers' Conv-4) or keep its spatial map.
-        pools: how many blocks, from the first, end with a max-pool (0-4); overrides ``pool_last``
-            (``pools=3`` is ``pool_last=False``).
+        pools: how many blocks, from the first, end with a max-pool (0-4); give it instead of
+            ``pool_last=False`` (``pools=3`` is the same network; giving both is an error).
     """
 
     def __init__(self, in_shape: Sequence[int] = (1, 28, 28), hidden: int = 64,

@@ -245,7 +245,7 @@ class RandomAffine:
         if not x.is_floating_point():
             raise TypeError(
                 f"RandomAffine resamples pixels and needs floating-point examples, got {x.dtype}; "
-                "convert first (e.g. compose(uint8_to_unit, RandomAffine(...)))"
+                "convert first (e.g. with attnmeta.data.benchmarks.uint8_to_unit) and apply it to the result"
             )
         if self.degrees == self.scale == self.shear == self.translate == 0:
             return x
