@@ -46,9 +46,10 @@ def squared_euclidean_logits(query_embeddings: Tensor, class_prototypes: Tensor)
 
     Computed as ``-(||q||^2 + ||p||^2 - 2 q.p)`` with one matrix product (as ``torch.cdist`` does for large
     inputs), floored at zero: the direct ``(q - p)^2`` would build an ``[n_query, ways, D]`` tensor, a fifth
-    of a 200-way Omniglot training step's CPU time with 576-d embeddings (``benchmarks/bench_distance.py``). Both sides are first centred on the prototypes' mean
-    (distances do not change; a constant, so no gradient flows through it): ReLU embeddings share a large
-    common component, whose norm would otherwise dominate the expansion's rounding error.
+    of a 200-way Omniglot training step's CPU time with 576-d embeddings (``benchmarks/bench_distance.py``).
+    Both sides are first centred on the prototypes' mean (distances do not change; a constant, so no gradient
+    flows through it): ReLU embeddings share a large common component, whose norm would otherwise dominate
+    the expansion's rounding error.
     """
     centre = class_prototypes.detach().mean(-2, keepdim=True)  # [..., 1, D]
     query_embeddings, class_prototypes = query_embeddings - centre, class_prototypes - centre
