@@ -61,6 +61,61 @@ def test_meta_loss_is_mean_of_task_cross_entropies_and_predict_agrees():
     assert 0.0 <= out.metrics["accuracy"] <= 1.0 and out.metrics["loss"] == pytest.approx(out.loss.item())
 
 
+def _resplit(batch: TaskBatch, shots: int, split: int) -> TaskBatch:
+    """The episode whose support is examples ``split * shots ...`` (cyclic) of every class, built by hand."""
+    tasks = []
+    for task in batch:
+        examples = torch.cat([task.support_x, task.query_x])
+        labels = torch.cat([task.support_y, task.query_y])
+        support, query = [], []
+        for c in range(task.ways):
+            members = (labels == c).nonzero().flatten().tolist()
+            chosen = {(split * shots + j) % len(members) for j in range(shots)}
+            support += [m for i, m in enumerate(members) if i in chosen]
+            query += [m for i, m in enumerate(members) if i not in chosen]
+        tasks.append(Task(examples[support], labels[support], examples[query], labels[query], task.classes))
+    return TaskBatch.stack(tasks)
+
+
+@pytest.mark.parametrize("shots, queries, splits, distance", [(1, 2, 3, "l2"), (2, 2, 2, "euclidean"),
+                                                             (1, 3, 2, "cosine")])
+def test_support_splits_average_the_losses_of_the_resplit_episodes(shots, queries, splits, distance):
+    torch.manual_seed(0)
+    model = MLP(5, (8,), out_features=6)
+    batch = _episode_batch(tasks=2, ways=3, shots=shots, queries=queries)
+    split_learner = PrototypicalNetworks(model, distance=distance, support_splits=splits)
+    plain = PrototypicalNetworks(model, distance=distance)
+    if distance == "cosine":
+        split_learner.log_scale = plain.log_scale
+    out = split_learner.meta_loss(batch)
+    expected = torch.stack([plain.meta_loss(_resplit(batch, shots, r)).task_losses for r in range(splits)])
+    torch.testing.assert_close(out.task_losses, expected.mean(0))
+    torch.testing.assert_close(out.loss, expected.mean())
+    grads = torch.autograd.grad(out.loss, list(model.parameters()))
+    expected_grads = torch.autograd.grad(expected.mean(), list(model.parameters()))
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
+    # split 0 is the episode as sampled; prediction does not depend on the option
+    torch.testing.assert_close(plain.meta_loss(_resplit(batch, shots, 0)).loss, plain.meta_loss(batch).loss)
+    task = next(iter(batch))
+    torch.testing.assert_close(split_learner.predict(task), plain.predict(task))
+
+
+def test_support_splits_errors():
+    model = MLP(5, (8,), out_features=6)
+    with pytest.raises(ValueError, match="support_splits must be a positive int"):
+        PrototypicalNetworks(model, support_splits=0)
+    with pytest.raises(ValueError, match="at most 3"):
+        PrototypicalNetworks(model, support_splits=4).meta_loss(_episode_batch(shots=1, queries=2))
+    with pytest.raises(ValueError, match="at most 2"):  # 2-shot, 2-query: splits {0,1}, {2,3}, then repeats
+        PrototypicalNetworks(model, support_splits=3).meta_loss(_episode_batch(shots=2, queries=2))
+    batch = _episode_batch(shots=1, queries=2)
+    unbalanced = TaskBatch(batch.support_x, batch.support_y, batch.query_x,
+                           torch.tensor([[0, 0, 0, 1, 1, 2]] * 2), batch.classes)
+    with pytest.raises(ValueError, match="balanced episodes"):
+        PrototypicalNetworks(model, support_splits=2).meta_loss(unbalanced)
+
+
 def test_matrix_product_distances_match_the_direct_form_at_training_scale():
     # ReLU-like embeddings of a 200-way Omniglot episode (400 queries, 576-d), two tasks: the expansion
     # ||q||^2 + ||p||^2 - 2 q.p against (q - p)^2 in float64, values and gradients.

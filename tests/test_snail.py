@@ -109,6 +109,27 @@ def test_prototype_distance_l2_is_the_protonet_l2_loss():
         SNAIL(nn.Identity(), 4, feature_dim=8, prototype_distance="cosine")
 
 
+def test_prototype_residual_adds_the_protonet_logits_to_snails():
+    from attnmeta.learners.protonet import PrototypicalNetworks
+
+    torch.manual_seed(0)
+    task = gaussian_task(4, 2, 3)
+    plain = small_snail()
+    residual = small_snail(prototype_residual=True, prototype_distance="l2")
+    protonet = PrototypicalNetworks(plain.model, distance="l2")
+    # the same initial weights: SNAIL's logits plus 1 x the nearest-prototype logits
+    torch.testing.assert_close(residual.predict(task), plain.predict(task) + protonet.predict(task))
+    with torch.no_grad():
+        residual.classifier.weight.zero_()
+        residual.classifier.bias.zero_()
+        residual.residual_weight.fill_(2.0)
+    torch.testing.assert_close(residual.predict(task), 2.0 * protonet.predict(task))
+    batch = TaskBatch.stack([task, gaussian_task(4, 2, 3)])
+    residual.meta_loss(batch).loss.backward()
+    assert residual.residual_weight.grad is not None and residual.residual_weight.grad != 0
+    assert not hasattr(plain, "residual_weight")
+
+
 def test_batch_scope_prototype_loss_treats_the_meta_batch_as_one_episode():
     """Scope "batch": queries of every task against the prototypes of all classes of the meta-batch, a class
     shared by two tasks (original id 3 here) pooling its support examples; hand-computed reference."""

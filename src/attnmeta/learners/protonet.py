@@ -83,14 +83,24 @@ class PrototypicalNetworks(Learner):
         distance: ``"euclidean"`` (``-||q - p||^2``, the paper's), ``"l2"`` (``-||q - p||``, not squared: on
             Omniglot it learns faster, see the README) or ``"cosine"`` (``s * cos(q, p)``, with a learned
             temperature ``s`` initialised to ``scale``; the cosine classifier of TF-IDF nearest centroid).
+        support_splits: training only: the loss averages this many support/query splits of each episode's
+            examples (1: the episode as sampled). With ``m = shots + queries`` examples of every class, split
+            ``r`` takes examples ``r * shots, ..., r * shots + shots - 1`` (cyclically, in sampling order) of
+            each class as the support and the rest as queries; split 0 is the sampled episode. Every split is
+            a valid episode of the same shape made of images already embedded, so ``m`` splits of a 1-shot
+            episode give each image both roles for the cost of one forward and backward pass through the
+            network. Episodes must then be balanced (the same shots and queries in every class).
     """
 
     name = "protonet"
     any_ways = True
 
     def __init__(self, model: nn.Module, task_type: str = "classification", *, distance: str = "euclidean",
-                 scale: float = 10.0) -> None:
+                 scale: float = 10.0, support_splits: int = 1) -> None:
         super().__init__(task_type)
+        if isinstance(support_splits, bool) or not isinstance(support_splits, int) or support_splits < 1:
+            raise ValueError(f"support_splits must be a positive int (1: the episode as sampled), got "
+                             f"{support_splits!r}")
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
         if scale <= 0:
@@ -102,23 +112,33 @@ class PrototypicalNetworks(Learner):
             raise TypeError(f"model must be an nn.Module embedding network, got {type(model).__name__}")
         self.model = model
         self.distance = distance
+        self.support_splits = support_splits
         if distance == "cosine":
             self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
 
-    def _logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, ways: int) -> Tensor:
-        """Logits ``[T, n_query, ways]`` of stacked tasks ``[T, n, *input_shape]``."""
+    def _embed(self, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
+        """Embeddings ``[T, n_support, D]``, ``[T, n_query, D]`` of stacked tasks, in one forward pass."""
         tasks, n_support, n_query = support_x.shape[0], support_x.shape[1], query_x.shape[1]
         inputs = torch.cat([support_x, query_x], dim=1).flatten(0, 1)
         embeddings = self.model(inputs).reshape(tasks, n_support + n_query, -1)
-        support_embeddings, query_embeddings = embeddings[:, :n_support], embeddings[:, n_support:]
-        class_prototypes = prototypes(support_embeddings, support_y, ways)
+        return embeddings[:, :n_support], embeddings[:, n_support:]
+
+    def _distance_logits(self, query_embeddings: Tensor, class_prototypes: Tensor) -> Tensor:
+        """``[T, n, D]`` x ``[T, ways, D]`` -> ``[T, n, ways]`` under the learner's distance."""
         if self.distance == "cosine":
             query, protos = F.normalize(query_embeddings, dim=-1), F.normalize(class_prototypes, dim=-1)
             return self.log_scale.exp() * (query @ protos.transpose(-1, -2))
         return METRIC_LOGITS[self.distance](query_embeddings, class_prototypes)
 
+    def _logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, ways: int) -> Tensor:
+        """Logits ``[T, n_query, ways]`` of stacked tasks ``[T, n, *input_shape]``."""
+        support_embeddings, query_embeddings = self._embed(support_x, query_x)
+        return self._distance_logits(query_embeddings, prototypes(support_embeddings, support_y, ways))
+
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         _check_episode(batch)
+        if self.support_splits > 1:
+            return self._split_loss(batch)
         logits = self._logits(batch.support_x, batch.support_y, batch.query_x, batch.ways)
         per_query = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten(), reduction="none")
         task_losses = per_query.view(len(batch), -1).mean(1)
@@ -127,11 +147,52 @@ class PrototypicalNetworks(Learner):
         loss = task_losses.mean()
         return MetaOutput(loss, task_losses, {"loss": loss.item(), "accuracy": accuracy})
 
+    def _split_loss(self, batch: TaskBatch) -> MetaOutput:
+        """The mean loss of ``support_splits`` support/query splits of every episode (see the class doc)."""
+        shots, per_class = _balanced_shape(batch)
+        distinct = per_class // math.gcd(per_class, shots)
+        if self.support_splits > distinct:
+            raise ValueError(f"support_splits={self.support_splits} is more than the {distinct} distinct "
+                             f"splits of {shots}-shot episodes with {per_class - shots} queries per class; "
+                             f"use at most {distinct} or sample more queries")
+        support_embeddings, query_embeddings = self._embed(batch.support_x, batch.query_x)
+        examples = torch.cat([support_embeddings, query_embeddings], dim=1)  # [T, n, D]
+        labels = torch.cat([batch.support_y, batch.query_y], dim=1)  # [T, n]
+        one_hot = F.one_hot(labels, batch.ways).to(examples.dtype)  # [T, n, ways]
+        rank = ((one_hot.cumsum(1) * one_hot).sum(-1) - 1).long()  # index of each example in its class
+        task_losses, correct = [], []
+        for split in range(self.support_splits):
+            in_support = (rank - split * shots) % per_class < shots  # [T, n]
+            weights = one_hot * in_support.unsqueeze(-1) / shots
+            logits = self._distance_logits(examples, weights.transpose(1, 2) @ examples)  # [T, n, ways]
+            per_example = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+            is_query = (~in_support).to(examples.dtype)
+            task_losses.append((per_example.view_as(is_query) * is_query).sum(1) / is_query.sum(1))
+            with torch.no_grad():
+                correct.append(((logits.argmax(-1) == labels).to(examples.dtype) * is_query).sum()
+                               / is_query.sum())
+        task_losses_mean = torch.stack(task_losses).mean(0)
+        loss = task_losses_mean.mean()
+        accuracy = torch.stack(correct).mean().item()
+        return MetaOutput(loss, task_losses_mean, {"loss": loss.item(), "accuracy": accuracy})
+
     def predict(self, task: Task) -> Tensor:
         _check_episode(task)
         logits = self._logits(task.support_x.unsqueeze(0), task.support_y.unsqueeze(0),
                               task.query_x.unsqueeze(0), task.ways)
         return logits[0]
+
+
+def _balanced_shape(batch: TaskBatch) -> tuple[int, int]:
+    """``(shots, shots + queries)`` of a batch with the same numbers of both in every class; else an error."""
+    support_counts = F.one_hot(batch.support_y, batch.ways).sum(1)  # [T, ways]
+    query_counts = F.one_hot(batch.query_y, batch.ways).sum(1)
+    shots, queries = int(support_counts[0, 0]), int(query_counts[0, 0])
+    if bool((support_counts != shots).any()) or bool((query_counts != queries).any()) or queries < 1:
+        raise ValueError("support_splits > 1 needs balanced episodes (the same number of support examples, "
+                         "and of queries (at least 1), in every class); sample them with an EpisodeSampler "
+                         "or use support_splits=1")
+    return shots, shots + queries
 
 
 def _check_episode(episode: Task | TaskBatch) -> None:
@@ -156,8 +217,9 @@ def build_protonet(model: nn.Module, task_type: str = "classification", ways: in
     """Registry builder; ``ways`` is accepted and ignored (prototypes work for any number of ways).
 
     Options: ``distance`` (``"euclidean"``, ``"l2"`` or ``"cosine"``), ``scale`` (initial cosine
-    temperature)."""
-    unknown = sorted(set(options) - {"distance", "scale"})
+    temperature), ``support_splits`` (training splits per episode)."""
+    unknown = sorted(set(options) - {"distance", "scale", "support_splits"})
     if unknown:
-        raise TypeError(f"protonet takes no options other than distance and scale, got {unknown}")
+        raise TypeError(f"protonet takes no options other than distance, scale and support_splits, got "
+                        f"{unknown}")
     return PrototypicalNetworks(model, task_type, **options)

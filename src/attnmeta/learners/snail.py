@@ -159,8 +159,12 @@ class SNAIL(Learner):
             prototypes of all classes of the meta-batch, matched by their original class ids; 80-way for 16
             5-way tasks; measured better on Omniglot, 97.3% vs 96.5%) or ``"episode"`` (each task's queries
             against its own ``ways`` prototypes).
-        prototype_distance: the auxiliary loss's distance, ``"euclidean"`` (squared, default) or ``"l2"``
-            (not squared; see ``PrototypicalNetworks``).
+        prototype_distance: the auxiliary loss's (and residual's) distance, ``"euclidean"`` (squared,
+            default) or ``"l2"`` (not squared; see ``PrototypicalNetworks``).
+        prototype_residual: not in the paper, off by default: SNAIL's query logits are added to the
+            Prototypical Networks logits of the same raw embeddings (times a learned weight starting at 1),
+            so the sequence model learns a correction to nearest-prototype classification, in training and
+            in prediction.
     """
 
     name = "snail"
@@ -172,7 +176,7 @@ class SNAIL(Learner):
                                                                                    (512, 256)),
                  heads: int = 1, normalize: bool = True, tie_query_key: bool = True,
                  prototype_loss_weight: float = 0.0, prototype_loss_scope: str = "batch",
-                 prototype_distance: str = "euclidean") -> None:
+                 prototype_distance: str = "euclidean", prototype_residual: bool = False) -> None:
         super().__init__(task_type)
         if task_type != "classification":
             raise ValueError("this SNAIL is a few-shot classification learner; "
@@ -205,6 +209,9 @@ class SNAIL(Learner):
         self.tc2 = TCBlock(self.attention2.out_channels, seq_len, filters)
         self.attention3 = AttentionBlock(self.tc2.out_channels, *attention_sizes[2], heads=heads)
         self.classifier = nn.Linear(self.attention3.out_channels, ways)
+        self.prototype_residual = bool(prototype_residual)
+        if self.prototype_residual:
+            self.residual_weight = nn.Parameter(torch.tensor(1.0))
         if tie_query_key:
             for block in (self.attention1, self.attention2, self.attention3):
                 block.tie_query_key()
@@ -213,6 +220,10 @@ class SNAIL(Learner):
         """Query logits ``[T, nq, ways]``; support ``[T, ns, D]``, labels ``[T, ns]``, queries ``[T, nq, D]``.
         """
         n_support, n_query = support_emb.shape[1], query_emb.shape[1]
+        residual = None
+        if self.prototype_residual:
+            centres = prototypes(support_emb, support_y, self.ways)
+            residual = self.residual_weight * self.prototype_logits(query_emb, centres)
         if self.normalize:
             support_emb, query_emb = standardize_by_support(support_emb, query_emb)
         labels = torch.cat([F.one_hot(support_y, self.ways).to(support_emb.dtype),
@@ -224,7 +235,8 @@ class SNAIL(Learner):
         x = self.attention2(x, mask)
         x = self.tc2(x, n_support)
         x = self.attention3(x, mask)
-        return self.classifier(x[:, n_support:])
+        logits = self.classifier(x[:, n_support:])
+        return logits if residual is None else logits + residual
 
     def _check(self, batch: Task | TaskBatch) -> None:
         check_classification_batch(batch, self.name)
