@@ -124,6 +124,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train only the learner's own parameters (e.g. SNAIL's attention and convolution "
                         "blocks), not the Conv-4 loaded with --init-backbone")
     p.add_argument("--save-backbone", default=None, help="write the trained Conv-4 state dict here")
+    p.add_argument("--save-learner", default=None,
+                   help="write the trained learner's state dict (backbone and the learner's own parameters) "
+                        "here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-rotations", dest="rotations", action="store_false",
                    help="train on the 964 upright background characters only (default: x4 rotation classes)")
@@ -273,6 +276,8 @@ def main(argv: list[str] | None = None) -> dict:
             final[key] = {"accuracy": result.mean, "ci95": result.ci95, "n": result.summary.n}
     if args.save_backbone:
         torch.save(model.state_dict(), args.save_backbone)
+    if args.save_learner:
+        torch.save(learner.state_dict(), args.save_learner)
     report = {"name": name, "algo": args.algo, "args": vars(args), "episodes": episode,
               "train_cpu_min": cpu / 60, "train_wall_min": wall / 60, "reached": reached, "final": final,
               **({"reached_rotation_ensemble": reached_ensemble} if args.rotation_ensemble else {}),
