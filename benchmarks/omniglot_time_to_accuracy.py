@@ -80,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-queries", type=int, default=5)
     p.add_argument("--meta-batch", type=int, default=1)
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (outer)")
+    p.add_argument("--clip-grad-norm", type=float, default=0.0,
+                   help="clip the gradient's global norm to this before each step (0: no clipping)")
     p.add_argument("--schedule", default="cosine", choices=("cosine", "cosine-budget", "exp", "constant"),
                    help="cosine over --episodes; cosine-budget: cosine over whichever of --episodes, "
                         "--cpu-minutes and --wall-minutes runs out first (a time limit then ends the "
@@ -222,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
     learner.to(args.device)
     if args.freeze_backbone:
         model.requires_grad_(False)
-    optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=args.lr)
+    trained = [p for p in learner.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trained, lr=args.lr)
     monitor = tests[5].fixed_tasks(args.eval_episodes, seed=1)
     name = args.name or f"omniglot_{args.algo}"
     print(f"{name}: {args.algo} on {train!r}, {sum(p.numel() for p in learner.parameters())} parameters "
@@ -241,6 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
         out = learner.meta_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        if args.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(trained, args.clip_grad_norm)
         optimizer.step()
         episode += 1
         cpu += time.process_time() - cpu0

@@ -46,6 +46,7 @@ def test_training_options_parse_and_compose_in_order(bench):
     args = bench.parse_args(["--no-retain-memory", "--no-pool-last", "--shift-pixels", "2"])
     assert not args.retain_memory and not args.pool_last and args.shift_pixels == 2
     assert defaults.pools is None and bench.parse_args(["--pools", "2"]).pools == 2
+    assert defaults.clip_grad_norm == 0 and bench.parse_args(["--clip-grad-norm", "5"]).clip_grad_norm == 5.0
     assert bench.compose(lambda x: x + 1, lambda x: 2 * x)(3) == 8  # (3 + 1) * 2: first function first
 
 
