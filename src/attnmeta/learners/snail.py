@@ -164,7 +164,8 @@ class SNAIL(Learner):
         prototype_residual: not in the paper, off by default: SNAIL's query logits are added to the
             Prototypical Networks logits of the same raw embeddings (times a learned weight starting at 1),
             so the sequence model learns a correction to nearest-prototype classification, in training and
-            in prediction.
+            in prediction. On Omniglot (30 CPU-minutes, README) the correction added nothing measurable: the
+            trained embedding scored the same as a nearest-prototype classifier alone.
     """
 
     name = "snail"
