@@ -51,6 +51,7 @@ from attnmeta.eval import evaluate, with_rotation_ensemble  # noqa: E402
 from attnmeta.learners import registry  # noqa: E402
 from attnmeta.nn.backbones import build_backbone  # noqa: E402
 from attnmeta.tasks import RandomAffine, RandomShift  # noqa: E402
+from attnmeta.train.averaging import ParameterAverage  # noqa: E402
 from attnmeta.train.memory import retain_freed_memory  # noqa: E402
 
 THRESHOLDS = (0.95, 0.97, 0.98, 0.988)
@@ -67,6 +68,18 @@ def parse_affine(text: str) -> tuple[float, float, float, float]:
         raise argparse.ArgumentTypeError(
             f"--affine takes four numbers DEG,SCALE,SHEAR,PIXELS (e.g. 10,0.1,0,0), got {text!r}")
     return values
+
+
+def parse_decays(text: str) -> tuple[float, ...]:
+    """``"0.99,0.995"`` -> (0.99, 0.995), each in [0, 1)."""
+    try:
+        decays = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        decays = ()
+    if not decays or not all(0.0 <= d < 1.0 for d in decays):
+        raise argparse.ArgumentTypeError(f"--ema takes decays in [0, 1) separated by commas "
+                                         f"(e.g. 0.99,0.995), got {text!r}")
+    return decays
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -138,6 +151,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "rotations of every task (attnmeta.eval.with_rotation_ensemble: concatenated "
                         "embeddings for protonet / matching, averaged predictions otherwise), reported "
                         "apart from the plain figures")
+    p.add_argument("--ema", type=parse_decays, default=(), metavar="DECAY[,DECAY...]",
+                   help="also evaluate exponential moving averages of the trained parameters with these "
+                        "decays (attnmeta.train.ParameterAverage; updating them counts as training time): "
+                        "monitor and final figures reported beside the plain ones")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
     if args.freeze_backbone and not args.init_backbone:
@@ -226,6 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
         model.requires_grad_(False)
     trained = [p for p in learner.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trained, lr=args.lr)
+    averages = {f"ema{decay:g}": ParameterAverage(learner, decay) for decay in args.ema}
     monitor = tests[5].fixed_tasks(args.eval_episodes, seed=1)
     name = args.name or f"omniglot_{args.algo}"
     print(f"{name}: {args.algo} on {train!r}, {sum(p.numel() for p in learner.parameters())} parameters "
@@ -247,6 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(trained, args.clip_grad_norm)
         optimizer.step()
+        for average in averages.values():
+            average.update(learner)
         episode += 1
         cpu += time.process_time() - cpu0
         wall += time.perf_counter() - wall0
@@ -263,6 +283,11 @@ def main(argv: list[str] | None = None) -> dict:
                 point.update(accuracy_rotation_ensemble=ensemble.mean, ci95_rotation_ensemble=ensemble.ci95)
                 mark_reached(reached_ensemble, ensemble.mean, episode, cpu, wall)
                 shown += f"%, rotation ensemble {ensemble.summary.as_percent()}"
+            for key, average in averages.items():
+                with average.applied(learner):
+                    averaged = evaluate(learner, monitor, device=args.device)
+                point.update({f"accuracy_{key}": averaged.mean, f"ci95_{key}": averaged.ci95})
+                shown += f"%, {key} {averaged.summary.as_percent()}"
             print(f"episode {episode:5d}  cpu {cpu / 60:6.2f} min  wall {wall / 60:6.2f} min  "
                   f"loss {out.metrics.get('loss', float('nan')):.3f}  "
                   f"test 5w1s {shown}%",
@@ -279,6 +304,10 @@ def main(argv: list[str] | None = None) -> dict:
         for key, evaluated_learner in evaluated.items():
             result = evaluate(evaluated_learner, episodes, device=args.device)
             final[key] = {"accuracy": result.mean, "ci95": result.ci95, "n": result.summary.n}
+        for key, average in averages.items():
+            with average.applied(learner):
+                result = evaluate(learner, episodes, device=args.device)
+            final[f"{ways}w1s_{key}"] = {"accuracy": result.mean, "ci95": result.ci95, "n": result.summary.n}
     if args.save_backbone:
         torch.save(model.state_dict(), args.save_backbone)
     if args.save_learner:

@@ -57,3 +57,12 @@ def test_affine_option_parses_four_numbers_or_says_what_it_takes(bench, capsys):
         with pytest.raises(SystemExit):
             bench.parse_args(["--affine", bad])
         assert "four numbers DEG,SCALE,SHEAR,PIXELS" in capsys.readouterr().err
+
+
+def test_ema_option_parses_decays_or_says_what_it_takes(bench, capsys):
+    assert bench.parse_args([]).ema == ()
+    assert bench.parse_args(["--ema", "0.99,0.995"]).ema == (0.99, 0.995)
+    for bad in ("1.0", "0.9,x", ""):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--ema", bad])
+        assert "decays in [0, 1)" in capsys.readouterr().err

@@ -133,8 +133,8 @@ def test_resume_skips_a_corrupted_newest_checkpoint(tmp_path):
     _assert_identical(tmp_path / "reference", run)
 
 
-@pytest.mark.parametrize("algo", ["maml", "meta-sgd"])
-def test_stop_and_resume_maml_family_is_bit_identical(tmp_path, algo):
+@pytest.mark.parametrize("algo, ema_decay", [("maml", None), ("meta-sgd", None), ("maml", 0.8)])
+def test_stop_and_resume_maml_family_is_bit_identical(tmp_path, algo, ema_decay):
     """In-process stop at step 4 and resume to 8 (constant LR) equals 8 uninterrupted steps."""
     values = {
         **_config(tmp_path / "x", 8),
@@ -144,6 +144,7 @@ def test_stop_and_resume_maml_family_is_bit_identical(tmp_path, algo):
         "meta_batch": 3,
         "eval_every": 3,
         "algo_options": {"inner_steps": 2},
+        "ema_decay": ema_decay,
     }
     train(
         RunConfig(**{**values, "run_dir": str(tmp_path / "reference")}), quiet=True, print_fn=lambda _: None

@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from attnmeta.learners import build
-from attnmeta.learners.snail import SNAIL, episode_attention_mask, predecessor_index, standardize_by_support
+from attnmeta.learners.snail import (
+    SNAIL,
+    episode_attention_mask,
+    predecessor_index,
+    shuffle_task_features,
+    standardize_by_support,
+)
 from attnmeta.tasks.episode import Task, TaskBatch
 from test_matching import gaussian_task, meta_train
 
@@ -128,6 +134,62 @@ def test_prototype_residual_adds_the_protonet_logits_to_snails():
     residual.meta_loss(batch).loss.backward()
     assert residual.residual_weight.grad is not None and residual.residual_weight.grad != 0
     assert not hasattr(plain, "residual_weight")
+
+
+def test_input_noise_perturbs_training_only_with_the_given_spread():
+    torch.manual_seed(0)
+    task = gaussian_task(4, 2, 3)
+    batch = TaskBatch.stack([task])
+    plain = small_snail()
+    noisy = small_snail(input_noise=0.5)
+    noisy.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(noisy.predict(task), plain.predict(task))  # prediction: no noise
+    with torch.no_grad():
+        emb_s, emb_q = plain.model(task.support_x)[None], plain.model(task.query_x)[None]
+        support, query = standardize_by_support(emb_s, emb_q)
+        torch.manual_seed(1)
+        noise = 0.5 * torch.randn_like(support), 0.5 * torch.randn_like(query)
+        # sequence_logits standardises first, then adds the noise (same generator state)
+        plain.normalize = False
+        expected = plain.sequence_logits(support + noise[0], task.support_y[None], query + noise[1])
+        plain.normalize = True
+        torch.manual_seed(1)
+        torch.testing.assert_close(noisy.sequence_logits(emb_s, task.support_y[None], emb_q, input_noise=0.5),
+                                   expected)
+    # meta_loss adds it in training mode only
+    torch.manual_seed(2)
+    clean = plain.meta_loss(batch).loss
+    torch.manual_seed(2)
+    assert not torch.allclose(noisy.meta_loss(batch).loss, clean)
+    noisy.eval()
+    torch.testing.assert_close(noisy.meta_loss(batch).loss, clean)
+    noisy.train()
+    assert torch.isfinite(noisy.meta_loss(batch).loss)
+    for bad in (-0.1, True, "0.5"):
+        with pytest.raises(ValueError, match="input_noise must be a standard deviation"):
+            small_snail(input_noise=bad)
+
+
+def test_shuffle_features_keeps_each_tasks_geometry_and_changes_training_only():
+    torch.manual_seed(0)
+    support, query = torch.randn(3, 6, 10), torch.randn(3, 4, 10)
+    shuffled_s, shuffled_q = shuffle_task_features(support, query)
+    for t in range(3):
+        both, shuffled = torch.cat([support[t], query[t]]), torch.cat([shuffled_s[t], shuffled_q[t]])
+        torch.testing.assert_close(shuffled @ shuffled.T, both @ both.T)  # inner products kept
+        # every shuffled coordinate is +/- one original coordinate, the same map for support and queries
+        matches = (shuffled[:, :, None] - both[:, None, :]).abs().amax(0) < 1e-6
+        flipped = (shuffled[:, :, None] + both[:, None, :]).abs().amax(0) < 1e-6
+        assert ((matches | flipped).sum(1) == 1).all()
+    assert not torch.equal(shuffled_s[0], support[0])
+    task = gaussian_task(4, 2, 3)
+    batch = TaskBatch.stack([task])
+    plain, shuffled_learner = small_snail(), small_snail(shuffle_features=True)
+    torch.testing.assert_close(shuffled_learner.predict(task), plain.predict(task))
+    torch.manual_seed(3)
+    assert not torch.allclose(shuffled_learner.meta_loss(batch).loss, plain.meta_loss(batch).loss)
+    shuffled_learner.eval()
+    torch.testing.assert_close(shuffled_learner.meta_loss(batch).loss, plain.meta_loss(batch).loss)
 
 
 def test_batch_scope_prototype_loss_treats_the_meta_batch_as_one_episode():

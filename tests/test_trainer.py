@@ -166,3 +166,29 @@ def test_cpu_runs_retain_freed_memory_unless_configured_off(tmp_path, monkeypatc
     train(small(tmp_path, steps=2, eval_every=2, checkpoint_every=2, test_episodes=5, device="cpu",
                 retain_memory=retain), quiet=True, print_fn=lambda _: None)
     assert calls == ([True] if retain else [])
+
+
+def test_ema_decay_validates_tests_and_saves_the_average_without_changing_training(tmp_path):
+    plain = train(small(tmp_path, run_dir=str(tmp_path / "plain")), quiet=True, print_fn=lambda _: None)
+    zero = train(small(tmp_path, run_dir=str(tmp_path / "zero"), ema_decay=0.0), quiet=True,
+                 print_fn=lambda _: None)
+    ema = train(small(tmp_path, run_dir=str(tmp_path / "ema"), ema_decay=0.9), quiet=True,
+                print_fn=lambda _: None)
+    rows = {name: read_metrics(tmp_path / name / "metrics.csv") for name in ("plain", "zero", "ema")}
+    train_losses = {name: [r["loss"] for r in rs if r["phase"] == "train"] for name, rs in rows.items()}
+    assert train_losses["plain"] == train_losses["zero"] == train_losses["ema"]  # training unchanged
+    # decay 0: the "average" is the trained parameters
+    a, b = final_weights(tmp_path / "plain"), final_weights(tmp_path / "zero")
+    assert all(torch.allclose(a[k], b[k]) for k in a)
+    assert zero.test.mean == pytest.approx(plain.test.mean)
+    # decay 0.9: validation, the saved weights and the test use the average
+    val = {name: [r["mse"] for r in rs if r["phase"] == "val"] for name, rs in rows.items()}
+    assert val["ema"] != val["plain"]
+    c = final_weights(tmp_path / "ema")
+    assert any(not torch.allclose(a[k], c[k]) for k in a if a[k].is_floating_point())
+    assert ema.test.mean != plain.test.mean
+    _, state = load_checkpoint(CheckpointManager(tmp_path / "ema" / "checkpoints").path(60))
+    assert state["ema_updates"] == 60
+    assert all(torch.allclose(a[k], state["trained_parameters"][k]) for k in state["trained_parameters"])
+    with pytest.raises(ValueError, match="ema_decay"):
+        small(tmp_path, ema_decay=1.0)

@@ -40,7 +40,8 @@ from attnmeta.learners.registry import register
 from attnmeta.nn.attention import scaled_dot_product_attention
 from attnmeta.tasks.episode import Task, TaskBatch
 
-__all__ = ["SNAIL", "episode_attention_mask", "predecessor_index", "standardize_by_support"]
+__all__ = ["SNAIL", "episode_attention_mask", "predecessor_index", "shuffle_task_features",
+           "standardize_by_support"]
 
 
 def episode_attention_mask(n_support: int, n_query: int, device: torch.device | None = None) -> Tensor:
@@ -71,6 +72,22 @@ def standardize_by_support(support: Tensor, query: Tensor, eps: float = 1e-5) ->
     mean = support.mean(1, keepdim=True)
     scale = (support - mean).pow(2).mean((1, 2), keepdim=True).add(eps).rsqrt()
     return (support - mean) * scale, (query - mean) * scale
+
+
+def shuffle_task_features(support: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
+    """One random permutation and sign flip of the feature coordinates per task.
+
+    ``support [T, ns, D]``, ``query [T, nq, D]`` -> same shapes; within a task every distance and inner
+    product is unchanged (an orthogonal map), across tasks the coordinates mean different things.
+    """
+    tasks, _, dim = support.shape
+    order = torch.rand(tasks, dim, device=support.device).argsort(dim=1)
+    signs = torch.randint(0, 2, (tasks, 1, dim), device=support.device).to(support.dtype) * 2 - 1
+
+    def apply(x: Tensor) -> Tensor:
+        return x.gather(2, order[:, None, :].expand_as(x)) * signs
+
+    return apply(support), apply(query)
 
 
 class DenseBlock(nn.Module):
@@ -166,6 +183,16 @@ class SNAIL(Learner):
             so the sequence model learns a correction to nearest-prototype classification, in training and
             in prediction. On Omniglot (30 CPU-minutes, README) the correction added nothing measurable: the
             trained embedding scored the same as a nearest-prototype classifier alone.
+        input_noise: not in the paper, 0 by default: in training only, Gaussian noise of this standard
+            deviation is added to the (standardised, when ``normalize``) embeddings the sequence model reads
+            in ``meta_loss`` (``predict`` never adds it),
+            so its head learns on less separable inputs than the training classes' embeddings (the test
+            classes' embeddings are less well separated than those the backbone was trained on).
+        shuffle_features: not in the paper, off by default: in ``meta_loss`` only, each task's embeddings get
+            their own random permutation and sign flips of the feature coordinates (the same for the task's
+            support and queries). Distances and inner products within a task are unchanged, so the
+            sequence model cannot tie its computation to particular feature directions of the training
+            classes and must compare examples.
     """
 
     name = "snail"
@@ -177,7 +204,8 @@ class SNAIL(Learner):
                                                                                    (512, 256)),
                  heads: int = 1, normalize: bool = True, tie_query_key: bool = True,
                  prototype_loss_weight: float = 0.0, prototype_loss_scope: str = "batch",
-                 prototype_distance: str = "euclidean", prototype_residual: bool = False) -> None:
+                 prototype_distance: str = "euclidean", prototype_residual: bool = False,
+                 input_noise: float = 0.0, shuffle_features: bool = False) -> None:
         super().__init__(task_type)
         if task_type != "classification":
             raise ValueError("this SNAIL is a few-shot classification learner; "
@@ -189,6 +217,8 @@ class SNAIL(Learner):
         if not prototype_loss_weight >= 0:
             raise ValueError(f"prototype_loss_weight must be >= 0 (0 turns the auxiliary loss off), got "
                              f"{prototype_loss_weight!r}")
+        if isinstance(input_noise, bool) or not isinstance(input_noise, (int, float)) or not input_noise >= 0:
+            raise ValueError(f"input_noise must be a standard deviation >= 0 (0: off), got {input_noise!r}")
         if prototype_loss_scope not in ("episode", "batch"):
             raise ValueError("prototype_loss_scope must be 'episode' or 'batch', got "
                              f"{prototype_loss_scope!r}")
@@ -211,15 +241,19 @@ class SNAIL(Learner):
         self.attention3 = AttentionBlock(self.tc2.out_channels, *attention_sizes[2], heads=heads)
         self.classifier = nn.Linear(self.attention3.out_channels, ways)
         self.prototype_residual = bool(prototype_residual)
+        self.input_noise = float(input_noise)
+        self.shuffle_features = bool(shuffle_features)
         if self.prototype_residual:
             self.residual_weight = nn.Parameter(torch.tensor(1.0))
         if tie_query_key:
             for block in (self.attention1, self.attention2, self.attention3):
                 block.tie_query_key()
 
-    def sequence_logits(self, support_emb: Tensor, support_y: Tensor, query_emb: Tensor) -> Tensor:
-        """Query logits ``[T, nq, ways]``; support ``[T, ns, D]``, labels ``[T, ns]``, queries ``[T, nq, D]``.
-        """
+    def sequence_logits(self, support_emb: Tensor, support_y: Tensor, query_emb: Tensor,
+                        input_noise: float = 0.0, shuffle_features: bool = False) -> Tensor:
+        """Query logits ``[T, nq, ways]``; support ``[T, ns, D]``, labels ``[T, ns]``, queries ``[T, nq, D]``;
+        ``input_noise``: standard deviation of Gaussian noise added to the sequence model's embeddings;
+        ``shuffle_features``: permute and sign-flip each task's feature coordinates at random."""
         n_support, n_query = support_emb.shape[1], query_emb.shape[1]
         residual = None
         if self.prototype_residual:
@@ -227,6 +261,11 @@ class SNAIL(Learner):
             residual = self.residual_weight * self.prototype_logits(query_emb, centres)
         if self.normalize:
             support_emb, query_emb = standardize_by_support(support_emb, query_emb)
+        if input_noise:
+            support_emb = support_emb + input_noise * torch.randn_like(support_emb)
+            query_emb = query_emb + input_noise * torch.randn_like(query_emb)
+        if shuffle_features:
+            support_emb, query_emb = shuffle_task_features(support_emb, query_emb)
         labels = torch.cat([F.one_hot(support_y, self.ways).to(support_emb.dtype),
                             support_emb.new_zeros(support_emb.shape[0], n_query, self.ways)], dim=1)
         x = torch.cat([torch.cat([support_emb, query_emb], dim=1), labels], dim=-1)
@@ -249,7 +288,9 @@ class SNAIL(Learner):
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         self._check(batch)
         support_emb, query_emb = embed_episodes(self.model, batch.support_x, batch.query_x)
-        logits = self.sequence_logits(support_emb, batch.support_y, query_emb)
+        logits = self.sequence_logits(support_emb, batch.support_y, query_emb,
+                                      input_noise=self.input_noise if self.training else 0.0,
+                                      shuffle_features=self.shuffle_features and self.training)
         out = episode_classification_output(logits, batch.query_y)
         if not self.prototype_loss_weight:
             return out

@@ -1,5 +1,6 @@
 """Training: trainer, checkpoints, configs, distributed."""
 
+from attnmeta.train.averaging import ParameterAverage
 from attnmeta.train.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, save_checkpoint
 from attnmeta.train.config import RunConfig, load_config_file, parse_overrides
 from attnmeta.train.memory import retain_freed_memory
@@ -18,4 +19,5 @@ __all__ = [
     "TrainResult",
     "train",
     "retain_freed_memory",
+    "ParameterAverage",
 ]

@@ -72,6 +72,9 @@ class RunConfig:
         schedule: LR schedule: ``constant``, ``cosine`` (to ``lr * min_lr_ratio``) or ``step``
             (multiply by ``gamma`` every ``step_size`` steps); ``warmup_steps`` of linear warm-up first.
         grad_clip: clip the meta-gradient's global norm to this value (``None``: no clipping).
+        ema_decay: validate, test and save an exponential moving average of the trained parameters with
+            this decay per step (``attnmeta.train.ParameterAverage``, warmed up over the first steps; e.g.
+            0.995), training itself unchanged; ``None``: the trained parameters themselves.
         eval_every / eval_episodes / val_seed: validation period [steps], fixed val. episodes, their seed.
         test_episodes / test_seed: fixed test episodes evaluated at the end (600 and seed 0 as in the papers).
         checkpoint_every / keep_last: checkpoint period [steps] and how many recent checkpoints to keep
@@ -111,6 +114,7 @@ class RunConfig:
     step_size: int = 1000
     gamma: float = 0.5
     grad_clip: float | None = None
+    ema_decay: float | None = None
     eval_every: int = 500
     eval_episodes: int = 100
     val_seed: int = 1
@@ -129,7 +133,7 @@ class RunConfig:
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
-        for key in ("lr", "weight_decay", "momentum", "min_lr_ratio", "gamma", "grad_clip"):
+        for key in ("lr", "weight_decay", "momentum", "min_lr_ratio", "gamma", "grad_clip", "ema_decay"):
             value = getattr(self, key)
             if isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, key, float(value))
@@ -169,6 +173,9 @@ class RunConfig:
             raise ValueError(f"config key 'lr' must be > 0, got {self.lr}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"config key 'grad_clip' must be > 0 or null, got {self.grad_clip}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"config key 'ema_decay' must be in [0, 1) (e.g. 0.995) or null, got "
+                             f"{self.ema_decay}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"config key 'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)

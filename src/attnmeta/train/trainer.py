@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from attnmeta import learners
 from attnmeta.eval import EvalResult, evaluate
 from attnmeta.learners.base import Learner
+from attnmeta.train.averaging import ParameterAverage
 from attnmeta.train.checkpoint import CheckpointManager, load_checkpoint, write_json_atomic
 from attnmeta.train.config import RunConfig
 from attnmeta.train.distributed import DistributedContext
@@ -322,6 +323,12 @@ def train(
     if not params:
         raise ValueError(f"learner {config.algo!r} has no trainable parameters")
     optimizer = make_optimizer(config, params)
+    average = ParameterAverage(learner, config.ema_decay) if config.ema_decay is not None else None
+
+    def averaged() -> contextlib.AbstractContextManager:
+        """The averaged parameters in the learner while validating, testing and saving (if ``ema_decay``)."""
+        return average.applied(learner) if average is not None else contextlib.nullcontext()
+
     val_tasks = [
         t.to(device, dtype) for t in bench.val.fixed_tasks(config.eval_episodes, seed=config.val_seed)
     ]
@@ -334,6 +341,13 @@ def train(
         if latest is not None:
             weights, state = load_checkpoint(latest)
             learner.load_state_dict(weights)
+            if average is not None:  # the weights are the average; the trained values are in the state
+                average.load_state_dict({"decay": config.ema_decay, "updates": state["ema_updates"],
+                                         "averages": {name: weights[name] for name in average.names}})
+                trained_now = dict(learner.named_parameters())
+                with torch.no_grad():
+                    for name, value in state["trained_parameters"].items():
+                        trained_now[name].copy_(value)
             optimizer.load_state_dict(state["optimizer"])
             bench.train.load_state_dict(state["sampler"])
             set_rng_state(state["rng"])
@@ -377,7 +391,12 @@ def train(
             "config": config.to_dict(),
             "run": run_info,
         }
-        checkpoints.save(step, learner.state_dict(), state, best=best if is_best else None)
+        if average is not None:
+            state["ema_updates"] = average.updates
+            state["trained_parameters"] = {name: p.detach().clone()
+                                           for name, p in learner.named_parameters() if name in average.names}
+        with averaged():
+            checkpoints.save(step, learner.state_dict(), state, best=best if is_best else None)
 
     # 3. The loop.
     bar = tqdm(
@@ -418,12 +437,14 @@ def train(
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
+            if average is not None:
+                average.update(learner)
             train_seconds += time.perf_counter() - started
             log.write(step, "train", {**metrics, "lr": lr, "train_seconds": train_seconds})
 
             is_best = False
             if main and (step % config.eval_every == 0 or step == config.steps):
-                with preserved_rng():
+                with preserved_rng(), averaged():
                     result = evaluate(learner, val_tasks, device=device)
                 log.write(
                     step, "val", {metric: result.mean, "ci95": result.ci95, "train_seconds": train_seconds}
