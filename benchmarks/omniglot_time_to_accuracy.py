@@ -145,6 +145,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-rotations", dest="rotations", action="store_false",
                    help="train on the 964 upright background characters only (default: x4 rotation classes)")
+    p.add_argument("--mirror-classes", action="store_true",
+                   help="add the left-right mirror image of every background character as a new training "
+                        "character (x2 classes; with the rotations x8: the dihedral group); test untouched")
     p.add_argument("--name", default=None, help="result file stem (default omniglot_<algo>)")
     p.add_argument("--rotation-ensemble", action="store_true",
                    help="also evaluate (monitor and final test) with the test-time ensemble of the four "
@@ -168,6 +171,16 @@ def load_data(args: argparse.Namespace) -> tuple[Omniglot, Omniglot]:
         return tuple(Omniglot.from_tensors(stored[f"{k}_images"], stored[f"{k}_labels"],  # type: ignore
                                            stored[f"{k}_characters"]) for k in ("background", "evaluation"))
     return Omniglot(args.root, background=True), Omniglot(args.root, background=False)
+
+
+def with_mirror_classes(data: Omniglot) -> Omniglot:
+    """``data`` plus the left-right mirror image of each drawing, as new characters ``<character>/mirror``
+    (same alphabet)."""
+    n = data.num_characters
+    return Omniglot.from_tensors(torch.cat([data.images, data.images.flip(-1)]),
+                                 torch.cat([data.labels, data.labels + n]),
+                                 [*data.characters, *(f"{c}/mirror" for c in data.characters)],
+                                 invert=data.invert)
 
 
 def compose(*functions):
@@ -217,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
                    args.export_data)
         print(f"wrote {args.export_data}")
         return {}
+    if args.mirror_classes:
+        background = with_mirror_classes(background)
     torch.manual_seed(args.seed)
     shape = dict(ways=args.train_ways, shots=args.train_shots, queries=args.train_queries)
     train = make_benchmark("omniglot", data=(background, evaluation), seed=args.seed,

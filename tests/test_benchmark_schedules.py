@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "omniglot_time_to_accuracy.py"
 
@@ -66,3 +67,18 @@ def test_ema_option_parses_decays_or_says_what_it_takes(bench, capsys):
         with pytest.raises(SystemExit):
             bench.parse_args(["--ema", bad])
         assert "decays in [0, 1)" in capsys.readouterr().err
+
+
+def test_mirror_classes_add_the_flipped_drawings_as_new_characters(bench):
+    from attnmeta.data.omniglot import Omniglot
+
+    images = torch.arange(3 * 4 * 4, dtype=torch.uint8).view(3, 1, 4, 4)
+    data = Omniglot.from_tensors(images, torch.tensor([0, 1, 1]), ["A/character01", "B/character02"])
+    mirrored = bench.with_mirror_classes(data)
+    assert mirrored.characters == ["A/character01", "B/character02", "A/character01/mirror",
+                                   "B/character02/mirror"]
+    assert mirrored.labels.tolist() == [0, 1, 1, 2, 3, 3]
+    assert torch.equal(mirrored.images[:3], images)
+    assert torch.equal(mirrored.images[3:, 0, :, 0], images[:, 0, :, 3])  # first column <- last column
+    assert mirrored.alphabets == ["A", "B"] and mirrored.character_alphabet.tolist() == [0, 1, 0, 1]
+    assert not bench.parse_args([]).mirror_classes and bench.parse_args(["--mirror-classes"]).mirror_classes

@@ -192,3 +192,9 @@ def test_ema_decay_validates_tests_and_saves_the_average_without_changing_traini
     assert all(torch.allclose(a[k], state["trained_parameters"][k]) for k in state["trained_parameters"])
     with pytest.raises(ValueError, match="ema_decay"):
         small(tmp_path, ema_decay=1.0)
+    with pytest.raises(ValueError, match="saved with ema_decay, but the config resuming it has ema_decay=No"):
+        train(small(tmp_path, run_dir=str(tmp_path / "ema"), steps=80), resume=True, quiet=True,
+              print_fn=lambda _: None)
+    with pytest.raises(ValueError, match="saved without ema_decay"):
+        train(small(tmp_path, run_dir=str(tmp_path / "plain"), steps=80, ema_decay=0.9), resume=True,
+              quiet=True, print_fn=lambda _: None)

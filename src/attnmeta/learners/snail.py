@@ -183,16 +183,16 @@ class SNAIL(Learner):
             so the sequence model learns a correction to nearest-prototype classification, in training and
             in prediction. On Omniglot (30 CPU-minutes, README) the correction added nothing measurable: the
             trained embedding scored the same as a nearest-prototype classifier alone.
-        input_noise: not in the paper, 0 by default: in training only, Gaussian noise of this standard
-            deviation is added to the (standardised, when ``normalize``) embeddings the sequence model reads
-            in ``meta_loss`` (``predict`` never adds it),
-            so its head learns on less separable inputs than the training classes' embeddings (the test
-            classes' embeddings are less well separated than those the backbone was trained on).
+        input_noise: not in the paper, 0 by default: in ``meta_loss`` only (``predict`` never adds it),
+            Gaussian noise of this standard deviation is added to the (standardised, when ``normalize``)
+            embeddings the sequence model reads, so its head learns on less separable inputs than the
+            training classes' embeddings (the test classes' embeddings are less well separated than those
+            the backbone was trained on). On Omniglot it did not help (README).
         shuffle_features: not in the paper, off by default: in ``meta_loss`` only, each task's embeddings get
             their own random permutation and sign flips of the feature coordinates (the same for the task's
             support and queries). Distances and inner products within a task are unchanged, so the
             sequence model cannot tie its computation to particular feature directions of the training
-            classes and must compare examples.
+            classes and must compare examples. On Omniglot it did not help either (README).
     """
 
     name = "snail"

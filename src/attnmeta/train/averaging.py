@@ -65,8 +65,8 @@ class ParameterAverage:
     def update(self, module: nn.Module) -> None:
         """``average <- decay * average + (1 - decay) * parameter`` for every averaged parameter."""
         weight = 1.0 - self.current_decay()
-        averages = [self.averages[name] for name in self.names]
-        torch._foreach_lerp_(averages, [p.detach() for p in self._parameters(module)], weight)
+        for name, p in zip(self.names, self._parameters(module)):
+            self.averages[name].lerp_(p.detach(), weight)
         self.updates += 1
 
     @contextmanager

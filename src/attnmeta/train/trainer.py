@@ -341,6 +341,12 @@ def train(
         if latest is not None:
             weights, state = load_checkpoint(latest)
             learner.load_state_dict(weights)
+            if (average is not None) != ("ema_updates" in state):
+                raise ValueError(
+                    f"{latest} was saved {'without' if average is not None else 'with'} ema_decay, but the "
+                    f"config resuming it has ema_decay={config.ema_decay}; resume with the run's own config "
+                    f"(`attnmeta train --resume {run_dir}` reads it from the run folder)"
+                )
             if average is not None:  # the weights are the average; the trained values are in the state
                 average.load_state_dict({"decay": config.ema_decay, "updates": state["ema_updates"],
                                          "averages": {name: weights[name] for name in average.names}})
