@@ -65,7 +65,7 @@ def test_applied_swaps_the_average_in_and_restores_the_trained_values_even_after
         torch.testing.assert_close(p, moved[name])
 
 
-def test_training_through_the_average_leaves_gradients_to_the_trained_parameters():
+def test_averages_are_detached_and_lag_the_trained_parameters_in_training():
     model = _model()
     average = ParameterAverage(model, decay=0.9)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -14,7 +14,9 @@ The decay warms up as in TensorFlow's ``ExponentialMovingAverage(num_updates=...
 uses ``min(decay, (1 + n) / (10 + n))``, so the random initialisation does not linger in the average of a
 short run (with a fixed decay of 0.998, 3.7% of the average after 1,650 updates would still be the initial
 weights). Only floating-point parameters with ``requires_grad`` are averaged; buffers (e.g. batch-norm
-running statistics) are used as they are in the module.
+running statistics) are used as they are in the module. Unlike ``torch.optim.swa_utils.AveragedModel`` it
+keeps no second copy of the module (the averages are swapped into the trained module itself, so checkpoints,
+``state_dict`` and functional learners see one module) and it warms up.
 """
 
 from __future__ import annotations
@@ -41,12 +43,15 @@ class ParameterAverage:
                              f"got {decay!r}")
         self.decay = float(decay)
         self.updates = 0
-        self.names = [name for name, p in module.named_parameters()
-                      if p.requires_grad and p.is_floating_point()]
-        if not self.names:
+        self.averages = {name: p.detach().clone() for name, p in module.named_parameters()
+                         if p.requires_grad and p.is_floating_point()}
+        if not self.averages:
             raise ValueError("the module has no trained floating-point parameters to average")
-        params = dict(module.named_parameters())
-        self.averages = {name: params[name].detach().clone() for name in self.names}
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the averaged parameters, in the module's order."""
+        return list(self.averages)
 
     def _parameters(self, module: nn.Module) -> list[Tensor]:
         params = dict(module.named_parameters())
@@ -65,8 +70,8 @@ class ParameterAverage:
     def update(self, module: nn.Module) -> None:
         """``average <- decay * average + (1 - decay) * parameter`` for every averaged parameter."""
         weight = 1.0 - self.current_decay()
-        for name, p in zip(self.names, self._parameters(module)):
-            self.averages[name].lerp_(p.detach(), weight)
+        for average, p in zip(self.averages.values(), self._parameters(module)):
+            average.lerp_(p.detach(), weight)
         self.updates += 1
 
     @contextmanager
@@ -76,8 +81,8 @@ class ParameterAverage:
         params = self._parameters(module)
         saved = [p.detach().clone() for p in params]
         with torch.no_grad():
-            for p, name in zip(params, self.names):
-                p.copy_(self.averages[name])
+            for p, average in zip(params, self.averages.values()):
+                p.copy_(average)
         try:
             yield module
         finally:
