@@ -38,9 +38,11 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -50,7 +52,7 @@ from attnmeta.data.omniglot import Omniglot  # noqa: E402
 from attnmeta.eval import evaluate, with_rotation_ensemble  # noqa: E402
 from attnmeta.learners import registry  # noqa: E402
 from attnmeta.nn.backbones import build_backbone  # noqa: E402
-from attnmeta.tasks import RandomAffine, RandomShift  # noqa: E402
+from attnmeta.tasks import EpisodeSampler, RandomAffine, RandomShift  # noqa: E402
 from attnmeta.train.averaging import ParameterAverage  # noqa: E402
 from attnmeta.train.memory import retain_freed_memory  # noqa: E402
 
@@ -218,7 +220,16 @@ def mark_reached(reached: dict, accuracy: float, episode: int, cpu_s: float, wal
                                        "episode": episode}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, *, adjust_model: Callable[[nn.Module], nn.Module] | None = None,
+         adjust_train: Callable[[EpisodeSampler], None] | None = None,
+         make_optimizer: Callable[[list[nn.Parameter], float], torch.optim.Optimizer] | None = None) -> dict:
+    """Run the benchmark with command-line ``argv``; returns the report written to ``<name>.json``.
+
+    Hooks for variants of a recipe (``benchmarks/omniglot_protonet_variants.py``): ``adjust_model(backbone)``
+    returns the backbone to train (after ``--init-backbone``); ``adjust_train(sampler)`` changes the training
+    sampler in place (after ``--shift-pixels`` / ``--affine``); ``make_optimizer(parameters, lr)`` replaces
+    ``torch.optim.Adam`` (the schedule still sets each group's ``lr``).
+    """
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.retain_memory:
@@ -240,6 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
         train.batch_transform = compose(train.batch_transform, RandomShift(args.shift_pixels, seed=args.seed))
     if args.affine:
         train.batch_transform = compose(train.batch_transform, RandomAffine(*args.affine, seed=args.seed))
+    if adjust_train is not None:
+        adjust_train(train)
     tests = {w: make_benchmark("omniglot", data=(background, evaluation), ways=w, shots=1, queries=15).test
              for w in (5, 20)}
     spec = registry.spec(args.algo)
@@ -248,6 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
                            out_features=args.train_ways if spec.head else None)
     if args.init_backbone:
         model.load_state_dict(torch.load(args.init_backbone, weights_only=True))
+    if adjust_model is not None:
+        model = adjust_model(model)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     options = json.loads(args.learner_options)
@@ -257,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.freeze_backbone:
         model.requires_grad_(False)
     trained = [p for p in learner.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trained, lr=args.lr)
+    optimizer = (make_optimizer or torch.optim.Adam)(trained, args.lr)
     averages = {f"ema{decay:g}": ParameterAverage(learner, decay) for decay in args.ema}
     monitor = tests[5].fixed_tasks(args.eval_episodes, seed=1)
     name = args.name or f"omniglot_{args.algo}"
