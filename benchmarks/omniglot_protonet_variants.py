@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import sys
 import time
 import types
@@ -170,7 +171,10 @@ def main(argv: list[str] | None = None) -> dict:
     elif name == "adamw":
         hooks["make_optimizer"] = functools.partial(torch.optim.AdamW, weight_decay=values[0])
     print(f"variant {name} {values}", flush=True)
-    return bench.main(rest, **hooks)
+    report = bench.main(rest, **hooks)
+    report["variant"] = {"name": name, "values": list(values)}
+    (Path(args.out_dir) / f"{report['name']}.json").write_text(json.dumps(report, indent=1))
+    return report
 
 
 if __name__ == "__main__":
