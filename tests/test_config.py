@@ -44,7 +44,7 @@ def test_unknown_key_names_key_and_suggests():
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("optimizer", "adamw", r"'optimizer' must be one of adam, sgd; got 'adamw'"),
+        ("optimizer", "lamb", r"'optimizer' must be one of adam, adamw, sgd; got 'lamb'"),
         ("schedule", "linear", r"'schedule' must be one of constant, cosine, step"),
         ("dtype", "float16", r"'dtype' must be one of float32, float64"),
         ("device", "tpu", r"'device' must be one of auto, cpu, cuda"),

@@ -198,3 +198,20 @@ def test_ema_decay_validates_tests_and_saves_the_average_without_changing_traini
     with pytest.raises(ValueError, match="saved without ema_decay"):
         train(small(tmp_path, run_dir=str(tmp_path / "plain"), steps=80, ema_decay=0.9), resume=True,
               quiet=True, print_fn=lambda _: None)
+
+
+def test_adamw_decays_weights_decoupled_from_the_gradient():
+    from attnmeta.train.trainer import make_optimizer
+
+    weight = torch.nn.Parameter(torch.full((3,), 2.0))
+    config = RunConfig(optimizer="adamw", lr=0.1, weight_decay=0.5)
+    optimizer = make_optimizer(config, [weight])
+    assert isinstance(optimizer, torch.optim.AdamW)
+    weight.grad = torch.zeros(3)  # no gradient: Adam's step is 0, only the decoupled decay acts
+    optimizer.step()
+    torch.testing.assert_close(weight.detach(), torch.full((3,), 2.0 * (1 - 0.1 * 0.5)))
+    coupled = torch.nn.Parameter(torch.full((3,), 2.0))
+    adam = make_optimizer(RunConfig(optimizer="adam", lr=0.1, weight_decay=0.5), [coupled])
+    coupled.grad = torch.zeros(3)
+    adam.step()  # Adam's L2 term goes through the normalised step: a full lr-sized move
+    torch.testing.assert_close(coupled.detach(), torch.full((3,), 2.0 - 0.1))

@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--meta-batch", type=int, help="tasks per outer step")
     t.add_argument("--steps", type=int, help="outer steps")
     t.add_argument("--lr", type=float, help="outer learning rate")
-    t.add_argument("--optimizer", help="adam or sgd")
+    t.add_argument("--optimizer", help="adam, adamw (decoupled weight decay) or sgd")
     t.add_argument("--schedule", help="constant, cosine or step")
     t.add_argument("--backbone", help="conv4, resnet12 or mlp (default: the benchmark's)")
     t.add_argument("--root", help="data folder of image benchmarks")

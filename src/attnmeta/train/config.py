@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 REGRESSION_BENCHMARKS = ("sinusoid", "multimodal")
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
@@ -68,7 +68,9 @@ class RunConfig:
         backbone / backbone_options: ``build_backbone`` name (``None``: the benchmark's default) and options.
         meta_batch: tasks per outer step.
         steps: outer steps.
-        optimizer / lr / weight_decay / momentum: outer optimizer (``adam`` or ``sgd``), learning rate.
+        optimizer / lr / weight_decay / momentum: outer optimizer (``adam``, ``adamw`` or ``sgd``), learning
+            rate; ``weight_decay`` is an L2 term of the gradient for ``adam`` / ``sgd`` and decoupled
+            (``w -= lr * weight_decay * w`` each step, Loshchilov & Hutter) for ``adamw``.
         schedule: LR schedule: ``constant``, ``cosine`` (to ``lr * min_lr_ratio``) or ``step``
             (multiply by ``gamma`` every ``step_size`` steps); ``warmup_steps`` of linear warm-up first.
         grad_clip: clip the meta-gradient's global norm to this value (``None``: no clipping).
