@@ -120,7 +120,7 @@ def test_config_file_flags_and_set_precedence(tmp_path, capsys):
     ("args", "message"),
     [
         (["train", "sinusoid", "--set", "stepz=3"], "unknown config key 'stepz' (did you mean 'steps'?)"),
-        (["train", "sinusoid", "--optimizer", "adamw"], "'optimizer' must be one of adam, sgd; got 'adamw'"),
+        (["train", "sinusoid", "--optimizer", "lamb"], "'optimizer' must be one of adam, adamw, sgd"),
         (["train", "sinusoid", "--algo", "nope"], "unknown learner 'nope'; choose one of:"),
         (["train", "--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
         (["eval", "no/such/run"], "'no/such/run' is not a run folder (no config.yaml)"),
