@@ -1,8 +1,8 @@
 """One-change variants of an Omniglot recipe, run through ``omniglot_time_to_accuracy.py``.
 
-Each ``--variant`` changes one thing of the recipe given by the benchmark's own arguments (everything after
-``--variant ...`` goes to the benchmark unchanged), so a variant and its reference run differ in that one
-thing only. The screen of session 14 ran each against the best ProtoNets recipe (README, Omniglot table)::
+Each ``--variant`` changes one thing of the recipe given by the benchmark's own arguments (every argument
+other than ``--variant`` goes to the benchmark unchanged), so a variant and its reference run differ in that
+one thing only. The screen of session 14 ran each against the best ProtoNets recipe (README, Omniglot table)::
 
     OMP_NUM_THREADS=1 python benchmarks/omniglot_protonet_variants.py --variant no-final-relu \\
         --algo protonet --train-ways 150 --train-shots 1 --train-queries 3 --lr 6e-3 \\
@@ -44,23 +44,23 @@ import omniglot_time_to_accuracy as bench  # noqa: E402
 from attnmeta.nn.backbones import Conv4, ConvBlock  # noqa: E402
 from attnmeta.tasks import EpisodeSampler  # noqa: E402
 
-VARIANTS = ("no-final-relu", "last-block", "concat-blocks-3-4", "progressive", "alphabets", "adamw")
+VALUES_TAKEN = {"no-final-relu": 0, "last-block": 1, "concat-blocks-3-4": 0, "progressive": 2, "alphabets": 1,
+                "adamw": 1}
+"""How many ``:``-separated values each variant takes."""
 
 
 def parse_variant(text: str) -> tuple[str, tuple[float, ...]]:
     """``"name"`` or ``"name:v1[:v2]"`` -> ``(name, values)``, checked against what each variant takes."""
     name, *raw = text.split(":")
-    takes = {"no-final-relu": 0, "concat-blocks-3-4": 0, "last-block": 1, "alphabets": 1, "adamw": 1,
-             "progressive": 2}
-    if name not in takes:
-        raise argparse.ArgumentTypeError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    if name not in VALUES_TAKEN:
+        raise argparse.ArgumentTypeError(f"unknown variant {name!r}; choose from {', '.join(VALUES_TAKEN)}")
     try:
         values = tuple(float(v) for v in raw)
     except ValueError:
         raise argparse.ArgumentTypeError(f"variant values must be numbers, got {text!r}") from None
-    if len(values) != takes[name] or any(v <= 0 for v in values):
+    if len(values) != VALUES_TAKEN[name] or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(
-            f"{name} takes {takes[name]} positive value(s) after ':' (see the module docstring), "
+            f"{name} takes {VALUES_TAKEN[name]} positive value(s) after ':' (see the module docstring), "
             f"got {text!r}")
     return name, values
 
