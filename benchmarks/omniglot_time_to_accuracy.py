@@ -129,7 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "after --shift-pixels; test episodes untouched")
     p.add_argument("--channels-last", action="store_true", default=True)
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    p.add_argument("--learner-options", default="{}", help="JSON keyword arguments of the learner")
+    p.add_argument("--learner-options", default="{}",
+                   help='JSON keyword arguments of the learner ("ways" there overrides --train-ways for it)')
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-retain-memory", dest="retain_memory", action="store_false",
                    help="leave glibc's allocator as it is (as runs before 2026-11-28; attnmeta.train.memory)")
@@ -266,8 +267,9 @@ def main(argv: list[str] | None = None, *, adjust_model: Callable[[nn.Module], n
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     options = json.loads(args.learner_options)
-    learner = registry.build(args.algo, model=model, task_type="classification", ways=args.train_ways,
-                             **options)
+    # "ways" in the options builds the learner for that many ways (SNAIL with subtasks of larger episodes)
+    learner = registry.build(args.algo, model=model, task_type="classification",
+                             **{"ways": args.train_ways, **options})
     learner.to(args.device)
     if args.freeze_backbone:
         model.requires_grad_(False)

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from attnmeta.learners import build
 from attnmeta.learners.snail import (
     SNAIL,
+    draw_subtasks,
     episode_attention_mask,
     predecessor_index,
     shuffle_task_features,
@@ -234,6 +235,97 @@ def test_errors():
         learner.predict(Task(torch.randn(4, 8), torch.randn(4, 1), torch.randn(2, 8), torch.randn(2, 1)))
     with pytest.raises(ValueError, match="multiples of heads"):
         SNAIL(nn.Identity(), 4, feature_dim=8, heads=3)
+
+
+def test_draw_subtasks_carves_ways_way_tasks_from_each_episode():
+    """Embeddings encode (episode, class, example); the examples arrive shuffled. Every subtask must hold
+    ``ways`` distinct classes of its own episode, class-major, every example of each class, labelled by the
+    class's position in the subtask."""
+    tasks, classes, shots, queries = 2, 7, 2, 3
+    support_y = torch.arange(classes).repeat_interleave(shots).repeat(tasks, 1)
+    query_y = torch.arange(classes).repeat_interleave(queries).repeat(tasks, 1)
+
+    def code(labels: Tensor, per_class: int) -> Tensor:
+        example = torch.arange(labels.shape[1]) % per_class
+        episode = torch.arange(tasks)[:, None]
+        return torch.stack(torch.broadcast_tensors(episode, labels, example[None]), -1).float()
+
+    support, query = code(support_y, shots), code(query_y, queries)
+    generator = torch.Generator().manual_seed(0)
+    s_order = torch.stack([torch.randperm(classes * shots, generator=generator) for _ in range(tasks)])
+    q_order = torch.stack([torch.randperm(classes * queries, generator=generator) for _ in range(tasks)])
+    torch.manual_seed(3)
+    sub_s, sub_sy, sub_q, sub_qy = draw_subtasks(
+        support.gather(1, s_order[..., None].expand(-1, -1, 3)), support_y.gather(1, s_order),
+        query.gather(1, q_order[..., None].expand(-1, -1, 3)), query_y.gather(1, q_order), ways=4, count=5)
+    assert sub_s.shape == (10, 8, 3) and sub_q.shape == (10, 12, 3)
+    assert torch.equal(sub_sy, torch.arange(4).repeat_interleave(2).expand(10, -1))
+    assert torch.equal(sub_qy, torch.arange(4).repeat_interleave(3).expand(10, -1))
+    chosen = set()
+    for i in range(10):
+        episode, picked = i // 5, sub_s[i, ::shots, 1].long()
+        assert (sub_s[i, :, 0] == episode).all() and (sub_q[i, :, 0] == episode).all()
+        assert len(set(picked.tolist())) == 4
+        assert torch.equal(sub_s[i, :, 1].long(), picked.repeat_interleave(shots))
+        assert torch.equal(sub_q[i, :, 1].long(), picked.repeat_interleave(queries))
+        for examples, per_class in ((sub_s[i, :, 2], shots), (sub_q[i, :, 2], queries)):
+            assert (examples.view(4, per_class).sort(1).values == torch.arange(per_class)).all()
+        chosen.add(tuple(picked.tolist()))
+    assert len(chosen) > 5  # random draws, not one fixed choice
+    with pytest.raises(ValueError, match="same number of support examples"):
+        draw_subtasks(support[:, :-1], support_y[:, :-1], query, query_y, ways=4, count=2)
+    with pytest.raises(ValueError, match="cannot draw 8-way subtasks from 7-way"):
+        draw_subtasks(support, support_y, query, query_y, ways=8, count=2)
+
+
+def test_subtasks_train_the_sequence_model_on_tasks_carved_from_larger_episodes():
+    """The loss of a 9-way episode is the mean SNAIL loss of its 4-way subtasks (the same draws) plus the
+    auxiliary ProtoNets loss over all 9 classes; ``predict`` still takes 4-way tasks only."""
+    torch.manual_seed(0)
+    episodes = TaskBatch.stack([gaussian_task(9, 2, 3), gaussian_task(9, 2, 3)])
+    learner = small_snail(ways=4, shots=2, subtasks=3, prototype_loss_weight=0.5)
+    torch.manual_seed(7)
+    out = learner.meta_loss(episodes)
+    assert out.task_losses.shape == (2,)
+
+    support, query = learner.model(episodes.support_x), learner.model(episodes.query_x)
+    torch.manual_seed(7)
+    sub_s, sub_sy, sub_q, sub_qy = draw_subtasks(support, episodes.support_y, query, episodes.query_y, 4, 3)
+    snail_loss = nn.functional.cross_entropy(learner.sequence_logits(sub_s, sub_sy, sub_q).flatten(0, 1),
+                                             sub_qy.flatten())
+    whole = small_snail(ways=9, shots=2, prototype_loss_weight=1.0)  # same embedding network weights
+    whole.model.load_state_dict(learner.model.state_dict())
+    proto_loss = torch.tensor(whole.meta_loss(episodes).metrics["prototype_loss"])
+    torch.testing.assert_close(out.loss, snail_loss + 0.5 * proto_loss, atol=1e-5, rtol=1e-5)
+    out.loss.backward()
+    assert all(p.grad is not None for p in learner.parameters())
+
+    with pytest.raises(ValueError, match="built 4-way"):
+        learner.predict(gaussian_task(9, 2, 3))
+    with pytest.raises(ValueError, match="set subtasks > 0"):
+        small_snail(ways=4, shots=2).meta_loss(episodes)
+    with pytest.raises(ValueError, match="cannot carve 4-way subtasks from a 3-way"):
+        learner.meta_loss(TaskBatch.stack([gaussian_task(3, 2, 3)]))
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="subtasks must be an int"):
+            small_snail(subtasks=bad)
+
+
+def test_learns_from_subtasks_of_larger_episodes():
+    """Trained only on 4-way subtasks of fresh 12-way episodes, SNAIL classifies 4-way tasks."""
+    learner = small_snail(ways=4, shots=2, subtasks=8)
+    generator = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(123)
+    tests = [gaussian_task(4, 2, 5, generator=g) for _ in range(50)]
+    optimizer = torch.optim.Adam(learner.parameters(), 3e-3)
+    for _ in range(150):
+        loss = learner.meta_loss(TaskBatch.stack([gaussian_task(12, 2, 5, generator=generator)])).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    learner.eval()
+    after = sum((learner.predict(t).argmax(1) == t.query_y).float().mean().item() for t in tests) / 50
+    assert after > 0.8, after  # measured 0.866
 
 
 def test_learns_a_synthetic_problem():

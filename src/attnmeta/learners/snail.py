@@ -40,7 +40,7 @@ from attnmeta.learners.registry import register
 from attnmeta.nn.attention import scaled_dot_product_attention
 from attnmeta.tasks.episode import Task, TaskBatch
 
-__all__ = ["SNAIL", "episode_attention_mask", "predecessor_index", "shuffle_task_features",
+__all__ = ["SNAIL", "draw_subtasks", "episode_attention_mask", "predecessor_index", "shuffle_task_features",
            "standardize_by_support"]
 
 
@@ -88,6 +88,50 @@ def shuffle_task_features(support: Tensor, query: Tensor) -> tuple[Tensor, Tenso
         return x.gather(2, order[:, None, :].expand_as(x)) * signs
 
     return apply(support), apply(query)
+
+
+def _group_by_class(embeddings: Tensor, labels: Tensor, classes: int, what: str) -> Tensor:
+    """``[T, n, D]`` examples, labels ``[T, n]`` -> ``[T, classes, n // classes, D]``, grouped by label."""
+    tasks, count, dim = embeddings.shape
+    per_class = count // classes
+    order = labels.argsort(dim=1, stable=True)
+    expected = torch.arange(classes, device=labels.device).repeat_interleave(per_class)
+    if per_class * classes != count or not torch.equal(labels.gather(1, order),
+                                                       expected.expand(tasks, -1)):
+        raise ValueError(f"subtasks need the same number of {what} examples for every class of every "
+                         f"task ({count} {what} examples over {classes} classes); sample N-way K-shot "
+                         "Q-query episodes")
+    return embeddings.gather(1, order[..., None].expand(-1, -1, dim)).view(tasks, classes, per_class, dim)
+
+
+def draw_subtasks(support_emb: Tensor, support_y: Tensor, query_emb: Tensor, query_y: Tensor, ways: int,
+                  count: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``count`` random ``ways``-way tasks from the classes of each of ``T`` larger episodes.
+
+    Args:
+        support_emb: ``[T, W * K, D]`` embeddings of ``W``-way ``K``-shot episodes (``W >= ways``), labels
+            ``support_y [T, W * K]`` in ``0..W-1``; query_emb ``[T, W * Q, D]``, query_y ``[T, W * Q]``.
+    Returns:
+        ``(support [T * count, ways * K, D], support_y, query [T * count, ways * Q, D], query_y)``: each
+        subtask's classes are ``ways`` distinct classes of its episode, drawn with the global torch RNG, their
+        order is the subtask's labels ``0..ways-1``; examples are class-major, like ``EpisodeSampler``'s.
+    """
+    tasks, _, dim = support_emb.shape
+    classes = int(support_y.max()) + 1
+    if ways > classes:
+        raise ValueError(f"cannot draw {ways}-way subtasks from {classes}-way episodes")
+    support = _group_by_class(support_emb, support_y, classes, "support")
+    query = _group_by_class(query_emb, query_y, classes, "query")
+    chosen = torch.rand(tasks, count, classes, device=support_emb.device).argsort(-1)[..., :ways]
+    task_index = torch.arange(tasks, device=support_emb.device)[:, None, None]
+
+    def pick(grouped: Tensor) -> tuple[Tensor, Tensor]:
+        per_class = grouped.shape[2]
+        examples = grouped[task_index, chosen].reshape(tasks * count, ways * per_class, dim)
+        labels = torch.arange(ways, device=grouped.device).repeat_interleave(per_class)
+        return examples, labels.expand(tasks * count, -1)
+
+    return (*pick(support), *pick(query))
 
 
 class DenseBlock(nn.Module):
@@ -193,6 +237,11 @@ class SNAIL(Learner):
             support and queries). Distances and inner products within a task are unchanged, so the
             sequence model cannot tie its computation to particular feature directions of the training
             classes and must compare examples. On Omniglot it did not help either (README).
+        subtasks: not in the paper, 0 by default (training episodes must then be ``ways``-way): training
+            episodes may have more classes than ``ways``; each is embedded once, its auxiliary loss (when
+            ``prototype_loss_weight``) covers all its classes, and the sequence model is trained on this many
+            random ``ways``-way tasks carved from it (``draw_subtasks``), so one batch of embedded images
+            gives many sequence-model tasks. ``predict`` still takes ``ways``-way tasks.
     """
 
     name = "snail"
@@ -205,7 +254,7 @@ class SNAIL(Learner):
                  heads: int = 1, normalize: bool = True, tie_query_key: bool = True,
                  prototype_loss_weight: float = 0.0, prototype_loss_scope: str = "batch",
                  prototype_distance: str = "euclidean", prototype_residual: bool = False,
-                 input_noise: float = 0.0, shuffle_features: bool = False) -> None:
+                 input_noise: float = 0.0, shuffle_features: bool = False, subtasks: int = 0) -> None:
         super().__init__(task_type)
         if task_type != "classification":
             raise ValueError("this SNAIL is a few-shot classification learner; "
@@ -219,6 +268,8 @@ class SNAIL(Learner):
                              f"{prototype_loss_weight!r}")
         if isinstance(input_noise, bool) or not isinstance(input_noise, (int, float)) or not input_noise >= 0:
             raise ValueError(f"input_noise must be a standard deviation >= 0 (0: off), got {input_noise!r}")
+        if isinstance(subtasks, bool) or not isinstance(subtasks, int) or subtasks < 0:
+            raise ValueError(f"subtasks must be an int >= 0 (0: off), got {subtasks!r}")
         if prototype_loss_scope not in ("episode", "batch"):
             raise ValueError("prototype_loss_scope must be 'episode' or 'batch', got "
                              f"{prototype_loss_scope!r}")
@@ -243,6 +294,7 @@ class SNAIL(Learner):
         self.prototype_residual = bool(prototype_residual)
         self.input_noise = float(input_noise)
         self.shuffle_features = bool(shuffle_features)
+        self.subtasks = subtasks
         if self.prototype_residual:
             self.residual_weight = nn.Parameter(torch.tensor(1.0))
         if tie_query_key:
@@ -278,20 +330,32 @@ class SNAIL(Learner):
         logits = self.classifier(x[:, n_support:])
         return logits if residual is None else logits + residual
 
-    def _check(self, batch: Task | TaskBatch) -> None:
+    def _check(self, batch: Task | TaskBatch, larger_allowed: bool = False) -> None:
         check_classification_batch(batch, self.name)
-        if batch.ways != self.ways:
-            raise ValueError(f"snail was built {self.ways}-way (one-hot label inputs) and cannot score a "
-                             f"{batch.ways}-way episode; build it with ways={batch.ways} or sample "
-                             f"{self.ways}-way episodes")
+        if batch.ways == self.ways or (larger_allowed and batch.ways > self.ways):
+            return
+        if larger_allowed:
+            raise ValueError(f"snail was built {self.ways}-way and cannot carve {self.ways}-way subtasks "
+                             f"from a {batch.ways}-way episode; sample episodes of at least {self.ways} ways")
+        hint = (" (or set subtasks > 0 to train on larger episodes)"
+                if batch.ways > self.ways and isinstance(batch, TaskBatch) else "")
+        raise ValueError(f"snail was built {self.ways}-way (one-hot label inputs) and cannot score a "
+                         f"{batch.ways}-way episode; build it with ways={batch.ways} or sample "
+                         f"{self.ways}-way episodes{hint}")
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
-        self._check(batch)
+        self._check(batch, larger_allowed=self.subtasks > 0)
         support_emb, query_emb = embed_episodes(self.model, batch.support_x, batch.query_x)
-        logits = self.sequence_logits(support_emb, batch.support_y, query_emb,
+        sequence = (support_emb, batch.support_y, query_emb, batch.query_y)
+        if batch.ways > self.ways:
+            sequence = draw_subtasks(*sequence, self.ways, self.subtasks)
+        logits = self.sequence_logits(*sequence[:3],
                                       input_noise=self.input_noise if self.training else 0.0,
                                       shuffle_features=self.shuffle_features and self.training)
-        out = episode_classification_output(logits, batch.query_y)
+        out = episode_classification_output(logits, sequence[3])
+        if batch.ways > self.ways:  # per-task losses: the mean over each episode's subtasks
+            out = MetaOutput(out.loss, out.task_losses.view(batch.query_y.shape[0], -1).mean(1),
+                             out.metrics)
         if not self.prototype_loss_weight:
             return out
         proto = self._prototype_output(support_emb, query_emb, batch)
@@ -305,7 +369,7 @@ class SNAIL(Learner):
     def _prototype_output(self, support_emb: Tensor, query_emb: Tensor, batch: TaskBatch) -> MetaOutput:
         """Prototypical Networks loss of the embeddings ``[T, ns, D]`` / ``[T, nq, D]``, per task ``[T]``."""
         if self.prototype_loss_scope == "episode":
-            centres = prototypes(support_emb, batch.support_y, self.ways)
+            centres = prototypes(support_emb, batch.support_y, batch.ways)
             return episode_classification_output(self.prototype_logits(query_emb, centres), batch.query_y)
         tasks, n_query = batch.query_y.shape
         original = batch.classes.to(batch.support_y.device)  # class ids are metadata: kept on the CPU
