@@ -146,9 +146,11 @@ class DenseBlock(nn.Module):
     def forward(self, x: Tensor, n_support: int) -> Tensor:
         """``x [B, L, C] -> [B, L, C + filters]``."""
         index = predecessor_index(n_support, x.shape[1] - n_support, self.dilation, x.device)
-        padded = torch.cat([torch.zeros_like(x[:, :1]), x], dim=1)
-        previous = padded[:, index + 1]
-        pre = self.current(x) + self.previous(previous)
+        # Every predecessor is a support position (or none: -1, a zero row; ``previous`` has no bias), so
+        # the map runs over the support only and its rows are gathered, not over every query's copy.
+        from_support = self.previous(x[:, :n_support])
+        previous = torch.cat([torch.zeros_like(from_support[:, :1]), from_support], dim=1)[:, index + 1]
+        pre = self.current(x) + previous
         activation = torch.tanh(pre[..., :self.filters]) * torch.sigmoid(pre[..., self.filters:])
         return torch.cat([x, activation], dim=-1)
 
