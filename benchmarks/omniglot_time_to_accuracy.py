@@ -326,9 +326,10 @@ def main(argv: list[str] | None = None, *, adjust_model: Callable[[nn.Module], n
                   flush=True)
 
     final = {}
+    learner_ways = options.get("ways", args.train_ways)
     for ways, source in tests.items():
-        if ways != args.train_ways and (not learner.any_ways or (spec.head and ways > args.train_ways)):
-            continue  # a learner with a train_ways-output head cannot classify more ways
+        if ways != learner_ways and (not learner.any_ways or (spec.head and ways > learner_ways)):
+            continue  # a head of learner_ways outputs (or one-hot labels of that size) cannot score them
         episodes = source.fixed_tasks(args.final_episodes, seed=0)
         evaluated = {f"{ways}w1s": learner}
         if args.rotation_ensemble:

@@ -82,3 +82,28 @@ def test_mirror_classes_add_the_flipped_drawings_as_new_characters(bench):
     assert torch.equal(mirrored.images[3:, 0, :, 0], images[:, 0, :, 3])  # first column <- last column
     assert mirrored.alphabets == ["A", "B"] and mirrored.character_alphabet.tolist() == [0, 1, 0, 1]
     assert not bench.parse_args([]).mirror_classes and bench.parse_args(["--mirror-classes"]).mirror_classes
+
+
+def synthetic_omniglot(characters: int, seed: int) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (characters * 20, 1, 28, 28), generator=generator, dtype=torch.uint8)
+    names = [f"Alphabet_{i % 3}/character{i:02d}" for i in range(characters)]
+    return {"images": images, "labels": torch.arange(characters).repeat_interleave(20), "characters": names}
+
+
+def test_learner_built_for_fewer_ways_than_the_training_episodes_gets_its_final_test(bench, tmp_path):
+    """SNAIL built 5-way (``"ways": 5`` in the learner options) trained on subtasks of 8-way episodes: the
+    final test scores it on 5-way episodes (and skips 20-way), whatever ``--train-ways`` is."""
+    stored = {}
+    for split, characters, seed in (("background", 12, 0), ("evaluation", 21, 1)):
+        stored.update({f"{split}_{k}": v for k, v in synthetic_omniglot(characters, seed).items()})
+    torch.save(stored, tmp_path / "tiny.pt")
+    options = ('{"ways": 5, "shots": 1, "subtasks": 3, "filters": 4, '
+               '"attention_sizes": [[4, 4], [4, 4], [4, 4]]}')
+    result = bench.main(["--algo", "snail", "--data-pt", str(tmp_path / "tiny.pt"), "--hidden", "4",
+                         "--train-ways", "8", "--train-shots", "1", "--train-queries", "2",
+                         "--schedule", "cosine", "--episodes", "2", "--eval-every", "1000",
+                         "--eval-episodes", "2", "--final-episodes", "3", "--learner-options", options,
+                         "--out-dir", str(tmp_path), "--name", "tiny"])
+    assert result["episodes"] == 2 and set(result["final"]) == {"5w1s"}
+    assert result["final"]["5w1s"]["n"] == 3
