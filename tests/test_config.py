@@ -52,6 +52,7 @@ def test_unknown_key_names_key_and_suggests():
         ("ways", 1, r"'ways' must be >= 2"),
         ("lr", -1.0, r"'lr' must be > 0"),
         ("min_lr_ratio", 2.0, r"'min_lr_ratio' must be in \[0, 1\]"),
+        ("algo_options", {"ways": 5, "shots": 1}, r"'algo_options' may not set \['ways'\]: the learner gets"),
     ],
 )
 def test_bad_values_name_key_and_allowed(key, value, message):

@@ -180,6 +180,10 @@ class RunConfig:
                              f"{self.ema_decay}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"config key 'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
+        reserved = sorted({"model", "task_type", "ways"} & set(self.algo_options))
+        if reserved:
+            raise ValueError(f"config key 'algo_options' may not set {reserved}: the learner gets its model, "
+                             "task type and ways from the run (set 'ways', 'backbone', 'benchmark' instead)")
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("device", self.device, DEVICES)
