@@ -84,6 +84,30 @@ def parse_decays(text: str) -> tuple[float, ...]:
     return decays
 
 
+def parse_fold(text: str) -> tuple[int, int]:
+    """``"R/K"`` -> (R, K) with 0 <= R < K, K >= 2."""
+    try:
+        remainder, folds = (int(part) for part in text.split("/"))
+    except ValueError:
+        remainder, folds = -1, 0
+    if not (folds >= 2 and 0 <= remainder < folds):
+        raise argparse.ArgumentTypeError(f"--alphabet-fold takes R/K with 0 <= R < K and K >= 2 (e.g. 0/3), "
+                                         f"got {text!r}")
+    return remainder, folds
+
+
+def alphabet_fold(data: Omniglot, remainder: int, folds: int, heldout: bool) -> Omniglot:
+    """The characters of ``data`` whose alphabet index modulo ``folds`` is (``heldout``) or is not
+    ``remainder``, as a new data set with character ids ``0..m-1``."""
+    in_fold = data.character_alphabet % folds == remainder
+    kept = (in_fold if heldout else ~in_fold).nonzero().flatten()
+    new_id = torch.full((data.num_characters,), -1, dtype=torch.long)
+    new_id[kept] = torch.arange(len(kept))
+    images = new_id[data.labels] >= 0
+    return Omniglot.from_tensors(data.images[images], new_id[data.labels[images]],
+                                 [data.characters[i] for i in kept.tolist()], invert=data.invert)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--algo", default="protonet")
@@ -148,6 +172,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-rotations", dest="rotations", action="store_false",
                    help="train on the 964 upright background characters only (default: x4 rotation classes)")
+    p.add_argument("--alphabet-fold", type=parse_fold, default=None, metavar="R/K",
+                   help="train on the background alphabets whose index (sorted names) modulo K is not R; "
+                        "with --heldout-fold, on those where it is R (e.g. a backbone on one part, a head on "
+                        "the other)")
+    p.add_argument("--heldout-fold", action="store_true", help="see --alphabet-fold")
     p.add_argument("--mirror-classes", action="store_true",
                    help="add the left-right mirror image of every background character as a new training "
                         "character (x2 classes; with the rotations x8: the dihedral group); test untouched")
@@ -163,6 +192,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "monitor and final figures reported beside the plain ones")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
+    if args.heldout_fold and not args.alphabet_fold:
+        p.error("--heldout-fold selects the held-out part of --alphabet-fold: give it --alphabet-fold R/K")
     if args.freeze_backbone and not args.init_backbone:
         p.error("--freeze-backbone keeps the Conv-4 as loaded: give it --init-backbone")
     return args
@@ -242,6 +273,9 @@ def main(argv: list[str] | None = None, *, adjust_model: Callable[[nn.Module], n
                    args.export_data)
         print(f"wrote {args.export_data}")
         return {}
+    if args.alphabet_fold:
+        background = alphabet_fold(background, *args.alphabet_fold, heldout=args.heldout_fold)
+        print(f"training alphabets: {', '.join(background.alphabets)}", flush=True)
     if args.mirror_classes:
         background = with_mirror_classes(background)
     torch.manual_seed(args.seed)

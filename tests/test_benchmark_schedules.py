@@ -84,6 +84,29 @@ def test_mirror_classes_add_the_flipped_drawings_as_new_characters(bench):
     assert not bench.parse_args([]).mirror_classes and bench.parse_args(["--mirror-classes"]).mirror_classes
 
 
+def test_alphabet_fold_splits_the_alphabets_into_disjoint_parts(bench, capsys):
+    from attnmeta.data.omniglot import Omniglot
+
+    names = ["A/character01", "B/character01", "C/character01", "A/character02", "D/character01"]
+    images = torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1).repeat(2, 1, 2, 2)
+    data = Omniglot.from_tensors(images, torch.arange(5).repeat(2), names)  # alphabets A B C D = 0 1 2 3
+    kept = bench.alphabet_fold(data, 1, 3, heldout=False)
+    heldout = bench.alphabet_fold(data, 1, 3, heldout=True)
+    assert kept.alphabets == ["A", "C", "D"] and heldout.alphabets == ["B"]
+    assert kept.characters == ["A/character01", "C/character01", "A/character02", "D/character01"]
+    assert kept.labels.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert kept.images[:4, 0, 0, 0].tolist() == [0, 2, 3, 4]  # each image keeps its character
+    assert heldout.characters == ["B/character01"] and heldout.images[:, 0, 0, 0].tolist() == [1, 1]
+    assert bench.parse_args(["--alphabet-fold", "2/3"]).alphabet_fold == (2, 3)
+    for bad in ("3/3", "1/1", "x/3", "1"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--alphabet-fold", bad])
+        assert "R/K with 0 <= R < K" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--heldout-fold"])
+    assert "give it --alphabet-fold" in capsys.readouterr().err
+
+
 def synthetic_omniglot(characters: int, seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (characters * 20, 1, 28, 28), generator=generator, dtype=torch.uint8)

@@ -30,6 +30,9 @@ TRAIN_FLAGS = {
     "ways": "ways",
     "shots": "shots",
     "queries": "queries",
+    "train_ways": "train_ways",
+    "train_shots": "train_shots",
+    "train_queries": "train_queries",
     "meta_batch": "meta_batch",
     "steps": "steps",
     "lr": "lr",
@@ -302,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ways", type=int, help="N classes per task (classification; default 5)")
     t.add_argument("--shots", type=int, help="K support examples per class (regression: per task)")
     t.add_argument("--queries", type=int, help="query examples per class (regression: per task)")
+    t.add_argument("--train-ways", type=int,
+                   help="N of the training episodes only (default --ways; e.g. 60 for ProtoNets tested "
+                        "5-way)")
+    t.add_argument("--train-shots", type=int, help="K of the training episodes only (default --shots)")
+    t.add_argument("--train-queries", type=int,
+                   help="queries of the training episodes only (default --queries)")
     t.add_argument("--meta-batch", type=int, help="tasks per outer step")
     t.add_argument("--steps", type=int, help="outer steps")
     t.add_argument("--lr", type=float, help="outer learning rate")

@@ -107,7 +107,8 @@ def uint8_to_unit(x: Tensor) -> Tensor:
 
 def make_benchmark(name: str, *, root: str | Path | None = None, ways: int, shots: int, queries: int,
                    split: str = "default", seed: int = 0, image_size: int | None = None,
-                   **options: Any) -> Benchmark:
+                   train_ways: int | None = None, train_shots: int | None = None,
+                   train_queries: int | None = None, **options: Any) -> Benchmark:
     """Build a named benchmark.
 
     Args:
@@ -119,6 +120,9 @@ def make_benchmark(name: str, *, root: str | Path | None = None, ways: int, shot
         seed: seeds the samplers' own generators (train ``seed``, val ``seed + 1``, test ``seed + 2``) and the
             MAML character split.
         image_size: image side in pixels (Omniglot 28, miniImageNet 84 by default).
+        train_ways, train_shots, train_queries: another episode shape for the training source only
+            (``None``: ``ways`` / ``shots`` / ``queries``), e.g. 150-way training episodes for a 5-way test,
+            the Prototypical Networks recipe; validation and test keep ``ways`` / ``shots`` / ``queries``.
         options: Omniglot: ``download``, ``cache_dir``, ``split_dir``, ``rotations`` (train rotation classes,
             default True), ``train_characters`` (MAML split, 1200), ``data`` (a pre-loaded
             ``(background, evaluation)`` pair of ``Omniglot``). miniImageNet: ``cache_dir``, ``csv_dir``.
@@ -126,24 +130,31 @@ def make_benchmark(name: str, *, root: str | Path | None = None, ways: int, shot
     """
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}")
+    train_shape = (ways if train_ways is None else train_ways, shots if train_shots is None else train_shots,
+                   queries if train_queries is None else train_queries)
+    shapes = (train_shape, (ways, shots, queries), (ways, shots, queries))
     if name in ("sinusoid", "multimodal"):
-        return _regression(name, shots, queries, seed, options)
+        return _regression(name, shapes, seed, options)
     if name == "omniglot":
-        return _omniglot(root, ways, shots, queries, split, seed, image_size or 28, options)
+        return _omniglot(root, shapes, split, seed, image_size or 28, options)
     if name == "clinc150":
-        return _clinc150(root, ways, shots, queries, split, seed, options)
-    return _miniimagenet(root, ways, shots, queries, split, seed, image_size or 84, options)
+        return _clinc150(root, shapes, split, seed, options)
+    return _miniimagenet(root, shapes, split, seed, image_size or 84, options)
 
 
-def _regression(name: str, shots: int, queries: int, seed: int, options: dict[str, Any]) -> Benchmark:
+Shapes = tuple[tuple[int, int, int], ...]  # (ways, shots, queries) of the train, val and test sources
+
+
+def _regression(name: str, shapes: Shapes, seed: int, options: dict[str, Any]) -> Benchmark:
     family = Sinusoid if name == "sinusoid" else Multimodal
-    train, val, test = (family(shots, queries, seed=seed + i, **options) for i in range(3))
+    train, val, test = (family(shots, queries, seed=seed + i, **options)
+                        for i, (_, shots, queries) in enumerate(shapes))
     return Benchmark(name, "regression", train, val, test, (1,), {"input_range": list(family.x_range)},
                      {"name": "mlp", "options": {"hidden": [40, 40]}}, {"family": family.__name__})
 
 
-def _omniglot(root: str | Path | None, ways: int, shots: int, queries: int, split: str, seed: int,
-              image_size: int, options: dict[str, Any]) -> Benchmark:
+def _omniglot(root: str | Path | None, shapes: Shapes, split: str, seed: int, image_size: int,
+              options: dict[str, Any]) -> Benchmark:
     data = options.pop("data", None)
     download, cache_dir = options.pop("download", False), options.pop("cache_dir", None)
     split_dir = options.pop("split_dir", None)
@@ -168,7 +179,7 @@ def _omniglot(root: str | Path | None, ways: int, shots: int, queries: int, spli
                 rotations: tuple[int, ...] | None = None) -> EpisodeSampler:
         # uint8 storage, rotations precomputed once, float conversion only of the sampled examples:
         # the fastest sampler path (benchmarks/bench_sampler.py), same tasks as float storage.
-        return EpisodeSampler(images, labels, ways, shots, queries, classes=classes, rotations=rotations,
+        return EpisodeSampler(images, labels, *shapes[offset], classes=classes, rotations=rotations,
                               seed=seed + offset, batch_transform=uint8_to_unit,
                               precompute_augmentation=rotations is not None)
 
@@ -206,8 +217,8 @@ def _omniglot(root: str | Path | None, ways: int, shots: int, queries: int, spli
                      preprocessing, {"name": "conv4", "options": {"hidden": 64}}, info)
 
 
-def _miniimagenet(root: str | Path | None, ways: int, shots: int, queries: int, split: str, seed: int,
-                  image_size: int, options: dict[str, Any]) -> Benchmark:
+def _miniimagenet(root: str | Path | None, shapes: Shapes, split: str, seed: int, image_size: int,
+                  options: dict[str, Any]) -> Benchmark:
     from attnmeta.data.miniimagenet import MINIIMAGENET_MEAN, MINIIMAGENET_STD, MiniImageNet
 
     if split not in ("default", "ravi"):
@@ -218,7 +229,7 @@ def _miniimagenet(root: str | Path | None, ways: int, shots: int, queries: int, 
     sources = []
     for offset, part in enumerate(("train", "val", "test")):
         data = MiniImageNet(root, part, image_size=image_size, **options)
-        sampler = EpisodeSampler(data.images, data.labels, ways, shots, queries, seed=seed + offset)
+        sampler = EpisodeSampler(data.images, data.labels, *shapes[offset], seed=seed + offset)
         sources.append(NormalizedSource(sampler, MINIIMAGENET_MEAN, MINIIMAGENET_STD))
     preprocessing = {"image_size": image_size, "channels": 3, "grayscale": False, "resize": "bilinear",
                      "invert": False, "scale": 1 / 255, "mean": list(MINIIMAGENET_MEAN),
@@ -227,7 +238,7 @@ def _miniimagenet(root: str | Path | None, ways: int, shots: int, queries: int, 
                      {"name": "conv4", "options": {"hidden": 32}}, {"split": "ravi"})
 
 
-def _clinc150(root: str | Path | None, ways: int, shots: int, queries: int, split: str, seed: int,
+def _clinc150(root: str | Path | None, shapes: Shapes, split: str, seed: int,
               options: dict[str, Any]) -> Benchmark:
     """CLINC150 intents: ``split`` ``"default"`` (alias ``"domain"``: 6 train / 1 val / 3 test domains) or
     ``"random"`` (90 / 15 / 45 random intents). The tokenizer and the lexical encoder's initial idf come from
@@ -254,7 +265,7 @@ def _clinc150(root: str | Path | None, ways: int, shots: int, queries: int, spli
     tokenizer = TextTokenizer.fit(data.subset(parts["train"]).texts, max_words=max_words, pieces=pieces,
                                   word_buckets=buckets, ngram_buckets=buckets)
     tokens = tokenizer.encode(data.texts)
-    samplers = [EpisodeSampler(tokens, data.labels, ways, shots, queries, classes=parts[part], seed=seed + i)
+    samplers = [EpisodeSampler(tokens, data.labels, *shapes[i], classes=parts[part], seed=seed + i)
                 for i, part in enumerate(("train", "val", "test"))]
     backbone: dict[str, Any] = {"num_embeddings": tokenizer.num_embeddings, "encoder": encoder}
     if encoder == "lexical":

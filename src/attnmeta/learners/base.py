@@ -74,6 +74,13 @@ class Learner(nn.Module):
                 return {"accuracy": (outputs.argmax(-1) == targets).float().mean().item()}
             return {"mse": nn.functional.mse_loss(outputs, targets).item()}
 
+    def check_training_ways(self, train_ways: int, ways: int) -> None:
+        """Raise ``ValueError`` unless this learner, built for ``ways``-way tasks, can train on
+        ``train_ways``-way episodes (any learner with ``any_ways``)."""
+        if not self.any_ways and train_ways != ways:
+            raise ValueError(f"{self.name} is built for {ways}-way tasks and cannot train on "
+                             f"{train_ways}-way episodes; train on {ways}-way episodes")
+
     def check_ways(self, task: Task | TaskBatch, trained_ways: int | None) -> None:
         if not self.any_ways and trained_ways is not None and task.ways != trained_ways:
             raise ValueError(

@@ -345,6 +345,13 @@ class SNAIL(Learner):
                          f"{batch.ways}-way episode; build it with ways={batch.ways} or sample "
                          f"{self.ways}-way episodes{hint}")
 
+    def check_training_ways(self, train_ways: int, ways: int) -> None:
+        if train_ways == self.ways or (self.subtasks and train_ways > self.ways):
+            return
+        hint = " (or set subtasks > 0 to train on larger episodes)" if train_ways > self.ways else ""
+        raise ValueError(f"snail was built {self.ways}-way and cannot train on {train_ways}-way episodes; "
+                         f"train on {self.ways}-way episodes{hint}")
+
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         self._check(batch, larger_allowed=self.subtasks > 0)
         support_emb, query_emb = embed_episodes(self.model, batch.support_x, batch.query_x)

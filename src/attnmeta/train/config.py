@@ -61,6 +61,11 @@ class RunConfig:
         root: data folder of image benchmarks.
         ways / shots / queries: N-way (classification only), K support and Q query examples per class
             (per task for regression).
+        train_ways / train_shots / train_queries: another shape for the training episodes only (``None``:
+            as ``ways`` / ``shots`` / ``queries``); validation and test keep ``ways`` / ``shots`` /
+            ``queries``. E.g. Prototypical Networks trained on 60-way episodes for a 5-way test (Snell et
+            al.), or SNAIL with ``subtasks`` on larger episodes. Learners with a ``ways``-output head
+            (MAML family, Meta-LSTM) need ``train_ways == ways``.
         split: split name passed to ``make_benchmark``.
         image_size: side of the square images [pixels] (``None``: benchmark default).
         benchmark_options: extra keyword arguments of ``make_benchmark``.
@@ -97,6 +102,9 @@ class RunConfig:
     ways: int | None = None
     shots: int | None = None
     queries: int | None = None
+    train_ways: int | None = None
+    train_shots: int | None = None
+    train_queries: int | None = None
     split: str = "default"
     image_size: int | None = None
     benchmark_options: dict[str, Any] = field(default_factory=dict)
@@ -150,7 +158,8 @@ class RunConfig:
         hints = typing.get_type_hints(RunConfig)
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name), hints[f.name])
-        for key in ("ways", "shots", "queries", "image_size", "threads"):
+        for key in ("ways", "shots", "queries", "train_ways", "train_shots", "train_queries", "image_size",
+                    "threads"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"config key {key!r} must be >= 1 (or null for the default), got {value}")
@@ -169,8 +178,14 @@ class RunConfig:
         for key in ("warmup_steps",):
             if getattr(self, key) < 0:
                 raise ValueError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
-        if self.ways is not None and self.ways < 2:
-            raise ValueError(f"config key 'ways' must be >= 2 (a task needs two classes), got {self.ways}")
+        for key in ("ways", "train_ways"):
+            value = getattr(self, key)
+            if value is not None and value < 2:
+                raise ValueError(f"config key {key!r} must be >= 2 (a task needs two classes), "
+                                 f"got {value}")
+        if self.train_ways is not None and self.task_type == "regression":
+            raise ValueError("config key 'train_ways' is for classification benchmarks; regression tasks "
+                             "have no classes (set train_shots / train_queries)")
         if not self.lr > 0:
             raise ValueError(f"config key 'lr' must be > 0, got {self.lr}")
         if self.grad_clip is not None and not self.grad_clip > 0:

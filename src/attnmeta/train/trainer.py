@@ -100,6 +100,9 @@ def build_benchmark(config: RunConfig) -> BenchmarkParts:
         ways=config.ways,
         shots=config.shots,
         queries=config.queries,
+        train_ways=config.train_ways,
+        train_shots=config.train_shots,
+        train_queries=config.train_queries,
         split=config.split,
         seed=config.seed,
         image_size=config.image_size,
@@ -145,6 +148,14 @@ def build_learner(config: RunConfig, bench: BenchmarkParts) -> Learner:
     learner = learners.build(
         config.algo, model=model, task_type=bench.task_type, ways=config.ways, **config.algo_options
     )
+    if config.train_ways is not None and config.train_ways != config.ways:
+        if learners.spec(config.algo).head:
+            raise ValueError(
+                f"config key 'train_ways' ({config.train_ways}) must equal 'ways' ({config.ways}) for "
+                f"{config.algo}: its model ends in a {config.ways}-output head; drop train_ways or use a "
+                "metric learner such as protonet"
+            )
+        learner.check_training_ways(config.train_ways, config.ways)
     return learner.to(device=resolve_device(config.device), dtype=getattr(torch, config.dtype))
 
 
