@@ -108,6 +108,18 @@ def alphabet_fold(data: Omniglot, remainder: int, folds: int, heldout: bool) -> 
                                  [data.characters[i] for i in kept.tolist()], invert=data.invert)
 
 
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``"150,1,3"`` -> (150, 1, 3): ways >= 2, shots and queries >= 1."""
+    try:
+        ways, shots, queries = (int(part) for part in text.split(","))
+    except ValueError:
+        ways = shots = queries = 0
+    if ways < 2 or shots < 1 or queries < 1:
+        raise argparse.ArgumentTypeError(f"--aux-shape takes WAYS,SHOTS,QUERIES with ways >= 2 and shots, "
+                                         f"queries >= 1 (e.g. 150,1,3), got {text!r}")
+    return ways, shots, queries
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--algo", default="protonet")
@@ -177,6 +189,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "with --heldout-fold, on those where it is R (e.g. a backbone on one part, a head on "
                         "the other)")
     p.add_argument("--heldout-fold", action="store_true", help="see --alphabet-fold")
+    p.add_argument("--heldout-head", type=parse_fold, default=None, metavar="R/K",
+                   help="SNAIL with train_embedding=False trains its sequence model on the background "
+                        "alphabets whose index modulo K is R, while an auxiliary learner (--aux-algo) trains "
+                        "the same Conv-4 on the other alphabets, both every step")
+    p.add_argument("--aux-algo", default="protonet", help="the embedding's learner with --heldout-head")
+    p.add_argument("--aux-options", default="{}", help="JSON keyword options of --aux-algo")
+    p.add_argument("--aux-shape", type=parse_shape, default=(150, 1, 3), metavar="WAYS,SHOTS,QUERIES",
+                   help="episodes of --aux-algo, one per step (default 150,1,3)")
+    p.add_argument("--aux-lr", type=float, default=6e-3,
+                   help="Adam learning rate of the Conv-4 with --heldout-head (--lr: the sequence model's)")
     p.add_argument("--mirror-classes", action="store_true",
                    help="add the left-right mirror image of every background character as a new training "
                         "character (x2 classes; with the rotations x8: the dihedral group); test untouched")
@@ -192,6 +214,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "monitor and final figures reported beside the plain ones")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
+    if args.heldout_head and (args.alphabet_fold or args.algo != "snail"):
+        p.error("--heldout-head splits the alphabets itself (drop --alphabet-fold) and trains SNAIL's "
+                "sequence model (use --algo snail)")
     if args.heldout_fold and not args.alphabet_fold:
         p.error("--heldout-fold selects the held-out part of --alphabet-fold: give it --alphabet-fold R/K")
     if args.freeze_backbone and not args.init_backbone:
@@ -279,16 +304,28 @@ def main(argv: list[str] | None = None, *, adjust_model: Callable[[nn.Module], n
     if args.mirror_classes:
         background = with_mirror_classes(background)
     torch.manual_seed(args.seed)
-    shape = dict(ways=args.train_ways, shots=args.train_shots, queries=args.train_queries)
-    train = make_benchmark("omniglot", data=(background, evaluation), seed=args.seed,
-                           rotations=args.rotations, **shape).train
-    if args.shift_pixels:
-        train.batch_transform = compose(train.batch_transform, RandomShift(args.shift_pixels, seed=args.seed))
-    if args.affine:
-        train.batch_transform = compose(train.batch_transform, RandomAffine(*args.affine, seed=args.seed))
-    if adjust_train is not None:
-        adjust_train(train)
-    tests = {w: make_benchmark("omniglot", data=(background, evaluation), ways=w, shots=1, queries=15).test
+    def training_sampler(data: Omniglot, ways: int, shots: int, queries: int, seed: int) -> EpisodeSampler:
+        sampler = make_benchmark("omniglot", data=(data, evaluation), seed=seed, rotations=args.rotations,
+                                 ways=ways, shots=shots, queries=queries).train
+        if args.shift_pixels:
+            shift = RandomShift(args.shift_pixels, seed=seed)
+            sampler.batch_transform = compose(sampler.batch_transform, shift)
+        if args.affine:
+            sampler.batch_transform = compose(sampler.batch_transform, RandomAffine(*args.affine, seed=seed))
+        if adjust_train is not None:
+            adjust_train(sampler)
+        return sampler
+
+    aux_train = None
+    if args.heldout_head:
+        embedding_data = alphabet_fold(background, *args.heldout_head, heldout=False)
+        background = alphabet_fold(background, *args.heldout_head, heldout=True)
+        print(f"sequence model on {', '.join(background.alphabets)}; embedding on "
+              f"{', '.join(embedding_data.alphabets)}", flush=True)
+        aux_train = training_sampler(embedding_data, *args.aux_shape, seed=args.seed + 1000)
+    train = training_sampler(background, args.train_ways, args.train_shots, args.train_queries, args.seed)
+    tests = {w: make_benchmark("omniglot", data=(background, evaluation), ways=w, shots=1, queries=15,
+                               train_ways=2, train_queries=1).test  # (its training source is unused)
              for w in (5, 20)}
     spec = registry.spec(args.algo)
     model = build_backbone("conv4", in_shape=(1, 28, 28), hidden=args.hidden, norm=args.norm,
@@ -301,6 +338,11 @@ def main(argv: list[str] | None = None, *, adjust_model: Callable[[nn.Module], n
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     options = json.loads(args.learner_options)
+    if args.heldout_head:
+        if options.get("train_embedding", False):
+            raise SystemExit("--heldout-head trains SNAIL with train_embedding=False; drop it from "
+                             "--learner-options")
+        options["train_embedding"] = False
     # "ways" in the options builds the learner for that many ways (SNAIL with subtasks of larger episodes)
     learner = registry.build(args.algo, model=model, task_type="classification",
                              **{"ways": args.train_ways, **options})
@@ -308,6 +350,15 @@ def main(argv: list[str] | None = None, *, adjust_model: Callable[[nn.Module], n
     if args.freeze_backbone:
         model.requires_grad_(False)
     trained = [p for p in learner.parameters() if p.requires_grad]
+    aux = None
+    if aux_train is not None:
+        aux = registry.build(args.aux_algo, model=model, task_type="classification", ways=args.aux_shape[0],
+                             **json.loads(args.aux_options)).to(args.device)
+        embedding = {id(p) for p in model.parameters()}
+        aux_own = [p for p in aux.parameters() if id(p) not in embedding and p.requires_grad]
+        trained = [{"params": [p for p in trained if id(p) in embedding] + aux_own,
+                    "lr_scale": args.aux_lr / args.lr},
+                   {"params": [p for p in trained if id(p) not in embedding], "lr_scale": 1.0}]
     optimizer = (make_optimizer or torch.optim.Adam)(trained, args.lr)
     averages = {f"ema{decay:g}": ParameterAverage(learner, decay) for decay in args.ema}
     monitor = tests[5].fixed_tasks(args.eval_episodes, seed=1)
@@ -323,13 +374,20 @@ def main(argv: list[str] | None = None, *, adjust_model: Callable[[nn.Module], n
            and not (args.schedule in ("cosine", "cosine-budget") and episode >= args.episodes)):
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(args, episode, cpu, wall)
+            group["lr"] = learning_rate(args, episode, cpu, wall) * group.get("lr_scale", 1.0)
         batch = train.sample_batch(args.meta_batch).to(args.device)
         out = learner.meta_loss(batch)
+        loss = out.loss
+        if aux is not None:
+            aux_out = aux.meta_loss(aux_train.sample_batch(1).to(args.device))
+            loss = loss + aux_out.loss
+            out.metrics.update(loss=out.metrics["loss"] + aux_out.metrics["loss"],
+                               aux_loss=aux_out.metrics["loss"])
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         if args.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(trained, args.clip_grad_norm)
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                           args.clip_grad_norm)
         optimizer.step()
         for average in averages.values():
             average.update(learner)

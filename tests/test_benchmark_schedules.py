@@ -130,3 +130,43 @@ def test_learner_built_for_fewer_ways_than_the_training_episodes_gets_its_final_
                          "--out-dir", str(tmp_path), "--name", "tiny"])
     assert result["episodes"] == 2 and set(result["final"]) == {"5w1s"}
     assert result["final"]["5w1s"]["n"] == 3
+
+
+def test_heldout_head_trains_the_sequence_model_and_the_embedding_on_disjoint_alphabets(bench, tmp_path,
+                                                                                       capsys):
+    """``--heldout-head 0/3``: SNAIL (train_embedding=False) on alphabet 0, ProtoNets on alphabets 1 and 2 of
+    the same Conv-4; both learn every step, each parameter group at its own learning rate."""
+    stored = {}
+    for split, characters, seed in (("background", 12, 0), ("evaluation", 21, 1)):
+        stored.update({f"{split}_{k}": v for k, v in synthetic_omniglot(characters, seed).items()})
+    torch.save(stored, tmp_path / "tiny.pt")
+    options = '{"shots": 1, "filters": 4, "attention_sizes": [[4, 4], [4, 4], [4, 4]]}'
+    argv = ["--algo", "snail", "--data-pt", str(tmp_path / "tiny.pt"), "--hidden", "4", "--train-ways", "5",
+            "--train-shots", "1", "--train-queries", "1", "--meta-batch", "2", "--schedule", "constant",
+            "--episodes", "2", "--cpu-minutes", "0.05", "--eval-every", "1000", "--eval-episodes", "2",
+            "--final-episodes", "3", "--heldout-head", "0/3", "--aux-shape", "6,1,2", "--aux-lr", "0.5",
+            "--learner-options", options, "--out-dir", str(tmp_path), "--name", "tiny"]
+    result = bench.main([*argv, "--save-backbone", str(tmp_path / "trained.pt")])
+    shown = capsys.readouterr().out
+    assert "sequence model on Alphabet_0; embedding on Alphabet_1, Alphabet_2" in shown
+    assert "5-way 1-shot 1-query, 16 classes" in shown  # 4 characters x 4 rotations
+    assert result["episodes"] >= 1 and result["final"]["5w1s"]["n"] == 3
+    bench.main([*argv, "--aux-lr", "0", "--save-backbone", str(tmp_path / "still.pt")])
+    torch.manual_seed(0)
+    initial = bench.build_backbone("conv4", in_shape=(1, 28, 28), hidden=4).state_dict()
+    trained, still = (torch.load(tmp_path / f, weights_only=True) for f in ("trained.pt", "still.pt"))
+    weights = [k for k in initial if k.endswith("weight")]
+    assert all(torch.equal(still[k], initial[k]) for k in weights)  # SNAIL's loss never reaches the Conv-4
+    assert not all(torch.equal(trained[k], initial[k]) for k in weights)  # the auxiliary loss does
+    with pytest.raises(SystemExit, match="drop it from --learner-options"):
+        bench.main([*argv[:-6], "--learner-options", '{"train_embedding": true}', *argv[-4:]])
+    for bad in (["--heldout-head", "0/3", "--alphabet-fold", "1/3", "--algo", "snail"],
+                ["--heldout-head", "0/3", "--algo", "protonet"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+        assert "--heldout-head splits the alphabets itself" in capsys.readouterr().err
+    assert bench.parse_args(["--aux-shape", "60,5,5"]).aux_shape == (60, 5, 5)
+    for bad in ("1,1,1", "60,5", "a,b,c"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--aux-shape", bad])
+        assert "WAYS,SHOTS,QUERIES" in capsys.readouterr().err

@@ -81,6 +81,22 @@ def test_interface_and_gradients():
     assert learner.predict(batch[0]).shape == (12, 4)
 
 
+def test_train_embedding_false_trains_the_sequence_model_only_with_the_same_loss():
+    batch = TaskBatch.stack([gaussian_task(4, 2, 3) for _ in range(3)])
+    both, sequence_only = small_snail(), small_snail(train_embedding=False)
+    full, frozen = both.meta_loss(batch), sequence_only.meta_loss(batch)
+    assert torch.equal(full.loss, frozen.loss)  # same weights, same forward pass
+    full.loss.backward()
+    frozen.loss.backward()
+    assert all(p.grad is None for p in sequence_only.model.parameters())
+    embedding = {id(p) for p in both.model.parameters()}
+    for (name, p), q in zip(both.named_parameters(), sequence_only.parameters(), strict=True):
+        if id(p) not in embedding:
+            assert torch.equal(p.grad, q.grad), name
+    with pytest.raises(ValueError, match="set prototype_loss_weight=0"):
+        small_snail(train_embedding=False, prototype_loss_weight=1.0)
+
+
 def test_prototype_loss_weight_adds_the_protonet_loss_of_the_same_embeddings():
     """The auxiliary loss is exactly weight x the ProtoNets loss of the episode; predictions are unchanged."""
     from attnmeta.learners.protonet import PrototypicalNetworks

@@ -244,6 +244,12 @@ class SNAIL(Learner):
             ``prototype_loss_weight``) covers all its classes, and the sequence model is trained on this many
             random ``ways``-way tasks carved from it (``draw_subtasks``), so one batch of embedded images
             gives many sequence-model tasks. ``predict`` still takes ``ways``-way tasks.
+        train_embedding: ``True`` (default, the paper): SNAIL's loss trains the embedding network too.
+            ``False``: ``meta_loss`` embeds without gradient, so only the sequence model learns from it;
+            train the embedding by another loss (e.g. Prototypical Networks on other classes: a head trained
+            on classes the embedding never trained on sees embeddings as separated as the test classes',
+            ``benchmarks/omniglot_time_to_accuracy.py --heldout-head``). Excludes
+            ``prototype_loss_weight`` (it would train nothing).
     """
 
     name = "snail"
@@ -256,7 +262,8 @@ class SNAIL(Learner):
                  heads: int = 1, normalize: bool = True, tie_query_key: bool = True,
                  prototype_loss_weight: float = 0.0, prototype_loss_scope: str = "batch",
                  prototype_distance: str = "euclidean", prototype_residual: bool = False,
-                 input_noise: float = 0.0, shuffle_features: bool = False, subtasks: int = 0) -> None:
+                 input_noise: float = 0.0, shuffle_features: bool = False, subtasks: int = 0,
+                 train_embedding: bool = True) -> None:
         super().__init__(task_type)
         if task_type != "classification":
             raise ValueError("this SNAIL is a few-shot classification learner; "
@@ -272,6 +279,10 @@ class SNAIL(Learner):
             raise ValueError(f"input_noise must be a standard deviation >= 0 (0: off), got {input_noise!r}")
         if isinstance(subtasks, bool) or not isinstance(subtasks, int) or subtasks < 0:
             raise ValueError(f"subtasks must be an int >= 0 (0: off), got {subtasks!r}")
+        if not train_embedding and prototype_loss_weight:
+            raise ValueError("train_embedding=False embeds without gradient, so the auxiliary prototype loss "
+                             "would train nothing; set prototype_loss_weight=0 (train the embedding by a "
+                             "separate loss instead)")
         if prototype_loss_scope not in ("episode", "batch"):
             raise ValueError("prototype_loss_scope must be 'episode' or 'batch', got "
                              f"{prototype_loss_scope!r}")
@@ -297,6 +308,7 @@ class SNAIL(Learner):
         self.input_noise = float(input_noise)
         self.shuffle_features = bool(shuffle_features)
         self.subtasks = subtasks
+        self.train_embedding = bool(train_embedding)
         if self.prototype_residual:
             self.residual_weight = nn.Parameter(torch.tensor(1.0))
         if tie_query_key:
@@ -354,7 +366,8 @@ class SNAIL(Learner):
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         self._check(batch, larger_allowed=self.subtasks > 0)
-        support_emb, query_emb = embed_episodes(self.model, batch.support_x, batch.query_x)
+        with torch.set_grad_enabled(self.train_embedding and torch.is_grad_enabled()):
+            support_emb, query_emb = embed_episodes(self.model, batch.support_x, batch.query_x)
         sequence = (support_emb, batch.support_y, query_emb, batch.query_y)
         if batch.ways > self.ways:
             sequence = draw_subtasks(*sequence, self.ways, self.subtasks)
