@@ -114,13 +114,18 @@ def synthetic_omniglot(characters: int, seed: int) -> dict:
     return {"images": images, "labels": torch.arange(characters).repeat_interleave(20), "characters": names}
 
 
-def test_learner_built_for_fewer_ways_than_the_training_episodes_gets_its_final_test(bench, tmp_path):
-    """SNAIL built 5-way (``"ways": 5`` in the learner options) trained on subtasks of 8-way episodes: the
-    final test scores it on 5-way episodes (and skips 20-way), whatever ``--train-ways`` is."""
+def write_tiny_omniglot(path: Path) -> None:
+    """A ``--data-pt`` file: 12 background characters (3 alphabets) and 21 evaluation characters."""
     stored = {}
     for split, characters, seed in (("background", 12, 0), ("evaluation", 21, 1)):
         stored.update({f"{split}_{k}": v for k, v in synthetic_omniglot(characters, seed).items()})
-    torch.save(stored, tmp_path / "tiny.pt")
+    torch.save(stored, path)
+
+
+def test_learner_built_for_fewer_ways_than_the_training_episodes_gets_its_final_test(bench, tmp_path):
+    """SNAIL built 5-way (``"ways": 5`` in the learner options) trained on subtasks of 8-way episodes: the
+    final test scores it on 5-way episodes (and skips 20-way), whatever ``--train-ways`` is."""
+    write_tiny_omniglot(tmp_path / "tiny.pt")
     options = ('{"ways": 5, "shots": 1, "subtasks": 3, "filters": 4, '
                '"attention_sizes": [[4, 4], [4, 4], [4, 4]]}')
     result = bench.main(["--algo", "snail", "--data-pt", str(tmp_path / "tiny.pt"), "--hidden", "4",
@@ -136,10 +141,7 @@ def test_heldout_head_trains_the_sequence_model_and_the_embedding_on_disjoint_al
                                                                                        capsys):
     """``--heldout-head 0/3``: SNAIL (train_embedding=False) on alphabet 0, ProtoNets on alphabets 1 and 2 of
     the same Conv-4; both learn every step, each parameter group at its own learning rate."""
-    stored = {}
-    for split, characters, seed in (("background", 12, 0), ("evaluation", 21, 1)):
-        stored.update({f"{split}_{k}": v for k, v in synthetic_omniglot(characters, seed).items()})
-    torch.save(stored, tmp_path / "tiny.pt")
+    write_tiny_omniglot(tmp_path / "tiny.pt")
     options = '{"shots": 1, "filters": 4, "attention_sizes": [[4, 4], [4, 4], [4, 4]]}'
     argv = ["--algo", "snail", "--data-pt", str(tmp_path / "tiny.pt"), "--hidden", "4", "--train-ways", "5",
             "--train-shots", "1", "--train-queries", "1", "--meta-batch", "2", "--schedule", "constant",

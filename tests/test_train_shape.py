@@ -16,16 +16,12 @@ from attnmeta.train import RunConfig, train
 from attnmeta.train.trainer import build_benchmark, build_learner, load_run_config
 
 
-def synthetic_omniglot(characters: int, seed: int) -> Omniglot:
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (characters * 20, 1, 28, 28), generator=generator, dtype=torch.uint8)
-    names = [f"Alphabet_{i % 3}/character{i:02d}" for i in range(characters)]
-    return Omniglot.from_tensors(images, torch.arange(characters).repeat_interleave(20), names)
-
-
 @pytest.fixture(scope="module")
 def tiny_omniglot() -> tuple[Omniglot, Omniglot]:
-    return synthetic_omniglot(6, 0), synthetic_omniglot(7, 1)
+    from test_benchmark_schedules import synthetic_omniglot
+
+    return tuple(Omniglot.from_tensors(**synthetic_omniglot(characters, seed))  # type: ignore[return-value]
+                 for characters, seed in ((6, 0), (7, 1)))
 
 
 def test_training_source_alone_takes_the_training_shape(tiny_omniglot):
