@@ -202,6 +202,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mirror-classes", action="store_true",
                    help="add the left-right mirror image of every background character as a new training "
                         "character (x2 classes; with the rotations x8: the dihedral group); test untouched")
+    p.add_argument("--mirror-only", action="store_true",
+                   help="train on the left-right mirror images of the background characters only, as new "
+                        "characters: classes that a backbone trained without them (--init-backbone) never "
+                        "saw, from all background alphabets (e.g. SNAIL's sequence model on a frozen "
+                        "ProtoNets Conv-4); test untouched")
     p.add_argument("--name", default=None, help="result file stem (default omniglot_<algo>)")
     p.add_argument("--rotation-ensemble", action="store_true",
                    help="also evaluate (monitor and final test) with the test-time ensemble of the four "
@@ -219,6 +224,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "sequence model (use --algo snail)")
     if args.heldout_fold and not args.alphabet_fold:
         p.error("--heldout-fold selects the held-out part of --alphabet-fold: give it --alphabet-fold R/K")
+    if args.mirror_classes and args.mirror_only:
+        p.error("--mirror-classes adds the mirror images to the characters, --mirror-only trains on them "
+                "alone: give one")
     if args.freeze_backbone and not args.init_backbone:
         p.error("--freeze-backbone keeps the Conv-4 as loaded: give it --init-backbone")
     return args
@@ -232,14 +240,16 @@ def load_data(args: argparse.Namespace) -> tuple[Omniglot, Omniglot]:
     return Omniglot(args.root, background=True), Omniglot(args.root, background=False)
 
 
-def with_mirror_classes(data: Omniglot) -> Omniglot:
+def with_mirror_classes(data: Omniglot, keep_originals: bool = True) -> Omniglot:
     """``data`` plus the left-right mirror image of each drawing, as new characters ``<character>/mirror``
-    (same alphabet)."""
+    (same alphabet); the mirror images alone with ``keep_originals=False``."""
     n = data.num_characters
+    mirrored = [f"{c}/mirror" for c in data.characters]
+    if not keep_originals:
+        return Omniglot.from_tensors(data.images.flip(-1), data.labels, mirrored, invert=data.invert)
     return Omniglot.from_tensors(torch.cat([data.images, data.images.flip(-1)]),
                                  torch.cat([data.labels, data.labels + n]),
-                                 [*data.characters, *(f"{c}/mirror" for c in data.characters)],
-                                 invert=data.invert)
+                                 [*data.characters, *mirrored], invert=data.invert)
 
 
 def compose(*functions):
@@ -301,8 +311,8 @@ def main(argv: list[str] | None = None, *, adjust_model: Callable[[nn.Module], n
     if args.alphabet_fold:
         background = alphabet_fold(background, *args.alphabet_fold, heldout=args.heldout_fold)
         print(f"training alphabets: {', '.join(background.alphabets)}", flush=True)
-    if args.mirror_classes:
-        background = with_mirror_classes(background)
+    if args.mirror_classes or args.mirror_only:
+        background = with_mirror_classes(background, keep_originals=not args.mirror_only)
     torch.manual_seed(args.seed)
     def training_sampler(data: Omniglot, ways: int, shots: int, queries: int, seed: int) -> EpisodeSampler:
         sampler = make_benchmark("omniglot", data=(data, evaluation), seed=seed, rotations=args.rotations,

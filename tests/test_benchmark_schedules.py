@@ -84,6 +84,22 @@ def test_mirror_classes_add_the_flipped_drawings_as_new_characters(bench):
     assert not bench.parse_args([]).mirror_classes and bench.parse_args(["--mirror-classes"]).mirror_classes
 
 
+def test_mirror_only_keeps_the_flipped_drawings_alone_as_the_characters(bench, capsys):
+    from attnmeta.data.omniglot import Omniglot
+
+    images = torch.arange(3 * 4 * 4, dtype=torch.uint8).view(3, 1, 4, 4)
+    data = Omniglot.from_tensors(images, torch.tensor([0, 1, 1]), ["A/character01", "B/character02"])
+    mirrored = bench.with_mirror_classes(data, keep_originals=False)
+    assert mirrored.characters == ["A/character01/mirror", "B/character02/mirror"]
+    assert mirrored.labels.tolist() == [0, 1, 1]
+    assert torch.equal(mirrored.images, images.flip(-1))
+    assert mirrored.alphabets == ["A", "B"]
+    assert bench.parse_args(["--mirror-only"]).mirror_only
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--mirror-only", "--mirror-classes"])
+    assert "give one" in capsys.readouterr().err
+
+
 def test_alphabet_fold_splits_the_alphabets_into_disjoint_parts(bench, capsys):
     from attnmeta.data.omniglot import Omniglot
 
