@@ -252,6 +252,33 @@ def with_mirror_classes(data: Omniglot, keep_originals: bool = True) -> Omniglot
                                  [*data.characters, *mirrored], invert=data.invert)
 
 
+def training_characters(args: argparse.Namespace, background: Omniglot) -> Omniglot:
+    """The background characters a run trains on: ``--alphabet-fold`` / ``--heldout-fold``, then
+    ``--mirror-classes`` / ``--mirror-only``."""
+    if args.alphabet_fold:
+        background = alphabet_fold(background, *args.alphabet_fold, heldout=args.heldout_fold)
+        print(f"training alphabets: {', '.join(background.alphabets)}", flush=True)
+    if args.mirror_classes or args.mirror_only:
+        background = with_mirror_classes(background, keep_originals=not args.mirror_only)
+    return background
+
+
+def augmented_sampler(args: argparse.Namespace, data: Omniglot, evaluation: Omniglot, ways: int, shots: int,
+                      queries: int, seed: int,
+                      adjust_train: Callable[[EpisodeSampler], None] | None = None) -> EpisodeSampler:
+    """Training episodes of ``data`` (x4 rotation classes unless ``--no-rotations``), with the run's
+    ``--shift-pixels`` then ``--affine`` augmentation, then ``adjust_train``."""
+    sampler = make_benchmark("omniglot", data=(data, evaluation), seed=seed, rotations=args.rotations,
+                             ways=ways, shots=shots, queries=queries).train
+    if args.shift_pixels:
+        sampler.batch_transform = compose(sampler.batch_transform, RandomShift(args.shift_pixels, seed=seed))
+    if args.affine:
+        sampler.batch_transform = compose(sampler.batch_transform, RandomAffine(*args.affine, seed=seed))
+    if adjust_train is not None:
+        adjust_train(sampler)
+    return sampler
+
+
 def compose(*functions):
     """``x -> functions[-1](...functions[0](x))``."""
     def composed(x):
@@ -308,23 +335,11 @@ def main(argv: list[str] | None = None, *, adjust_model: Callable[[nn.Module], n
                    args.export_data)
         print(f"wrote {args.export_data}")
         return {}
-    if args.alphabet_fold:
-        background = alphabet_fold(background, *args.alphabet_fold, heldout=args.heldout_fold)
-        print(f"training alphabets: {', '.join(background.alphabets)}", flush=True)
-    if args.mirror_classes or args.mirror_only:
-        background = with_mirror_classes(background, keep_originals=not args.mirror_only)
+    background = training_characters(args, background)
     torch.manual_seed(args.seed)
+
     def training_sampler(data: Omniglot, ways: int, shots: int, queries: int, seed: int) -> EpisodeSampler:
-        sampler = make_benchmark("omniglot", data=(data, evaluation), seed=seed, rotations=args.rotations,
-                                 ways=ways, shots=shots, queries=queries).train
-        if args.shift_pixels:
-            shift = RandomShift(args.shift_pixels, seed=seed)
-            sampler.batch_transform = compose(sampler.batch_transform, shift)
-        if args.affine:
-            sampler.batch_transform = compose(sampler.batch_transform, RandomAffine(*args.affine, seed=seed))
-        if adjust_train is not None:
-            adjust_train(sampler)
-        return sampler
+        return augmented_sampler(args, data, evaluation, ways, shots, queries, seed, adjust_train)
 
     aux_train = None
     if args.heldout_head:

@@ -188,3 +188,35 @@ def test_heldout_head_trains_the_sequence_model_and_the_embedding_on_disjoint_al
         with pytest.raises(SystemExit):
             bench.parse_args(["--aux-shape", bad])
         assert "WAYS,SHOTS,QUERIES" in capsys.readouterr().err
+
+
+def test_snail_versus_prototypes_scores_both_on_the_same_test_episodes_as_the_benchmark(bench, tmp_path):
+    """``omniglot_snail_vs_prototypes.py`` on a SNAIL saved by ``--save-learner``: its SNAIL test accuracy is
+    the benchmark's final figure (same episodes, same predictions), and the agreement counts add up."""
+    spec = importlib.util.spec_from_file_location("omniglot_snail_vs_prototypes",
+                                                  SCRIPT.parent / "omniglot_snail_vs_prototypes.py")
+    analysis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(analysis)
+    write_tiny_omniglot(tmp_path / "tiny.pt")
+    options = '{"shots": 1, "filters": 4, "attention_sizes": [[4, 4], [4, 4], [4, 4]]}'
+    run = ["--data-pt", str(tmp_path / "tiny.pt"), "--hidden", "4", "--mirror-only", "--shift-pixels", "1",
+           "--learner-options", options, "--out-dir", str(tmp_path)]
+    trained = bench.main(["--algo", "snail", *run, "--train-ways", "5", "--train-shots", "1",
+                          "--train-queries", "1", "--schedule", "cosine", "--episodes", "3",
+                          "--eval-every", "1000", "--final-episodes", "4", "--name", "tiny",
+                          "--save-learner", str(tmp_path / "snail.pt")])
+    report = analysis.main([str(tmp_path / "snail.pt"), *run, "--test-episodes", "4", "--source-episodes",
+                            "2", "--affine-levels", "none;10,0.1,0,0", "--name", "agreement"])
+    figures = report["figures"]
+    assert figures["test"]["snail"] == pytest.approx(100 * trained["final"]["5w1s"]["accuracy"], abs=0.01)
+    assert figures["test"]["queries"] == 4 * 5 * 15 and figures["source"]["queries"] == 2 * 5 * 15
+    for key in ("test", "source", "source, no augmentation"):
+        f = figures[key]
+        assert f["both"] <= min(f["snail"], f["prototypes"])
+        assert f["snail_only"] == pytest.approx(f["snail"] - f["both"], abs=0.02)
+    assert figures["source, affine none, prototypes only"]["prototypes"] == figures["source"]["prototypes"]
+    assert figures["source, affine 10,0.1,0,0, prototypes only"]["snail"] is None
+    assert (tmp_path / "agreement.json").exists()
+    with pytest.raises(SystemExit, match="does not fit SNAIL"):
+        analysis.main([str(tmp_path / "snail.pt"), *run[:-4], "--learner-options", '{"shots": 1}',
+                       "--out-dir", str(tmp_path), "--test-episodes", "1"])
