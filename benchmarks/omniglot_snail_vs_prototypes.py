@@ -50,7 +50,7 @@ from attnmeta.tasks import EpisodeSampler, TaskBatch  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argparse.Namespace]:
     """This script's own arguments, and the benchmark's (every other argument) describing the run."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("learner", help="SNAIL state dict (omniglot_time_to_accuracy.py --save-learner)")
     p.add_argument("--test-episodes", type=int, default=600)
     p.add_argument("--source-episodes", type=int, default=400, help="training-source episodes per figure")

@@ -217,6 +217,8 @@ def test_snail_versus_prototypes_scores_both_on_the_same_test_episodes_as_the_be
     assert figures["source, affine none, prototypes only"]["prototypes"] == figures["source"]["prototypes"]
     assert figures["source, affine 10,0.1,0,0, prototypes only"]["snail"] is None
     assert (tmp_path / "agreement.json").exists()
+    own, parsed = analysis.parse_args(["snail.pt", "--affine", "10,0.1,0,0", "--affine-levels", "none"])
+    assert parsed.affine == (10, 0.1, 0, 0) and own.affine_levels == "none"  # not taken as an abbreviation
     with pytest.raises(SystemExit, match="does not fit SNAIL"):
         analysis.main([str(tmp_path / "snail.pt"), *run[:-4], "--learner-options", '{"shots": 1}',
                        "--out-dir", str(tmp_path), "--test-episodes", "1"])
