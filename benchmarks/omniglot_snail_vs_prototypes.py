@@ -59,9 +59,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argpa
                         "score nearest-prototype on the training source")
     p.add_argument("--name", default="omniglot_snail_vs_prototypes")
     own, rest = p.parse_known_args(argv)
-    run = bench.parse_args(rest)
-    run.out_dir = run.out_dir if "--out-dir" in rest else str(ROOT / "results")
-    return own, run
+    return own, bench.parse_args(rest)
 
 
 def agreement(model: torch.nn.Module, learner: SNAIL | None, episodes: Iterable[TaskBatch]) -> dict:
