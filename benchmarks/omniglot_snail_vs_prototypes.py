@@ -13,8 +13,9 @@ wrong, on
 
 and, with ``--affine-levels``, nearest-prototype alone on the training source under each ``RandomAffine``
 level (after the run's ``--shift-pixels``): how hard the sequence model's training tasks are next to the
-test tasks. Session 17 used it to find that SNAIL trained on tasks easier than the test tasks (its
-embedding separates them better) falls behind nearest-prototype at test (README, SNAIL rows).
+test tasks. On Omniglot it showed SNAIL tying nearest-prototype on its training characters and losing
+to it on new alphabets, even when trained on jittered tasks where it beats nearest-prototype (README, the
+mirror-image SNAIL row).
 
 Example::
 

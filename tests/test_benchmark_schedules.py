@@ -1,4 +1,5 @@
-"""The learning-rate schedules of ``benchmarks/omniglot_time_to_accuracy.py``."""
+"""``benchmarks/omniglot_time_to_accuracy.py``: schedules, options, training sources; and the analysis script
+``benchmarks/omniglot_snail_vs_prototypes.py`` on a run it saved."""
 
 from __future__ import annotations
 
