@@ -46,7 +46,7 @@ from attnmeta.learners.matching import embed_episodes  # noqa: E402
 from attnmeta.learners.protonet import METRIC_LOGITS, prototypes  # noqa: E402
 from attnmeta.learners.snail import SNAIL  # noqa: E402
 from attnmeta.nn.backbones import build_backbone  # noqa: E402
-from attnmeta.tasks import EpisodeSampler, TaskBatch  # noqa: E402
+from attnmeta.tasks import TaskBatch  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argparse.Namespace]:
@@ -87,10 +87,6 @@ def agreement(model: torch.nn.Module, learner: SNAIL | None, episodes: Iterable[
     return out
 
 
-def sampled(sampler: EpisodeSampler, count: int) -> Iterator[TaskBatch]:
-    return (sampler.sample_batch(1) for _ in range(count))
-
-
 def main(argv: list[str] | None = None) -> dict:
     own, run = parse_args(argv)
     torch.set_num_threads(1)
@@ -115,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     def source_episodes(**changes) -> Iterator[TaskBatch]:
         changed = argparse.Namespace(**{**vars(run), **changes})
         sampler = bench.augmented_sampler(changed, source, evaluation, 5, 1, 15, seed=run.seed + 7)
-        return sampled(sampler, own.source_episodes)
+        return (sampler.sample_batch(1) for _ in range(own.source_episodes))
 
     figures["source"] = agreement(model, learner, source_episodes())
     unaugmented = source_episodes(shift_pixels=0, affine=None)
