@@ -2,8 +2,9 @@
 
 Loads a SNAIL state dict written by ``omniglot_time_to_accuracy.py --save-learner`` and scores every query
 two ways on the same embeddings: SNAIL's sequence model and the nearest-prototype classifier (Prototypical
-Networks, ``distance="l2"``) of its Conv-4. It reports both, and how often each is right where the other is
-wrong, on
+Networks, ``distance="l2"``) of its Conv-4. It reports both, how often each is right where the other is
+wrong, and a third classifier, the largest inner product with a prototype of the embeddings SNAIL reads
+(``standardize_by_support``; what one attention read computes without SNAIL's ``norm_input``), on
 
 - ``test``: the 600 fixed test episodes of the benchmark's final figures (evaluation alphabets);
 - ``source``: episodes of the characters SNAIL trained on, with the run's augmentation (pass the run's own
@@ -14,8 +15,9 @@ wrong, on
 and, with ``--affine-levels``, nearest-prototype alone on the training source under each ``RandomAffine``
 level (after the run's ``--shift-pixels``): how hard the sequence model's training tasks are next to the
 test tasks. On Omniglot it showed SNAIL tying nearest-prototype on its training characters and losing
-to it on new alphabets, even when trained on jittered tasks where it beats nearest-prototype (README, the
-mirror-image SNAIL row).
+to it on new alphabets, even when trained on jittered tasks where it beats nearest-prototype, at the
+accuracy of the inner-product classifier; with ``norm_input`` SNAIL can compute distances (README, the
+mirror-image SNAIL rows).
 
 Example::
 
@@ -44,7 +46,7 @@ from attnmeta.data.benchmarks import make_benchmark  # noqa: E402
 from attnmeta.learners import registry  # noqa: E402
 from attnmeta.learners.matching import embed_episodes  # noqa: E402
 from attnmeta.learners.protonet import METRIC_LOGITS, prototypes  # noqa: E402
-from attnmeta.learners.snail import SNAIL  # noqa: E402
+from attnmeta.learners.snail import SNAIL, standardize_by_support  # noqa: E402
 from attnmeta.nn.backbones import build_backbone  # noqa: E402
 from attnmeta.tasks import TaskBatch  # noqa: E402
 
@@ -64,20 +66,24 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argpa
 
 
 def agreement(model: torch.nn.Module, learner: SNAIL | None, episodes: Iterable[TaskBatch]) -> dict:
-    """Accuracy (%) of SNAIL and of nearest-prototype (``l2``) on the same embeddings of ``episodes``, and
-    the share of queries only one of them gets right; ``learner=None``: nearest-prototype only."""
-    right = {"snail": 0, "prototypes": 0, "both": 0}
+    """Accuracy (%) of SNAIL, of nearest-prototype (``l2``) and of the largest inner product with a
+    prototype of the support-standardised embeddings, on the same embeddings of ``episodes``, and the share
+    of queries only one of the first two gets right; ``learner=None``: the other two only."""
+    right = {"snail": 0, "prototypes": 0, "both": 0, "inner_product": 0}
     total = 0
     for batch in episodes:
         with torch.no_grad():
             support, query = embed_episodes(model, batch.support_x, batch.query_x)
             nearest = METRIC_LOGITS["l2"](query, prototypes(support, batch.support_y, batch.ways))
             prototype_ok = nearest.argmax(-1) == batch.query_y
+            standard_support, standard_query = standardize_by_support(support, query)
+            inner = standard_query @ prototypes(standard_support, batch.support_y, batch.ways).transpose(1, 2)
             snail_ok = prototype_ok if learner is None else (
                 learner.sequence_logits(support, batch.support_y, query).argmax(-1) == batch.query_y)
         right["snail"] += int(snail_ok.sum())
         right["prototypes"] += int(prototype_ok.sum())
         right["both"] += int((snail_ok & prototype_ok).sum())
+        right["inner_product"] += int((inner.argmax(-1) == batch.query_y).sum())
         total += batch.query_y.numel()
     out = {key: round(100 * value / total, 2) for key, value in right.items()}
     out.update(snail_only=round(out["snail"] - out["both"], 2),
@@ -124,10 +130,11 @@ def main(argv: list[str] | None = None) -> dict:
     def shown(value: float | None, width: int) -> str:
         return f"{value:{width}.2f}" if value is not None else " " * (width - 1) + "-"
 
-    print(f"{'episodes':44s} | SNAIL | prototypes | SNAIL only | prototypes only")
+    print(f"{'episodes':44s} | SNAIL | prototypes | SNAIL only | prototypes only | inner product")
     for key, f in figures.items():
         print(f"{key:44s} | {shown(f['snail'], 5)} | {f['prototypes']:10.2f} | "
-              f"{shown(f['snail_only'], 10)} | {shown(f['prototypes_only'], 15)}")
+              f"{shown(f['snail_only'], 10)} | {shown(f['prototypes_only'], 15)} | "
+              f"{f['inner_product']:13.2f}")
     out = Path(run.out_dir) / f"{own.name}.json"
     out.write_text(json.dumps(report, indent=1))
     print(f"wrote {out}")

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from attnmeta.tasks.episode import Task, TaskBatch
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "omniglot_time_to_accuracy.py"
 
 
@@ -215,9 +217,16 @@ def test_snail_versus_prototypes_scores_both_on_the_same_test_episodes_as_the_be
         f = figures[key]
         assert f["both"] <= min(f["snail"], f["prototypes"])
         assert f["snail_only"] == pytest.approx(f["snail"] - f["both"], abs=0.02)
+    assert 0 <= figures["test"]["inner_product"] <= 100
     assert figures["source, affine none, prototypes only"]["prototypes"] == figures["source"]["prototypes"]
     assert figures["source, affine 10,0.1,0,0, prototypes only"]["snail"] is None
     assert (tmp_path / "agreement.json").exists()
+    # supports (4, 0), (1, 1), (-5, -1) have mean 0; the query (1.2, 1) is nearest (1, 1), its class, but
+    # has the largest inner product with (4, 0)
+    episode = Task(torch.tensor([[4.0, 0.0], [1.0, 1.0], [-5.0, -1.0]]), torch.arange(3),
+                   torch.tensor([[1.2, 1.0]]), torch.tensor([1]), torch.arange(3))
+    hand = analysis.agreement(torch.nn.Identity(), None, [TaskBatch.stack([episode])])
+    assert (hand["prototypes"], hand["inner_product"], hand["snail"]) == (100.0, 0.0, None)
     own, parsed = analysis.parse_args(["snail.pt", "--affine", "10,0.1,0,0", "--affine-levels", "none"])
     assert parsed.affine == (10, 0.1, 0, 0) and own.affine_levels == "none"  # not taken as an abbreviation
     with pytest.raises(SystemExit, match="does not fit SNAIL"):

@@ -209,6 +209,41 @@ def test_shuffle_features_keeps_each_tasks_geometry_and_changes_training_only():
     torch.testing.assert_close(shuffled_learner.meta_loss(batch).loss, plain.meta_loss(batch).loss)
 
 
+def test_norm_input_lets_the_first_attention_block_rank_support_by_distance():
+    """The extra channel is each standardised embedding's mean square; with it, query and key maps exist
+    whose scores rank the support examples as their distances to the query do (nearest first), which
+    inner products of the embeddings alone do not."""
+    ways, shots, dim = 4, 2, 12
+    learner = SNAIL(nn.Sequential(nn.Linear(8, dim), nn.Tanh()), ways, shots=shots, feature_dim=dim,
+                    filters=8, attention_sizes=((dim + 1, 8), (8, 8), (8, 8)), norm_input=True)
+    assert learner.attention1.query.in_features == dim + ways + 1
+    assert small_snail().attention1.query.in_features == 12 + 4  # off by default
+    seen = []
+    learner.attention1.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    task = gaussian_task(ways, shots, 3, generator=torch.Generator().manual_seed(2))
+    assert learner.predict(task).shape == (12, ways)
+    embed = learner.model
+    support, query = standardize_by_support(embed(task.support_x)[None], embed(task.query_x)[None])
+    x = seen[0][0]  # [ways * shots + queries, dim + 1 + ways]: support then queries, embedding, norm, label
+    torch.testing.assert_close(x[:ways * shots, :dim], support[0])
+    torch.testing.assert_close(x[ways * shots:, :dim], query[0])
+    torch.testing.assert_close(x[:, dim], x[:, :dim].pow(2).mean(-1))
+
+    block = learner.attention1
+    with torch.no_grad():  # query -> (e, 1), key -> (e, -dim/2 * mean square) = (e, -|e|^2 / 2)
+        for m in (block.query, block.key):
+            m.weight.zero_()
+            m.bias.zero_()
+            m.weight[:dim, :dim] = torch.eye(dim)
+        block.query.bias[dim] = 1.0
+        block.key.weight[dim, dim] = -dim / 2
+        scores = block.query(x[ways * shots:]) @ block.key(x[:ways * shots]).T
+    distances = torch.cdist(query[0], support[0])
+    assert torch.equal(scores.argsort(-1, descending=True), distances.argsort(-1))
+    inner = query[0] @ support[0].T
+    assert not torch.equal(inner.argsort(-1, descending=True), distances.argsort(-1))
+
+
 def test_batch_scope_prototype_loss_treats_the_meta_batch_as_one_episode():
     """Scope "batch": queries of every task against the prototypes of all classes of the meta-batch, a class
     shared by two tasks (original id 3 here) pooling its support examples; hand-computed reference."""

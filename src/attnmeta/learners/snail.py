@@ -239,6 +239,12 @@ class SNAIL(Learner):
             support and queries). Distances and inner products within a task are unchanged, so the
             sequence model cannot tie its computation to particular feature directions of the training
             classes and must compare examples. On Omniglot it did not help either (README).
+        norm_input: not in the paper, off by default: each embedding's mean square over its features (after
+            standardisation and any noise) is appended to it as one more input channel. Attention scores are
+            inner products, and ``<q, k> - |k|^2 / 2`` ranks the keys as the distance ``-|q - k|^2 / 2``
+            does, so with this channel the first attention block can read each query's nearest support
+            example, the nearest-prototype rule of the embedding (a query and key map that read the
+            constant bias and the norm channel), which inner products of the embeddings alone cannot.
         subtasks: not in the paper, 0 by default (training episodes must then be ``ways``-way): training
             episodes may have more classes than ``ways``; each is embedded once, its auxiliary loss (when
             ``prototype_loss_weight``) covers all its classes, and the sequence model is trained on this many
@@ -262,8 +268,8 @@ class SNAIL(Learner):
                  heads: int = 1, normalize: bool = True, tie_query_key: bool = True,
                  prototype_loss_weight: float = 0.0, prototype_loss_scope: str = "batch",
                  prototype_distance: str = "euclidean", prototype_residual: bool = False,
-                 input_noise: float = 0.0, shuffle_features: bool = False, subtasks: int = 0,
-                 train_embedding: bool = True) -> None:
+                 input_noise: float = 0.0, shuffle_features: bool = False, norm_input: bool = False,
+                 subtasks: int = 0, train_embedding: bool = True) -> None:
         super().__init__(task_type)
         if task_type != "classification":
             raise ValueError("this SNAIL is a few-shot classification learner; "
@@ -297,7 +303,8 @@ class SNAIL(Learner):
         self.prototype_logits = METRIC_LOGITS[prototype_distance]
         dim = feature_dim or infer_feature_dim(model, input_shape)
         seq_len = ways * shots + 1
-        channels = dim + ways
+        self.norm_input = bool(norm_input)
+        channels = dim + ways + self.norm_input
         self.attention1 = AttentionBlock(channels, *attention_sizes[0], heads=heads)
         self.tc1 = TCBlock(self.attention1.out_channels, seq_len, filters)
         self.attention2 = AttentionBlock(self.tc1.out_channels, *attention_sizes[1], heads=heads)
@@ -332,6 +339,9 @@ class SNAIL(Learner):
             query_emb = query_emb + input_noise * torch.randn_like(query_emb)
         if shuffle_features:
             support_emb, query_emb = shuffle_task_features(support_emb, query_emb)
+        if self.norm_input:
+            support_emb, query_emb = (torch.cat([e, e.pow(2).mean(-1, keepdim=True)], dim=-1)
+                                      for e in (support_emb, query_emb))
         labels = torch.cat([F.one_hot(support_y, self.ways).to(support_emb.dtype),
                             support_emb.new_zeros(support_emb.shape[0], n_query, self.ways)], dim=1)
         x = torch.cat([torch.cat([support_emb, query_emb], dim=1), labels], dim=-1)
