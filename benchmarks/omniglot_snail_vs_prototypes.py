@@ -15,9 +15,9 @@ wrong, and a third classifier, the largest inner product with a prototype of the
 and, with ``--affine-levels``, nearest-prototype alone on the training source under each ``RandomAffine``
 level (after the run's ``--shift-pixels``): how hard the sequence model's training tasks are next to the
 test tasks. On Omniglot it showed SNAIL tying nearest-prototype on its training characters and losing
-to it on new alphabets, even when trained on jittered tasks where it beats nearest-prototype, at the
-accuracy of the inner-product classifier; with ``norm_input`` SNAIL can compute distances (README, the
-mirror-image SNAIL rows).
+to it on new alphabets, even when trained on jittered tasks where it beats nearest-prototype, near the
+accuracy of the inner-product classifier; with ``norm_input`` SNAIL can compare by distance and comes
+closer to nearest-prototype (README, the mirror-image SNAIL rows).
 
 Example::
 

@@ -214,6 +214,7 @@ def test_norm_input_lets_the_first_attention_block_rank_support_by_distance():
     whose scores rank the support examples as their distances to the query do (nearest first), which
     inner products of the embeddings alone do not."""
     ways, shots, dim = 4, 2, 12
+    torch.manual_seed(0)
     learner = SNAIL(nn.Sequential(nn.Linear(8, dim), nn.Tanh()), ways, shots=shots, feature_dim=dim,
                     filters=8, attention_sizes=((dim + 1, 8), (8, 8), (8, 8)), norm_input=True)
     assert learner.attention1.query.in_features == dim + ways + 1

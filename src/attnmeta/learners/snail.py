@@ -243,8 +243,10 @@ class SNAIL(Learner):
             standardisation and any noise) is appended to it as one more input channel. Attention scores are
             inner products, and ``<q, k> - |k|^2 / 2`` ranks the keys as the distance ``-|q - k|^2 / 2``
             does, so with this channel the first attention block can read each query's nearest support
-            example, the nearest-prototype rule of the embedding (a query and key map that read the
-            constant bias and the norm channel), which inner products of the embeddings alone cannot.
+            example (the nearest-prototype rule in 1-shot tasks; a query map whose last coordinate is a
+            constant bias, a key map whose last coordinate reads the norm channel), which inner products of
+            the embeddings alone cannot. On Omniglot, SNAIL on a frozen Conv-4: 98.50-98.54% at five seeds
+            against 98.37-98.63% without (means 98.52 / 98.47; 98.51 / 98.39 on one and the same Conv-4).
         subtasks: not in the paper, 0 by default (training episodes must then be ``ways``-way): training
             episodes may have more classes than ``ways``; each is embedded once, its auxiliary loss (when
             ``prototype_loss_weight``) covers all its classes, and the sequence model is trained on this many
