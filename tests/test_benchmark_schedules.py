@@ -218,7 +218,8 @@ def test_snail_versus_prototypes_scores_both_on_the_same_test_episodes_as_the_be
         assert f["both"] <= min(f["snail"], f["prototypes"])
         assert f["snail_only"] == pytest.approx(f["snail"] - f["both"], abs=0.02)
     assert 0 <= figures["test"]["inner_product"] <= 100
-    assert figures["source, affine none, prototypes only"]["prototypes"] == figures["source"]["prototypes"]
+    for key in ("prototypes", "inner_product"):  # the same episodes with and without a SNAIL to score
+        assert figures["source, affine none, prototypes only"][key] == figures["source"][key]
     assert figures["source, affine 10,0.1,0,0, prototypes only"]["snail"] is None
     assert (tmp_path / "agreement.json").exists()
     # supports (4, 0), (1, 1), (-5, -1) have mean 0; the query (1.2, 1) is nearest (1, 1), its class, but

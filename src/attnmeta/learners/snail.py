@@ -240,7 +240,8 @@ class SNAIL(Learner):
             sequence model cannot tie its computation to particular feature directions of the training
             classes and must compare examples. On Omniglot it did not help either (README).
         norm_input: not in the paper, off by default: each embedding's mean square over its features (after
-            standardisation and any noise) is appended to it as one more input channel. Attention scores are
+            the standardisation, when ``normalize``, and any noise) is appended to it as one more input
+            channel. Attention scores are
             inner products, and ``<q, k> - |k|^2 / 2`` ranks the keys as the distance ``-|q - k|^2 / 2``
             does, so with this channel the first attention block can read each query's nearest support
             example (the nearest-prototype rule in 1-shot tasks; a query map whose last coordinate is a
