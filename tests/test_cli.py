@@ -83,8 +83,8 @@ def test_train_prints_results_table_then_eval_other_shots(tmp_path, capsys):
     # Resume of a finished run is a no-op that still reports; extra settings with --resume are an error.
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert "resuming" in capsys.readouterr().out
-    assert main(["train", "--resume", str(run), "--steps", "5"]) == 1
-    assert "--resume continues the run with its saved config; drop --steps" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--ways", "3"]) == 2
+    assert "--resume continues the run as it was defined; it cannot change ways" in capsys.readouterr().err
 
 
 def test_config_file_flags_and_set_precedence(tmp_path, capsys):
@@ -123,13 +123,13 @@ def test_config_file_flags_and_set_precedence(tmp_path, capsys):
         (["train", "sinusoid", "--optimizer", "lamb"], "'optimizer' must be one of adam, adamw, sgd"),
         (["train", "sinusoid", "--algo", "nope"], "unknown learner 'nope'; choose one of:"),
         (["train", "--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
-        (["eval", "no/such/run"], "'no/such/run' is not a run folder (no config.yaml)"),
+        (["eval", "no/such/run"], "run folder 'no/such/run' does not exist"),
         (["plot", "no/such/run"], "has no metrics.csv"),
     ],
 )
 def test_errors_are_one_clear_line(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
-    assert main(args) == 1
+    assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 

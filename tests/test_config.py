@@ -13,10 +13,10 @@ def test_yaml_file_plus_overrides_resolve(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("benchmark: omniglot\nalgo: protonet\nways: 20\nalgo_options:\n  distance: euclidean\n")
     config = RunConfig.from_dict(load_config_file(path))
-    config = config.with_overrides(parse_overrides(["lr=0.01", "algo_options.temperature=2", "steps=7"]))
+    config = config.with_overrides(parse_overrides(["lr=0.01", "algo_options.scale=2", "steps=7"]))
     assert (config.benchmark, config.algo, config.ways, config.steps) == ("omniglot", "protonet", 20, 7)
     assert config.lr == 0.01 and isinstance(config.lr, float)
-    assert config.algo_options == {"distance": "euclidean", "temperature": 2}
+    assert config.algo_options == {"distance": "euclidean", "scale": 2}
     resolved = config.resolved()
     assert (resolved.shots, resolved.queries) == (1, 15)
     assert resolved.run_dir.endswith("omniglot-protonet-20w1s")

@@ -120,6 +120,8 @@ def test_download_verifies_official_checksum_and_names_the_file(tmp_path, monkey
     assert not (target / "images_background.zip").exists() and not list(target.glob("*.part"))
     md5 = hashlib.md5(served.read_bytes()).hexdigest()
     monkeypatch.setitem(om.OMNIGLOT_MD5, "images_background", md5)
+    sha256 = hashlib.sha256(served.read_bytes()).hexdigest()
+    monkeypatch.setitem(om.OMNIGLOT_SHA256, "images_background", sha256)
     data = Omniglot(target, download=True, cache_dir=tmp_path / "cache")
     assert (target / "images_background.zip").exists() and len(data) == 24
 

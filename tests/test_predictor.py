@@ -102,8 +102,8 @@ def test_one_shot_queries_equal_to_support_are_recognised(tmp_path):
     assert clf.classes_ == [("cls", 0), ("cls", 1), ("cls", 2), ("cls", 3)]
     assert clf.predict(images) == labels
     # Unsortable labels keep first-appearance order.
-    clf.fit(images, ["b", 2, None, 1.5])
-    assert clf.classes_ == ["b", 2, None, 1.5] and clf.predict(images[::-1]) == [1.5, None, 2, "b"]
+    clf.fit(images, ["b", 2, ("t",), 1.5])
+    assert clf.classes_ == ["b", 2, ("t",), 1.5] and clf.predict(images[::-1]) == [1.5, ("t",), 2, "b"]
 
 
 def test_input_kinds_give_the_training_pixels(tmp_path):
@@ -139,10 +139,13 @@ def test_clear_errors(tmp_path):
         ValueError, match=r"support\[0\] has 3 channels but this model takes 1-channel \(grayscale\)"
     ):
         clf.fit([rgb, rgb], ["a", "b"])
-    with pytest.raises(TypeError, match="must be a PIL image, a numpy array or a torch tensor, got str"):
+    with pytest.raises(TypeError, match="must be a PIL image, an image file path, a numpy array or a torch "
+                                        "tensor, got dict"):
+        clf.fit([{}, {}], ["a", "b"])
+    with pytest.raises(ValueError, match=r"support\[0\]: image file 'x.png' does not exist"):
         clf.fit(["x.png", "y.png"], ["a", "b"])
-    with pytest.raises(TypeError, match="uint8 .* or float"):
-        clf.fit([np.zeros((28, 28), dtype=np.int32)] * 2, ["a", "b"])
+    with pytest.raises(TypeError, match="uint8 or integer .* or float"):
+        clf.fit([np.zeros((28, 28), dtype=np.complex64)] * 2, ["a", "b"])
     with pytest.raises(ValueError, match="neither a run folder"):
         attnmeta.load(tmp_path / "nowhere")
 
@@ -192,7 +195,7 @@ def test_regression_run_fit_predict(tmp_path, capsys):
     ckpt = CheckpointManager(tmp_path / "run" / "checkpoints").latest_valid()
     again = attnmeta.load(ckpt).fit([0.0, 1.0], [0.0, 1.0])
     assert again.predict([0.5]).shape == (1, 1)
-    assert main(["predict", str(tmp_path / "run"), "--support", "s", "--query", "q"]) == 1
+    assert main(["predict", str(tmp_path / "run"), "--support", "s", "--query", "q"]) == 2
     assert "is a regression run; `attnmeta predict` labels images" in capsys.readouterr().err
 
 

@@ -81,7 +81,7 @@ def _resume_killed_run(tmp_path: Path, steps: int, kill_points: list[tuple[int, 
     process = _start(["--config", str(config_file)])
     for min_step, mid_write in kill_points:
         _kill_when(process, run / "checkpoints", min_step=min_step, mid_write=mid_write)
-        process = _start(["--resume", str(run)])
+        process = _start(["--resume", str(run), "--import", EXAMPLE])
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
     assert "resuming" in output

@@ -100,7 +100,7 @@ def test_non_finite_loss_stops_naming_step_and_keeps_last_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError) as error:
         train(config, quiet=True, print_fn=lambda _: None)
     message = str(error.value)
-    assert "became nan at step 7" in message and "last good checkpoint (step 6" in message
+    assert "became nan at step 7" in message and "unchanged; the newest (step 6)" in message
     assert "--lr" in message and "grad_clip" in message
     weights, state = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000006")
     assert state["step"] == 6 and all(torch.isfinite(w).all() for w in weights.values())

@@ -145,5 +145,5 @@ def test_cli_eval_with_rotation_ensemble(tmp_path, capsys):
     sinusoid = tmp_path / "sinusoid"
     assert main(["train", "sinusoid", *SMALL, "--run-dir", str(sinusoid)]) == 0
     capsys.readouterr()
-    assert main(["eval", str(sinusoid), "--episodes", "4", "--quiet", "--rotation-ensemble"]) == 1
+    assert main(["eval", str(sinusoid), "--episodes", "4", "--quiet", "--rotation-ensemble"]) == 2
     assert "needs a classification learner" in capsys.readouterr().err

@@ -22,8 +22,6 @@ from typing import Any
 
 from attnmeta.train.config import RunConfig, load_config_file, parse_overrides
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
 # CLI flag -> config key, for the dedicated train flags.
 TRAIN_FLAGS = {
     "algo": "algo",
@@ -81,6 +79,11 @@ def _result_row(config: RunConfig, result: Any) -> dict[str, Any]:
     }
 
 
+def _note(command: str) -> Any:
+    """A ``report`` callback printing one note line to stderr."""
+    return lambda line: print(f"attnmeta {command}: note: {line}", file=sys.stderr)
+
+
 # -- train ------------------------------------------------------------------------------------------
 def _train_config(args: argparse.Namespace) -> RunConfig:
     values: dict[str, Any] = load_config_file(args.config) if args.config else {}
@@ -105,26 +108,37 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
     return chosen.with_overrides(merged)
 
 
+def _resume_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
+    """The saved config of ``--resume RUN_DIR`` with the changes a resume may make (``RESUME_OVERRIDES``)."""
+    from attnmeta.train.trainer import RESUME_OVERRIDES, load_run_config
+
+    given = {flag: getattr(args, flag) for flag in TRAIN_FLAGS}
+    changes = {TRAIN_FLAGS[flag]: value for flag, value in given.items() if value is not None}
+    changes.update(parse_overrides(args.set or []))
+    refused = sorted(key for key in changes if key not in RESUME_OVERRIDES)
+    if args.benchmark or args.config or refused:
+        what = ", ".join(["BENCHMARK"] * bool(args.benchmark) + ["--config"] * bool(args.config) + refused)
+        raise ValueError(
+            f"--resume continues the run as it was defined; it cannot change {what} (a resume may change "
+            f"{', '.join(RESUME_OVERRIDES)}); start a new run with another --run-dir for the rest"
+        )
+    config = load_run_config(args.resume, report=_note("train"))
+    config = config.with_overrides({**changes, "run_dir": str(args.resume)})
+    return config, changes
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from attnmeta.train.trainer import load_run_config, train
+    from attnmeta.train.trainer import train
 
     if args.resume:
-        given = [f"--{f.replace('_', '-')}" for f in TRAIN_FLAGS if getattr(args, f) is not None]
-        if args.benchmark or args.config or given or args.set:
-            raise ValueError(
-                f"--resume continues the run with its saved config; drop {' '.join(given) or 'the '}"
-                "other settings (or start a new run with --run-dir)"
-            )
-        config = load_run_config(args.resume)
-        config.run_dir = str(args.resume)
-        resume = True
+        config, changes = _resume_config(args)
+        result = train(config, quiet=args.quiet, resume=True, imports=args.imports or (), changes=changes)
     else:
-        config = _train_config(args)
-        resume = False
-    result = train(config, quiet=args.quiet, resume=resume)
+        result = train(_train_config(args), quiet=args.quiet)
+    config = result.config
     if result.test is not None:
         print()
-        print(_results_table([_result_row(config.resolved(), result.test)]))
+        print(_results_table([_result_row(config, result.test)]))
         print(
             f"\nrun folder: {result.run_dir}  (train time {result.summary['train_seconds']:.1f} s; "
             f"best validation {result.best['metric']} {result.best['value']:.4g} "
@@ -142,11 +156,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from attnmeta.eval import evaluate
-    from attnmeta.train.checkpoint import CheckpointManager, load_checkpoint
+    from attnmeta.train.checkpoint import CheckpointManager, load_checkpoint, load_weights
+    from attnmeta.train.run_folder import check_writable
     from attnmeta.train.trainer import build_benchmark, build_learner, import_plugins, load_run_config
 
-    trained = load_run_config(args.run_dir)
-    import_plugins(trained.imports)
+    trained = load_run_config(args.run_dir, report=_note("eval"))
+    import_plugins(args.imports or [])  # never the imports the run folder names
     if trained.threads:
         torch.set_num_threads(trained.threads)
     changes = {k: getattr(args, k) for k in ("ways", "shots", "queries") if getattr(args, k) is not None}
@@ -162,10 +177,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ckpt = manager.latest_valid()
     if ckpt is None:
         raise ValueError(f"run folder {args.run_dir!r} has no valid checkpoint to evaluate")
+    check_writable(Path(args.run_dir), "the evaluation results")
     weights, state = load_checkpoint(ckpt)
     bench = build_benchmark(target)
     learner = build_learner(dataclasses.replace(trained, device=target.device), bench)
-    learner.load_state_dict(weights)
+    load_weights(learner, weights, ckpt)
     if (
         target.task_type == "classification"
         and target.ways != trained.ways
@@ -224,42 +240,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     from attnmeta.predictor import load
+    from attnmeta.predictor_inputs import read_query_folder, read_support_folder
 
-    clf = load(args.run_dir)
+    clf = load(args.run_dir, imports=args.imports or ())
     if clf.task_type != "classification":
         raise ValueError(f"{args.run_dir!r} is a {clf.task_type} run; `attnmeta predict` labels images. Use "
                          "attnmeta.load(RUN_DIR).fit(x, y).predict(x_new) in Python for regression")
-    support_dir, query_dir = Path(args.support), Path(args.query)
-    for name, folder in (("--support", support_dir), ("--query", query_dir)):
-        if not folder.is_dir():
-            raise ValueError(f"{name} {str(folder)!r} is not a folder")
-    class_dirs = sorted(p for p in support_dir.iterdir() if p.is_dir())
-    if not class_dirs:
-        raise ValueError(f"--support {str(support_dir)!r} must hold one subfolder of images per class")
-    images, labels = [], []
-    for class_dir in class_dirs:
-        files = _list_images(class_dir)
-        if not files:
-            raise ValueError(f"class folder {str(class_dir)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        for file in files:
-            with Image.open(file) as image:
-                images.append(image.copy())
-            labels.append(class_dir.name)
-    query_files = _list_images(query_dir)
-    if not query_files:
-        raise ValueError(f"--query {str(query_dir)!r} holds no images")
-    queries = []
-    for file in query_files:
-        with Image.open(file) as image:
-            queries.append(image.copy())
+    images, labels = read_support_folder(args.support, "--support")
+    queries, query_files = read_query_folder(args.query, "--query")
     clf.fit(images, labels)
     probabilities = clf.predict_proba(queries)
     for file, row in zip(query_files, probabilities):
@@ -283,11 +273,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------------------
+def _add_import_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--import", dest="imports", action="append", metavar="MODULE_OR_FILE", help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnmeta",
         description="Attention-based meta-learning: train, evaluate, plot and use few-shot "
-        "learners. Run `attnmeta COMMAND --help` for each command.",
+        "learners. Run `attnmeta COMMAND --help` for each command. Errors in your input are one line "
+        "(exit status 2); add --debug anywhere to see the traceback.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -335,13 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override any config key, e.g. --set algo_options.inner_steps=5 (repeatable)",
     )
-    t.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        metavar="MODULE_OR_FILE",
-        help="import a module or .py file first (to register a custom learner; repeatable)",
-    )
+    _add_import_flag(t, "import a module or .py file first (to register a custom learner; also needed with "
+                     "--resume: a run folder's own imports are never executed; repeatable)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
     t.add_argument("--quiet", action="store_true", help="no progress bar; one log line per validation")
     t.set_defaults(func=cmd_train)
@@ -367,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "concatenated embeddings for protonet and matching without FCE, averaged "
                    "log-probabilities of one adaptation per view for other classification learners")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_import_flag(e, "import a module or .py file first (a custom learner the run needs; a run folder's "
+                     "own imports are never executed; repeatable)")
     e.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -389,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("run_dir", help="run folder or checkpoint folder")
     q.add_argument("--support", required=True, help="folder with one subfolder of images per class")
     q.add_argument("--query", required=True, help="folder of images to label")
+    _add_import_flag(q, "import a module or .py file first (a custom learner the run needs; repeatable)")
     q.set_defaults(func=cmd_predict)
 
     c = sub.add_parser(
@@ -403,25 +396,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``attnmeta``; returns the exit status."""
-    from attnmeta.train.checkpoint import CheckpointError
-    from attnmeta.train.trainer import NonFiniteLossError
+    """Entry point of ``attnmeta``; returns the exit status (0 done, 2 bad input, 130 interrupted).
+
+    An error caused by the user's input or environment (``attnmeta.errors.is_user_error``) is printed as one
+    line; any other exception is a bug and keeps its traceback. ``--debug`` (anywhere on the command line,
+    or ``ATTNMETA_DEBUG=1``) shows the traceback of every error.
+    """
+    from attnmeta.errors import is_user_error, one_line
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or bool(os.environ.get("ATTNMETA_DEBUG"))
+    argv = [a for a in argv if a != "--debug"]
     if argv[:1] == ["compare"]:  # attnmeta.compare parses its own arguments (and its own --help)
         argv = ["compare", "--", *argv[1:]]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, CheckpointError, NonFiniteLossError, FileNotFoundError) as error:
-        if os.environ.get("ATTNMETA_DEBUG"):
-            raise
-        print(f"attnmeta {args.command}: error: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"\nattnmeta {args.command}: interrupted; continue with --resume RUN_DIR", file=sys.stderr)
         return 130
+    except Exception as error:
+        if debug or not is_user_error(error):
+            raise
+        print(f"attnmeta {args.command}: error: {one_line(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

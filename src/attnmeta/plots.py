@@ -28,7 +28,7 @@ def smoothed(values: Sequence[float], window: int) -> tuple[list[float], list[fl
 
 def curves(run_dir: str | Path) -> dict[str, Any]:
     """Train loss / metric (smoothed, with CI) and validation metric (with CI) of a run folder."""
-    from attnmeta.train.trainer import read_metrics
+    from attnmeta.train.metrics_log import read_metrics
 
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():

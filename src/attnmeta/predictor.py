@@ -2,7 +2,7 @@
 
 ```python
 clf = attnmeta.load("runs/omniglot-maml-5w1s")   # a run folder or one checkpoint folder
-clf.fit(support_images, support_labels)          # PIL images, uint8/float arrays, tensors; any labels
+clf.fit(support_images, support_labels)          # PIL images, file paths, arrays, tensors; any labels
 clf.predict(query_images)                        # labels in the user's label space
 clf.predict_proba(query_images)                  # [m, n_classes], columns in clf.classes_ order
 ```
@@ -13,8 +13,22 @@ Text runs (``attnmeta train clinc150``) take lists of strings: ``clf.fit(["book 
 Images are preprocessed as in training from the checkpoint's ``preprocessing`` record (keys:
 ``image_size`` (int or [h, w]), ``channels`` (1 or 3), ``invert`` (raw dark-on-light drawings are inverted,
 as in training),
-``mean``/``std`` (per channel, applied to pixels scaled to [0, 1])). uint8 inputs are pixels in [0, 255];
-float inputs are taken as already scaled to [0, 1]. Regression runs take arrays of x and y instead.
+``mean``/``std`` (per channel, applied to pixels scaled to [0, 1])). Regression runs take arrays of x and y
+instead (finite numbers; ``[n]`` or ``[n, d]``).
+
+Image inputs (each one checked, errors name it, e.g. ``support[3]``):
+
+* PIL images; ``str`` / ``pathlib.Path`` image files (opened with PIL; a missing or corrupt file is an
+  error naming it); numpy arrays and torch tensors ``[H, W]``, ``[C, H, W]`` or ``[H, W, C]``, or a batch
+  ``[n, ...]``. Images of any size are resized to the model's size.
+* Array pixels: ``uint8`` (and other integer types) are 0..255 (values outside are an error); ``bool`` is
+  0 / 1, as ``np.array(Image.open(...))`` gives for 1-bit PNGs; floats must already be in [0, 1]: a float
+  image with values above 1 (e.g. 0..255 floats) is rejected with the fix (divide by 255), never guessed.
+  NaN / infinite / negative pixels and images with no pixels are rejected.
+* PIL images with 16- or 32-bit pixels (modes ``I;16``, ``I``: integer rule above; ``F``: 0..255, as PIL
+  converts them) are checked instead of being clipped to 0..255.
+
+Labels: one per support image, any hashable values but not missing ones (``None``, NaN).
 """
 
 from __future__ import annotations
@@ -28,35 +42,11 @@ import torch
 from torch import Tensor
 
 from attnmeta.learners.base import Learner
+from attnmeta.predictor_inputs import check_labels, numeric_array, pixel_array, read_image, wide_pil_pixels
 from attnmeta.tasks.episode import Task
-from attnmeta.train.checkpoint import CheckpointManager, load_checkpoint
+from attnmeta.train.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, load_weights
 from attnmeta.train.config import RunConfig
 from attnmeta.train.trainer import BenchmarkParts, build_learner, import_plugins
-
-
-def _as_array(image: Any, what: str) -> np.ndarray:
-    """A numpy/torch image as ``[C, H, W]`` (uint8 or float32); the layout is guessed from the shape."""
-    if isinstance(image, Tensor):
-        image = image.detach().cpu().numpy()
-    if not isinstance(image, np.ndarray):
-        raise TypeError(
-            f"{what} must be a PIL image, a numpy array or a torch tensor, got {type(image).__name__}"
-        )
-    if image.dtype != np.uint8:
-        if not np.issubdtype(image.dtype, np.floating):
-            raise TypeError(
-                f"{what}: image arrays must be uint8 (pixels 0..255) or float (0..1), got {image.dtype}"
-            )
-        image = image.astype(np.float32)
-    if image.ndim == 2:
-        return image[None]
-    if image.ndim == 3:
-        if image.shape[0] not in (1, 3, 4) and image.shape[-1] in (1, 3, 4):
-            image = np.moveaxis(image, -1, 0)
-        return image
-    raise ValueError(
-        f"{what} must have 2 (H, W) or 3 (C, H, W or H, W, C) dimensions, got shape {image.shape}"
-    )
 
 
 class FewShotPredictor:
@@ -127,36 +117,15 @@ class FewShotPredictor:
                     f"{' / [n, H, W]' if channels == 1 else ''}, got shape {tuple(images.shape)}"
                 )
         if not isinstance(images, Sequence) or isinstance(images, (str, bytes)) or len(images) == 0:
-            raise ValueError(f"{what}: pass a non-empty list of images (PIL, numpy arrays or tensors)")
+            raise ValueError(f"{what}: pass a non-empty list of images (PIL images, file paths, numpy arrays "
+                             f"or tensors), got {_describe(images)}")
         return torch.stack([self._prepare_image(image, f"{what}[{i}]") for i, image in enumerate(images)])
 
     def _prepare_image(self, image: Any, what: str) -> Tensor:
         """One image -> ``[C, H, W]`` float32, exactly as the training data was made: resize (PIL, the
         recorded filter) on uint8 pixels, invert if recorded, scale to [0, 1], normalize by mean/std."""
-        from PIL import Image
-
         channels, (height, width) = self._image_settings()
-        mode = "L" if channels == 1 else "RGB"
-        resample = getattr(
-            Image.Resampling,
-            str(self.preprocessing.get("resize", "lanczos")).upper(),
-            Image.Resampling.LANCZOS,
-        )
-        if not isinstance(image, Image.Image):
-            array = _as_array(image, what)
-            if array.shape[0] != channels:
-                raise ValueError(
-                    f"{what} has {array.shape[0]} channels but this model takes {channels}-channel "
-                    f"({'grayscale' if channels == 1 else 'RGB'}) images; convert the images first"
-                )
-            if array.dtype == np.uint8 and tuple(array.shape[-2:]) != (height, width):
-                image = Image.fromarray(array[0] if channels == 1 else np.moveaxis(array, 0, -1), mode)
-        if isinstance(image, Image.Image):
-            pil = image.convert(mode)
-            if pil.size != (width, height):
-                pil = pil.resize((width, height), resample)
-            pixels = np.asarray(pil, dtype=np.uint8)
-            array = pixels[None] if channels == 1 else np.moveaxis(pixels, -1, 0)
+        array = self._pixels(image, what)
         if array.dtype == np.uint8:
             if self.preprocessing.get("invert"):
                 array = 255 - array
@@ -175,15 +144,39 @@ class FewShotPredictor:
             tensor = (tensor - mean) / std.view(-1, 1, 1)
         return tensor
 
+    def _pixels(self, image: Any, what: str) -> np.ndarray:
+        """One checked image as ``[C, H, W]``: uint8 resized with PIL, or float32 in [0, 1] (any size)."""
+        from PIL import Image
+
+        channels, (height, width) = self._image_settings()
+        mode = "L" if channels == 1 else "RGB"
+        if isinstance(image, (str, Path)):
+            image = read_image(image, what)
+        if isinstance(image, Image.Image):
+            image = wide_pil_pixels(image, what)  # 16/32-bit pixels: checked, not clipped by PIL
+        if isinstance(image, Image.Image) and 0 in image.size:
+            raise ValueError(f"{what} is a {image.size[0]}x{image.size[1]} image; an image needs at least "
+                             "one pixel")
+        if not isinstance(image, Image.Image):
+            array = pixel_array(image, what)
+            if array.shape[0] != channels:
+                raise ValueError(
+                    f"{what} has {array.shape[0]} channels but this model takes {channels}-channel "
+                    f"({'grayscale' if channels == 1 else 'RGB'}) images; convert the images first"
+                )
+            if array.dtype != np.uint8 or tuple(array.shape[-2:]) == (height, width):
+                return array
+            image = Image.fromarray(array[0] if channels == 1 else np.moveaxis(array, 0, -1), mode)
+        pil = image.convert(mode)
+        if pil.size != (width, height):
+            name = str(self.preprocessing.get("resize", "lanczos")).upper()
+            pil = pil.resize((width, height), getattr(Image.Resampling, name, Image.Resampling.LANCZOS))
+        pixels = np.asarray(pil, dtype=np.uint8)
+        return pixels[None] if channels == 1 else np.moveaxis(pixels, -1, 0)
+
     def _prepare_regression(self, values: Any, what: str) -> Tensor:
-        tensor = torch.as_tensor(np.asarray(values, dtype=np.float64))
-        if tensor.ndim == 1:
-            tensor = tensor[:, None]
-        if tensor.ndim != 2 or tensor.shape[0] == 0:
-            raise ValueError(
-                f"{what} must be a non-empty array of shape [n] or [n, d], got shape {tuple(tensor.shape)}"
-            )
-        return tensor
+        features = self.input_shape[0] if what == "x" and len(self.input_shape) == 1 else None
+        return numeric_array(values, what, features)
 
     # -- API --------------------------------------------------------------------------------------------
     def fit(self, support: Any, labels: Any) -> FewShotPredictor:
@@ -194,12 +187,13 @@ class FewShotPredictor:
                 raise ValueError(f"fit got {len(x)} x values but {len(y)} y values; pass one y per x")
             self._support = (x, y)
             return self
-        labels = list(labels.tolist() if isinstance(labels, (np.ndarray, Tensor)) else labels)
-        n_images = len(support) if hasattr(support, "__len__") else None
-        if n_images != len(labels):
-            raise ValueError(
-                f"fit got {n_images} support images but {len(labels)} labels; pass one label per image"
-            )
+        kind = "strings" if self.preprocessing.get("text") else "images"
+        if not hasattr(support, "__len__") or isinstance(support, (str, bytes)):
+            raise TypeError(f"support must be a list of {kind} (one per label), got {_describe(support)}")
+        if len(support) == 0:
+            raise ValueError(f"fit got an empty support set; pass {kind} of at least two classes, with "
+                             "their labels")
+        labels = check_labels(labels, len(support), kind)
         classes = list(dict.fromkeys(labels))
         try:
             classes = sorted(classes)
@@ -255,10 +249,28 @@ class FewShotPredictor:
         return [self.classes_[i] for i in outputs.argmax(-1).tolist()]
 
 
+def _describe(value: Any) -> str:
+    """A short description of a wrong input, e.g. ``an empty list`` or ``str``."""
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and len(value) == 0:
+        return f"an empty {type(value).__name__}"
+    return type(value).__name__
+
+
 def load(
-    path: str | Path, *, checkpoint: str = "best", device: str | torch.device = "cpu"
+    path: str | Path,
+    *,
+    checkpoint: str = "best",
+    device: str | torch.device = "cpu",
+    imports: Sequence[str] = (),
 ) -> FewShotPredictor:
-    """Load a run folder (its best checkpoint, or ``checkpoint="latest"``) or one checkpoint folder."""
+    """Load a run folder (its best checkpoint, or ``checkpoint="latest"``) or one checkpoint folder.
+
+    Loading never executes code from the files: weights are safetensors, state is JSON, and the modules a
+    run names under ``imports`` are not imported. A run trained with a custom learner needs ``imports``:
+    modules or ``.py`` files you trust that register it (the error message names them).
+    """
+    if checkpoint not in ("best", "latest"):
+        raise ValueError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}")
     path = Path(path)
     if (path / "manifest.json").is_file():
         ckpt = path
@@ -275,9 +287,12 @@ def load(
             "(with manifest.json); pass the folder written by `attnmeta train`"
         )
     weights, state = load_checkpoint(ckpt)
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("run"), dict):
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} lacks its run config; it was not written by "
+                              "`attnmeta train` or is damaged")
     config = RunConfig.from_dict(state["config"])
     run_info = state["run"]
-    import_plugins(config.imports)
+    import_plugins(list(imports))
     parts = BenchmarkParts(
         run_info["benchmark"],
         run_info["task_type"],
@@ -290,5 +305,5 @@ def load(
     )
     config.device = "cpu" if str(device) == "cpu" else config.device
     learner = build_learner(config, parts)
-    learner.load_state_dict(weights)
+    load_weights(learner, weights, ckpt)
     return FewShotPredictor(learner.to(device), config, run_info, device)

@@ -6,6 +6,13 @@ Reads the official archives ``images_background.zip`` (30 alphabets, 964 charact
 with an antialiasing (Lanczos) filter and stored as one uint8 tensor in a cache file, so later runs load in
 well under a second.
 
+Archives are read in memory, never extracted. Every file inside ``images_<set>/`` must follow that layout
+(anything else, e.g. ``images_background/../../x.png``, is refused with a ``DataError`` naming the member);
+directories, hidden files (``.DS_Store``) and entries outside ``images_<set>/`` (``__MACOSX/``, a readme) are
+ignored. Damaged archives, members and PNGs and unreadable caches raise one-line ``DataError``s naming the
+file (see ``attnmeta.data.safe_io``). ``download=True`` verifies the official md5 and sha256 before moving
+a download into place; archives already on disk are not checked (re-packed copies are fine).
+
 Pixel convention: **ink = 255, background = 0** (the official PNGs are black ink on white; we invert them,
 as Prototypical Networks' code does, so that zero padding and max-pooling treat the background as empty).
 Pass ``invert=False`` for the raw convention (ink = 0). Models see ``images.float() / 255``.
@@ -28,10 +35,8 @@ Rotation augmentation as new classes follows ``attnmeta.tasks.EpisodeSampler``: 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import tempfile
-import zipfile
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,7 +45,17 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from attnmeta.data.download import download_file
+from attnmeta.data.safe_io import (
+    MissingDataError,
+    decode_image,
+    download_verified,
+    load_cache,
+    open_zip,
+    read_member,
+    read_text,
+    save_cache,
+)
+from attnmeta.errors import DataError
 
 OMNIGLOT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{name}.zip"
 #: Official md5 checksums of the archives in the Omniglot repository (as listed by torchvision).
@@ -48,9 +63,20 @@ OMNIGLOT_MD5 = {
     "images_background": "68d2efa1b9178cc56df9314c21c6e718",
     "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
 }
+#: Official sha256 of the same archives (as listed by TensorFlow Datasets, ``url_checksums/omniglot.txt``).
+#: Both digests are checked on every download; local archives are not checked (re-packed copies are fine).
+OMNIGLOT_SHA256 = {
+    "images_background": "ad41ab679c8b5d90b271ef46be6987cc81211774a695c29dcc5367b2b26ee640",
+    "images_evaluation": "1f61a8f3366785b057fc117d9228e78a16e3d976c8953b2a10fcc74cf0609cee",
+}
 #: Rotations (degrees, counter-clockwise) that make new classes in the Vinyals / MAML protocols.
 OMNIGLOT_ROTATIONS = (0, 90, 180, 270)
 _CACHE_VERSION = 1
+#: A drawing's path below ``images_<set>/``: ``<Alphabet>/characterNN/XXXX_YY.png``.
+_DRAWING = re.compile(r"[^/\\.\x00-\x1f][^/\\\x00-\x1f]*/character\d+/\d{4}_\d{2}\.png")
+_JUNK = ("Thumbs.db", "desktop.ini")
+_ARCHIVE_FIX = ("the archive is damaged: delete it and download it again (download=True), or copy the "
+                "official archive there")
 
 
 def default_cache_dir() -> Path:
@@ -67,7 +93,8 @@ class Omniglot:
         background: ``True`` for the background set (training alphabets of Lake's split), ``False`` for
             the evaluation set.
         image_size: side of the square output images in pixels (28 is the standard benchmark).
-        download: fetch the missing archive from the official repository and verify its md5.
+        download: fetch the missing archive from the official repository; its md5 and sha256 are verified
+            before it is moved into place (a local archive is never checked against them).
         cache_dir: where decoded tensors are cached (default ``default_cache_dir()/omniglot``).
         invert: ``True`` (default) stores ink as 255 and background as 0; ``False`` keeps the raw PNG values.
 
@@ -97,10 +124,10 @@ class Omniglot:
         pixels = "inv" if invert else "raw"
         cache_file = cache_root / f"{set_name}_{image_size}px_{pixels}_{_identity(source)}.pt"
         if cache_file.exists():
-            stored = torch.load(cache_file, weights_only=True)
+            stored = load_cache(cache_file, lambda stored: _cache_problem(stored, image_size))
         else:
             stored = _decode(source, set_name, image_size, invert)
-            _atomic_save(stored, cache_file)
+            save_cache(stored, cache_file)
         self._set(stored["images"], stored["labels"], list(stored["characters"]), image_size, invert,
                   [set_name])
         self.source = source
@@ -187,9 +214,10 @@ def _find_source(root: Path, set_name: str, download: bool) -> Path:
     if archive.is_file():
         return archive
     if download:
-        download_file(OMNIGLOT_URL.format(name=set_name), archive, md5=OMNIGLOT_MD5[set_name])
-        return archive
-    raise FileNotFoundError(
+        checksums = {"md5": OMNIGLOT_MD5[set_name], "sha256": OMNIGLOT_SHA256[set_name]}
+        return download_verified(OMNIGLOT_URL.format(name=set_name), archive, checksums,
+                                 "copy the official archive there")
+    raise MissingDataError(
         f"Omniglot {set_name} not found: expected {archive} or the folder {folder}. Pass download=True to "
         f"fetch it from {OMNIGLOT_URL.format(name=set_name)}, or copy the official archive there")
 
@@ -205,72 +233,104 @@ def _identity(source: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _members(source: Path, set_name: str) -> list[tuple[str, bytes | Path]]:
-    """``(Alphabet/characterNN/file.png, bytes or path)`` for every drawing, sorted by name."""
+def _drawing(name: str, set_name: str, where: str) -> str | None:
+    """``Alphabet/characterNN/XXXX_YY.png`` of a drawing's path, ``None`` for an entry to ignore.
+
+    Ignored (as before): directories, entries outside ``images_<set>/`` (e.g. ``__MACOSX/``, a readme),
+    hidden files (``.DS_Store``) and the Windows files ``Thumbs.db`` / ``desktop.ini``. Refused: unsafe paths
+    anywhere, and any other file inside ``images_<set>/`` that does not follow the layout (so nothing is
+    silently skipped or misnamed).
+    """
+    parts = name.split("/")
+    if name.startswith("/") or "\\" in name or ".." in parts or ":" in parts[0]:
+        raise DataError(f"{where} {name!r} has an unsafe path (absolute, '..' or backslash); this is not a "
+                        "genuine Omniglot archive: delete it and download it again (download=True)")
+    if name.endswith("/") or parts[0] != set_name or parts[-1].startswith(".") or parts[-1] in _JUNK:
+        return None
+    relative = "/".join(parts[1:])
+    if not _DRAWING.fullmatch(relative):
+        raise DataError(f"{where} {name!r} does not follow the layout {set_name}/<Alphabet>/characterNN/"
+                        "XXXX_YY.png; use the official archive (download=True) or repack it with that layout")
+    return relative
+
+
+def _members(source: Path, set_name: str) -> list[tuple[str, bytes, str]]:
+    """``(Alphabet/characterNN/file.png, bytes, where)`` for every drawing, sorted by name."""
     if source.is_dir():
-        return sorted((p.relative_to(source).as_posix(), p) for p in source.glob("*/*/*.png"))
-    out = []
-    with zipfile.ZipFile(source) as zf:
+        paths = sorted(p for p in source.glob("*/*/*.png") if not p.name.startswith("."))
+        where = f"{source.parent}: file"
+        names = [_drawing(f"{set_name}/{p.relative_to(source).as_posix()}", set_name, where) for p in paths]
+        return [(n, p.read_bytes(), str(p)) for n, p in zip(names, paths) if n is not None]
+    out, seen = [], set()
+    with open_zip(source, "delete it and download it again (download=True), or copy the official archive "
+                          "there") as zf:
         for info in zf.infolist():
-            parts = info.filename.split("/")
-            if len(parts) == 4 and parts[0] == set_name and parts[3].endswith(".png"):
-                out.append(("/".join(parts[1:]), zf.read(info)))
+            name = _drawing(info.filename, set_name, f"{source}: member")
+            if name is None:
+                continue
+            if name in seen:
+                raise DataError(f"{source}: member {info.filename!r} appears twice; {_ARCHIVE_FIX}")
+            seen.add(name)
+            content = read_member(zf, info, source, _ARCHIVE_FIX)
+            out.append((name, content, f"{source}: member {info.filename}"))
     return sorted(out, key=lambda item: item[0])
 
 
 def _decode(source: Path, set_name: str, image_size: int, invert: bool) -> dict:
     members = _members(source, set_name)
     if not members:
-        raise ValueError(f"{source} holds no {set_name}/<Alphabet>/characterNN/*.png drawings; "
-                         "is it the official Omniglot archive?")
+        raise DataError(f"{source} holds no {set_name}/<Alphabet>/characterNN/*.png drawings; "
+                        "is it the official Omniglot archive?")
     images = np.empty((len(members), 1, image_size, image_size), dtype=np.uint8)
     characters: list[str] = []
     labels = np.empty(len(members), dtype=np.int64)
-    for i, (name, content) in enumerate(members):
+    fix = _ARCHIVE_FIX if source.is_file() else "replace it with the official drawing"
+    for i, (name, content, where) in enumerate(members):
         character = name.rsplit("/", 1)[0]
         if not characters or characters[-1] != character:
             characters.append(character)
         labels[i] = len(characters) - 1
-        with Image.open(io.BytesIO(content) if isinstance(content, bytes) else content) as image:
-            gray = image.convert("L")
-            if gray.size != (image_size, image_size):
-                gray = gray.resize((image_size, image_size), Image.Resampling.LANCZOS)
-            pixels = np.asarray(gray, dtype=np.uint8)
+        pixels = decode_image(content, where, "L", image_size, Image.Resampling.LANCZOS, fix)
         images[i, 0] = 255 - pixels if invert else pixels
     return {"version": _CACHE_VERSION, "images": torch.from_numpy(images), "labels": torch.from_numpy(labels),
             "characters": characters}
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _cache_problem(stored: dict, image_size: int) -> str | None:
+    """What is wrong with a loaded cache dict (``None`` when it is what ``_decode`` writes)."""
+    images, labels, characters = stored.get("images"), stored.get("labels"), stored.get("characters")
+    if stored.get("version") != _CACHE_VERSION:
+        return f"version {stored.get('version')!r}, expected {_CACHE_VERSION}"
+    if (not isinstance(images, Tensor) or images.dtype != torch.uint8
+            or tuple(images.shape[1:]) != (1, image_size, image_size) or images.shape[0] == 0):
+        return f"images are not uint8 [n, 1, {image_size}, {image_size}]"
+    if not isinstance(characters, list) or not characters or not all(
+            isinstance(c, str) and c.count("/") == 1 for c in characters):
+        return "characters is not a list of 'Alphabet/characterNN' names"
+    if (not isinstance(labels, Tensor) or labels.dtype != torch.int64 or labels.shape != images.shape[:1]
+            or int(labels.min()) < 0 or int(labels.max()) >= len(characters)):
+        return "labels are not int64 [n] character ids"
+    return None
 
 
 def read_vinyals_split(path: str | Path) -> list[tuple[str, int]]:
     """Parse a Vinyals split file: ``(Alphabet/characterNN, rotation_degrees)`` per line, in file order."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"Vinyals split file {path} not found; get train.txt/val.txt/test.txt from "
             "github.com/jakesnell/prototypical-networks (data/omniglot/splits/vinyals) and pass their folder")
     out = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text(path, "the split file").splitlines(), 1):
         line = line.strip()
         if not line:
             continue
         parts = line.split("/")
         if len(parts) != 3 or not parts[2].startswith("rot") or not parts[2][3:].isdigit():
-            raise ValueError(f"{path}:{number}: expected 'Alphabet/characterNN/rotDDD', got {line!r}")
+            raise DataError(f"{path}:{number}: expected 'Alphabet/characterNN/rotDDD', got {line!r}")
         degrees = int(parts[2][3:])
         if degrees not in OMNIGLOT_ROTATIONS:
-            raise ValueError(f"{path}:{number}: rotation must be one of {OMNIGLOT_ROTATIONS}, got {degrees}")
+            raise DataError(f"{path}:{number}: rotation must be one of {OMNIGLOT_ROTATIONS}, got {degrees}")
         out.append(("/".join(parts[:2]), degrees))
     return out
 

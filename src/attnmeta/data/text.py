@@ -12,8 +12,7 @@ that :class:`attnmeta.tasks.EpisodeSampler` samples from (its in-memory fast pat
 
 from __future__ import annotations
 
-import csv
-import json
+import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from attnmeta.data.download import download_file, verify_checksum
+from attnmeta.data.download import file_digest
+from attnmeta.data.safe_io import MissingDataError, download_verified
+from attnmeta.data.textfiles import csv_records, json_document, json_lines
+from attnmeta.errors import DataError
 
 __all__ = ["TextDataset", "CLINC150_DOMAINS_DEFAULT_SPLIT", "CLINC150_FILES", "load_clinc150",
            "clinc150_domain_split", "random_class_split", "load_text_pairs", "text_dataset_from_pairs"]
@@ -105,13 +107,17 @@ def _clinc_file(root: Path, name: str, download: bool) -> Path:
     url, sha256 = CLINC150_FILES[name]
     path = root / name
     if path.exists():
-        verify_checksum(path, sha256=sha256, source=url)
+        actual = file_digest(path, "sha256")
+        if actual != sha256:
+            raise DataError(f"checksum mismatch for {path}: sha256 is {actual}, expected {sha256}; it is not "
+                            f"the official CLINC150 file: delete it and run again with download=True, or put "
+                            f"the official file from {url} there")
         return path
     if not download:
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"CLINC150 file {path} not found; pass download=True to fetch it from {url}, or put the official "
             "data_full.json and domains.json of github.com/clinc/oos-eval (data/) in that folder")
-    return download_file(url, path, sha256=sha256)
+    return download_verified(url, path, {"sha256": sha256}, f"put the official file from {url} there")
 
 
 def load_clinc150(root: str | Path, *, splits: Sequence[str] = ("train", "val", "test"),
@@ -133,8 +139,8 @@ def load_clinc150(root: str | Path, *, splits: Sequence[str] = ("train", "val", 
     allowed = ("train", "val", "test")
     if isinstance(splits, str) or not splits or any(s not in allowed for s in splits):
         raise ValueError(f"splits must be a non-empty list drawn from {allowed}, got {splits!r}")
-    data = json.loads(_clinc_file(root, "data_full.json", download).read_text(encoding="utf-8"))
-    domains = json.loads(_clinc_file(root, "domains.json", download).read_text(encoding="utf-8"))
+    data = json_document(_clinc_file(root, "data_full.json", download))
+    domains = json_document(_clinc_file(root, "domains.json", download))
     class_names = [intent for intents in domains.values() for intent in intents]
     class_domains = [domain for domain, intents in domains.items() for _ in intents]
     if include_oos:
@@ -189,70 +195,94 @@ def random_class_split(num_classes: int, sizes: dict[str, int], *, seed: int = 0
     return out
 
 
-def text_dataset_from_pairs(pairs: Iterable[tuple[str, object]], *, source: str = "pairs") -> TextDataset:
-    """Build a :class:`TextDataset` from ``(text, label)`` pairs; labels (any hashable) map to sorted ids."""
+def _class_name(where: str, text: object, label: object) -> tuple[str, type]:
+    """Class name and label type (``str`` or ``int``) of one ``(text, label)`` item; ``DataError`` naming
+    ``where`` when either is bad."""
+    if not isinstance(text, str):
+        raise DataError(f"{where}: the text is {text!r} of type {type(text).__name__}; texts must be strings")
+    if not text.strip():
+        raise DataError(f"{where}: the text is empty or only whitespace; remove the item or give it a text")
+    if label is None or (isinstance(label, str) and not label.strip()):
+        raise DataError(f"{where}: empty label (missing, null or blank) for text {text[:40]!r}; give every "
+                        "text a label")
+    if isinstance(label, bool) or not isinstance(label, (str, numbers.Integral)):
+        raise DataError(f"{where}: the label {label!r} is a {type(label).__name__}; labels must be strings "
+                        "or integers")
+    return (label, str) if isinstance(label, str) else (str(int(label)), int)
+
+
+def _dataset(items: Iterable[tuple[str, object]], source: str) -> TextDataset:
+    """``TextDataset`` of ``(where, item)`` pairs; each item must be a ``(text, label)`` pair."""
     texts: list[str] = []
     raw: list[str] = []
-    for i, pair in enumerate(pairs):
+    label_type: type | None = None
+    for where, pair in items:
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise ValueError(f"{source}: item {i} is {pair!r}; each item must be a (text, label) pair")
+            raise DataError(f"{where}: got {pair!r}; each item must be a (text, label) pair")
         text, label = pair
-        if not isinstance(text, str):
-            raise TypeError(f"{source}: item {i} has text {text!r} of type {type(text).__name__}; texts must "
-                            "be str")
-        if label is None or (isinstance(label, str) and not label.strip()):
-            raise ValueError(f"{source}: item {i} ({text!r}) has an empty label; give every text a label")
-        texts.append(text)
-        raw.append(str(label))
+        name, kind = _class_name(where, text, label)
+        label_type = label_type or kind
+        if kind is not label_type:
+            kinds = {str: ("a string", "strings"), int: ("an integer", "integers")}
+            raise DataError(f"{where}: the label {label!r} is {kinds[kind][0]} but earlier labels are "
+                            f"{kinds[label_type][1]}; give every label the same type")
+        raw.append(name)
+        texts.append(text)  # type: ignore[arg-type]
     if not texts:
-        raise ValueError(f"{source}: no (text, label) pairs found")
+        raise DataError(f"{source}: no (text, label) pairs found")
     class_names = sorted(set(raw))
     index = {name: i for i, name in enumerate(class_names)}
     return TextDataset(texts, torch.tensor([index[r] for r in raw], dtype=torch.long), class_names)
 
 
+def text_dataset_from_pairs(pairs: Iterable[tuple[str, object]], *, source: str = "pairs") -> TextDataset:
+    """Build a :class:`TextDataset` from ``(text, label)`` pairs; labels (strings or ints, one type) map to
+    sorted ids. Empty or whitespace-only texts and empty labels are rejected (``DataError`` naming the item).
+    """
+    return _dataset(((f"{source}: item {i}", pair) for i, pair in enumerate(pairs)), source)
+
+
+def _records(path: Path, suffix: str, text_field: str, label_field: str) -> list[tuple[str, object]]:
+    """``(where, record)`` for every record of a CSV/TSV, JSON or JSON-lines file."""
+    if suffix in (".csv", ".tsv"):
+        hint = "pass text_field=/label_field= naming the text and label columns"
+        rows = csv_records(path, (text_field, label_field), hint, "\t" if suffix == ".tsv" else ",")
+        return [(f"{path}:{line}", row) for line, row in rows]
+    if suffix in (".jsonl", ".ndjson"):
+        return [(f"{path}:{line}", value) for line, value in json_lines(path)]
+    if suffix == ".json":
+        content = json_document(path)
+        if isinstance(content, list):
+            return [(f"{path}: item {i}", r) for i, r in enumerate(content)]
+        if isinstance(content, dict):
+            return [(f"{path}: item {i} of {key!r}", r) for key, value in content.items()
+                    if isinstance(value, list) for i, r in enumerate(value)]
+        raise DataError(f"{path}: JSON must be a list of pairs/objects or an object of such lists, got a "
+                        f"{type(content).__name__}")
+    raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json or .jsonl")
+
+
 def load_text_pairs(path: str | Path, *, text_field: str = "text", label_field: str = "label") -> TextDataset:
-    """Load ``(text, label)`` pairs from a CSV/TSV (with a header), JSON or JSON-lines file.
+    """Load ``(text, label)`` pairs from a CSV/TSV (with a header), JSON or JSON-lines file (UTF-8).
 
     Accepted layouts: CSV/TSV with columns ``text_field`` and ``label_field``; JSON as a list of
     ``[text, label]`` pairs or of ``{text_field: ..., label_field: ...}`` objects, or an object of such lists
     (e.g. CLINC150's ``{"train": [...], "test": [...]}``, all lists pooled); JSON lines with one object each.
-    Class ids are the sorted distinct labels.
+    Class ids are the sorted distinct labels. Any problem (invalid UTF-8, broken JSON, unterminated CSV
+    quote, empty text, missing or non-string/int label) raises ``DataError`` naming the file and line/item.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"text data file {path} not found")
-    suffix = path.suffix.lower()
+        raise MissingDataError(f"text data file {path} not found")
 
-    def from_record(i: int, record: object) -> tuple[object, object]:
+    def pair(where: str, record: object) -> tuple[str, object]:
         if isinstance(record, dict):
             missing = [k for k in (text_field, label_field) if k not in record]
             if missing:
-                raise ValueError(f"{path}: record {i} lacks field(s) {missing} (has {sorted(record)}); pass "
-                                 "text_field=/label_field= naming the text and label fields")
-            return record[text_field], record[label_field]
-        return record  # type: ignore[return-value]
+                raise DataError(f"{where}: record lacks field(s) {missing} (has {sorted(record)}); pass "
+                                "text_field=/label_field= naming the text and label fields")
+            return where, (record[text_field], record[label_field])
+        return where, record
 
-    if suffix in (".csv", ".tsv"):
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
-            columns = reader.fieldnames or []
-            if text_field not in columns or label_field not in columns:
-                raise ValueError(f"{path}: header {columns} lacks column {text_field!r} or {label_field!r}; "
-                                 "pass text_field=/label_field= naming the text and label columns")
-            pairs = [(row[text_field], row[label_field]) for row in reader]
-    elif suffix in (".jsonl", ".ndjson"):
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        pairs = [from_record(i, json.loads(line)) for i, line in enumerate(lines)]
-    elif suffix == ".json":
-        content = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(content, dict):
-            records = [r for value in content.values() if isinstance(value, list) for r in value]
-        elif isinstance(content, list):
-            records = content
-        else:
-            raise ValueError(f"{path}: JSON must be a list of pairs/objects or an object of such lists")
-        pairs = [from_record(i, r) for i, r in enumerate(records)]
-    else:
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json or .jsonl")
-    return text_dataset_from_pairs(pairs, source=str(path))
+    records = _records(path, path.suffix.lower(), text_field, label_field)
+    return _dataset((pair(where, record) for where, record in records), str(path))

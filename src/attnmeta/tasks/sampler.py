@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from attnmeta.errors import DataError
 from attnmeta.tasks.augment import ClassAugmentation, Rotations
 from attnmeta.tasks.episode import Task, TaskBatch
 
@@ -66,11 +67,56 @@ def _as_int_tensor(values: Any, name: str, fix: str) -> Tensor:
             ) from None
     if tensor.numel() == 0 and tensor.dim() == 1:
         return tensor.long()
+    if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+        bad = ~torch.isfinite(tensor.reshape(-1))
+        raise DataError(
+            f"{name} hold {int(bad.sum())} NaN/inf values, the first at index {int(bad.nonzero()[0])}; "
+            "every example needs an integer class id: drop the unlabelled examples"
+        )
     if tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
         raise TypeError(f"{name} must be integers, got dtype {tensor.dtype}; {fix}")
     if tensor.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(tensor.shape)}; flatten it with .reshape(-1)")
     return tensor.long()
+
+
+def _check_finite(values: Any, name: str) -> None:
+    """Reject a floating tensor/array ``[n, ...]`` holding NaN or inf: one ``isfinite`` pass, in chunks of
+    examples so the temporary mask stays small. Memory-mapped arrays are not read (that would load them)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fc" and not isinstance(values, np.memmap):
+        values = torch.from_numpy(values)
+    if not isinstance(values, Tensor) or not (values.is_floating_point() or values.is_complex()):
+        return
+    if values.dim() == 0 or values.numel() == 0:
+        return
+    step = max(1, (1 << 24) // max(1, values[0].numel()))
+    for start in range(0, values.shape[0], step):
+        if not bool(torch.isfinite(values[start : start + step]).all()):
+            bad = ~torch.isfinite(values).reshape(values.shape[0], -1)
+            first = int(bad.any(dim=1).nonzero()[0])
+            raise DataError(
+                f"{name} holds {int(bad.sum())} non-finite values (NaN or inf), the first in example "
+                f"{first}; remove those examples or replace the values (e.g. torch.nan_to_num) before "
+                "sampling"
+            )
+
+
+def _check_item_label(index: int, y: Any, expected: int) -> None:
+    """A label carried by a dataset item must be an integer equal to ``labels[index]``."""
+    if isinstance(y, Tensor) and y.numel() == 1:
+        y = y.item()
+    if isinstance(y, (float, np.floating)):
+        if not np.isfinite(y) or not float(y).is_integer():
+            raise DataError(
+                f"dataset item {index} has label {y}, not an integer class id; give every item an "
+                "integer label"
+            )
+        y = int(y)
+    if isinstance(y, (int, np.integer)) and not isinstance(y, bool) and y != expected:
+        raise ValueError(
+            f"dataset item {index} has label {y} but labels[{index}] = {expected}; labels must list the "
+            "dataset's labels in order"
+        )
 
 
 def _short(values: Iterable[Any], limit: int = 10) -> str:
@@ -161,10 +207,17 @@ class EpisodeSampler:
         if isinstance(data, Tensor):
             if data.dim() < 1:
                 raise ValueError("data must have a leading example axis [n, ...], got a 0-d tensor")
+            _check_finite(data, "data")
             self.data: Tensor | None = data
             self.dataset: Any = None
             example_shape: tuple[int, ...] | None = tuple(data.shape[1:])
         elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+            # Only arrays the dataset already holds as attributes (TensorDataset.tensors, a torchvision-style
+            # .data) are checked here; lazily loaded items are checked when sampled (_gather).
+            held = getattr(data, "__dict__", {})
+            for i, tensor in enumerate(held.get("tensors", ())):
+                _check_finite(tensor, f"dataset.tensors[{i}]")
+            _check_finite(held.get("data"), "dataset.data")
             self.data, self.dataset, example_shape = None, data, None
         else:
             raise TypeError(
@@ -382,6 +435,12 @@ class EpisodeSampler:
                 "the dataset a transform that resizes them"
             )
         x = torch.stack(items)
+        if (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x).all()):
+            first = int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).nonzero()[0])
+            raise DataError(
+                f"dataset item {flat[first].item()} holds non-finite values (NaN or inf); fix or remove it "
+                "(e.g. torch.nan_to_num in the dataset's transform)"
+            )
         check = getattr(self.augmentation, "check_example_shape", None)
         if check is not None:
             check(tuple(x.shape[1:]))
@@ -393,18 +452,7 @@ class EpisodeSampler:
             if len(item) == 0:
                 raise ValueError(f"dataset item {index} is empty; an item must be x or (x, y)")
             if len(item) > 1:
-                y = item[1]
-                if isinstance(y, Tensor) and y.numel() == 1:
-                    y = y.item()
-                if (
-                    isinstance(y, (int, np.integer))
-                    and not isinstance(y, bool)
-                    and y != self._label_list[index]
-                ):
-                    raise ValueError(
-                        f"dataset item {index} has label {y} but labels[{index}] = "
-                        f"{int(self.labels[index])}; labels must list the dataset's labels in order"
-                    )
+                _check_item_label(index, item[1], self._label_list[index])
             item = item[0]
         if isinstance(item, np.ndarray):
             item = torch.from_numpy(item)

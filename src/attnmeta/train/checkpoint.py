@@ -25,16 +25,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from attnmeta.errors import UserError
 
 FORMAT_VERSION = 1
 FILES = ("weights.safetensors", "state.safetensors", "state.json")
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, truncated or corrupted."""
+class CheckpointError(UserError):
+    """A checkpoint is missing, truncated, corrupted or does not fit the model."""
 
 
 # -- nested state <-> (JSON, tensors) -----------------------------------------------------------------
@@ -104,16 +107,25 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Write JSON to ``path`` via a temporary file, fsync and ``os.replace``."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file, fsync and ``os.replace`` (no half-written file)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Write JSON to ``path`` atomically (``write_text_atomic``)."""
+    write_text_atomic(path, json.dumps(value, indent=2))
 
 
 def _sha256(path: Path) -> str:
@@ -133,6 +145,29 @@ def save_checkpoint(path: str | Path, weights: dict[str, Tensor], state: dict[st
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    try:
+        _write_files(tmp, weights, state)
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError) and error.strerror:
+            raise CheckpointError(
+                f"could not write checkpoint {str(path)!r}: {error.strerror}; the earlier checkpoints are "
+                "intact (free space or fix the folder, then continue with --resume)"
+            ) from None
+        raise
+    old = None
+    if path.exists():
+        old = path.with_name(f".old-{path.name}-{os.getpid()}")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _write_files(tmp: Path, weights: dict[str, Tensor], state: dict[str, Any]) -> None:
+    """The checkpoint's files in the temporary folder ``tmp``, fsync'ed, manifest last."""
     tree, tensors = encode_state(state)
     save_file(
         {k: v.detach().cpu().contiguous().clone() for k, v in weights.items()},
@@ -150,15 +185,6 @@ def save_checkpoint(path: str | Path, weights: dict[str, Tensor], state: dict[st
     for name in (*FILES, "manifest.json"):
         _fsync_file(tmp / name)
     _fsync_dir(tmp)
-    old = None
-    if path.exists():
-        old = path.with_name(f".old-{path.name}-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return path
 
 
 def verify_checkpoint(path: str | Path) -> None:
@@ -197,10 +223,40 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     """Verify and load ``(weights, state)`` from a checkpoint folder."""
     path = Path(path)
     verify_checkpoint(path)
-    weights = load_file(str(path / "weights.safetensors"))
-    tensors = load_file(str(path / "state.safetensors"))
-    state = decode_state(json.loads((path / "state.json").read_text()), tensors)
+    try:
+        weights = load_file(str(path / "weights.safetensors"))
+        tensors = load_file(str(path / "state.safetensors"))
+    except SafetensorError as error:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds a malformed safetensors file ({error}); use an earlier "
+            "checkpoint"
+        ) from None
+    try:
+        state = decode_state(json.loads((path / "state.json").read_text()), tensors)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        detail = f"no tensor {error}" if isinstance(error, KeyError) else " ".join(str(error).split())
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has a damaged state.json ({detail}); use an earlier checkpoint"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} has a damaged state.json (not a mapping)")
     return weights, state
+
+
+def load_weights(module: torch.nn.Module, weights: dict[str, Tensor], source: str | Path) -> None:
+    """``module.load_state_dict(weights)``, with one line saying what does not fit when it fails."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    wrong = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"{len(v)} {what} (first {v[0]!r})" for what, v in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)) if v]
+        raise CheckpointError(
+            f"checkpoint {str(source)!r} does not fit this model: {', '.join(parts)} tensors; it was trained "
+            "with another algorithm, backbone or number of ways; use it with the run folder it came from"
+        )
+    module.load_state_dict(weights)
 
 
 # -- a run's checkpoint folder ------------------------------------------------------------------------

@@ -1,7 +1,16 @@
 """Run configuration: one validated dataclass, loaded from YAML/JSON plus command-line overrides.
 
 Every key is checked up front: an unknown key or a bad value is a ``ValueError`` that names the key and
-the allowed values, before any data is read or any model is built.
+the allowed values, before any data is read or any model is built. ``algo_options`` are checked against the
+learner's options (``attnmeta.learners.registry.check_options``) by ``resolved()`` (which ``train`` calls
+first), once the file, flags and ``--set`` are merged: a file's options for the ``--algo`` given on the
+command line are not checked against the default algo. Learners not registered yet (plugins of
+``imports``) are skipped there; call ``check_learner_options()`` again after importing them.
+
+Numbers: float keys take any spelling Python's ``float()`` reads (``1e-3``, ``1E-3``, ``.5``, ``-.5``,
+``1_000.0``), in config files and ``--set`` alike (plain YAML 1.1 reads ``1e-3`` as a string; here it is a
+float, in ``algo_options`` too); they must be finite (``nan``/``inf`` are rejected with the key's name). Int
+keys take only integers (``5``, not ``5.0`` or ``1e3``).
 """
 
 from __future__ import annotations
@@ -9,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +33,10 @@ SCHEDULES = ("constant", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
 MAML_FAMILY = ("maml", "fomaml", "meta-sgd", "anil", "maml++")
+FLOAT_KEYS = ("lr", "weight_decay", "momentum", "min_lr_ratio", "gamma", "grad_clip", "ema_decay")
+SEED_KEYS = ("seed", "val_seed", "test_seed")
+#: String keys that may not be empty (``""`` as ``run_dir`` would write into the current folder).
+NON_EMPTY_KEYS = ("benchmark", "algo", "split", "root", "run_dir", "backbone")
 
 #: Defaults per benchmark, applied by ``RunConfig.preset`` (the CLI) under the user's own settings.
 #: The regression preset is the README's main job: about a minute on 2 CPU cores. One torch thread: the
@@ -143,10 +158,8 @@ class RunConfig:
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
-        for key in ("lr", "weight_decay", "momentum", "min_lr_ratio", "gamma", "grad_clip", "ema_decay"):
-            value = getattr(self, key)
-            if isinstance(value, int) and not isinstance(value, bool):
-                setattr(self, key, float(value))
+        for key in FLOAT_KEYS:
+            setattr(self, key, _as_float(key, getattr(self, key)))
         self.validate()
 
     @property
@@ -158,6 +171,7 @@ class RunConfig:
         hints = typing.get_type_hints(RunConfig)
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name), hints[f.name])
+        _check_numbers(self)
         for key in ("ways", "shots", "queries", "train_ways", "train_shots", "train_queries", "image_size",
                     "threads"):
             value = getattr(self, key)
@@ -186,15 +200,6 @@ class RunConfig:
         if self.train_ways is not None and self.task_type == "regression":
             raise ValueError("config key 'train_ways' is for classification benchmarks; regression tasks "
                              "have no classes (set train_shots / train_queries)")
-        if not self.lr > 0:
-            raise ValueError(f"config key 'lr' must be > 0, got {self.lr}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"config key 'grad_clip' must be > 0 or null, got {self.grad_clip}")
-        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"config key 'ema_decay' must be in [0, 1) (e.g. 0.995) or null, got "
-                             f"{self.ema_decay}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"config key 'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
         reserved = sorted({"model", "task_type", "ways"} & set(self.algo_options))
         if reserved:
             raise ValueError(f"config key 'algo_options' may not set {reserved}: the learner gets its model, "
@@ -204,8 +209,17 @@ class RunConfig:
         _check_choice("device", self.device, DEVICES)
         _check_choice("dtype", self.dtype, DTYPES)
 
+    def check_learner_options(self) -> None:
+        """Raise ``ValueError`` naming an ``algo_options`` key the learner does not take (with the valid
+        ones); learners not registered yet are not checked."""
+        from attnmeta.learners.registry import check_options
+
+        check_options(self.algo, self.algo_options)
+
     def resolved(self) -> RunConfig:
-        """A copy with the benchmark's defaults filled in (shots, queries, ways, run_dir)."""
+        """A copy with the benchmark's defaults filled in (shots, queries, ways, run_dir); ``algo_options``
+        are checked against the learner first (``check_learner_options``)."""
+        self.check_learner_options()
         c = dataclasses.replace(
             self,
             benchmark_options=dict(self.benchmark_options),
@@ -245,6 +259,7 @@ class RunConfig:
             raise TypeError(f"a config must be a mapping of key: value, got {type(values).__name__}")
         known = [f.name for f in dataclasses.fields(cls)]
         for key in values:
+            _check_key_is_str(key)
             if key not in known:
                 raise ValueError(_unknown_key_message(key, known))
         return cls(**values)
@@ -254,6 +269,7 @@ class RunConfig:
         values = self.to_dict()
         known = list(values)
         for key, value in overrides.items():
+            _check_key_is_str(key)
             top, _, sub = key.partition(".")
             if top not in known:
                 raise ValueError(_unknown_key_message(top, known))
@@ -273,12 +289,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} does not exist; pass the path of a .yaml or .json file")
-    text = path.read_text()
     try:
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {str(path)!r} is not UTF-8 text; pass a .yaml or .json file") from None
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_YamlLoader)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         raise ValueError(
-            f"config file {str(path)!r} is not valid {path.suffix[1:] or 'YAML'}: {error}"
+            f"config file {str(path)!r} is not valid {path.suffix[1:] or 'YAML'}: {_parse_problem(error)}"
         ) from None
     if values is None:
         return {}
@@ -297,13 +316,77 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ValueError(f"override {item!r} must look like key=value, e.g. --set lr=0.001")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            out[key.strip()] = yaml.load(raw, Loader=_YamlLoader) if raw.strip() else None
         except yaml.YAMLError:
             out[key.strip()] = raw
     return out
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+class _YamlLoader(yaml.SafeLoader):
+    """Safe YAML that also reads ``1e-3``, ``1E-3`` and ``-.5`` as floats (as YAML 1.2 and Python do)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+|\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?)$"),
+    list("-+0123456789."),
+)
+
+
+def _as_float(key: str, value: Any) -> Any:
+    """Ints and float spellings (``"1e-3"``) of a float key as ``float``; anything else unchanged (the type
+    check names it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        return value
+    except OverflowError:
+        raise ValueError(f"config key {key!r} is too large for a float ({len(str(value))} digits)") from None
+
+
+def _check_numbers(config: RunConfig) -> None:
+    """Float keys finite and in range, seeds in [0, 2**63), named strings not empty."""
+    for key in FLOAT_KEYS:
+        value = getattr(config, key)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"config key {key!r} must be a finite number, got {value}")
+    ranges = (
+        ("lr", config.lr > 0, "> 0"),
+        ("weight_decay", config.weight_decay >= 0, ">= 0"),
+        ("momentum", 0 <= config.momentum < 1, "in [0, 1) (e.g. 0.9)"),
+        ("min_lr_ratio", 0 <= config.min_lr_ratio <= 1, "in [0, 1]"),
+        ("gamma", config.gamma > 0, "> 0 (the step schedule multiplies the LR by it)"),
+        ("grad_clip", config.grad_clip is None or config.grad_clip > 0, "> 0 or null"),
+        ("ema_decay", config.ema_decay is None or 0 <= config.ema_decay < 1,
+         "in [0, 1) (e.g. 0.995) or null"),
+    )
+    for key, ok, allowed in ranges:
+        if not ok:
+            raise ValueError(f"config key {key!r} must be {allowed}, got {getattr(config, key)}")
+    for key in SEED_KEYS:
+        if not 0 <= getattr(config, key) < 2**63:
+            raise ValueError(f"config key {key!r} must be in [0, 2**63), got {getattr(config, key)}")
+    for key in NON_EMPTY_KEYS:
+        if getattr(config, key) is not None and not getattr(config, key).strip():
+            raise ValueError(f"config key {key!r} may not be empty; give a value or null for the default")
+
+
+def _parse_problem(error: Exception) -> str:
+    """One line for a JSON/YAML parse error (YAML's own message spans lines, with a snippet)."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(error).split())
+
+
+def _check_key_is_str(key: Any) -> None:
+    if not isinstance(key, str):
+        raise TypeError(f"config keys must be strings, got {key!r} ({type(key).__name__})")
+
+
 def _unknown_key_message(key: str, known: list[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -331,6 +414,11 @@ def _check_type(key: str, value: Any, hint: Any) -> None:
             f"config key {key!r} must be {getattr(expected, '__name__', expected)}, "
             f"got {value!r} ({type(value).__name__})"
         )
+    if expected is dict:
+        bad = next((k for k in value if not isinstance(k, str)), None)
+        if bad is not None:
+            raise TypeError(f"config key {key!r} must map names (strings) to values, got the key {bad!r} "
+                            f"({type(bad).__name__})")
     if expected is list and args:
         for item in value:
             if not isinstance(item, args[0]):

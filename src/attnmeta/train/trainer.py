@@ -14,268 +14,59 @@ the model: task type, input shape, preprocessing), ``checkpoints/``, ``metrics.c
 from __future__ import annotations
 
 import contextlib
-import csv
-import importlib
 import importlib.util
 import math
-import os
-import random
-import sys
+import shutil
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import yaml
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from attnmeta import learners
+from attnmeta.errors import UserError
 from attnmeta.eval import EvalResult, evaluate
-from attnmeta.learners.base import Learner
 from attnmeta.train.averaging import ParameterAverage
-from attnmeta.train.checkpoint import CheckpointManager, load_checkpoint, write_json_atomic
+from attnmeta.train.builders import (  # noqa: F401  (re-exported: the trainer's public building blocks)
+    BenchmarkParts,
+    build_benchmark,
+    build_learner,
+    build_model,
+    import_plugins,
+    lr_factor,
+    make_optimizer,
+    require_registered,
+    resolve_device,
+)
+from attnmeta.train.checkpoint import CheckpointManager, load_checkpoint, load_weights, write_json_atomic
 from attnmeta.train.config import RunConfig
 from attnmeta.train.distributed import DistributedContext
 from attnmeta.train.memory import retain_freed_memory
+from attnmeta.train.metrics_log import METRIC_COLUMNS, MetricsLog, read_metrics  # noqa: F401
+from attnmeta.train.rng import preserved_rng, rng_state, seed_everything, set_rng_state  # noqa: F401
+from attnmeta.train.run_folder import (  # noqa: F401
+    RunExistsError,
+    RunLock,
+    RunLockedError,
+    append_history,
+    check_fresh_run_dir,
+    load_run_config,
+    write_config,
+)
 
-METRIC_COLUMNS = ("step", "phase", "loss", "accuracy", "mse", "ci95", "lr", "train_seconds")
+#: Config keys that ``--resume`` may change (recorded in the run's ``history.log``); the others define the
+#: run (data, model, learner, optimizer state) and stay as saved.
+RESUME_OVERRIDES = ("steps", "lr", "schedule", "min_lr_ratio", "warmup_steps", "step_size", "gamma",
+                    "grad_clip", "eval_every", "checkpoint_every", "keep_last", "test_episodes", "threads",
+                    "device", "plot", "retain_memory")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError):
     """The meta-loss became NaN or infinite; the run stopped without overwriting any checkpoint."""
-
-
-class RunExistsError(ValueError):
-    """The run folder already holds a run."""
-
-
-# -- building blocks: benchmark, model, learner ------------------------------------------------------
-@dataclass
-class BenchmarkParts:
-    """What the trainer needs from a benchmark (mirrors ``attnmeta.data.benchmarks.Benchmark``)."""
-
-    name: str
-    task_type: str
-    train: Any
-    val: Any
-    test: Any
-    input_shape: tuple[int, ...]
-    preprocessing: dict[str, Any] = field(default_factory=dict)
-    default_backbone: dict[str, Any] | str | None = None
-
-
-def import_plugins(imports: list[str]) -> None:
-    """Import modules (``"pkg.mod"``) or files (``"path/to/file.py"``), e.g. to register custom learners."""
-    for item in imports:
-        if item.endswith(".py"):
-            path = Path(item).resolve()
-            if not path.is_file():
-                raise ValueError(f"config key 'imports': file {item!r} does not exist")
-            name = f"attnmeta_plugin_{path.stem}"
-            if name in sys.modules:
-                continue
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        else:
-            try:
-                importlib.import_module(item)
-            except ImportError as error:
-                raise ValueError(f"config key 'imports': cannot import {item!r} ({error})") from None
-
-
-def build_benchmark(config: RunConfig) -> BenchmarkParts:
-    """Task sources of ``config.benchmark`` from ``attnmeta.data.benchmarks.make_benchmark``."""
-    from attnmeta.data.benchmarks import make_benchmark
-
-    options = dict(config.benchmark_options)
-    b = make_benchmark(
-        config.benchmark,
-        root=config.root,
-        ways=config.ways,
-        shots=config.shots,
-        queries=config.queries,
-        train_ways=config.train_ways,
-        train_shots=config.train_shots,
-        train_queries=config.train_queries,
-        split=config.split,
-        seed=config.seed,
-        image_size=config.image_size,
-        **options,
-    )
-    return BenchmarkParts(
-        b.name,
-        b.task_type,
-        b.train,
-        b.val,
-        b.test,
-        tuple(b.input_shape),
-        dict(b.preprocessing or {}),
-        b.default_backbone,
-    )
-
-
-def build_model(config: RunConfig, bench: BenchmarkParts) -> nn.Module:
-    """The backbone: ``ways`` outputs for head learners (1 for regression), an embedding otherwise."""
-    head = learners.spec(config.algo).head
-    out_features = (1 if bench.task_type == "regression" else config.ways) if head else None
-    from attnmeta.nn.backbones import build_backbone
-
-    default = bench.default_backbone
-    if isinstance(default, str) or default is None:
-        default = {"name": default, "options": {}}
-    name, options = default["name"], dict(default.get("options") or {})
-    if config.backbone is not None and config.backbone != name:
-        name, options = config.backbone, {}
-    options.update(config.backbone_options)
-    if name is None:
-        raise ValueError(
-            f"benchmark {bench.name!r} has no default backbone; pass --backbone conv4, resnet12 or mlp"
-        )
-    return build_backbone(name, in_shape=bench.input_shape, out_features=out_features, **options)
-
-
-def build_learner(config: RunConfig, bench: BenchmarkParts) -> Learner:
-    """Seeded model + learner from ``config`` (the same initial weights for the same seed)."""
-    import_plugins(config.imports)
-    torch.manual_seed(config.seed)
-    model = build_model(config, bench)
-    learner = learners.build(
-        config.algo, model=model, task_type=bench.task_type, ways=config.ways, **config.algo_options
-    )
-    if config.train_ways is not None and config.train_ways != config.ways:
-        if learners.spec(config.algo).head:
-            raise ValueError(
-                f"config key 'train_ways' ({config.train_ways}) must equal 'ways' ({config.ways}) for "
-                f"{config.algo}: its model ends in a {config.ways}-output head; drop train_ways or use a "
-                "metric learner such as protonet"
-            )
-        learner.check_training_ways(config.train_ways, config.ways)
-    return learner.to(device=resolve_device(config.device), dtype=getattr(torch, config.dtype))
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("config key 'device' is 'cuda' but no CUDA GPU is available; use device=cpu or auto")
-    return torch.device(device)
-
-
-def lr_factor(config: RunConfig, step: int) -> float:
-    """Multiplier of ``config.lr`` at 1-based outer ``step`` (linear warm-up, then the schedule)."""
-    if config.warmup_steps and step <= config.warmup_steps:
-        return step / config.warmup_steps
-    if config.schedule == "cosine":
-        span = max(1, config.steps - config.warmup_steps)
-        progress = min(1.0, (step - config.warmup_steps) / span)
-        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    if config.schedule == "step":
-        return config.gamma ** ((step - 1) // config.step_size)
-    return 1.0
-
-
-def make_optimizer(config: RunConfig, params: list[Tensor]) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-# -- random number generators ----------------------------------------------------------------------------
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every global RNG state: Python, NumPy, torch CPU (and CUDA when present)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np.random.set_state(tuple(state["numpy"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@contextlib.contextmanager
-def preserved_rng() -> Iterator[None]:
-    """Run a block (validation) without changing any global RNG, so evaluation never alters training."""
-    saved = rng_state()
-    try:
-        yield
-    finally:
-        set_rng_state(saved)
-
-
-# -- metrics file -------------------------------------------------------------------------------------
-class MetricsLog:
-    """``metrics.csv`` (one row per train step and per validation) and TensorBoard when installed."""
-
-    def __init__(self, run_dir: Path, *, enabled: bool, resume_step: int | None) -> None:
-        self.path = run_dir / "metrics.csv"
-        self.enabled = enabled
-        self.tensorboard = None
-        if not enabled:
-            return
-        rows = read_metrics(self.path) if resume_step is not None and self.path.exists() else []
-        rows = [r for r in rows if int(r["step"]) <= (resume_step or 0)]
-        tmp = self.path.with_name(".metrics.csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.path)
-        self.file = open(self.path, "a", newline="")
-        self.writer = csv.DictWriter(self.file, METRIC_COLUMNS)
-        if importlib.util.find_spec("torch.utils.tensorboard") and importlib.util.find_spec("tensorboard"):
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=(resume_step or 0) + 1)
-
-    def write(self, step: int, phase: str, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        row = {"step": step, "phase": phase, **{k: _fmt(values.get(k)) for k in METRIC_COLUMNS[2:]}}
-        self.writer.writerow(row)
-        self.file.flush()
-        if self.tensorboard is not None:
-            for key, value in values.items():
-                if key not in ("lr", "train_seconds") or phase == "train":
-                    self.tensorboard.add_scalar(f"{phase}/{key}", value, step)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.file.close()
-            if self.tensorboard is not None:
-                self.tensorboard.close()
-
-
-def _fmt(value: float | None) -> str:
-    return "" if value is None else repr(float(value))
-
-
-def read_metrics(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a ``metrics.csv`` (a torn last line from a killed run is dropped)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [r for r in rows if r.get("train_seconds") is not None and r.get("step", "").isdigit()]
 
 
 # -- the trainer ------------------------------------------------------------------------------------------
@@ -286,6 +77,7 @@ class TrainResult:
     test: EvalResult | None
     best: dict[str, Any] | None
     summary: dict[str, Any]
+    config: RunConfig | None = None
 
 
 def train(
@@ -295,22 +87,70 @@ def train(
     resume: bool = False,
     evaluate_test: bool = True,
     print_fn: Callable[[str], None] = print,
+    imports: Sequence[str] = (),
+    changes: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Meta-train ``config`` (or resume its run folder), then evaluate the best checkpoint on the test tasks.
 
+    A fresh run imports ``config.imports`` (the caller wrote that config). A resumed run imports only
+    ``imports``: the ``imports`` saved in a run folder are never executed (``require_registered``).
+    ``changes`` are the keys (from ``RESUME_OVERRIDES``) a resume changed; they go to ``history.log``.
+    The run folder is locked for the whole run (``RunLock``).
+
     Raises:
         NonFiniteLossError: the meta-loss became NaN/inf (checkpoints on disk stay intact).
-        RunExistsError: ``run_dir`` holds a run and ``resume`` is False.
+        RunExistsError: a fresh run's ``run_dir`` is not empty.
+        RunLockedError: another process trains in ``run_dir``.
     """
     default_folder = config.run_dir is None
     config = config.resolved()
     if default_folder and not resume:  # never reuse a default run folder: runs/NAME, runs/NAME-2, ...
         base, n = config.run_dir, 1
-        while (Path(config.run_dir) / "checkpoints").is_dir():
+        while Path(config.run_dir).exists() and any(Path(config.run_dir).iterdir()):
             n += 1
             config.run_dir = f"{base}-{n}"
-    import_plugins(config.imports)
+    import_plugins(list(imports) if resume else config.imports)
+    require_registered(config.algo, config.imports if resume else None)
+    config.check_learner_options()  # again: a plugin's learner is registered only now
     run_dir = Path(config.run_dir)
+    if not DistributedContext.from_environment("cpu").is_main:  # rank 0 owns (checks, locks) the folder
+        return _train(config, run_dir, quiet, resume, evaluate_test, print_fn)
+    if not resume:
+        check_fresh_run_dir(run_dir)
+    created = not run_dir.exists()
+    try:
+        with RunLock(run_dir):
+            if not resume:
+                check_fresh_run_dir(run_dir)  # again under the lock: another process may have started here
+            append_history(run_dir, _history_line(config, resume, changes))
+            return _train(config, run_dir, quiet, resume, evaluate_test, print_fn)
+    except BaseException:
+        _remove_if_untouched(run_dir, created)
+        raise
+
+
+def _remove_if_untouched(run_dir: Path, created: bool) -> None:
+    """A fresh run refused before it wrote anything (bad options, data errors) leaves no folder behind."""
+    if created and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".lock", "history.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _history_line(config: RunConfig, resume: bool, changes: dict[str, Any] | None) -> str:
+    if not resume:
+        return f"start: {config.algo} on {config.benchmark}, {config.steps} steps"
+    changed = ", ".join(f"{k}={v!r}" for k, v in (changes or {}).items())
+    return "resume" + (f" with {changed}" if changed else "")
+
+
+def _train(
+    config: RunConfig,
+    run_dir: Path,
+    quiet: bool,
+    resume: bool,
+    evaluate_test: bool,
+    print_fn: Callable[[str], None],
+) -> TrainResult:
+    """The run itself, in a locked run folder."""
     device, dtype = resolve_device(config.device), getattr(torch, config.dtype)
     ctx = DistributedContext.from_environment(str(device))
     if ctx.enabled and device.type == "cuda":
@@ -322,11 +162,6 @@ def train(
     if config.retain_memory and device.type == "cpu":
         retain_freed_memory()
     checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=config.keep_last)
-    if not resume and checkpoints.steps():
-        raise RunExistsError(
-            f"run folder {str(run_dir)!r} already holds a run; continue it with "
-            f"`attnmeta train --resume {run_dir}` or choose another --run-dir"
-        )
 
     # 1. Benchmark, learner, optimizer, fixed validation episodes.
     seed_everything(config.seed)
@@ -353,7 +188,12 @@ def train(
         latest = checkpoints.latest_valid(report=print_fn if main else lambda _: None)
         if latest is not None:
             weights, state = load_checkpoint(latest)
-            learner.load_state_dict(weights)
+            load_weights(learner, weights, latest)
+            if state["step"] > config.steps:
+                raise UserError(
+                    f"{latest} is at step {state['step']}, past the run's {config.steps} steps; resume with "
+                    f"--steps {state['step'] + 1} or more to train further"
+                )
             if (average is not None) != ("ema_updates" in state):
                 raise ValueError(
                     f"{latest} was saved {'without' if average is not None else 'with'} ema_decay, but the "
@@ -393,7 +233,7 @@ def train(
     }
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_config(run_dir, config)
         write_json_atomic(run_dir / "run.json", run_info)
     log = MetricsLog(run_dir, enabled=main, resume_step=start_step)
 
@@ -445,14 +285,8 @@ def train(
             }
             metrics = ctx.average_metrics(metrics, len(shard), len(batch), device)
             if not math.isfinite(metrics["loss"]):
-                last = checkpoints.steps()
-                where = f"step {last[-1]} in {checkpoints.directory}" if last else "none saved yet"
-                raise NonFiniteLossError(
-                    f"the meta-loss became {metrics['loss']} at step {step}; no update was applied and the "
-                    f"last good checkpoint ({where}) is intact. Try a lower learning rate (--lr, now "
-                    f"{lr:g}), gradient clipping (--set grad_clip=1.0), a smaller inner learning rate, or "
-                    "--set dtype=float64; then resume with --resume or start a new run."
-                )
+                raise NonFiniteLossError(_divergence_message(metrics["loss"], step, config.lr, checkpoints,
+                                                             run_dir))
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
@@ -490,7 +324,7 @@ def train(
     if main and evaluate_test:
         best_path = checkpoints.best_path() or checkpoints.path(config.steps)
         if best_path.is_dir():
-            learner.load_state_dict(load_checkpoint(best_path)[0])
+            load_weights(learner, load_checkpoint(best_path)[0], best_path)
         test_tasks = [
             t.to(device, dtype) for t in bench.test.fixed_tasks(config.test_episodes, seed=config.test_seed)
         ]
@@ -516,18 +350,26 @@ def train(
 
             plot_runs([run_dir], run_dir / "learning_curves.png")
     ctx.barrier()
-    return TrainResult(run_dir, step, test, best, summary)
+    return TrainResult(run_dir, step, test, best, summary, config)
 
 
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    """The resolved config saved in a run folder."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ValueError(
-            f"{str(run_dir)!r} is not a run folder (no config.yaml); pass the folder written by "
-            "`attnmeta train`"
-        )
-    return RunConfig.from_dict(yaml.safe_load(path.read_text()))
+def _divergence_message(
+    loss: float, step: int, lr: float, checkpoints: CheckpointManager, run_dir: Path
+) -> str:
+    """What happened, what is on disk (truthfully), and the command that continues with a lower rate
+    (``lr``: the run's base learning rate, as ``--lr`` sets it)."""
+    saved = checkpoints.steps()
+    if not saved:
+        on_disk = "no checkpoint was saved yet"
+        then = f"start a new run with a lower --lr (now {lr:g})"
+    else:
+        on_disk = (f"checkpoints on disk are unchanged; the newest (step {saved[-1]}) had a finite loss, "
+                   "but its weights may already be heading the same way")
+        then = (f"continue from it with a lower rate: `attnmeta train --resume {run_dir} --lr {lr / 10:g}`, "
+                "or start a new run")
+    return (f"the meta-loss became {loss} at step {step} and no update was applied; {on_disk}. Try a lower "
+            "learning rate, gradient clipping (--set grad_clip=1.0), a smaller inner learning rate or "
+            f"--set dtype=float64: {then}")
 
 
 def final_weights(run_dir: str | Path) -> dict[str, Tensor]:
@@ -552,6 +394,8 @@ __all__ = [
     "import_plugins",
     "load_run_config",
     "lr_factor",
+    "RESUME_OVERRIDES",
+    "RunLockedError",
     "read_metrics",
     "rng_state",
     "set_rng_state",

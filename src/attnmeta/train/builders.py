@@ -1,0 +1,184 @@
+"""Build what a run needs from its config: benchmark, model, learner, optimizer, schedule.
+
+Nothing here imports code named by a config: ``import_plugins`` is called only with modules the user names
+(``--import``, ``imports=``), and ``require_registered`` explains how when a run needs a custom learner.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attnmeta import learners
+from attnmeta.errors import UserError
+from attnmeta.learners.base import Learner
+from attnmeta.train.config import RunConfig
+
+
+@dataclass
+class BenchmarkParts:
+    """What the trainer needs from a benchmark (mirrors ``attnmeta.data.benchmarks.Benchmark``)."""
+
+    name: str
+    task_type: str
+    train: Any
+    val: Any
+    test: Any
+    input_shape: tuple[int, ...]
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    default_backbone: dict[str, Any] | str | None = None
+
+
+def import_plugins(imports: list[str]) -> None:
+    """Import modules (``"pkg.mod"``) or files (``"path/to/file.py"``), e.g. to register custom learners."""
+    for item in imports:
+        if item.endswith(".py"):
+            path = Path(item).resolve()
+            if not path.is_file():
+                raise ValueError(f"config key 'imports': file {item!r} does not exist")
+            name = f"attnmeta_plugin_{path.stem}"
+            if name in sys.modules:
+                continue
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        else:
+            try:
+                importlib.import_module(item)
+            except ImportError as error:
+                raise ValueError(f"config key 'imports': cannot import {item!r} ({error})") from None
+
+
+def require_registered(algo: str, recorded_imports: list[str] | None = None) -> None:
+    """Raise a one-line ``UserError`` unless learner ``algo`` is registered.
+
+    ``recorded_imports`` are the modules a saved run names: they are never imported (a run folder must not
+    execute code), only quoted so that the user can pass them explicitly if they trust them.
+    """
+    if algo in learners.available():
+        return
+    if recorded_imports:
+        named = " ".join(f"--import {item}" for item in recorded_imports)
+        listed = ", ".join(repr(item) for item in recorded_imports)
+        raise UserError(
+            f"the run uses learner {algo!r} from {listed}, which attnmeta never imports from a run folder or "
+            f"checkpoint; if you trust that code, pass {named} (CLI) or "
+            f"attnmeta.load(path, imports=[{listed}]) (Python)"
+        )
+    raise UserError(
+        f"unknown learner {algo!r}; choose one of: {', '.join(learners.available())} (a custom learner needs "
+        "--import MODULE_OR_FILE)"
+    )
+
+
+def build_benchmark(config: RunConfig) -> BenchmarkParts:
+    """Task sources of ``config.benchmark`` from ``attnmeta.data.benchmarks.make_benchmark``."""
+    from attnmeta.data.benchmarks import make_benchmark
+
+    options = dict(config.benchmark_options)
+    b = make_benchmark(
+        config.benchmark,
+        root=config.root,
+        ways=config.ways,
+        shots=config.shots,
+        queries=config.queries,
+        train_ways=config.train_ways,
+        train_shots=config.train_shots,
+        train_queries=config.train_queries,
+        split=config.split,
+        seed=config.seed,
+        image_size=config.image_size,
+        **options,
+    )
+    return BenchmarkParts(
+        b.name,
+        b.task_type,
+        b.train,
+        b.val,
+        b.test,
+        tuple(b.input_shape),
+        dict(b.preprocessing or {}),
+        b.default_backbone,
+    )
+
+
+def build_model(config: RunConfig, bench: BenchmarkParts) -> nn.Module:
+    """The backbone: ``ways`` outputs for head learners (1 for regression), an embedding otherwise."""
+    head = learners.spec(config.algo).head
+    out_features = (1 if bench.task_type == "regression" else config.ways) if head else None
+    from attnmeta.nn.backbones import build_backbone
+
+    default = bench.default_backbone
+    if isinstance(default, str) or default is None:
+        default = {"name": default, "options": {}}
+    name, options = default["name"], dict(default.get("options") or {})
+    if config.backbone is not None and config.backbone != name:
+        name, options = config.backbone, {}
+    options.update(config.backbone_options)
+    if name is None:
+        raise ValueError(
+            f"benchmark {bench.name!r} has no default backbone; pass --backbone conv4, resnet12 or mlp"
+        )
+    return build_backbone(name, in_shape=bench.input_shape, out_features=out_features, **options)
+
+
+def build_learner(config: RunConfig, bench: BenchmarkParts) -> Learner:
+    """Seeded model + learner from ``config`` (the same initial weights for the same seed).
+
+    Never imports anything: the learner must be registered (built in, or by ``import_plugins`` with modules
+    the user named)."""
+    require_registered(config.algo, config.imports)
+    torch.manual_seed(config.seed)
+    model = build_model(config, bench)
+    learner = learners.build(
+        config.algo, model=model, task_type=bench.task_type, ways=config.ways, **config.algo_options
+    )
+    if config.train_ways is not None and config.train_ways != config.ways:
+        if learners.spec(config.algo).head:
+            raise ValueError(
+                f"config key 'train_ways' ({config.train_ways}) must equal 'ways' ({config.ways}) for "
+                f"{config.algo}: its model ends in a {config.ways}-output head; drop train_ways or use a "
+                "metric learner such as protonet"
+            )
+        learner.check_training_ways(config.train_ways, config.ways)
+    return learner.to(device=resolve_device(config.device), dtype=getattr(torch, config.dtype))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("config key 'device' is 'cuda' but no CUDA GPU is available; use device=cpu or auto")
+    return torch.device(device)
+
+
+def lr_factor(config: RunConfig, step: int) -> float:
+    """Multiplier of ``config.lr`` at 1-based outer ``step`` (linear warm-up, then the schedule)."""
+    if config.warmup_steps and step <= config.warmup_steps:
+        return step / config.warmup_steps
+    if config.schedule == "cosine":
+        span = max(1, config.steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / span)
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if config.schedule == "step":
+        return config.gamma ** ((step - 1) // config.step_size)
+    return 1.0
+
+
+def make_optimizer(config: RunConfig, params: list[Tensor]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
