@@ -382,7 +382,7 @@ def test_eval_checks_the_run_folder_is_writable_before_evaluating(trained_run, t
 
 # -- the CLI's handler: user errors are one line, bugs keep their traceback --------------------------------
 def test_a_bug_keeps_its_traceback_and_debug_shows_every_traceback(monkeypatch, capsys):
-    import attnmeta.cli as cli
+    import attnmeta.cli.parser as cli
 
     def buggy(args):
         return int("not a number")  # a ValueError from a library call, not a deliberate raise

@@ -159,7 +159,7 @@ def test_default_run_folder_is_never_reused(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("retain", [True, False])
 def test_cpu_runs_retain_freed_memory_unless_configured_off(tmp_path, monkeypatch, retain):
-    import attnmeta.train.trainer as trainer_module
+    import attnmeta.train.run as trainer_module
 
     calls = []
     monkeypatch.setattr(trainer_module, "retain_freed_memory", lambda: calls.append(True) or True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,7 @@ def build_benchmark(config: RunConfig) -> BenchmarkParts:
     options = dict(config.benchmark_options)
     b = make_benchmark(
         config.benchmark,
-        root=config.root,
+        root=config.root if config.root is not None else default_data_root(config.benchmark),
         ways=config.ways,
         shots=config.shots,
         queries=config.queries,
@@ -109,6 +110,18 @@ def build_benchmark(config: RunConfig) -> BenchmarkParts:
         dict(b.preprocessing or {}),
         b.default_backbone,
     )
+
+
+#: Where each benchmark's data lives below ``$ATTNMETA_DATA`` (the layout of the project's shared data).
+DATA_SUBFOLDERS = {"omniglot": "omniglot", "miniimagenet": "miniimagenet", "clinc150": "text/clinc150"}
+
+
+def default_data_root(benchmark: str) -> str | None:
+    """``$ATTNMETA_DATA/<subfolder>`` for benchmarks that read data, when ``ATTNMETA_DATA`` is set."""
+    base = os.environ.get("ATTNMETA_DATA")
+    if not base or benchmark not in DATA_SUBFOLDERS:
+        return None
+    return str(Path(base).expanduser() / DATA_SUBFOLDERS[benchmark])
 
 
 def build_model(config: RunConfig, bench: BenchmarkParts) -> nn.Module:
@@ -161,17 +174,39 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def lr_factor(config: RunConfig, step: int) -> float:
-    """Multiplier of ``config.lr`` at 1-based outer ``step`` (linear warm-up, then the schedule)."""
+def lr_factor(config: RunConfig, step: int, budget_fraction: float = 0.0) -> float:
+    """Multiplier of ``config.lr`` at 1-based outer ``step`` (linear warm-up, then the schedule).
+
+    ``budget_fraction``: the share of ``budget_minutes`` used so far; the cosine follows whichever of the
+    steps and the time budget is further along, so it reaches its end when the run does.
+    """
     if config.warmup_steps and step <= config.warmup_steps:
         return step / config.warmup_steps
     if config.schedule == "cosine":
         span = max(1, config.steps - config.warmup_steps)
-        progress = min(1.0, (step - config.warmup_steps) / span)
+        progress = min(1.0, max((step - config.warmup_steps) / span, budget_fraction))
         return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     if config.schedule == "step":
         return config.gamma ** ((step - 1) // config.step_size)
     return 1.0
+
+
+def augmented_source(source: Any, augment: dict[str, Any], seed: int, bench: BenchmarkParts) -> Any:
+    """The training task source with ``augment`` (``RandomShift``, then ``RandomAffine``), run-seeded."""
+    from attnmeta.tasks import RandomAffine, RandomShift
+    from attnmeta.tasks.augmented import Augmented
+
+    if bench.task_type != "classification" or len(bench.input_shape) != 3:
+        raise UserError(
+            f"config key 'augment' transforms images; benchmark {bench.name!r} has inputs of shape "
+            f"{tuple(bench.input_shape)}: drop augment"
+        )
+    transforms = []
+    if augment.get("shift"):
+        transforms.append(RandomShift(augment["shift"], seed=seed))
+    if augment.get("affine"):
+        transforms.append(RandomAffine(*augment["affine"], seed=seed))
+    return Augmented(source, transforms) if transforms else source
 
 
 def make_optimizer(config: RunConfig, params: list[Tensor]) -> torch.optim.Optimizer:

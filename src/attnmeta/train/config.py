@@ -33,39 +33,15 @@ SCHEDULES = ("constant", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
 MAML_FAMILY = ("maml", "fomaml", "meta-sgd", "anil", "maml++")
-FLOAT_KEYS = ("lr", "weight_decay", "momentum", "min_lr_ratio", "gamma", "grad_clip", "ema_decay")
+FLOAT_KEYS = ("lr", "weight_decay", "momentum", "min_lr_ratio", "gamma", "grad_clip", "ema_decay",
+              "budget_minutes")
+BUDGET_CLOCKS = ("cpu", "wall")
+#: ``augment`` keys: ``shift`` (max pixels of ``RandomShift``), ``affine`` ([degrees, scale, shear, translate]
+#: of ``RandomAffine``).
+AUGMENT_KEYS = ("shift", "affine")
 SEED_KEYS = ("seed", "val_seed", "test_seed")
 #: String keys that may not be empty (``""`` as ``run_dir`` would write into the current folder).
 NON_EMPTY_KEYS = ("benchmark", "algo", "split", "root", "run_dir", "backbone")
-
-#: Defaults per benchmark, applied by ``RunConfig.preset`` (the CLI) under the user's own settings.
-#: The regression preset is the README's main job: about a minute on 2 CPU cores. One torch thread: the
-#: 40-40 MLP is far too small to gain from more, and extra threads spin against each other on a busy machine.
-_REGRESSION_PRESET: dict[str, Any] = {
-    "meta_batch": 10,
-    "steps": 1200,
-    "lr": 3e-3,
-    "schedule": "cosine",
-    "eval_every": 300,
-    "eval_episodes": 100,
-    "checkpoint_every": 300,
-    "threads": 1,
-}
-BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
-    "sinusoid": dict(_REGRESSION_PRESET),
-    "multimodal": dict(_REGRESSION_PRESET),
-    # few-shot intents (held-out domains); the lexical text encoder, a few CPU-minutes
-    "clinc150": {"ways": 5, "shots": 1, "queries": 10, "meta_batch": 2, "steps": 300, "lr": 1e-3,
-                 "eval_every": 100, "eval_episodes": 100, "checkpoint_every": 100, "threads": 1},
-}
-#: Learner options added on CLINC150: cosine prototypes (TF-IDF nearest centroid before meta-training) and
-#: MAML on the zero-initialised head with a large inner step (the lexical features have norm 4).
-CLINC150_OPTIONS = {"protonet": {"distance": "cosine"}, "maml": {"adapt": "head", "inner_lr": 0.5},
-                    "fomaml": {"adapt": "head", "inner_lr": 0.5}, "anil": {"inner_lr": 0.5}}
-#: Learner options added for the MAML family on the regression presets (evaluation with 10 inner steps,
-#: as in the MAML paper's sinusoid results).
-REGRESSION_MAML_OPTIONS = {"eval_inner_steps": 10}
-
 
 @dataclass
 class RunConfig:
@@ -94,6 +70,18 @@ class RunConfig:
         schedule: LR schedule: ``constant``, ``cosine`` (to ``lr * min_lr_ratio``) or ``step``
             (multiply by ``gamma`` every ``step_size`` steps); ``warmup_steps`` of linear warm-up first.
         grad_clip: clip the meta-gradient's global norm to this value (``None``: no clipping).
+        budget_minutes / budget_clock: stop training after this many minutes of ``cpu`` time (the process's
+            CPU time, all threads) or ``wall`` time, counting training steps only (validation, checkpoints
+            and the final test excluded); ``cosine`` / ``step`` schedules then run to the budget, whichever
+            of ``steps`` and the budget ends first. A resumed budget run is not bit-identical (time decides
+            where it stops). ``None``: ``steps`` alone.
+        augment: training-time augmentation of every sampled example: ``{"shift": 2}`` (``RandomShift``, max
+            pixels) and/or ``{"affine": [degrees, scale, shear, translate]}`` (``RandomAffine``); fixed
+            validation and test episodes are never augmented.
+        channels_last: keep the model and inputs in channels-last memory format (faster convolutions on
+            CPUs with oneDNN).
+        test_rotation_ensemble: validate and test with ``attnmeta.eval.with_rotation_ensemble`` (each task
+            also seen turned by 90 / 180 / 270 degrees; not the papers' protocol).
         ema_decay: validate, test and save an exponential moving average of the trained parameters with
             this decay per step (``attnmeta.train.ParameterAverage``, warmed up over the first steps; e.g.
             0.995), training itself unchanged; ``None``: the trained parameters themselves.
@@ -110,6 +98,7 @@ class RunConfig:
         run_dir: run folder (``None``: ``runs/<benchmark>-<algo>-<ways>w<shots>s``).
         plot: write ``learning_curves.png`` to the run folder at the end (needs matplotlib).
         imports: modules or ``.py`` files imported before building (to register custom learners).
+        recipe: the name of the recipe the run started from (``attnmeta train --recipe``), for the record.
     """
 
     benchmark: str = "sinusoid"
@@ -140,6 +129,11 @@ class RunConfig:
     gamma: float = 0.5
     grad_clip: float | None = None
     ema_decay: float | None = None
+    budget_minutes: float | None = None
+    budget_clock: str = "cpu"
+    augment: dict[str, Any] = field(default_factory=dict)
+    channels_last: bool = False
+    test_rotation_ensemble: bool = False
     eval_every: int = 500
     eval_episodes: int = 100
     val_seed: int = 1
@@ -155,6 +149,7 @@ class RunConfig:
     run_dir: str | None = None
     plot: bool = True
     imports: list[str] = field(default_factory=list)
+    recipe: str | None = None
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -208,6 +203,8 @@ class RunConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("device", self.device, DEVICES)
         _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("budget_clock", self.budget_clock, BUDGET_CLOCKS)
+        _check_augment(self.augment)
 
     def check_learner_options(self) -> None:
         """Raise ``ValueError`` naming an ``algo_options`` key the learner does not take (with the valid
@@ -241,16 +238,18 @@ class RunConfig:
 
     @staticmethod
     def preset(benchmark: str, algo: str) -> dict[str, Any]:
-        """Benchmark-specific defaults (``BENCHMARK_PRESETS``) for ``benchmark`` trained with ``algo``."""
-        values = dict(BENCHMARK_PRESETS.get(benchmark, {}))
-        if benchmark in REGRESSION_BENCHMARKS and algo in MAML_FAMILY:
-            values["algo_options"] = dict(REGRESSION_MAML_OPTIONS)
-        if benchmark == "clinc150" and algo in CLINC150_OPTIONS:
-            values["algo_options"] = dict(CLINC150_OPTIONS[algo])
-        return values
+        """Defaults for ``benchmark`` trained with ``algo`` (``attnmeta.train.presets``)."""
+        from attnmeta.train.presets import preset
+
+        return preset(benchmark, algo)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def to_storable_dict(self) -> dict[str, Any]:
+        """``to_dict`` with in-memory objects (e.g. ``benchmark_options.data`` tensors) replaced by a note,
+        for ``config.yaml`` and checkpoints: such a run cannot be resumed from its folder alone."""
+        return _storable(self.to_dict())
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
@@ -362,6 +361,7 @@ def _check_numbers(config: RunConfig) -> None:
         ("grad_clip", config.grad_clip is None or config.grad_clip > 0, "> 0 or null"),
         ("ema_decay", config.ema_decay is None or 0 <= config.ema_decay < 1,
          "in [0, 1) (e.g. 0.995) or null"),
+        ("budget_minutes", config.budget_minutes is None or config.budget_minutes > 0, "> 0 or null"),
     )
     for key, ok, allowed in ranges:
         if not ok:
@@ -423,3 +423,29 @@ def _check_type(key: str, value: Any, hint: Any) -> None:
         for item in value:
             if not isinstance(item, args[0]):
                 raise TypeError(f"config key {key!r} must be a list of {args[0].__name__}, got item {item!r}")
+
+
+def _check_augment(augment: dict[str, Any]) -> None:
+    for key in augment:
+        if key not in AUGMENT_KEYS:
+            message = _unknown_key_message(key, list(AUGMENT_KEYS))
+            raise ValueError(message.replace("unknown config key", "unknown augment key"))
+    shift = augment.get("shift", 0)
+    if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
+        raise ValueError(f"augment key 'shift' must be a whole number of pixels >= 0, got {shift!r}")
+    affine = augment.get("affine")
+    if affine is not None and (not isinstance(affine, list) or len(affine) != 4
+                               or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                          for v in affine)):
+        raise ValueError("augment key 'affine' must be [degrees, scale, shear, translate], e.g. "
+                         f"[10, 0.1, 0, 1], got {affine!r}")
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_storable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return f"<in-memory {type(value).__name__}: not stored>"

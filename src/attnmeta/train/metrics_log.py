@@ -7,7 +7,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-METRIC_COLUMNS = ("step", "phase", "loss", "accuracy", "mse", "ci95", "lr", "train_seconds")
+METRIC_COLUMNS = ("step", "phase", "loss", "accuracy", "mse", "ci95", "lr", "train_seconds", "cpu_seconds")
 
 class MetricsLog:
     """``metrics.csv`` (one row per train step and per validation) and TensorBoard when installed."""
@@ -41,7 +41,7 @@ class MetricsLog:
         self.file.flush()
         if self.tensorboard is not None:
             for key, value in values.items():
-                if key not in ("lr", "train_seconds") or phase == "train":
+                if key not in ("lr", "train_seconds", "cpu_seconds") or phase == "train":
                     self.tensorboard.add_scalar(f"{phase}/{key}", value, step)
 
     def close(self) -> None:
@@ -59,4 +59,4 @@ def read_metrics(path: str | Path) -> list[dict[str, str]]:
     """Rows of a ``metrics.csv`` (a torn last line from a killed run is dropped)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return [r for r in rows if r.get("train_seconds") is not None and r.get("step", "").isdigit()]
+    return [r for r in rows if None not in r.values() and (r.get("step") or "").isdigit()]

@@ -103,7 +103,7 @@ def check_fresh_run_dir(run_dir: Path) -> None:
 
 def write_config(run_dir: Path, config: RunConfig) -> None:
     """Write ``config.yaml`` atomically (a kill leaves the old or the new file, never half of one)."""
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config.to_storable_dict(), sort_keys=False))
 
 
 def append_history(run_dir: Path, line: str) -> None:

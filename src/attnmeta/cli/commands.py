@@ -1,22 +1,10 @@
-"""The ``attnmeta`` command (also ``python -m attnmeta`` and ``torchrun -m attnmeta``).
-
-attnmeta train sinusoid                                   # the README's main job (~1 minute on 2 CPUs)
-attnmeta train omniglot --algo maml --ways 5 --shots 1 --root ../shared/data/omniglot
-attnmeta train clinc150 --algo protonet --root ../shared/data/text/clinc150   # few-shot intents (text)
-attnmeta train --resume runs/omniglot-maml-5w1s
-attnmeta eval runs/omniglot-maml-5w1s --ways 20 --shots 1
-attnmeta plot runs/a runs/b -o curves.png
-attnmeta predict runs/omniglot-maml-5w1s --support support/ --query query/
-attnmeta compare ...
-"""
+"""The commands behind ``attnmeta``: train, eval, plot, predict, compare, recipes (one function each)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +36,14 @@ TRAIN_FLAGS = {
     "dtype": "dtype",
     "threads": "threads",
     "run_dir": "run_dir",
+    "weight_decay": "weight_decay",
+    "budget": "budget_minutes",
+    "budget_clock": "budget_clock",
+    "shift": "augment.shift",
+    "rotation_ensemble": "test_rotation_ensemble",
+    "ema": "ema_decay",
+    "download": "benchmark_options.download",
 }
-
 
 def _results_table(rows: list[dict[str, Any]]) -> str:
     """A fixed-width table of evaluation results (mean +/- 95% CI)."""
@@ -86,7 +80,14 @@ def _note(command: str) -> Any:
 
 # -- train ------------------------------------------------------------------------------------------
 def _train_config(args: argparse.Namespace) -> RunConfig:
-    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    """defaults < preset of (benchmark, learner) < --recipe < --config < flags < --set."""
+    values: dict[str, Any] = {}
+    if getattr(args, "recipe", None):
+        from attnmeta.train import recipes
+
+        values = {**recipes.load(args.recipe).config, "recipe": args.recipe}
+    if args.config:
+        values.update(load_config_file(args.config))
     base = RunConfig.from_dict(values)
     overrides: dict[str, Any] = {}
     if args.benchmark is not None:
@@ -272,156 +273,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return int(entry(forwarded) or 0)
 
 
-# -- parser -------------------------------------------------------------------------------------------
-def _add_import_flag(parser: argparse.ArgumentParser, help: str) -> None:
-    parser.add_argument("--import", dest="imports", action="append", metavar="MODULE_OR_FILE", help=help)
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from attnmeta.train import recipes
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="attnmeta",
-        description="Attention-based meta-learning: train, evaluate, plot and use few-shot "
-        "learners. Run `attnmeta COMMAND --help` for each command. Errors in your input are one line "
-        "(exit status 2); add --debug anywhere to see the traceback.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    t = sub.add_parser(
-        "train",
-        help="meta-train a learner, then evaluate it on the fixed test episodes",
-        description="Meta-train a learner on a benchmark, validate on fixed episodes, keep the best "
-        "checkpoint, then evaluate it on the fixed test episodes (mean +/- 95% CI). Settings "
-        "come from defaults < --config FILE < flags < --set key=value. Everything is written "
-        "to the run folder (config.yaml, checkpoints/, metrics.csv, summary.json, "
-        "learning_curves.png). Example: attnmeta train sinusoid",
-    )
-    t.add_argument("benchmark", nargs="?", help="sinusoid (default), multimodal, omniglot or miniimagenet")
-    t.add_argument("--algo", help="learner name, e.g. maml, fomaml, meta-sgd, anil, protonet (default maml)")
-    t.add_argument("--ways", type=int, help="N classes per task (classification; default 5)")
-    t.add_argument("--shots", type=int, help="K support examples per class (regression: per task)")
-    t.add_argument("--queries", type=int, help="query examples per class (regression: per task)")
-    t.add_argument("--train-ways", type=int,
-                   help="N of the training episodes only (default --ways; e.g. 60 for ProtoNets tested "
-                        "5-way)")
-    t.add_argument("--train-shots", type=int, help="K of the training episodes only (default --shots)")
-    t.add_argument("--train-queries", type=int,
-                   help="queries of the training episodes only (default --queries)")
-    t.add_argument("--meta-batch", type=int, help="tasks per outer step")
-    t.add_argument("--steps", type=int, help="outer steps")
-    t.add_argument("--lr", type=float, help="outer learning rate")
-    t.add_argument("--optimizer", help="adam, adamw (decoupled weight decay) or sgd")
-    t.add_argument("--schedule", help="constant, cosine or step")
-    t.add_argument("--backbone", help="conv4, resnet12 or mlp (default: the benchmark's)")
-    t.add_argument("--root", help="data folder of image benchmarks")
-    t.add_argument("--split", help="benchmark split name")
-    t.add_argument("--image-size", type=int, help="image side in pixels")
-    t.add_argument("--eval-every", type=int, help="validate every this many steps")
-    t.add_argument("--eval-episodes", type=int, help="fixed validation episodes")
-    t.add_argument("--test-episodes", type=int, help="fixed test episodes at the end (default 600)")
-    t.add_argument("--seed", type=int, help="seed of every RNG")
-    t.add_argument("--device", help="auto, cpu or cuda")
-    t.add_argument("--dtype", help="float32 or float64")
-    t.add_argument("--threads", type=int, help="torch CPU threads")
-    t.add_argument("--run-dir", help="run folder (default runs/<benchmark>-<algo>-<shape>)")
-    t.add_argument("--config", help="YAML or JSON file of config keys (see attnmeta.train.config.RunConfig)")
-    t.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override any config key, e.g. --set algo_options.inner_steps=5 (repeatable)",
-    )
-    _add_import_flag(t, "import a module or .py file first (to register a custom learner; also needed with "
-                     "--resume: a run folder's own imports are never executed; repeatable)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
-    t.add_argument("--quiet", action="store_true", help="no progress bar; one log line per validation")
-    t.set_defaults(func=cmd_train)
-
-    e = sub.add_parser(
-        "eval",
-        help="evaluate a trained run on fixed test episodes",
-        description="Evaluate a run's best checkpoint on fixed, seeded test episodes, possibly with "
-        "another number of ways/shots than in training (where the learner allows it). "
-        "Example: attnmeta eval runs/omniglot-protonet-5w1s --ways 20 --shots 1",
-    )
-    e.add_argument("run_dir", help="run folder written by attnmeta train")
-    e.add_argument("--ways", type=int, help="N classes per test task (default: as trained)")
-    e.add_argument("--shots", type=int, help="K support examples per class (default: as trained)")
-    e.add_argument("--queries", type=int, help="query examples per class (default: as trained)")
-    e.add_argument("--episodes", type=int, default=600, help="number of test episodes (default 600)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the fixed test episodes (default 0)")
-    e.add_argument("--checkpoint", choices=("best", "latest"), default="best", help="which checkpoint")
-    e.add_argument("--root", help="data folder (default: as trained)")
-    e.add_argument("--device", help="auto, cpu or cuda")
-    e.add_argument("--rotation-ensemble", action="store_true",
-                   help="test-time ensemble of the task's four rotations (0/90/180/270 degrees): "
-                   "concatenated embeddings for protonet and matching without FCE, averaged "
-                   "log-probabilities of one adaptation per view for other classification learners")
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_import_flag(e, "import a module or .py file first (a custom learner the run needs; a run folder's "
-                     "own imports are never executed; repeatable)")
-    e.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser(
-        "plot",
-        help="learning curves of one or several runs in one PNG",
-        description="Plot training loss and train/validation metrics (95% CIs) of runs.",
-    )
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders")
-    p.add_argument(
-        "-o", "--output", default="learning_curves.png", help="PNG file (default learning_curves.png)"
-    )
-    p.set_defaults(func=cmd_plot)
-
-    q = sub.add_parser(
-        "predict",
-        help="label query images with a trained run and a labelled support folder",
-        description="Fit a trained run to a support folder (one subfolder of images per class, "
-        "named by the label) and print `file<TAB>label<TAB>probability` for each query image.",
-    )
-    q.add_argument("run_dir", help="run folder or checkpoint folder")
-    q.add_argument("--support", required=True, help="folder with one subfolder of images per class")
-    q.add_argument("--query", required=True, help="folder of images to label")
-    _add_import_flag(q, "import a module or .py file first (a custom learner the run needs; repeatable)")
-    q.set_defaults(func=cmd_predict)
-
-    c = sub.add_parser(
-        "compare",
-        help="compare learners on the same fixed episodes (attnmeta.compare)",
-        description="Delegates to attnmeta.compare; see `attnmeta compare --help`.",
-        add_help=False,
-    )
-    c.add_argument("compare_args", nargs=argparse.REMAINDER)
-    c.set_defaults(func=cmd_compare)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``attnmeta``; returns the exit status (0 done, 2 bad input, 130 interrupted).
-
-    An error caused by the user's input or environment (``attnmeta.errors.is_user_error``) is printed as one
-    line; any other exception is a bug and keeps its traceback. ``--debug`` (anywhere on the command line,
-    or ``ATTNMETA_DEBUG=1``) shows the traceback of every error.
-    """
-    from attnmeta.errors import is_user_error, one_line
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or bool(os.environ.get("ATTNMETA_DEBUG"))
-    argv = [a for a in argv if a != "--debug"]
-    if argv[:1] == ["compare"]:  # attnmeta.compare parses its own arguments (and its own --help)
-        argv = ["compare", "--", *argv[1:]]
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print(f"\nattnmeta {args.command}: interrupted; continue with --resume RUN_DIR", file=sys.stderr)
-        return 130
-    except Exception as error:
-        if debug or not is_user_error(error):
-            raise
-        print(f"attnmeta {args.command}: error: {one_line(error)}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    if args.action == "show":
+        if not args.target:
+            raise ValueError("`attnmeta recipes show NAME` needs a name; `attnmeta recipes` lists them")
+        print(recipes.show(args.target), end="")
+        return 0
+    if args.action == "record":
+        if not args.target:
+            raise ValueError("`attnmeta recipes record RUN_DIR` needs the folder of a finished recipe run")
+        out = recipes.record(args.target, out_dir=args.out or recipes.RESULTS_DIR)
+        print(f"wrote {out}")
+        return 0
+    rows = recipes.table()
+    headers = list(rows[0])
+    widths = [max(len(h), *(len(r[h]) for r in rows)) for h in headers]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(row[h].ljust(w) for h, w in zip(headers, widths)))
+    print("\nreached: mean +/- 95% CI on the fixed test episodes of the committed run; DATA: your data "
+          "folder (or set ATTNMETA_DATA and drop --root)")
+    return 0
