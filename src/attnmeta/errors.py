@@ -8,11 +8,12 @@ traceback. ``--debug`` (or ``ATTNMETA_DEBUG=1``) shows the traceback of every er
 
 from __future__ import annotations
 
+import dis
 import errno
-import linecache
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+_RAISE = dis.opmap["RAISE_VARARGS"]
 
 #: ``OSError`` numbers that come from the user's environment (paths, permissions, disk), not from a bug.
 ENVIRONMENT_ERRNOS = frozenset(
@@ -38,12 +39,13 @@ def _raised_deliberately(error: BaseException) -> bool:
         return False
     while tb.tb_next is not None:
         tb = tb.tb_next
-    filename = tb.tb_frame.f_code.co_filename
+    code = tb.tb_frame.f_code
     try:
-        inside = Path(filename).resolve().is_relative_to(_PACKAGE_DIR)
+        inside = Path(code.co_filename).resolve().is_relative_to(_PACKAGE_DIR)
     except (OSError, ValueError):
         return False
-    return inside and linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")
+    # The last instruction of the innermost frame is the ``raise`` itself, not a call that raised inside.
+    return inside and 0 <= tb.tb_lasti < len(code.co_code) and code.co_code[tb.tb_lasti] == _RAISE
 
 
 def is_user_error(error: BaseException) -> bool:
