@@ -30,7 +30,7 @@ SMALL = dict(steps=3, eval_every=3, eval_episodes=2, test_episodes=3, checkpoint
 
 @pytest.fixture(scope="module")
 def tiny_omniglot() -> tuple[Omniglot, Omniglot]:
-    from test_benchmark_schedules import synthetic_omniglot
+    from synthetic import synthetic_omniglot
 
     return tuple(Omniglot.from_tensors(**synthetic_omniglot(characters, seed))  # type: ignore[return-value]
                  for characters, seed in ((40, 0), (10, 1)))

@@ -1,0 +1,13 @@
+"""Small synthetic data sets for tests that must not need ../shared/data."""
+
+from __future__ import annotations
+
+import torch
+
+
+def synthetic_omniglot(characters: int, seed: int) -> dict:
+    """Keyword arguments of ``Omniglot.from_tensors``: ``characters`` x 20 random 28x28 uint8 drawings."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (characters * 20, 1, 28, 28), generator=generator, dtype=torch.uint8)
+    names = [f"Alphabet_{i % 3}/character{i:02d}" for i in range(characters)]
+    return {"images": images, "labels": torch.arange(characters).repeat_interleave(20), "characters": names}
