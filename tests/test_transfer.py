@@ -92,3 +92,12 @@ def test_pretraining_on_omniglot_transfers(shared_data: Path):
     # measured: 64-way accuracy on fresh batches 0.1125 (chance 0.016); 5-way 0.408 -> 0.476
     assert seen_classes > 0.07, seen_classes
     assert after > before + 0.04, (before, after)
+
+
+@pytest.mark.parametrize("name", ["transfer", "baseline++"])
+def test_regression_is_refused_as_classification_only_before_asking_for_num_classes(name):
+    from attnmeta import learners
+
+    with pytest.raises(ValueError, match=r"^the transfer baselines are for classification only; for "
+                                         r"regression use a gradient learner such as maml$"):
+        learners.build(name, model=torch.nn.Linear(1, 4), task_type="regression")

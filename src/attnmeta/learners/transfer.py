@@ -129,7 +129,10 @@ class TransferBaseline(Learner):
             return head(query)
 
 
-def _num_classes(options: dict) -> int:
+def _num_classes(options: dict, task_type: str) -> int:
+    if task_type != "classification":
+        raise ValueError("the transfer baselines are for classification only; for regression use a gradient "
+                         "learner such as maml")
     if "num_classes" not in options:
         raise ValueError("the transfer baselines need num_classes=<number of training classes> "
                          "(the pre-training classifier's size), e.g. len(sampler.classes)")
@@ -140,11 +143,13 @@ def _num_classes(options: dict) -> int:
                                                "fine-tune a linear head on the support set")
 def build_transfer(model: nn.Module, task_type: str = "classification", ways: int | None = None,
                    **options) -> TransferBaseline:
-    return TransferBaseline(model, _num_classes(options), task_type=task_type, head="linear", **options)
+    classes = _num_classes(options, task_type)
+    return TransferBaseline(model, classes, task_type=task_type, head="linear", **options)
 
 
 @register("baseline++", head=False, description="Baseline++ (Chen et al. 2019): cosine classifier for "
                                                  "pre-training and support-set fine-tuning")
 def build_baseline_pp(model: nn.Module, task_type: str = "classification", ways: int | None = None,
                       **options) -> TransferBaseline:
-    return TransferBaseline(model, _num_classes(options), task_type=task_type, head="cosine", **options)
+    classes = _num_classes(options, task_type)
+    return TransferBaseline(model, classes, task_type=task_type, head="cosine", **options)
