@@ -108,27 +108,28 @@ def make_learner(method: str, spec: dict | None = None, *, inner_lr: float = 0.0
 
 
 def run_omniglot(method: str, steps: int, time_budget: float, episodes: int) -> dict:
-    """Omniglot 5w1s (background -> evaluation alphabets) for one method: train for ``time_budget`` CPU
-    seconds (or ``steps``), evaluate on ``benchmark.test.fixed_tasks(episodes, seed=0)``."""
+    """Omniglot 5w1s (background -> evaluation alphabets) for one method: train through ``attnmeta.train``
+    (via ``attnmeta.compare``, no presets: meta-batch 4, Adam 1e-3) for ``time_budget`` CPU seconds (or
+    ``steps``), evaluate on ``benchmark.test.fixed_tasks(episodes, seed=0)``."""
     import torch
 
     torch.set_num_threads(1)
-    from attnmeta.compare import build_for, train_learner
+    from attnmeta.compare import compare
     from attnmeta.data.benchmarks import make_benchmark
     from attnmeta.data.omniglot import Omniglot
-    from attnmeta.eval import evaluate
 
     data = tuple(Omniglot(str(OMNIGLOT), background=b) for b in (True, False))
     bench = make_benchmark("omniglot", ways=5, shots=1, queries=15, data=data)
     flags = {k: v for k, v in METHODS[method].items() if k != "heldout"}
-    learner = build_for("attention-maml", bench, 5, 1, options={**OMNIGLOT_OPTIONS, **flags})
-    trained = train_learner(learner, bench.train, steps=steps, budget_seconds=time_budget, meta_batch=4,
-                            lr=1e-3, print_fn=lambda _line: None)
-    result = evaluate(learner, bench.test.fixed_tasks(episodes, seed=0))
-    return {"benchmark": "omniglot", "method": method, "steps": trained["steps"],
-            "train_seconds": trained["cpu_s"],
-            "seconds_per_step": trained["cpu_s"] / max(trained["steps"], 1),
-            "mse": None, "accuracy": result.mean, "ci95": result.ci95, "per_task": result.per_episode}
+    result = compare(bench, ["attention-maml"], ways=5, shots=1, queries=15, steps=steps,
+                     budget_seconds=time_budget, meta_batch=4, lr=1e-3, episodes=episodes, eval_seed=0,
+                     algo_options={"attention-maml": {**OMNIGLOT_OPTIONS, **flags}}, presets=False,
+                     overrides={"device": "cpu"}, print_fn=None)
+    row = result.rows[0]
+    return {"benchmark": "omniglot", "method": method, "steps": row.train_steps,
+            "train_seconds": row.train_cpu_s,
+            "seconds_per_step": row.train_cpu_s / max(row.train_steps, 1),
+            "mse": None, "accuracy": row.mean, "ci95": row.ci95, "per_task": row.per_episode}
 
 
 def run_one(bench: str, method: str, steps: int, time_budget: float, meta_batch: int,

@@ -37,13 +37,13 @@ def measure(args: argparse.Namespace) -> dict:
     from attnmeta.train.memory import retain_freed_memory
 
     applied = retain_freed_memory() if args.retain else False
-    import omniglot_time_to_accuracy as bench
+    from omniglot_data import load_omniglot
 
     from attnmeta.data.benchmarks import make_benchmark
     from attnmeta.learners import registry
     from attnmeta.nn.backbones import build_backbone
 
-    data = bench.load_data(bench.parse_args(["--data-pt", args.data_pt] if args.data_pt else []))
+    data = load_omniglot(data_pt=args.data_pt)
     torch.manual_seed(0)
     if args.learner == "protonet":
         ways, meta_batch, options = 200, 1, {"distance": "l2"}

@@ -68,7 +68,7 @@ def logits_call(dim: int):
 
 
 def training_step(args: argparse.Namespace):
-    import omniglot_time_to_accuracy as bench
+    from omniglot_data import load_omniglot
 
     from attnmeta.data.benchmarks import make_benchmark
     from attnmeta.learners import registry
@@ -76,8 +76,7 @@ def training_step(args: argparse.Namespace):
     from attnmeta.train.memory import retain_freed_memory
 
     retain_freed_memory()
-    options = ["--data-pt", args.data_pt] if args.data_pt else ["--root", args.root]
-    data = bench.load_data(bench.parse_args(options))
+    data = load_omniglot(args.root, args.data_pt)
     torch.manual_seed(0)
     train = make_benchmark("omniglot", data=data, ways=200, shots=1, queries=2).train
     model = build_backbone("conv4", in_shape=(1, 28, 28), norm="fused", pool_last=False)
@@ -97,7 +96,7 @@ def training_step(args: argparse.Namespace):
 
 def main() -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-pt", default=None, help="tensors from omniglot_time_to_accuracy.py --export-data")
+    p.add_argument("--data-pt", default=None, help="decoded tensors (see omniglot_data.py)")
     p.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "omniglot"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=3)

@@ -9,7 +9,7 @@ Prints a table and writes ``benchmarks/results/bench_fold.json``.
     OMP_NUM_THREADS=1 python benchmarks/bench_fold.py --rounds 4
 
 Needs the Omniglot archives in ``../shared/data/omniglot`` (or ``--data-pt``, see
-``omniglot_time_to_accuracy.py``).
+``omniglot_data.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from omniglot_time_to_accuracy import load_data  # noqa: E402
+from omniglot_data import load_omniglot  # noqa: E402
 
 import attnmeta.nn.layers as layers  # noqa: E402
 from attnmeta.data.benchmarks import make_benchmark  # noqa: E402
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_fold.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = load_data(args)
+    data = load_omniglot(args.root, args.data_pt)
     cases = {
         "protonet 100w1s4q episode": make_step(data, "protonet", 100, 4, 1),
         "matching 100w1s4q episode": make_step(data, "matching", 100, 4, 1),

@@ -1,8 +1,10 @@
 """Omniglot 5-way 1-shot (background -> evaluation alphabets) for the learners of issue 7.
 
-One algorithm per process (run several in parallel, one or a few threads each): meta-train with Adam under a
-process-CPU-time budget (and a wall-clock cap), then evaluate on the 600 fixed test episodes
-``benchmark.test.fixed_tasks(600, seed=0)`` (identical in every process and in ``attnmeta compare``).
+One algorithm per process (run several in parallel, one or a few threads each): meta-train through
+``attnmeta.train`` (via ``attnmeta.compare``, without presets: the settings below) under a process-CPU-time
+budget (or a wall-clock one, ``--wall-minutes``), then evaluate the best checkpoint by validation on the 600
+fixed test episodes ``benchmark.test.fixed_tasks(600, seed=0)`` (identical in every process and in
+``attnmeta compare``).
 Prints a table and writes ``benchmarks/results/omniglot_<algo>.json`` (with the training log).
 
 Training episodes may have more ways than test episodes (``--train-ways``, for learners that work for
@@ -12,8 +14,7 @@ any number of ways), as in Prototypical Networks.
     .venv/bin/python benchmarks/omniglot_learners.py --algo snail --threads 4 --cpu-minutes 30
 
 Times are process CPU time (all threads) and wall time of this process; on a shared machine the wall time
-is longer than the CPU time. CPU only (``compare`` trains on the CPU); GPU runs use
-``omniglot_time_to_accuracy.py --device cuda``.
+is longer than the CPU time. CPU only; GPU runs use ``omniglot_time_to_accuracy.py --device cuda``.
 """
 
 from __future__ import annotations
@@ -53,8 +54,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--algo", required=True, choices=sorted(DEFAULTS))
     parser.add_argument("--cpu-minutes", type=float, default=20.0, help="training budget (process CPU)")
-    parser.add_argument("--wall-minutes", type=float, default=None, help="extra wall-clock cap on training")
-    parser.add_argument("--steps", type=int, default=None, help="optional step cap")
+    parser.add_argument("--wall-minutes", type=float, default=None,
+                        help="a wall-clock training budget instead of --cpu-minutes")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optional step cap (default: the budget alone)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--train-ways", type=int, default=None)
     parser.add_argument("--meta-batch", type=int, default=None)
@@ -91,12 +94,14 @@ def main() -> None:
         log.append(line)
         print(line, flush=True)
 
-    result = compare(bench, [args.algo], ways=5, shots=1, queries=15, steps=args.steps,
-                     budget_seconds=60 * args.cpu_minutes,
-                     wall_seconds=None if args.wall_minutes is None else 60 * args.wall_minutes,
+    wall = args.wall_minutes is not None
+    result = compare(bench, [args.algo], ways=5, shots=1, queries=15, steps=args.steps or 10 ** 9,
+                     budget_minutes=args.wall_minutes if wall else args.cpu_minutes,
+                     budget_clock="wall" if wall else "cpu",
                      meta_batch=meta_batch, lr=args.lr, lr_decay_every=args.lr_decay_every,
                      episodes=args.episodes, algo_options={args.algo: options},
-                     backbone_options=settings.get("backbone_options"), log_every=100, print_fn=say)
+                     backbone_options=settings.get("backbone_options"), presets=False,
+                     overrides={"device": "cpu"}, print_fn=say)
     row = result.rows[0]
     record = {"algo": args.algo, "accuracy": row.accuracy, "ci95": row.ci95, "episodes": row.episodes,
               "train_steps": row.train_steps, "train_cpu_minutes": row.train_cpu_s / 60,
@@ -104,8 +109,9 @@ def main() -> None:
               "peak_memory_mib": row.peak_memory_mib, "train_ways": train_ways, "meta_batch": meta_batch,
               "train_queries": queries, "options": options,
               "backbone_options": settings.get("backbone_options"), "lr_decay_every": args.lr_decay_every,
-              "lr": args.lr, "threads": args.threads, "cpu_minutes_budget": args.cpu_minutes,
-              "wall_minutes_cap": args.wall_minutes, "machine": platform.processor() or platform.machine(),
+              "lr": args.lr, "threads": args.threads,
+              "cpu_minutes_budget": None if wall else args.cpu_minutes,
+              "wall_minutes_budget": args.wall_minutes, "machine": platform.processor() or platform.machine(),
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "log": log}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

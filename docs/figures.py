@@ -5,7 +5,7 @@
 * ``meta_loop.svg``: the meta-learning loop (task sampling, inner loop, meta-update), concepts page;
 * ``attention_kinds.png`` / ``multihead.png``: the attention weights of the attention page's snippets;
 * ``task_weights.png``, ``feature_gates.png``, ``param_weights.png``: copies of the attention ablation's
-  plots (``benchmarks/results/attention_plots/``, written by ``attnmeta.attention_plots``).
+  plots (``experiments/attention/results/attention_plots/``, written by ``attnmeta.attention_plots``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from attnmeta.nn.attention import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "assets" / "figures"
-ABLATION = ROOT / "benchmarks" / "results" / "attention_plots"
+ABLATION = ROOT / "experiments" / "attention" / "results" / "attention_plots"
 COPIES = {
     "task_weights_corrupted_gate_10k.png": "task_weights.png",
     "feature_gates_multimodal.png": "feature_gates.png",

@@ -65,7 +65,7 @@ def _attnmeta_args(command: str) -> list[str] | None:
 
 def _check_repo_paths(args: list[str]) -> None:
     for arg in args:
-        if arg.startswith(("examples/", "docs/", "src/", "benchmarks/")):
+        if arg.startswith(("examples/", "docs/", "src/", "benchmarks/", "experiments/")):
             assert (ROOT / arg).exists(), f"the README names {arg}, which does not exist"
 
 

@@ -81,7 +81,7 @@ def test_episodes_of_token_tensors_and_tfidf_baseline_on_held_out_domains(clinc)
     assert task.support_x.shape == (25, *tokens.shape[1:]) and task.query_x.shape == (75, *tokens.shape[1:])
     assert set(task.classes.tolist()) <= set(split["test"])
     result = evaluate(TfidfCentroid(), episodes)
-    # measured 0.8924 on these 100 episodes (600 episodes: 0.894 +/- 0.005, benchmarks/text_fewshot.py)
+    # measured 0.8924 on these 100 episodes (600 episodes: 0.894 +/- 0.005, experiments/text/text_fewshot.py)
     assert 0.85 < result.mean < 0.93
 
 

@@ -3,7 +3,7 @@
 The model file is what ``omniglot_time_to_accuracy.py --save-backbone PATH`` writes for ``--algo maml``
 (the whole Conv-4 with its head). Example::
 
-    OMP_NUM_THREADS=1 python benchmarks/eval_inner_steps.py maml.pt --train-ways 20 --head-init zero
+    OMP_NUM_THREADS=1 python experiments/omniglot/eval_inner_steps.py maml.pt --train-ways 20 --head-init zero
 """
 
 from __future__ import annotations

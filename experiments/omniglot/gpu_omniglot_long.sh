@@ -4,11 +4,11 @@
 # exact batch norm), SNAIL with its own loss, and SNAIL with the auxiliary ProtoNets loss; each with Adam and
 # a cosine schedule over its wall-time budget (--schedule cosine-budget).
 #
-#   bash benchmarks/gpu_omniglot_long.sh DATA_PT OUT_DIR [WALL_MINUTES]
+#   bash experiments/omniglot/gpu_omniglot_long.sh DATA_PT OUT_DIR [WALL_MINUTES]
 #
 # DATA_PT: the tensors written by `omniglot_time_to_accuracy.py --export-data` (the archives need not be
-# there). Logs and JSON land in OUT_DIR. Copy them to benchmarks/results/gpu/ afterwards. DEVICE=cpu with a
-# fraction of a minute is a dry run.
+# there). Logs and JSON land in OUT_DIR. Copy the JSON files to experiments/omniglot/results/gpu/
+# afterwards. DEVICE=cpu with a fraction of a minute is a dry run.
 set -u
 data=${1:?DATA_PT}
 out=${2:?OUT_DIR}
@@ -17,7 +17,7 @@ mkdir -p "$out"
 run() {
     local name=$1
     shift
-    PYTHONUNBUFFERED=1 ${PYTHON:-python3} benchmarks/omniglot_time_to_accuracy.py --data-pt "$data" --device "${DEVICE:-cuda}" \
+    PYTHONUNBUFFERED=1 ${PYTHON:-python3} experiments/omniglot/omniglot_time_to_accuracy.py --data-pt "$data" --device "${DEVICE:-cuda}" \
         --threads 2 --schedule cosine-budget --episodes 1000000 --cpu-minutes 1e9 --wall-minutes "$minutes" \
         --eval-episodes 300 --out-dir "$out" --name "$name" "$@" >"$out/$name.log" 2>&1 &
 }

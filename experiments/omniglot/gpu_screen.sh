@@ -6,9 +6,10 @@
 # The GPU changes the time a run takes, not what it learns, so a variant that wins here is then rerun on
 # the CPU for the target. Workers pull runs from two queues in priority order until DEADLINE seconds.
 #
-#   bash benchmarks/gpu_screen.sh DATA_PT OUT_DIR
+#   bash experiments/omniglot/gpu_screen.sh DATA_PT OUT_DIR
 #
-# DEVICE=cpu SCALE=0.01 DEADLINE=120 is a dry run on the CPU. Copy OUT_DIR to benchmarks/results/gpu/.
+# DEVICE=cpu SCALE=0.01 DEADLINE=120 is a dry run on the CPU. Copy OUT_DIR's JSON files to
+# experiments/omniglot/results/gpu/screen/ (the table of every run: ../screen.md).
 set -u
 data=${1:?DATA_PT}
 out=${2:?OUT_DIR}
@@ -61,7 +62,7 @@ worker() {  # worker QUEUE_NAME INDEX STRIDE
         fi
         # shellcheck disable=SC2086
         timeout "$left" env PYTHONUNBUFFERED=1 PYTHONPATH=src ${PYTHON:-python3} \
-            benchmarks/omniglot_time_to_accuracy.py --data-pt "$data" --device "${DEVICE:-cuda}" --threads 1 \
+            experiments/omniglot/omniglot_time_to_accuracy.py --data-pt "$data" --device "${DEVICE:-cuda}" --threads 1 \
             --schedule cosine --episodes "$(steps "$length")" --cpu-minutes 1e9 --eval-episodes 200 \
             --out-dir "$out" --name "$name" $base ${options:+--learner-options "$options"} $extra \
             >"$out/$name.log" 2>&1

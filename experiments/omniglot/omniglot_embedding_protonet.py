@@ -7,8 +7,8 @@ prototype path alone, so comparing it with the run's final figure shows what the
 
 Example::
 
-    OMP_NUM_THREADS=1 python benchmarks/omniglot_embedding_protonet.py backbone.pt --data-pt omniglot.pt \
-        --name omniglot_snail_residual_embedding
+    OMP_NUM_THREADS=1 python experiments/omniglot/omniglot_embedding_protonet.py backbone.pt \
+        --data-pt omniglot.pt --name omniglot_snail_residual_embedding
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT.parent / "src"))
+sys.path.insert(0, str(ROOT.parents[1] / "src"))
 
 from omniglot_time_to_accuracy import load_data  # noqa: E402
 
@@ -35,7 +35,7 @@ from attnmeta.nn.backbones import build_backbone  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("backbone", help="Conv-4 state dict (omniglot_time_to_accuracy.py --save-backbone)")
-    p.add_argument("--root", default=str(ROOT.parents[1] / "shared" / "data" / "omniglot"))
+    p.add_argument("--root", default=str(ROOT.parents[2] / "shared" / "data" / "omniglot"))
     p.add_argument("--data-pt", default=None, help="pre-decoded tensors (omniglot_time_to_accuracy.py "
                                                    "--export-data)")
     p.add_argument("--hidden", type=int, default=64)

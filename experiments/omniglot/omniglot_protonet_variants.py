@@ -4,7 +4,7 @@ Each ``--variant`` changes one thing of the recipe given by the benchmark's own 
 other than ``--variant`` goes to the benchmark unchanged), so a variant and its reference run differ in that
 one thing only. The screen of session 14 ran each against the best ProtoNets recipe (README, Omniglot table)::
 
-    OMP_NUM_THREADS=1 python benchmarks/omniglot_protonet_variants.py --variant no-final-relu \\
+    OMP_NUM_THREADS=1 python experiments/omniglot/omniglot_protonet_variants.py --variant no-final-relu \\
         --algo protonet --train-ways 150 --train-shots 1 --train-queries 3 --lr 6e-3 \\
         --schedule cosine-budget --episodes 100000 --cpu-minutes 20 --eval-every 75 --eval-episodes 200 \\
         --learner-options '{"distance": "l2", "support_splits": 4}' --shift-pixels 2 --no-pool-last \\

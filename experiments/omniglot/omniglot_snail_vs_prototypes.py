@@ -21,7 +21,8 @@ closer to nearest-prototype (README, the mirror-image SNAIL rows).
 
 Example::
 
-    OMP_NUM_THREADS=1 python benchmarks/omniglot_snail_vs_prototypes.py snail.pt --data-pt omniglot.pt \\
+    OMP_NUM_THREADS=1 python experiments/omniglot/omniglot_snail_vs_prototypes.py snail.pt \\
+        --data-pt omniglot.pt \\
         --learner-options '{"shots": 1, "filters": 32, "attention_sizes": [[32, 16], [64, 32], [128, 64]]}' \\
         --mirror-only --shift-pixels 2 --affine-levels "none;10,0.1,10,0" --name snail_vs_prototypes
 """
@@ -38,7 +39,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT.parent / "src"))
+sys.path.insert(0, str(ROOT.parents[1] / "src"))
 
 import omniglot_time_to_accuracy as bench  # noqa: E402
 

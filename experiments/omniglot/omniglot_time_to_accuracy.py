@@ -4,26 +4,27 @@ Trains a learner on episodes of the 964 background characters (x4 rotation class
 periodically on fixed 5-way 1-shot 15-query episodes of the 659 evaluation characters. Records the training
 time (process CPU seconds and wall seconds, evaluation excluded) at which the test accuracy first reaches
 95 / 97 / 98%, and the final accuracy +/- 95% CI on 600 fixed episodes at 5w1s and 20w1s (when the learner
-allows other ways). Prints a table and writes ``benchmarks/results/<name>.json``.
+allows other ways). Prints a table and writes ``experiments/omniglot/results/<name>.json``.
 
 Examples::
 
-    # ProtoNets, the recipe of benchmarks/results/omniglot_protonet_100w1s.json: 100-way 1-shot 4-query
-    # training episodes, Adam 3e-3 with a cosine schedule over 450 episodes, fused batch norm, 1 thread
-    OMP_NUM_THREADS=1 python benchmarks/omniglot_time_to_accuracy.py --algo protonet --train-ways 100 \
-        --train-shots 1 --train-queries 4 --lr 3e-3 --schedule cosine --episodes 450 --cpu-minutes 8.5 \
-        --eval-every 75 --eval-episodes 200 --name omniglot_protonet_100w1s
+    # ProtoNets, the recipe of experiments/omniglot/results/omniglot_protonet_100w1s.json: 100-way 1-shot
+    # 4-query training episodes, Adam 3e-3 with a cosine schedule over 450 episodes, fused batch norm,
+    # 1 thread
+    OMP_NUM_THREADS=1 python experiments/omniglot/omniglot_time_to_accuracy.py --algo protonet \
+        --train-ways 100 --train-shots 1 --train-queries 4 --lr 3e-3 --schedule cosine --episodes 450 \
+        --cpu-minutes 8.5 --eval-every 75 --eval-episodes 200 --name omniglot_protonet_100w1s
     # MAML, second order, the MAML paper's full-length Omniglot 5-way 1-shot configuration (meta-batch 32,
     # 1 inner step of 0.4, 3 steps at test, Adam 1e-3, 60,000 meta-steps; --norm meta is exact under vmap
     # too). Several CPU-seconds per meta-step on a 2-core CPU, i.e. days: a GPU run.
-    OMP_NUM_THREADS=1 python benchmarks/omniglot_time_to_accuracy.py --algo maml --train-ways 5 \
+    OMP_NUM_THREADS=1 python experiments/omniglot/omniglot_time_to_accuracy.py --algo maml --train-ways 5 \
         --train-shots 1 --train-queries 15 --meta-batch 32 --lr 1e-3 --schedule constant --norm meta \
         --episodes 60000 --cpu-minutes 1e9 --eval-every 1000 --device cuda \
         --learner-options '{"inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 3}' --name omniglot_maml
 
 Recipe sweep (14 configurations, 1 thread each, on the 16-core host of a lent GPU machine):
-``benchmarks/results/omniglot_protonet_sweep_h100host.{json,log}``. Higher-way, fewer-shot training episodes
-learn fastest per CPU-second (100w1s4q and 60w1s5q ahead of easyfsl's 60w5s5q).
+``experiments/omniglot/results/omniglot_protonet_sweep_h100host.json``. Higher-way, fewer-shot training
+episodes learn fastest per CPU-second (100w1s4q and 60w1s5q ahead of easyfsl's 60w5s5q).
 
 On machines without the archives, ``--export-data FILE`` (on a machine with them) writes the decoded
 tensors and ``--data-pt FILE`` reads them.
@@ -44,7 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 sys.path.insert(0, str(ROOT / "src"))
 
 from attnmeta.data.benchmarks import make_benchmark  # noqa: E402
@@ -217,7 +218,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also evaluate exponential moving averages of the trained parameters with these "
                         "decays (attnmeta.train.ParameterAverage; updating them counts as training time): "
                         "monitor and final figures reported beside the plain ones")
-    p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
     if args.heldout_head and (args.alphabet_fold or args.algo != "snail"):
         p.error("--heldout-head splits the alphabets itself (drop --alphabet-fold) and trains SNAIL's "
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None, *, adjust_model: Callable[[nn.Module], n
          make_optimizer: Callable[[list[nn.Parameter], float], torch.optim.Optimizer] | None = None) -> dict:
     """Run the benchmark with command-line ``argv``; returns the report written to ``<name>.json``.
 
-    Hooks for variants of a recipe (``benchmarks/omniglot_protonet_variants.py``): ``adjust_model(backbone)``
+    Hooks for variants of a recipe (``omniglot_protonet_variants.py``): ``adjust_model(backbone)``
     returns the backbone to train (after ``--init-backbone``); ``adjust_train(sampler)`` changes the training
     sampler in place (after ``--shift-pixels`` / ``--affine``); ``make_optimizer(parameters, lr)`` replaces
     ``torch.optim.Adam`` (the schedule still sets each group's ``lr``).

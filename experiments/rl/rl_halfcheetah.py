@@ -1,13 +1,14 @@
 """HalfCheetah direction / velocity meta-RL benchmark (MAML paper section 5.3), the full-length run.
 
 Needs the ``rl`` extra (gymnasium + mujoco). Stages, each its own process (1 thread each):
-    python benchmarks/rl_halfcheetah.py train --kind direction --algo maml --iterations 500
-    python benchmarks/rl_halfcheetah.py train --kind direction --algo pretrained --iterations 500
-    python benchmarks/rl_halfcheetah.py evaluate --kind direction
+    python experiments/rl/rl_halfcheetah.py train --kind direction --algo maml --iterations 500
+    python experiments/rl/rl_halfcheetah.py train --kind direction --algo pretrained --iterations 500
+    python experiments/rl/rl_halfcheetah.py evaluate --kind direction
 Reduced run that fits a 2-core session (measured numbers in the README):
-    python benchmarks/rl_halfcheetah.py train --algo maml --meta-batch 10 --episodes 10 --max-cpu-min 8
-    python benchmarks/rl_halfcheetah.py train --algo pretrained --meta-batch 10 --episodes 10 --max-cpu-min 4
-    python benchmarks/rl_halfcheetah.py evaluate --episodes 10
+    python experiments/rl/rl_halfcheetah.py train --algo maml --meta-batch 10 --episodes 10 --max-cpu-min 8
+    python experiments/rl/rl_halfcheetah.py train --algo pretrained --meta-batch 10 --episodes 10 \
+        --max-cpu-min 4
+    python experiments/rl/rl_halfcheetah.py evaluate --episodes 10
 Paper settings: meta-batch 40 tasks, 20 episodes of 200 steps per task, inner lr 0.1, one inner step, TRPO
 (max KL 0.01). Evaluation: 40 fixed test tasks, returns before and after 1, 2, 3 steps, mean +/- 95% CI, for
 MAML, the jointly pre-trained policy (fine-tuned) and a random initialisation (fine-tuned); writes

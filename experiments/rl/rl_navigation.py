@@ -1,9 +1,9 @@
 """2D navigation meta-RL benchmark (MAML paper section 5.3): MAML-RL (TRPO) vs two fine-tuned baselines.
 
 Stages (each a separate process so MAML and the joint baseline can train side by side on 1 thread each):
-    python benchmarks/rl_navigation.py train --algo maml --inner-steps 3 --max-cpu-min 30
-    python benchmarks/rl_navigation.py train --algo pretrained --max-cpu-min 30
-    python benchmarks/rl_navigation.py evaluate
+    python experiments/rl/rl_navigation.py train --algo maml --inner-steps 3 --max-cpu-min 30
+    python experiments/rl/rl_navigation.py train --algo pretrained --max-cpu-min 30
+    python experiments/rl/rl_navigation.py evaluate
 MAML is meta-trained with ``--inner-steps`` policy-gradient steps (fresh episodes for each, as at test time).
 ``evaluate`` also fine-tunes the baselines with ``--baseline-lrs`` (a step-size fairness check) and, when
 ``results/rl_navigation_maml_1step.pt`` exists, evaluates that earlier one-step MAML run too.

@@ -1,10 +1,10 @@
 """bf16 vs fp32 MAML on the sinusoid benchmark (issue 3): same seed, same tasks, short run.
 
-MAML sinusoid setting (benchmarks/sinusoid_maml.py: 1-40-40-1 MLP, K=10, 1 inner step, alpha 0.01, meta-batch
-25, Adam 1e-3), ``precision="fp32"`` and ``precision="bf16"`` (autocast), then 600 fixed test tasks at K=5 and
+MAML sinusoid setting (``sinusoid_maml.py``: 1-40-40-1 MLP, K=10, 1 inner step, alpha 0.01, meta-batch 25,
+Adam 1e-3), ``precision="fp32"`` and ``precision="bf16"`` (autocast), then 600 fixed test tasks at K=5 and
 K=10 after 1 inner step: MSE +/- 95% CI and CPU seconds per meta-step.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bf16_sinusoid.py --steps 1000
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/sinusoid/bf16_sinusoid.py --steps 1000
 """
 
 from __future__ import annotations

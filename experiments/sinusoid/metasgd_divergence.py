@@ -5,7 +5,7 @@ Meta-trains Meta-SGD on the MAML sinusoid setting (1 inner step, as in Li et al.
 non-finite, with the learned rates' statistics and the largest stable rate of a quadratic model
 (2 / largest Hessian eigenvalue of the support loss along the learned per-parameter rates).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/metasgd_divergence.py --steps 2500
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/sinusoid/metasgd_divergence.py --steps 2500
 """
 
 from __future__ import annotations

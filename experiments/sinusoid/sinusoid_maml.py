@@ -5,10 +5,10 @@ Adam 1e-3. Evaluation: 600 fixed tasks (seed 0) with K = 5, 10, 20 support point
 mean MSE +/- 95% CI after 1 and 10 inner steps, at several meta-step checkpoints. Published 5-shot MSE:
 MAML 1.13 +/- 0.18, Meta-SGD 0.90 +/- 0.16.
 
-    OMP_NUM_THREADS=1 nohup .venv/bin/python benchmarks/sinusoid_maml.py --steps 70000 \
-        > benchmarks/results/sinusoid_maml.log 2>&1 &
+    OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/sinusoid/sinusoid_maml.py --steps 70000 \
+        > experiments/sinusoid/results/sinusoid_maml.log 2>&1 &
 
-Prints a table and writes ``benchmarks/results/sinusoid_maml.json`` (rewritten at every checkpoint).
+Prints a table and writes ``experiments/sinusoid/results/sinusoid_maml.json`` (rewritten at every checkpoint).
 """
 
 from __future__ import annotations

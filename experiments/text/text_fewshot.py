@@ -25,10 +25,10 @@ only the head in the inner loop. Options of a learner: ``--algo-options '{"maml"
 
 Run (1 thread, in the background; timings are from a shared, loaded machine)::
 
-    OMP_NUM_THREADS=1 nohup .venv/bin/python benchmarks/text_fewshot.py --learners protonet,matching,maml \
-        > benchmarks/results/text_fewshot.log 2>&1 &
+    OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/text/text_fewshot.py \
+        --learners protonet,matching,maml > experiments/text/results/text_fewshot.log 2>&1 &
 
-Prints a table and writes ``benchmarks/results/text_fewshot.json``.
+Prints a table and writes ``experiments/text/results/text_fewshot.json``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from attnmeta.learners.registry import build, spec
 from attnmeta.nn.text import LexicalEncoder, TextEncoder, TextTokenizer, TfidfCentroid, corpus_idf
 from attnmeta.tasks.sampler import EpisodeSampler
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/text_fewshot.json"))
+    parser.add_argument("--out", default=str(ROOT / "experiments/text/results/text_fewshot.json"))
     return parser.parse_args(argv)
 
 

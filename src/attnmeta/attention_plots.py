@@ -3,7 +3,7 @@
 * ``plot_task_weights``: task-attention weights of clean vs corrupted meta-training tasks.
 * ``plot_feature_gates``: FiLM channel gates (feature attention) per task, as a heatmap, rows grouped by kind.
 * ``plot_param_weights``: parameter-attention weight of each parameter tensor at each inner step.
-* ``plots_from_ablation``: all three from ``benchmarks/results/attention_ablation*.json``.
+* ``plots_from_ablation``: all three from ``experiments/attention/results/attention_ablation*.json``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""``benchmarks/omniglot_embedding_protonet.py``: a saved Conv-4 as a nearest-prototype classifier."""
+"""``experiments/omniglot/omniglot_embedding_protonet.py``: a saved Conv-4 as a nearest-prototype
+classifier."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,16 +13,10 @@ from attnmeta.eval import evaluate
 from attnmeta.learners.protonet import PrototypicalNetworks
 from attnmeta.nn.backbones import build_backbone
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("omniglot_embedding_protonet",
-                                                  BENCHMARKS / "omniglot_embedding_protonet.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(experiment):
+    return experiment("omniglot", "omniglot_embedding_protonet")
 
 
 def _fake_omniglot(path: Path) -> None:

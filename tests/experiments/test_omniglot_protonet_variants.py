@@ -1,11 +1,8 @@
-"""The recipe variants of ``benchmarks/omniglot_protonet_variants.py`` (no data needed)."""
+"""The recipe variants of ``experiments/omniglot/omniglot_protonet_variants.py`` (no data needed)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,20 +10,10 @@ import torch
 from attnmeta.nn.backbones import Conv4
 from attnmeta.tasks import EpisodeSampler
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def variants():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location("omniglot_protonet_variants",
-                                                      BENCHMARKS / "omniglot_protonet_variants.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+def variants(experiment):
+    return experiment("omniglot", "omniglot_protonet_variants")
 
 
 def unpooled_conv4() -> Conv4:

@@ -1,9 +1,8 @@
-"""``benchmarks/omniglot_time_to_accuracy.py``: schedules, options, training sources; and the analysis script
-``benchmarks/omniglot_snail_vs_prototypes.py`` on a run it saved."""
+"""``experiments/omniglot/omniglot_time_to_accuracy.py``: schedules, options, training sources; and the
+analysis script ``experiments/omniglot/omniglot_snail_vs_prototypes.py`` on a run it saved."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -12,15 +11,10 @@ import torch
 
 from attnmeta.tasks.episode import Task, TaskBatch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "omniglot_time_to_accuracy.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("omniglot_time_to_accuracy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(experiment):
+    return experiment("omniglot", "omniglot_time_to_accuracy")
 
 
 def test_cosine_follows_episodes_only(bench):
@@ -142,12 +136,16 @@ def write_tiny_omniglot(path: Path) -> None:
 
 
 def test_learner_built_for_fewer_ways_than_the_training_episodes_gets_its_final_test(bench, tmp_path):
-    """SNAIL built 5-way (``"ways": 5`` in the learner options) trained on subtasks of 8-way episodes: the
-    final test scores it on 5-way episodes (and skips 20-way), whatever ``--train-ways`` is."""
+    """SNAIL built 5-way (``"ways": 5`` in the learner options) trained on subtasks of 8-way episodes (the
+    plugin learner ``snail-variants`` of ``snail_variants.py``): the final test scores it on 5-way episodes
+    (and skips 20-way), whatever ``--train-ways`` is."""
+    from attnmeta.train.builders import import_plugins
+
+    import_plugins([str(Path(bench.__file__).resolve().parent / "snail_variants.py")])
     write_tiny_omniglot(tmp_path / "tiny.pt")
     options = ('{"ways": 5, "shots": 1, "subtasks": 3, "filters": 4, '
                '"attention_sizes": [[4, 4], [4, 4], [4, 4]]}')
-    result = bench.main(["--algo", "snail", "--data-pt", str(tmp_path / "tiny.pt"), "--hidden", "4",
+    result = bench.main(["--algo", "snail-variants", "--data-pt", str(tmp_path / "tiny.pt"), "--hidden", "4",
                          "--train-ways", "8", "--train-shots", "1", "--train-queries", "2",
                          "--schedule", "cosine", "--episodes", "2", "--eval-every", "1000",
                          "--eval-episodes", "2", "--final-episodes", "3", "--learner-options", options,
@@ -193,13 +191,11 @@ def test_heldout_head_trains_the_sequence_model_and_the_embedding_on_disjoint_al
         assert "WAYS,SHOTS,QUERIES" in capsys.readouterr().err
 
 
-def test_snail_versus_prototypes_scores_both_on_the_same_test_episodes_as_the_benchmark(bench, tmp_path):
+def test_snail_versus_prototypes_scores_both_on_the_same_test_episodes_as_the_benchmark(bench, experiment,
+                                                                                        tmp_path):
     """``omniglot_snail_vs_prototypes.py`` on a SNAIL saved by ``--save-learner``: its SNAIL test accuracy is
     the benchmark's final figure (same episodes, same predictions), and the agreement counts add up."""
-    spec = importlib.util.spec_from_file_location("omniglot_snail_vs_prototypes",
-                                                  SCRIPT.parent / "omniglot_snail_vs_prototypes.py")
-    analysis = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(analysis)
+    analysis = experiment("omniglot", "omniglot_snail_vs_prototypes")
     write_tiny_omniglot(tmp_path / "tiny.pt")
     options = '{"shots": 1, "filters": 4, "attention_sizes": [[4, 4], [4, 4], [4, 4]]}'
     run = ["--data-pt", str(tmp_path / "tiny.pt"), "--hidden", "4", "--mirror-only", "--shift-pixels", "1",

@@ -80,7 +80,8 @@ def _note(command: str) -> Any:
 
 # -- train ------------------------------------------------------------------------------------------
 def _train_config(args: argparse.Namespace) -> RunConfig:
-    """defaults < preset of (benchmark, learner) < --recipe < --config < flags < --set."""
+    """defaults < preset of (benchmark, learner) < --recipe < --config < flags < --set; a recipe replaces the
+    preset, and some user keys drop preset keys (``_PRESET_DROPPED_BY``)."""
     values: dict[str, Any] = {}
     if getattr(args, "recipe", None):
         from attnmeta.train import recipes
@@ -99,14 +100,40 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
     if args.imports:
         overrides["imports"] = [*base.imports, *args.imports]
     overrides.update(parse_overrides(args.set or []))
-    # Benchmark presets sit under everything the user wrote (file, flags, --set).
     chosen = base.with_overrides(overrides)
-    preset = RunConfig.preset(chosen.benchmark, chosen.algo)
+    if chosen.recipe is not None:  # a recipe is a whole run definition: no preset under it
+        return chosen
     user_keys = set(values) | {key.split(".", 1)[0] for key in overrides}
-    merged = {k: v for k, v in preset.items() if k not in user_keys}
-    if "algo_options" in preset:
-        merged["algo_options"] = {**preset["algo_options"], **chosen.algo_options}
-    return chosen.with_overrides(merged)
+    return chosen.with_overrides(_preset_under(chosen, user_keys))
+
+
+#: User key -> preset keys it drops: N steps asked means N steps trained (no preset budget); a user's
+#: budget is CPU time unless they say wall; a test shape the user sets is also the training shape; another
+#: backbone does not take the default backbone's options.
+#: ``support_splits`` divides each class's examples into support/query splits: a preset value may not fit
+#: episodes of the user's own shape.
+_SPLITS = "algo_options.support_splits"
+_PRESET_DROPPED_BY = {"steps": ("budget_minutes", "budget_clock"), "budget_minutes": ("budget_clock",),
+                      "ways": ("train_ways",), "shots": ("train_shots", _SPLITS),
+                      "queries": ("train_queries", _SPLITS), "train_shots": (_SPLITS,),
+                      "train_queries": (_SPLITS,), "backbone": ("backbone_options",)}
+
+
+def _preset_under(chosen: RunConfig, user_keys: set[str]) -> dict[str, Any]:
+    """The preset of (benchmark, learner) less what the user set (``user_keys``, top-level names) and what
+    those keys drop; mapping keys (``algo_options`` ...) are merged, the user's entries winning."""
+    preset = RunConfig.preset(chosen.benchmark, chosen.algo)
+    dropped = {k for key in user_keys for k in _PRESET_DROPPED_BY.get(key, ())}
+    merged = {}
+    for key, value in preset.items():
+        if key in dropped:
+            continue
+        if isinstance(value, dict):
+            kept = {k: v for k, v in value.items() if f"{key}.{k}" not in dropped}
+            merged[key] = {**kept, **getattr(chosen, key)}
+        elif key not in user_keys:
+            merged[key] = value
+    return merged
 
 
 def _resume_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:

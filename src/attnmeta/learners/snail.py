@@ -40,8 +40,7 @@ from attnmeta.learners.registry import register
 from attnmeta.nn.attention import scaled_dot_product_attention
 from attnmeta.tasks.episode import Task, TaskBatch
 
-__all__ = ["SNAIL", "draw_subtasks", "episode_attention_mask", "predecessor_index", "shuffle_task_features",
-           "standardize_by_support"]
+__all__ = ["SNAIL", "episode_attention_mask", "predecessor_index", "standardize_by_support"]
 
 
 def episode_attention_mask(n_support: int, n_query: int, device: torch.device | None = None) -> Tensor:
@@ -72,66 +71,6 @@ def standardize_by_support(support: Tensor, query: Tensor, eps: float = 1e-5) ->
     mean = support.mean(1, keepdim=True)
     scale = (support - mean).pow(2).mean((1, 2), keepdim=True).add(eps).rsqrt()
     return (support - mean) * scale, (query - mean) * scale
-
-
-def shuffle_task_features(support: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
-    """One random permutation and sign flip of the feature coordinates per task.
-
-    ``support [T, ns, D]``, ``query [T, nq, D]`` -> same shapes; within a task every distance and inner
-    product is unchanged (an orthogonal map), across tasks the coordinates mean different things.
-    """
-    tasks, _, dim = support.shape
-    order = torch.rand(tasks, dim, device=support.device).argsort(dim=1)
-    signs = torch.randint(0, 2, (tasks, 1, dim), device=support.device).to(support.dtype) * 2 - 1
-
-    def apply(x: Tensor) -> Tensor:
-        return x.gather(2, order[:, None, :].expand_as(x)) * signs
-
-    return apply(support), apply(query)
-
-
-def _group_by_class(embeddings: Tensor, labels: Tensor, classes: int, what: str) -> Tensor:
-    """``[T, n, D]`` examples, labels ``[T, n]`` -> ``[T, classes, n // classes, D]``, grouped by label."""
-    tasks, count, dim = embeddings.shape
-    per_class = count // classes
-    order = labels.argsort(dim=1, stable=True)
-    expected = torch.arange(classes, device=labels.device).repeat_interleave(per_class)
-    if per_class * classes != count or not torch.equal(labels.gather(1, order),
-                                                       expected.expand(tasks, -1)):
-        raise ValueError(f"subtasks need the same number of {what} examples for every class of every "
-                         f"task ({count} {what} examples over {classes} classes); sample N-way K-shot "
-                         "Q-query episodes")
-    return embeddings.gather(1, order[..., None].expand(-1, -1, dim)).view(tasks, classes, per_class, dim)
-
-
-def draw_subtasks(support_emb: Tensor, support_y: Tensor, query_emb: Tensor, query_y: Tensor, ways: int,
-                  count: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``count`` random ``ways``-way tasks from the classes of each of ``T`` larger episodes.
-
-    Args:
-        support_emb: ``[T, W * K, D]`` embeddings of ``W``-way ``K``-shot episodes (``W >= ways``), labels
-            ``support_y [T, W * K]`` in ``0..W-1``; query_emb ``[T, W * Q, D]``, query_y ``[T, W * Q]``.
-    Returns:
-        ``(support [T * count, ways * K, D], support_y, query [T * count, ways * Q, D], query_y)``: each
-        subtask's classes are ``ways`` distinct classes of its episode, drawn with the global torch RNG, their
-        order is the subtask's labels ``0..ways-1``; examples are class-major, like ``EpisodeSampler``'s.
-    """
-    tasks, _, dim = support_emb.shape
-    classes = int(support_y.max()) + 1
-    if ways > classes:
-        raise ValueError(f"cannot draw {ways}-way subtasks from {classes}-way episodes")
-    support = _group_by_class(support_emb, support_y, classes, "support")
-    query = _group_by_class(query_emb, query_y, classes, "query")
-    chosen = torch.rand(tasks, count, classes, device=support_emb.device).argsort(-1)[..., :ways]
-    task_index = torch.arange(tasks, device=support_emb.device)[:, None, None]
-
-    def pick(grouped: Tensor) -> tuple[Tensor, Tensor]:
-        per_class = grouped.shape[2]
-        examples = grouped[task_index, chosen].reshape(tasks * count, ways * per_class, dim)
-        labels = torch.arange(ways, device=grouped.device).repeat_interleave(per_class)
-        return examples, labels.expand(tasks * count, -1)
-
-    return (*pick(support), *pick(query))
 
 
 class DenseBlock(nn.Module):
@@ -204,6 +143,11 @@ class AttentionBlock(nn.Module):
         return torch.cat([x, read.transpose(1, 2).reshape(b, length, -1)], dim=-1)
 
 
+#: Where SNAIL's options that did not help live (``prototype_residual``, ``input_noise``,
+#: ``shuffle_features``, ``subtasks``, ``prototype_distance``): a plugin learner of the repository.
+VARIANTS = "learner 'snail-variants' (--import experiments/omniglot/snail_variants.py)"
+
+
 class SNAIL(Learner):
     """SNAIL over any embedding network.
 
@@ -215,67 +159,49 @@ class SNAIL(Learner):
         heads: attention heads (1 in the paper).
         normalize: standardise embeddings on the support (``standardize_by_support``); tie_query_key:
             initialise every key map equal to its query map. Both default on; both off is the paper's model.
+        norm_input: not in the paper, off by default: each embedding's mean square over its features (after
+            the standardisation, when ``normalize``) is appended to it as one more input channel. Attention
+            scores are inner products, and ``<q, k> - |k|^2 / 2`` ranks the keys as the distance
+            ``-|q - k|^2 / 2`` does, so with this channel the first attention block can read each query's
+            nearest support example (the nearest-prototype rule in 1-shot tasks; a query map whose last
+            coordinate is a constant bias, a key map whose last coordinate reads the norm channel), which
+            inner products of the embeddings alone cannot. On Omniglot, SNAIL on a frozen Conv-4:
+            98.50-98.54% at five seeds against 98.37-98.63% without (means 98.52 / 98.47; 98.51 / 98.39 on
+            one and the same Conv-4).
         prototype_loss_weight: optional auxiliary loss (off by default, not in the paper): this weight times
-            the Prototypical Networks cross-entropy of the same episode's raw embeddings is added to the
-            training loss, so the embedding also gets a direct metric signal. Prediction is SNAIL's alone.
+            the Prototypical Networks cross-entropy (squared Euclidean distance) of the same episode's raw
+            embeddings is added to the training loss, so the embedding also gets a direct metric signal.
+            Prediction is SNAIL's alone. On Omniglot in 30 CPU-minutes: 97.32% against 94.49% without (the
+            Omniglot preset uses it).
         prototype_loss_scope: ``"batch"`` (default: the meta-batch as one episode, every query against the
             prototypes of all classes of the meta-batch, matched by their original class ids; 80-way for 16
             5-way tasks; measured better on Omniglot, 97.3% vs 96.5%) or ``"episode"`` (each task's queries
             against its own ``ways`` prototypes).
-        prototype_distance: the auxiliary loss's (and residual's) distance, ``"euclidean"`` (squared,
-            default) or ``"l2"`` (not squared; see ``PrototypicalNetworks``).
-        prototype_residual: not in the paper, off by default: SNAIL's query logits are added to the
-            Prototypical Networks logits of the same raw embeddings (times a learned weight starting at 1),
-            so the sequence model learns a correction to nearest-prototype classification, in training and
-            in prediction. On Omniglot (30 CPU-minutes, README) the correction added nothing measurable: the
-            trained embedding scored the same as a nearest-prototype classifier alone.
-        input_noise: not in the paper, 0 by default: in ``meta_loss`` only (``predict`` never adds it),
-            Gaussian noise of this standard deviation is added to the (standardised, when ``normalize``)
-            embeddings the sequence model reads, so its head learns on less separable inputs than the
-            training classes' embeddings (the test classes' embeddings are less well separated than those
-            the backbone was trained on). On Omniglot it did not help (README).
-        shuffle_features: not in the paper, off by default: in ``meta_loss`` only, each task's embeddings get
-            their own random permutation and sign flips of the feature coordinates (the same for the task's
-            support and queries). Distances and inner products within a task are unchanged, so the
-            sequence model cannot tie its computation to particular feature directions of the training
-            classes and must compare examples. On Omniglot it did not help either (README).
-        norm_input: not in the paper, off by default: each embedding's mean square over its features (after
-            the standardisation, when ``normalize``, and any noise) is appended to it as one more input
-            channel. Attention scores are
-            inner products, and ``<q, k> - |k|^2 / 2`` ranks the keys as the distance ``-|q - k|^2 / 2``
-            does, so with this channel the first attention block can read each query's nearest support
-            example (the nearest-prototype rule in 1-shot tasks; a query map whose last coordinate is a
-            constant bias, a key map whose last coordinate reads the norm channel), which inner products of
-            the embeddings alone cannot. On Omniglot, SNAIL on a frozen Conv-4: 98.50-98.54% at five seeds
-            against 98.37-98.63% without (means 98.52 / 98.47; 98.51 / 98.39 on one and the same Conv-4).
-        subtasks: not in the paper, 0 by default (training episodes must then be ``ways``-way): training
-            episodes may have more classes than ``ways``; each is embedded once, its auxiliary loss (when
-            ``prototype_loss_weight``) covers all its classes, and the sequence model is trained on this many
-            random ``ways``-way tasks carved from it (``draw_subtasks``), so one batch of embedded images
-            gives many sequence-model tasks. ``predict`` still takes ``ways``-way tasks.
         train_embedding: ``True`` (default, the paper): SNAIL's loss trains the embedding network too.
             ``False``: ``meta_loss`` embeds without gradient, so only the sequence model learns from it;
-            train the embedding by another loss (e.g. Prototypical Networks on other classes: a head trained
-            on classes the embedding never trained on sees embeddings as separated as the test classes',
-            ``benchmarks/omniglot_time_to_accuracy.py --heldout-head``). Excludes
-            ``prototype_loss_weight`` (it would train nothing).
+            train the embedding by another loss (e.g. Prototypical Networks on other classes, or a frozen
+            pre-trained backbone). Excludes ``prototype_loss_weight`` (it would train nothing).
+
+    The options tried on Omniglot that did not help (a prototype residual, input noise, feature shuffling,
+    subtasks of larger episodes, another auxiliary distance) are in the repository's
+    ``experiments/omniglot/snail_variants.py``, a plugin learner ``snail-variants``.
     """
 
     name = "snail"
     any_ways = False
+    #: What the refusal of larger training episodes suggests.
+    larger_episodes_hint = f"to train on subtasks of larger episodes: {VARIANTS}"
 
     def __init__(self, model: nn.Module, ways: int, *, shots: int = 1, task_type: str = "classification",
                  feature_dim: int | None = None, input_shape: tuple[int, ...] | None = None,
                  filters: int = 128, attention_sizes: tuple[tuple[int, int], ...] = ((64, 32), (256, 128),
                                                                                    (512, 256)),
-                 heads: int = 1, normalize: bool = True, tie_query_key: bool = True,
+                 heads: int = 1, normalize: bool = True, tie_query_key: bool = True, norm_input: bool = False,
                  prototype_loss_weight: float = 0.0, prototype_loss_scope: str = "batch",
-                 prototype_distance: str = "euclidean", prototype_residual: bool = False,
-                 input_noise: float = 0.0, shuffle_features: bool = False, norm_input: bool = False,
-                 subtasks: int = 0, train_embedding: bool = True) -> None:
+                 train_embedding: bool = True) -> None:
         super().__init__(task_type)
         if task_type != "classification":
-            raise ValueError("this SNAIL is a few-shot classification learner; "
+            raise ValueError(f"{self.name} is a few-shot classification learner (classification only); "
                              "use task_type='classification'")
         if not isinstance(ways, int) or ways < 2:
             raise ValueError(f"SNAIL needs ways >= 2 (the one-hot label size), got {ways!r}")
@@ -284,10 +210,6 @@ class SNAIL(Learner):
         if not prototype_loss_weight >= 0:
             raise ValueError(f"prototype_loss_weight must be >= 0 (0 turns the auxiliary loss off), got "
                              f"{prototype_loss_weight!r}")
-        if isinstance(input_noise, bool) or not isinstance(input_noise, (int, float)) or not input_noise >= 0:
-            raise ValueError(f"input_noise must be a standard deviation >= 0 (0: off), got {input_noise!r}")
-        if isinstance(subtasks, bool) or not isinstance(subtasks, int) or subtasks < 0:
-            raise ValueError(f"subtasks must be an int >= 0 (0: off), got {subtasks!r}")
         if not train_embedding and prototype_loss_weight:
             raise ValueError("train_embedding=False embeds without gradient, so the auxiliary prototype loss "
                              "would train nothing; set prototype_loss_weight=0 (train the embedding by a "
@@ -295,102 +217,87 @@ class SNAIL(Learner):
         if prototype_loss_scope not in ("episode", "batch"):
             raise ValueError("prototype_loss_scope must be 'episode' or 'batch', got "
                              f"{prototype_loss_scope!r}")
-        if prototype_distance not in METRIC_LOGITS:
-            raise ValueError(f"prototype_distance must be one of {tuple(METRIC_LOGITS)}, got "
-                             f"{prototype_distance!r}")
         if len(attention_sizes) != 3:
             raise ValueError("attention_sizes must give (key_size, value_size) for the 3 attention blocks")
         self.model, self.ways, self.shots, self.normalize = model, ways, shots, normalize
         self.prototype_loss_weight = float(prototype_loss_weight)
         self.prototype_loss_scope = prototype_loss_scope
-        self.prototype_logits = METRIC_LOGITS[prototype_distance]
+        self.prototype_logits = METRIC_LOGITS["euclidean"]
+        self.train_embedding = bool(train_embedding)
+        self.norm_input = bool(norm_input)
         dim = feature_dim or infer_feature_dim(model, input_shape)
         seq_len = ways * shots + 1
-        self.norm_input = bool(norm_input)
-        channels = dim + ways + self.norm_input
-        self.attention1 = AttentionBlock(channels, *attention_sizes[0], heads=heads)
+        self.attention1 = AttentionBlock(dim + ways + self.norm_input, *attention_sizes[0], heads=heads)
         self.tc1 = TCBlock(self.attention1.out_channels, seq_len, filters)
         self.attention2 = AttentionBlock(self.tc1.out_channels, *attention_sizes[1], heads=heads)
         self.tc2 = TCBlock(self.attention2.out_channels, seq_len, filters)
         self.attention3 = AttentionBlock(self.tc2.out_channels, *attention_sizes[2], heads=heads)
         self.classifier = nn.Linear(self.attention3.out_channels, ways)
-        self.prototype_residual = bool(prototype_residual)
-        self.input_noise = float(input_noise)
-        self.shuffle_features = bool(shuffle_features)
-        self.subtasks = subtasks
-        self.train_embedding = bool(train_embedding)
-        if self.prototype_residual:
-            self.residual_weight = nn.Parameter(torch.tensor(1.0))
         if tie_query_key:
             for block in (self.attention1, self.attention2, self.attention3):
                 block.tie_query_key()
 
-    def sequence_logits(self, support_emb: Tensor, support_y: Tensor, query_emb: Tensor,
-                        input_noise: float = 0.0, shuffle_features: bool = False) -> Tensor:
-        """Query logits ``[T, nq, ways]``; support ``[T, ns, D]``, labels ``[T, ns]``, queries ``[T, nq, D]``;
-        ``input_noise``: standard deviation of Gaussian noise added to the sequence model's embeddings;
-        ``shuffle_features``: permute and sign-flip each task's feature coordinates at random."""
-        n_support, n_query = support_emb.shape[1], query_emb.shape[1]
-        residual = None
-        if self.prototype_residual:
-            centres = prototypes(support_emb, support_y, self.ways)
-            residual = self.residual_weight * self.prototype_logits(query_emb, centres)
-        if self.normalize:
-            support_emb, query_emb = standardize_by_support(support_emb, query_emb)
-        if input_noise:
-            support_emb = support_emb + input_noise * torch.randn_like(support_emb)
-            query_emb = query_emb + input_noise * torch.randn_like(query_emb)
-        if shuffle_features:
-            support_emb, query_emb = shuffle_task_features(support_emb, query_emb)
+    def sequence_inputs(self, support_emb: Tensor, query_emb: Tensor) -> tuple[Tensor, Tensor]:
+        """The embeddings ``[T, ns, D]`` / ``[T, nq, D]`` as the sequence model reads them (standardised on
+        the support when ``normalize``)."""
+        return standardize_by_support(support_emb, query_emb) if self.normalize else (support_emb, query_emb)
+
+    def read_sequence(self, support: Tensor, support_y: Tensor, query: Tensor) -> Tensor:
+        """The sequence model on inputs from ``sequence_inputs``: query logits ``[T, nq, ways]``."""
+        n_support, n_query = support.shape[1], query.shape[1]
         if self.norm_input:
-            support_emb, query_emb = (torch.cat([e, e.pow(2).mean(-1, keepdim=True)], dim=-1)
-                                      for e in (support_emb, query_emb))
-        labels = torch.cat([F.one_hot(support_y, self.ways).to(support_emb.dtype),
-                            support_emb.new_zeros(support_emb.shape[0], n_query, self.ways)], dim=1)
-        x = torch.cat([torch.cat([support_emb, query_emb], dim=1), labels], dim=-1)
+            support, query = (torch.cat([e, e.pow(2).mean(-1, keepdim=True)], dim=-1)
+                              for e in (support, query))
+        labels = torch.cat([F.one_hot(support_y, self.ways).to(support.dtype),
+                            support.new_zeros(support.shape[0], n_query, self.ways)], dim=1)
+        x = torch.cat([torch.cat([support, query], dim=1), labels], dim=-1)
         mask = episode_attention_mask(n_support, n_query, x.device)
         x = self.attention1(x, mask)
         x = self.tc1(x, n_support)
         x = self.attention2(x, mask)
         x = self.tc2(x, n_support)
         x = self.attention3(x, mask)
-        logits = self.classifier(x[:, n_support:])
-        return logits if residual is None else logits + residual
+        return self.classifier(x[:, n_support:])
 
-    def _check(self, batch: Task | TaskBatch, larger_allowed: bool = False) -> None:
+    def sequence_logits(self, support_emb: Tensor, support_y: Tensor, query_emb: Tensor) -> Tensor:
+        """Query logits ``[T, nq, ways]``; support ``[T, ns, D]``, labels ``[T, ns]``, queries
+        ``[T, nq, D]``."""
+        support, query = self.sequence_inputs(support_emb, query_emb)
+        return self.read_sequence(support, support_y, query)
+
+    def _check(self, batch: Task | TaskBatch) -> None:
         check_classification_batch(batch, self.name)
-        if batch.ways == self.ways or (larger_allowed and batch.ways > self.ways):
+        if batch.ways == self.ways:
             return
-        if larger_allowed:
-            raise ValueError(f"snail was built {self.ways}-way and cannot carve {self.ways}-way subtasks "
-                             f"from a {batch.ways}-way episode; sample episodes of at least {self.ways} ways")
-        hint = (" (or set subtasks > 0 to train on larger episodes)"
-                if batch.ways > self.ways and isinstance(batch, TaskBatch) else "")
-        raise ValueError(f"snail was built {self.ways}-way (one-hot label inputs) and cannot score a "
+        hint = (f" ({self.larger_episodes_hint})" if batch.ways > self.ways and isinstance(batch, TaskBatch)
+                else "")
+        raise ValueError(f"{self.name} was built {self.ways}-way (one-hot label inputs) and cannot score a "
                          f"{batch.ways}-way episode; build it with ways={batch.ways} or sample "
                          f"{self.ways}-way episodes{hint}")
 
     def check_training_ways(self, train_ways: int, ways: int) -> None:
-        if train_ways == self.ways or (self.subtasks and train_ways > self.ways):
+        if train_ways == self.ways:
             return
-        hint = " (or set subtasks > 0 to train on larger episodes)" if train_ways > self.ways else ""
-        raise ValueError(f"snail was built {self.ways}-way and cannot train on {train_ways}-way episodes; "
-                         f"train on {self.ways}-way episodes{hint}")
+        hint = f" ({self.larger_episodes_hint})" if train_ways > self.ways else ""
+        raise ValueError(f"{self.name} was built {self.ways}-way and cannot train on {train_ways}-way "
+                         f"episodes; train on {self.ways}-way episodes{hint}")
+
+    def embed(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        """Support / query embeddings ``[T, ns, D]`` / ``[T, nq, D]`` (without gradient unless
+        ``train_embedding``)."""
+        with torch.set_grad_enabled(self.train_embedding and torch.is_grad_enabled()):
+            return embed_episodes(self.model, batch.support_x, batch.query_x)
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
-        self._check(batch, larger_allowed=self.subtasks > 0)
-        with torch.set_grad_enabled(self.train_embedding and torch.is_grad_enabled()):
-            support_emb, query_emb = embed_episodes(self.model, batch.support_x, batch.query_x)
-        sequence = (support_emb, batch.support_y, query_emb, batch.query_y)
-        if batch.ways > self.ways:
-            sequence = draw_subtasks(*sequence, self.ways, self.subtasks)
-        logits = self.sequence_logits(*sequence[:3],
-                                      input_noise=self.input_noise if self.training else 0.0,
-                                      shuffle_features=self.shuffle_features and self.training)
-        out = episode_classification_output(logits, sequence[3])
-        if batch.ways > self.ways:  # per-task losses: the mean over each episode's subtasks
-            out = MetaOutput(out.loss, out.task_losses.view(batch.query_y.shape[0], -1).mean(1),
-                             out.metrics)
+        self._check(batch)
+        support_emb, query_emb = self.embed(batch)
+        out = episode_classification_output(self.sequence_logits(support_emb, batch.support_y, query_emb),
+                                            batch.query_y)
+        return self.with_prototype_loss(out, support_emb, query_emb, batch)
+
+    def with_prototype_loss(self, out: MetaOutput, support_emb: Tensor, query_emb: Tensor,
+                            batch: TaskBatch) -> MetaOutput:
+        """``out`` plus ``prototype_loss_weight`` x the auxiliary loss of the embeddings (``out`` if off)."""
         if not self.prototype_loss_weight:
             return out
         proto = self._prototype_output(support_emb, query_emb, batch)

@@ -152,9 +152,8 @@ def build_learner(config: RunConfig, bench: BenchmarkParts) -> Learner:
     require_registered(config.algo, config.imports)
     torch.manual_seed(config.seed)
     model = build_model(config, bench)
-    learner = learners.build(
-        config.algo, model=model, task_type=bench.task_type, ways=config.ways, **config.algo_options
-    )
+    options = {**_data_options(config.algo, bench), **config.algo_options}
+    learner = learners.build(config.algo, model=model, task_type=bench.task_type, ways=config.ways, **options)
     if config.train_ways is not None and config.train_ways != config.ways:
         if learners.spec(config.algo).head:
             raise ValueError(
@@ -164,6 +163,22 @@ def build_learner(config: RunConfig, bench: BenchmarkParts) -> Learner:
             )
         learner.check_training_ways(config.train_ways, config.ways)
     return learner.to(device=resolve_device(config.device), dtype=getattr(torch, config.dtype))
+
+
+#: Learners whose ``num_classes`` option (the pre-training classifier's size) comes from the training data.
+CLASS_COUNT_LEARNERS = ("transfer", "baseline++")
+
+
+def _data_options(algo: str, bench: BenchmarkParts) -> dict[str, Any]:
+    """Learner options known from the data, under the user's: ``num_classes`` of the transfer baselines
+    (the largest class id the training source can label an example with, plus one)."""
+    if algo not in CLASS_COUNT_LEARNERS or bench.task_type != "classification":
+        return {}
+    classes = getattr(bench.train, "classes", None)
+    if isinstance(classes, Tensor) and classes.numel() > 0:  # a sampler's pool of (augmented) class ids
+        return {"num_classes": int(classes.max()) + 1}
+    count = getattr(bench.train, "num_classes", None)
+    return {"num_classes": count} if isinstance(count, int) else {}
 
 
 def resolve_device(device: str) -> torch.device:

@@ -55,8 +55,9 @@ class RunConfig:
         train_ways / train_shots / train_queries: another shape for the training episodes only (``None``:
             as ``ways`` / ``shots`` / ``queries``); validation and test keep ``ways`` / ``shots`` /
             ``queries``. E.g. Prototypical Networks trained on 60-way episodes for a 5-way test (Snell et
-            al.), or SNAIL with ``subtasks`` on larger episodes. Learners with a ``ways``-output head
-            (MAML family, Meta-LSTM) need ``train_ways == ways``.
+            al.). Learners with a ``ways``-output head (MAML family, Meta-LSTM) and SNAIL need
+            ``train_ways == ways`` (SNAIL on subtasks of larger episodes: the ``snail-variants`` plugin,
+            ``experiments/omniglot/snail_variants.py``).
         split: split name passed to ``make_benchmark``.
         image_size: side of the square images [pixels] (``None``: benchmark default).
         benchmark_options: extra keyword arguments of ``make_benchmark``.

@@ -1,7 +1,12 @@
 """Presets: the defaults of ``attnmeta train BENCHMARK --algo ALGO``, under everything the user sets.
 
 A preset makes the plain command finish in minutes on 2 CPU cores with a useful result; recipes
-(``attnmeta recipes``) are the longer, tuned configurations that reproduce published figures.
+(``attnmeta recipes``) are the longer, tuned configurations that reproduce published figures. How the CLI
+merges a preset (``attnmeta.cli.commands._train_config``): a key the user sets (config file, flag, ``--set``)
+wins; setting ``steps`` drops the preset's time budget (N steps asked, N steps trained), setting
+``budget_minutes`` drops its ``budget_clock``; setting ``ways`` / ``shots`` / ``queries`` drops the preset's
+``train_ways`` / ``train_shots`` / ``train_queries`` (the training episodes then take the user's shape); a
+recipe replaces the preset entirely. Omniglot figures: ``docs/results/presets/omniglot-<algo>.json``.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from typing import Any
 
 REGRESSION_BENCHMARKS = ("sinusoid", "multimodal")
 MAML_FAMILY = ("maml", "fomaml", "meta-sgd", "anil", "maml++")
+#: Keys of the time budget, dropped from a preset when the user sets ``steps``.
+BUDGET_KEYS = ("budget_minutes", "budget_clock")
 
 #: Defaults per benchmark, applied by ``RunConfig.preset`` (the CLI) under the user's own settings.
 #: The regression preset is the README's main job: about a minute on 2 CPU cores. One torch thread: the
@@ -24,13 +31,68 @@ _REGRESSION_PRESET: dict[str, Any] = {
     "checkpoint_every": 300,
     "threads": 1,
 }
+#: Image benchmarks: a cosine over a wall-clock budget (``steps`` only caps it), one thread.
+_IMAGE_PRESET: dict[str, Any] = {"steps": 100000, "schedule": "cosine", "budget_clock": "wall", "threads": 1}
 BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
     "sinusoid": dict(_REGRESSION_PRESET),
     "multimodal": dict(_REGRESSION_PRESET),
     # few-shot intents (held-out domains); the lexical text encoder, a few CPU-minutes
     "clinc150": {"ways": 5, "shots": 1, "queries": 10, "meta_batch": 2, "steps": 300, "lr": 1e-3,
                  "eval_every": 100, "eval_episodes": 100, "checkpoint_every": 100, "threads": 1},
+    # 5-way 1-shot (background -> evaluation alphabets); each learner's settings below (OMNIGLOT)
+    "omniglot": {**_IMAGE_PRESET, "budget_minutes": 3, "eval_episodes": 200, "channels_last": True,
+                 "backbone_options": {"norm": "fused"}},
+    # by analogy with Omniglot, not measured (84 x 84 images: ~9x the CPU of Omniglot per image)
+    "miniimagenet": {**_IMAGE_PRESET, "budget_minutes": 5, "eval_every": 100, "eval_episodes": 100,
+                     "checkpoint_every": 100, "channels_last": True},
 }
+
+_MAML = {"meta_batch": 4, "train_queries": 5, "lr": 2e-3, "eval_every": 150, "checkpoint_every": 300,
+         "algo_options": {"inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 1, "head_init": "shared"}}
+_PROTONET = {"train_ways": 150, "train_shots": 1, "train_queries": 3, "meta_batch": 1, "optimizer": "adamw",
+             "lr": 6e-3, "weight_decay": 0.3, "augment": {"shift": 2}, "eval_every": 50,
+             "checkpoint_every": 100,
+             "algo_options": {"distance": "l2", "support_splits": 4},
+             "backbone_options": {"norm": "fused", "pool_last": False}}
+_TRANSFER = {"train_ways": 64, "train_shots": 1, "train_queries": 1, "meta_batch": 1, "lr": 3e-3,
+             "eval_every": 300, "eval_episodes": 100, "checkpoint_every": 300}
+_META_LSTM = {"meta_batch": 4, "train_queries": 5, "lr": 1e-3, "eval_every": 1000, "eval_episodes": 100,
+              "checkpoint_every": 100, "algo_options": {"steps": 5}, "backbone_options": {"hidden": 32}}
+#: Omniglot per learner: the recipes' settings that learn fastest per CPU-second (the README's Omniglot
+#: rows): ProtoNets / Matching Networks on large-way episodes with Adam 6e-3; the MAML family with
+#: meta-batch 4, one inner step of 0.4 from a shared head row; SNAIL with the auxiliary prototype loss.
+OMNIGLOT: dict[str, dict[str, Any]] = {
+    "maml": _MAML,
+    "fomaml": _MAML,
+    "meta-sgd": _MAML,
+    "anil": _MAML,
+    "maml++": {**_MAML, "algo_options": {**_MAML["algo_options"], "inner_steps": 2, "eval_inner_steps": 2,
+                                         "msl_anneal_steps": 200, "first_order_until": 0}},
+    "attention-maml": {**_MAML, "algo_options": {**_MAML["algo_options"], "feature_attention": True}},
+    "protonet": _PROTONET,
+    "matching": {"train_ways": 200, "train_shots": 1, "train_queries": 2, "meta_batch": 1, "lr": 6e-3,
+                 "eval_every": 50, "checkpoint_every": 100},
+    "feat": {"train_ways": 60, "train_shots": 1, "train_queries": 3, "meta_batch": 1, "lr": 2e-3,
+             "eval_every": 50, "checkpoint_every": 100},
+    "snail": {"meta_batch": 16, "train_queries": 1, "lr": 1e-3, "eval_every": 250, "checkpoint_every": 250,
+              "algo_options": {"filters": 32, "attention_sizes": [[32, 16], [64, 32], [128, 64]],
+                               "prototype_loss_weight": 1.0, "prototype_loss_scope": "batch"}},
+    "meta-lstm": _META_LSTM,
+    "meta-lstm-attention": _META_LSTM,
+    "transfer": _TRANSFER,
+    "baseline++": _TRANSFER,
+}
+#: miniImageNet per learner (not measured): small meta-batches and one-episode steps as on Omniglot.
+MINIIMAGENET: dict[str, dict[str, Any]] = {
+    **{algo: {"meta_batch": 2} for algo in (*MAML_FAMILY, "attention-maml", "meta-lstm",
+                                            "meta-lstm-attention")},
+    **{algo: {"meta_batch": 1, "lr": 2e-3} for algo in ("protonet", "matching", "feat")},
+    "snail": {"meta_batch": 4, "train_queries": 1},
+    "transfer": {"meta_batch": 1, "train_ways": 16, "train_queries": 1},
+    "baseline++": {"meta_batch": 1, "train_ways": 16, "train_queries": 1},
+}
+PER_LEARNER = {"omniglot": OMNIGLOT, "miniimagenet": MINIIMAGENET}
+
 #: Learner options added on CLINC150: cosine prototypes (TF-IDF nearest centroid before meta-training) and
 #: MAML on the zero-initialised head with a large inner step (the lexical features have norm 4).
 CLINC150_OPTIONS = {"protonet": {"distance": "cosine"}, "maml": {"adapt": "head", "inner_lr": 0.5},
@@ -41,20 +103,32 @@ REGRESSION_MAML_OPTIONS = {"eval_inner_steps": 10}
 
 
 def preset(benchmark: str, algo: str) -> dict[str, Any]:
-    """The defaults for ``benchmark`` trained with ``algo`` (a fresh dict)."""
+    """The defaults for ``benchmark`` trained with ``algo`` (a fresh dict; nested dicts copied)."""
     values = dict(BENCHMARK_PRESETS.get(benchmark, {}))
+    for key, value in PER_LEARNER.get(benchmark, {}).get(algo, {}).items():
+        values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
     if benchmark in REGRESSION_BENCHMARKS and algo in MAML_FAMILY:
         values["algo_options"] = dict(REGRESSION_MAML_OPTIONS)
     if benchmark == "clinc150" and algo in CLINC150_OPTIONS:
         values["algo_options"] = dict(CLINC150_OPTIONS[algo])
-    return values
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+
+
+def _line(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
 def preset_lines() -> list[str]:
-    """``benchmark [learner]: key=value, ...`` for every preset (``attnmeta train --help``)."""
-    lines = [f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items())
-             for name, values in BENCHMARK_PRESETS.items()]
-    lines += [f"{name} with {', '.join(MAML_FAMILY)}: algo_options {REGRESSION_MAML_OPTIONS}"
+    """``benchmark [with learner]: key=value, ...`` for every preset (``attnmeta train --help``)."""
+    lines = [f"{name}: {_line(values)}" for name, values in BENCHMARK_PRESETS.items()]
+    lines += [f"{name} with {', '.join(MAML_FAMILY)}: algo_options={REGRESSION_MAML_OPTIONS}"
               for name in REGRESSION_BENCHMARKS]
-    lines += [f"clinc150 with {algo}: algo_options {options}" for algo, options in CLINC150_OPTIONS.items()]
+    lines += [f"clinc150 with {algo}: algo_options={options}" for algo, options in CLINC150_OPTIONS.items()]
+    for benchmark, table in PER_LEARNER.items():
+        groups: dict[str, list[str]] = {}
+        for algo, values in table.items():
+            groups.setdefault(_line(values), []).append(algo)
+        lines += [f"{benchmark} with {', '.join(algos)}: {line}" for line, algos in groups.items()]
+    lines.append("(setting steps drops a preset's budget; setting ways/shots/queries drops its "
+                 "train_ways/train_shots/train_queries; a recipe replaces the preset)")
     return lines

@@ -21,6 +21,7 @@ from attnmeta.errors import UserError
 from attnmeta.eval import EvalResult, evaluate, with_rotation_ensemble
 from attnmeta.train.averaging import ParameterAverage
 from attnmeta.train.builders import (
+    BenchmarkParts,
     augmented_source,
     build_benchmark,
     build_learner,
@@ -47,7 +48,11 @@ class Run:
     """Everything a run holds between steps, and the pieces of the loop: restore, step, validate, save,
     test, summary. A checkpoint holds all of it, so a resumed run continues exactly."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, print_fn: Callable[[str], None]) -> None:
+    def __init__(
+        self, config: RunConfig, run_dir: Path, print_fn: Callable[[str], None], bench: Any = None
+    ) -> None:
+        """``bench``: an already built benchmark (``benchmark_parts``); ``None`` builds
+        ``config.benchmark`` (``build_benchmark``)."""
         self.config, self.run_dir, self.print_fn = config, run_dir, print_fn
         self.device, self.dtype = resolve_device(config.device), getattr(torch, config.dtype)
         self.ctx = DistributedContext.from_environment(str(self.device))
@@ -61,7 +66,7 @@ class Run:
             retain_freed_memory()
         self.checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=config.keep_last)
         seed_everything(config.seed)
-        self.bench = build_benchmark(config)
+        self.bench = build_benchmark(config) if bench is None else benchmark_parts(bench)
         if config.augment:
             self.bench.train = augmented_source(self.bench.train, config.augment, config.seed, self.bench)
         self.learner = build_learner(config, self.bench)
@@ -276,6 +281,37 @@ class Run:
             "device": self.device.type,
             "machine": machine_info(),
         }
+
+
+def benchmark_parts(bench: Any) -> BenchmarkParts:
+    """The trainer's view of an already built benchmark: a ``BenchmarkParts``, an
+    ``attnmeta.data.benchmarks.Benchmark`` or any object with ``task_type``, ``train`` / ``val`` / ``test``
+    task sources and ``input_shape`` (``name``, ``preprocessing`` and ``default_backbone`` optional).
+
+    The task sources are shared, not copied (training moves the ``train`` source's RNG); the view itself is
+    new, so that training-time augmentation never replaces the caller's ``train`` source.
+    """
+    needed = ("task_type", "train", "val", "test", "input_shape")
+    missing = [name for name in needed if not hasattr(bench, name)]
+    if missing:
+        raise TypeError(
+            f"bench must be a built benchmark (attnmeta.data.benchmarks.make_benchmark(...) or "
+            f"attnmeta.train.builders.BenchmarkParts); {type(bench).__name__} has no {', '.join(missing)}"
+        )
+    if bench.task_type not in ("classification", "regression"):
+        raise ValueError(
+            f"bench.task_type must be 'classification' or 'regression', got {bench.task_type!r}"
+        )
+    return BenchmarkParts(
+        str(getattr(bench, "name", None) or "custom"),
+        bench.task_type,
+        bench.train,
+        bench.val,
+        bench.test,
+        tuple(bench.input_shape),
+        dict(getattr(bench, "preprocessing", None) or {}),
+        getattr(bench, "default_backbone", None),
+    )
 
 
 def _divergence_message(

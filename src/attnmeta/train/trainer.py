@@ -1,6 +1,7 @@
 """One trainer for every learner, readable top to bottom.
 
-``train(config)`` builds the benchmark (task sources), the model and the learner, then loops:
+``train(config)`` builds the benchmark (task sources; or takes an already built one, ``bench=``), the model
+and the learner, then loops:
 sample a meta-batch -> ``learner.meta_loss`` -> backward -> (all-reduce) -> outer optimizer step,
 validating on fixed episodes every ``eval_every`` steps and checkpointing every ``checkpoint_every`` steps.
 A checkpoint holds every RNG state and the task source's position, so ``resume`` continues exactly where
@@ -13,6 +14,7 @@ the model: task type, input shape, preprocessing), ``checkpoints/``, ``metrics.c
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import shutil
 from collections.abc import Callable, Sequence
@@ -41,7 +43,7 @@ from attnmeta.train.config import RunConfig
 from attnmeta.train.distributed import DistributedContext
 from attnmeta.train.metrics_log import METRIC_COLUMNS, MetricsLog, read_metrics  # noqa: F401
 from attnmeta.train.rng import preserved_rng, rng_state, seed_everything, set_rng_state  # noqa: F401
-from attnmeta.train.run import NonFiniteLossError, Run
+from attnmeta.train.run import NonFiniteLossError, Run, benchmark_parts
 from attnmeta.train.run_folder import (  # noqa: F401
     RunExistsError,
     RunLock,
@@ -93,8 +95,16 @@ def train(
     print_fn: Callable[[str], None] = print,
     imports: Sequence[str] = (),
     changes: dict[str, Any] | None = None,
+    bench: Any = None,
 ) -> TrainResult:
     """Meta-train ``config`` (or resume its run folder), then evaluate the best checkpoint on the test tasks.
+
+    ``bench``: an already built benchmark (``attnmeta.data.benchmarks.make_benchmark(...)``, a
+    ``BenchmarkParts`` or any object with ``task_type``, ``train`` / ``val`` / ``test`` task sources and
+    ``input_shape``; see ``attnmeta.train.run.benchmark_parts``) to train on instead of building
+    ``config.benchmark``; ``config.benchmark`` then becomes ``bench.name`` (what ``config.yaml`` records).
+    Its ``train`` source is used as it is (its RNG position included) and moves as the run samples.
+    Such a run resumes only with the same ``bench`` passed again.
 
     A fresh run imports ``config.imports`` (the caller wrote that config). A resumed run imports only
     ``imports``: the ``imports`` saved in a run folder are never executed (``require_registered``).
@@ -107,6 +117,10 @@ def train(
         RunLockedError: another process trains in ``run_dir``.
     """
     default_folder = config.run_dir is None
+    if bench is not None:
+        bench = benchmark_parts(bench)
+        if config.benchmark != bench.name:
+            config = dataclasses.replace(config, benchmark=bench.name)
     config = config.resolved()
     if default_folder and not resume:  # never reuse a default run folder: runs/NAME, runs/NAME-2, ...
         base, n = config.run_dir, 1
@@ -118,7 +132,7 @@ def train(
     config.check_learner_options()  # again: a plugin's learner is registered only now
     run_dir = Path(config.run_dir)
     if not DistributedContext.from_environment("cpu").is_main:  # rank 0 owns (checks, locks) the folder
-        return _train(config, run_dir, quiet, resume, evaluate_test, print_fn)
+        return _train(config, run_dir, quiet, resume, evaluate_test, print_fn, bench)
     if not resume:
         check_fresh_run_dir(run_dir)
     created = not run_dir.exists()
@@ -127,7 +141,7 @@ def train(
             if not resume:
                 check_fresh_run_dir(run_dir)  # again under the lock: another process may have started here
             append_history(run_dir, _history_line(config, resume, changes))
-            return _train(config, run_dir, quiet, resume, evaluate_test, print_fn)
+            return _train(config, run_dir, quiet, resume, evaluate_test, print_fn, bench)
     except BaseException:
         _remove_if_untouched(run_dir, created)
         raise
@@ -153,9 +167,10 @@ def _train(
     resume: bool,
     evaluate_test: bool,
     print_fn: Callable[[str], None],
+    bench: BenchmarkParts | None = None,
 ) -> TrainResult:
     """The run itself, in a locked run folder: build, restore, loop (step, validate, save), test."""
-    run = Run(config, run_dir, print_fn)
+    run = Run(config, run_dir, print_fn, bench=bench)
     if resume:
         run.restore()
     run.write_run_files()
@@ -229,6 +244,7 @@ __all__ = [
     "NonFiniteLossError",
     "RunExistsError",
     "TrainResult",
+    "benchmark_parts",
     "build_benchmark",
     "build_learner",
     "build_model",
