@@ -190,10 +190,37 @@ def replace_between_markers(text: str, table: str) -> str:
     return text[: start + len(START)] + "\n" + table + "\n" + text[end:]
 
 
+PRESETS_DIR = Path("docs") / "results" / "presets"
+PRESETS_START, PRESETS_END = "<!-- presets:start -->", "<!-- presets:end -->"
+
+
+def presets_table(folder: Path) -> str:
+    """One row per ``omniglot-<algo>.json`` of the measured presets (the whole ``attnmeta train`` command)."""
+    lines = ["| learner | total wall min | test accuracy % (95% CI) | steps | train CPU min | max RSS MiB | "
+             "load at start |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+    for run in sorted(runs, key=lambda r: -r["summary"]["test"]["mean"]):
+        summary, test = run["summary"], run["summary"]["test"]
+        lines.append(
+            f"| {run['algo']} | {run['total_wall_seconds'] / 60:.1f} | {100 * test['mean']:.2f} +/- "
+            f"{100 * test['ci95']:.2f} | {summary['steps']:,} | {summary['train_cpu_seconds'] / 60:.1f} | "
+            f"{run['max_rss_mib']:.0f} | {run['load_average_before_after'][0].split()[0]} |")
+    return "\n".join(lines)
+
+
 def generate(root: Path = ROOT, *, check: bool = False, readme: bool = True) -> list[Path]:
-    """Write (or, with ``check``, compare) README.md and docs/results.md; return the stale files."""
+    """Write (or, with ``check``, compare) README.md, docs/results.md and the presets' table; return the
+    stale files."""
     rows = load_results(*(root / d for d in RESULTS_DIRS))
     targets = {root / "docs" / "results.md": results_page(rows)}
+    presets = root / PRESETS_DIR
+    if (presets / "README.md").is_file():
+        text = (presets / "README.md").read_text(encoding="utf-8")
+        start, end = text.find(PRESETS_START), text.find(PRESETS_END)
+        if start < 0 or end < start:
+            raise ResultsError(f"{presets / 'README.md'} must contain {PRESETS_START} ... {PRESETS_END}")
+        targets[presets / "README.md"] = (text[: start + len(PRESETS_START)] + "\n" + presets_table(presets)
+                                          + "\n" + text[end:])
     if readme:
         path = root / "README.md"
         targets[path] = replace_between_markers(path.read_text(encoding="utf-8"), readme_table(rows))

@@ -56,10 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="meta-train a learner, then evaluate it on the fixed test episodes",
         description="Meta-train a learner on a benchmark, validate on fixed episodes, keep the best "
         "checkpoint, then evaluate it on the fixed test episodes (mean +/- 95% CI). Settings "
-        "come from defaults < the preset of (benchmark, learner) < --recipe < --config FILE < flags < --set "
-        "key=value. Everything is written to the run folder (config.yaml, checkpoints/, metrics.csv, "
-        "summary.json, learning_curves.png). Examples: attnmeta train sinusoid; attnmeta train --recipe "
-        "omniglot-protonet --root DATA/omniglot. " + _preset_help(),
+        "come from defaults < the preset of (benchmark, learner), or --recipe instead < --config FILE < "
+        "flags < --set key=value. Everything is written to the run folder (config.yaml, checkpoints/, "
+        "metrics.csv, summary.json, learning_curves.png). Examples: attnmeta train sinusoid; attnmeta train "
+        "--recipe omniglot-protonet --root DATA/omniglot. " + _preset_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("benchmark", nargs="?", help=f"one of {', '.join(BENCHMARKS)} (default sinusoid)")
