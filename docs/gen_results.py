@@ -18,12 +18,13 @@ The MkDocs build runs it too (``docs/hooks.py``), so the site is never stale.
 Schema of one ``<recipe>.json`` (extra keys are ignored)::
 
     {"recipe": str, "benchmark": str, "algo": str, "ways": int | null, "shots": int,
-     "test": {"metric": "accuracy" | "mse", "mean": float, "ci95": float, "n": int},
+     "test": {"metric": "accuracy" | "mse" | "return", "mean": float, "ci95": float, "n": int},
      "train_seconds": float, "cpu_seconds": float | null, "device": str, "machine": str,
      "paper": {"value": float, "source": str} | null, "command": str}
 
 Accuracy is shown in percent with two decimals (``mean`` and ``ci95`` are fractions; a paper value above 1
-is taken to be a percentage already), mean squared error with four decimals.
+is taken to be a percentage already), mean squared error with four decimals, a meta-RL return (average
+return per task after adaptation) with two.
 """
 
 from __future__ import annotations
@@ -82,8 +83,10 @@ def load_results(*directories: Path) -> list[dict[str, Any]]:
             missing.append("test.{metric,mean,ci95,n}")
         if missing:
             raise ResultsError(f"{path}: missing {', '.join(missing)}")
-        if test["metric"] not in ("accuracy", "mse"):
-            raise ResultsError(f"{path}: test.metric must be 'accuracy' or 'mse', got {test['metric']!r}")
+        if test["metric"] not in ("accuracy", "mse", "return"):
+            raise ResultsError(
+                f"{path}: test.metric must be 'accuracy', 'mse' or 'return', got {test['metric']!r}"
+            )
         if row["recipe"] in seen:
             raise ResultsError(f"{path}: recipe {row['recipe']!r} is also recorded in {seen[row['recipe']]}")
         seen[row["recipe"]] = path
@@ -96,12 +99,16 @@ def _cell(text: Any) -> str:
 
 
 def format_value(metric: str, value: float) -> str:
+    if metric == "return":
+        return f"{value:.2f}"
     return f"{100 * value:.2f}%" if metric == "accuracy" else f"{value:.4f}"
 
 
 def format_result(test: dict[str, Any]) -> str:
     if test["metric"] == "accuracy":
         return f"{100 * test['mean']:.2f} ± {100 * test['ci95']:.2f}%"
+    if test["metric"] == "return":
+        return f"return {test['mean']:.2f} ± {test['ci95']:.2f}"
     return f"MSE {test['mean']:.4f} ± {test['ci95']:.4f}"
 
 
@@ -113,11 +120,13 @@ def format_paper(row: dict[str, Any]) -> str:
     if row["test"]["metric"] == "accuracy":
         text = f"{value if value > 1 else 100 * value:.2f}%"
     else:
-        text = f"{value:.4f}"
+        text = format_value(row["test"]["metric"], value)
     return f"{text} ({_cell(paper.get('source', ''))})" if paper.get("source") else text
 
 
 def format_task(row: dict[str, Any]) -> str:
+    if row["test"]["metric"] == "return":
+        return "return after 1 adaptation step"
     return f"{row['ways']}-way {row['shots']}-shot" if row.get("ways") else f"{row['shots']}-shot"
 
 

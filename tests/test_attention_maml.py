@@ -1,4 +1,4 @@
-"""Attention-MAML: no flags is MAML, strategies agree with all three mechanisms, it learns, plots, errors."""
+"""Attention-MAML: none is MAML, strategies agree with all three mechanisms, it learns, plots, errors."""
 
 from __future__ import annotations
 
@@ -11,11 +11,20 @@ from attnmeta.attention_plots import plot_feature_gates, plot_param_weights, plo
 from attnmeta.learners import build, spec
 from attnmeta.learners.attention_maml import AttentionMAML
 from attnmeta.learners.maml import MAML
+from attnmeta.learners.task_attention import MetaBatchWeighting
 from attnmeta.nn.backbones import MLP, Conv4
+from attnmeta.nn.film import FeatureAttention
 from attnmeta.tasks.episode import Task, TaskBatch
 from attnmeta.tasks.regression import Sinusoid
 
 ALL = dict(task_attention=True, feature_attention=True, param_attention=True)
+
+
+def all_three(task_dim: int, mode: str = "all", spatial: bool = False) -> dict:
+    """The three mechanisms, both task encoders of size ``task_dim``."""
+    return dict(task_attention=MetaBatchWeighting(task_dim=task_dim),
+                feature_attention=FeatureAttention(mode=mode, task_dim=task_dim, spatial=spatial),
+                param_attention=True)
 
 
 def batch64(tasks=4, corrupt=0.0):
@@ -39,8 +48,8 @@ def test_no_flags_is_exactly_maml():
 
 def test_registered_by_name():
     assert spec("attention-maml").head is True
-    learner = build("attention-maml", model=MLP(1, (8,), 1), task_type="regression", task_attention=True,
-                    task_dim=8)
+    learner = build("attention-maml", model=MLP(1, (8,), 1), task_type="regression",
+                    task_attention={"task_dim": 8})
     assert isinstance(learner, AttentionMAML) and learner.task_weighting is not None
 
 
@@ -48,7 +57,7 @@ def test_registered_by_name():
 def test_all_three_loop_and_vmap_give_the_same_meta_gradient(feature_mode):
     torch.manual_seed(0)
     learner = AttentionMAML(MLP(1, (8,), 1).double(), "regression", inner_lr=0.05, inner_steps=2,
-                            feature_mode=feature_mode, task_dim=8, **ALL)
+                            **all_three(8, feature_mode))
     with torch.no_grad():  # leave the zero-initialised attention outputs
         for gate in learner.model.gates:
             gate.channel.weight.normal_(0, 0.3)
@@ -74,8 +83,8 @@ def test_all_three_learns_sinusoid():
     torch.manual_seed(0)
     family = Sinusoid(shots=5, queries=10, seed=1)
     test = Sinusoid(shots=5, queries=10, seed=2).fixed_tasks(30, seed=3)
-    learner = AttentionMAML(MLP(1, (32, 32), 1), "regression", inner_lr=0.01, task_dim=16,
-                            strategy="vmap", **ALL)
+    learner = AttentionMAML(MLP(1, (32, 32), 1), "regression", inner_lr=0.01, strategy="vmap",
+                            **all_three(16))
     optimizer = torch.optim.Adam(learner.parameters(), lr=3e-3)
 
     def test_mse() -> float:
@@ -99,7 +108,7 @@ def test_classification_with_conv4_and_all_three():
                   torch.randn(3, 1, 16, 16, generator=g), torch.tensor([0, 1, 2]), torch.arange(3))
              for _ in range(2)]
     learner = AttentionMAML(Conv4((1, 16, 16), hidden=4, out_features=3), "classification", ways=3,
-                            task_dim=8, spatial=True, **ALL)
+                            **all_three(8, spatial=True))
     out = learner.meta_loss(TaskBatch.stack(tasks))
     out.loss.backward()
     assert torch.isfinite(out.loss) and 0.0 <= out.metrics["accuracy"] <= 1.0
@@ -135,7 +144,7 @@ def test_head_init_with_all_three_mechanisms(head_init):
     torch.manual_seed(0)
     tasks = _conv_tasks(3)
     learner = AttentionMAML(Conv4((1, 16, 16), hidden=4, out_features=3).double(), "classification", ways=3,
-                            task_dim=8, inner_lr=0.4, head_init=head_init, **ALL)
+                            inner_lr=0.4, head_init=head_init, **all_three(8))
     assert learner.head_names == ["backbone.head.weight", "backbone.head.bias"]
     out = learner.meta_loss(TaskBatch.stack(tasks))
     out.loss.backward()
@@ -158,8 +167,8 @@ def test_head_init_with_all_three_mechanisms(head_init):
 
 def test_head_init_needs_the_head_to_adapt_under_context_adaptation():
     with pytest.raises(ValueError, match="needs the head .* to adapt"):
-        AttentionMAML(MLP(1, (4,), 1), "regression", feature_attention=True, feature_mode="context",
-                      task_dim=4, head_init="zero")
+        AttentionMAML(MLP(1, (4,), 1), "regression", head_init="zero",
+                      feature_attention=FeatureAttention("context", task_dim=4))
 
 
 def test_plots_are_written(tmp_path):
@@ -179,10 +188,10 @@ def test_plots_are_written(tmp_path):
 
 def test_bad_configuration_errors_are_clear():
     model = MLP(1, (4,), 1)
-    with pytest.raises(ValueError, match="feature_mode must be one of"):
-        AttentionMAML(model, "regression", feature_attention=True, feature_mode="head")
-    with pytest.raises(ValueError, match="needs feature_attention=True"):
-        AttentionMAML(model, "regression", feature_mode="context")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        AttentionMAML(model, "regression", feature_attention=FeatureAttention(mode="head"))
+    with pytest.raises(TypeError, match="feature_attention must be a FeatureAttention"):
+        AttentionMAML(model, "regression", feature_attention={"mode": "context"})
     with pytest.raises(ValueError, match="pass ways=N"):
         AttentionMAML(Conv4((1, 16, 16), out_features=3), "classification", feature_attention=True)
     with pytest.raises(ValueError, match="do not pass rule="):

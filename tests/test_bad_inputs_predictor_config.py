@@ -466,12 +466,9 @@ MAML_OPTIONS = ("adapt, convert_bn, eval_inner_steps, first_order, first_order_u
          "support_splits"),
         ("attention-maml", {"task_attn": True},
          "unknown option 'task_attn' for learner 'attention-maml' (did you mean 'task_attention'?); valid "
-         "options: adapt, convert_bn, eval_inner_steps, feature_attention, feature_mode, first_order, "
-         "first_order_until, head_init, in_shape, inner_lr, inner_steps, learn_inner_lr, msl_anneal_steps, "
-         "multi_step_loss, param_attention, param_lr_mode, param_mode, param_top_k, precision, rule, "
-         "spatial, strategy, task_attention, task_dim, weighting_entropy, weighting_heldout, "
-         "weighting_heldout_batch, weighting_mode, weighting_scale_free, weighting_standardize, "
-         "weighting_temperature, x_encoder, y_features"),
+         "options: adapt, convert_bn, eval_inner_steps, feature_attention, first_order, first_order_until, "
+         "head_init, in_shape, inner_lr, inner_steps, learn_inner_lr, msl_anneal_steps, multi_step_loss, "
+         "param_attention, precision, rule, strategy, task_attention, y_features"),
         ("transfer", {"head": "cosine"},
          "option 'head' is set by learner 'transfer' itself and cannot be changed; valid options: "
          "feature_dim, finetune_lr, finetune_steps, input_shape, num_classes, scale, seed"),

@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from attnmeta.learners.attention_maml import AttentionMAML
 from attnmeta.nn.backbones import MLP, Conv4
-from attnmeta.nn.film import FiLMBackbone, TaskEncoder, find_blocks
+from attnmeta.nn.film import FeatureAttention, FiLMBackbone, TaskEncoder, find_blocks
 from attnmeta.tasks.regression import Multimodal
 
 
@@ -124,8 +124,8 @@ def test_backbone_without_blocks_needs_block_names():
 
 def test_context_mode_adapts_only_the_context_vector():
     torch.manual_seed(0)
-    learner = AttentionMAML(MLP(1, (8, 8), 1), "regression", feature_attention=True, feature_mode="context",
-                            inner_lr=1.0, inner_steps=2, task_dim=8)
+    learner = AttentionMAML(MLP(1, (8, 8), 1), "regression", feature_attention=FeatureAttention("context", 8),
+                            inner_lr=1.0, inner_steps=2)
     assert learner.adapt_names == ["context"]
     with torch.no_grad():  # zero-initialised gates give the context no gradient yet
         for gate in learner.model.gates:
@@ -145,8 +145,8 @@ def test_feature_attention_learns_multimodal_regression():
     torch.manual_seed(0)
     family = Multimodal(shots=10, queries=10, seed=1)
     test = Multimodal(shots=10, queries=10, seed=2).fixed_tasks(40, seed=3)
-    learner = AttentionMAML(MLP(1, (32, 32), 1), "regression", feature_attention=True, feature_mode="context",
-                            inner_lr=1.0, inner_steps=1, task_dim=16, strategy="vmap")
+    learner = AttentionMAML(MLP(1, (32, 32), 1), "regression", inner_lr=1.0, inner_steps=1, strategy="vmap",
+                            feature_attention=FeatureAttention("context", 16))
     optimizer = torch.optim.Adam(learner.parameters(), lr=3e-3)
 
     def test_mse() -> float:

@@ -21,6 +21,7 @@ from attnmeta.tasks import RandomShift
 from attnmeta.tasks.augmented import Augmented
 from attnmeta.train import RunConfig, recipes, train
 from attnmeta.train.builders import default_data_root, lr_factor
+from attnmeta.train.metrics_log import read_metrics
 from attnmeta.train.summary import time_to_targets
 from attnmeta.train.trainer import final_weights
 
@@ -123,8 +124,7 @@ def test_a_budget_stops_the_run_and_the_cosine_ends_there(tmp_path):
     assert 1 < result.steps < 100000
     assert result.summary["train_seconds"] >= 0.02 * 60 and result.summary["budget"] == {"minutes": 0.02,
                                                                                            "clock": "wall"}
-    rows = [r for r in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:] if ",train," in r]
-    lrs = [float(r.split(",")[6]) for r in rows]
+    lrs = [float(r["lr"]) for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["phase"] == "train"]
     assert lrs[0] > 0.9e-3 and lrs[-1] < 0.1e-3  # the cosine went from lr to ~0 within the budget
     assert lr_factor(config, 10, budget_fraction=0.5) == pytest.approx(0.5)
     assert lr_factor(config, 10, budget_fraction=1.0) == pytest.approx(0.0)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from attnmeta.learners.attention_maml import AttentionMAML
 from attnmeta.learners.maml import MAML
 from attnmeta.learners.task_attention import (
+    MetaBatchWeighting,
     TaskSelector,
     TaskWeighting,
     cosine_alignment,
@@ -142,8 +143,8 @@ def corrupted_batch(tasks=6):
 def test_outer_gradient_is_maml_with_detached_weights_and_objective_trains_only_the_weighting(mode):
     torch.manual_seed(0)
     model = MLP(1, (8,), 1).double()
-    learner = AttentionMAML(copy.deepcopy(model), "regression", task_attention=True, inner_lr=0.05,
-                            task_dim=8, weighting_mode=mode)
+    learner = AttentionMAML(copy.deepcopy(model), "regression", inner_lr=0.05,
+                            task_attention=MetaBatchWeighting(task_dim=8, mode=mode))
     with torch.no_grad():
         learner.task_weighting.score.weight.normal_()  # non-uniform weights
     batch = corrupted_batch()
@@ -195,9 +196,8 @@ def test_heldout_gradient_is_the_mean_fomaml_gradient_and_drives_the_objective()
     torch.manual_seed(0)
     heldout = Sinusoid(shots=5, queries=5, seed=9).fixed_tasks(4, seed=9)
     heldout = [t.to("cpu", torch.float64) for t in heldout]
-    learner = AttentionMAML(MLP(1, (8,), 1).double(), "regression", task_attention=True, inner_lr=0.05,
-                            task_dim=8, weighting_heldout=heldout, weighting_heldout_batch=3,
-                            weighting_mode="softmax")
+    weighting = MetaBatchWeighting(task_dim=8, heldout=heldout, heldout_batch=3, mode="softmax")
+    learner = AttentionMAML(MLP(1, (8,), 1).double(), "regression", task_attention=weighting, inner_lr=0.05)
     window = learner._heldout_window()
     assert len(window) == 3
     expected = []
@@ -275,13 +275,12 @@ def test_bad_configuration_errors_are_clear():
         TaskWeighting(mode="sparsemax")
     with pytest.raises(ValueError, match="cannot draw 5 distinct tasks"):
         TaskSelector().sample(torch.randn(1, 3), torch.randn(4, 3), 5)
-    with pytest.raises(ValueError, match="set task_attention=True"):
-        AttentionMAML(MLP(1, (4,), 1), "regression", weighting_heldout=Sinusoid().fixed_tasks(2))
+    with pytest.raises(TypeError, match="task_attention must be a MetaBatchWeighting"):
+        AttentionMAML(MLP(1, (4,), 1), "regression", task_attention=Sinusoid().fixed_tasks(2))
     with pytest.raises(TypeError, match="non-empty list of Task"):
-        AttentionMAML(MLP(1, (4,), 1), "regression", task_attention=True, weighting_heldout=[])
+        MetaBatchWeighting(heldout=[])
     with pytest.raises(ValueError, match="same shapes"):
-        AttentionMAML(MLP(1, (4,), 1), "regression", task_attention=True,
-                      weighting_heldout=[Sinusoid(shots=3).sample(), Sinusoid(shots=4).sample()])
-    learner = AttentionMAML(MLP(1, (4,), 1), "regression", task_attention=True, task_dim=8)
+        MetaBatchWeighting(heldout=[Sinusoid(shots=3).sample(), Sinusoid(shots=4).sample()])
+    learner = AttentionMAML(MLP(1, (4,), 1), "regression", task_attention=MetaBatchWeighting(task_dim=8))
     with pytest.raises(ValueError, match="do not pass task_weights"):
         learner.meta_loss(Sinusoid(shots=3, queries=3).sample_batch(2), task_weights=torch.ones(2))

@@ -215,3 +215,18 @@ def test_adamw_decays_weights_decoupled_from_the_gradient():
     coupled.grad = torch.zeros(3)
     adam.step()  # Adam's L2 term goes through the normalised step: a full lr-sized move
     torch.testing.assert_close(coupled.detach(), torch.full((3,), 2.0 - 0.1))
+
+
+def test_snail_is_sized_for_the_run_shots():
+    """SNAIL's sequence length comes from the run's shots (the larger of training and test shots) unless
+    algo_options set it."""
+    from attnmeta.train.builders import BenchmarkParts, build_learner
+
+    bench = BenchmarkParts("omniglot", "classification", None, None, None, (1, 28, 28), {}, "conv4")
+    config = RunConfig(benchmark="omniglot", algo="snail", ways=5, shots=5, device="cpu")
+    assert build_learner(config, bench).shots == 5
+    config = RunConfig(benchmark="omniglot", algo="snail", ways=5, shots=1, train_shots=3, device="cpu")
+    assert build_learner(config, bench).shots == 3
+    config = RunConfig(benchmark="omniglot", algo="snail", ways=5, shots=5, algo_options={"shots": 7},
+                       device="cpu")
+    assert build_learner(config, bench).shots == 7

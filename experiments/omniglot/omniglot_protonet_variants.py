@@ -1,4 +1,4 @@
-"""One-change variants of an Omniglot recipe, run through ``omniglot_time_to_accuracy.py``.
+"""One-change variants of an Omniglot recipe, run through ``omniglot_time_to_accuracy.py`` (the trainer).
 
 Each ``--variant`` changes one thing of the recipe given by the benchmark's own arguments (every argument
 other than ``--variant`` goes to the benchmark unchanged), so a variant and its reference run differ in that
@@ -20,7 +20,8 @@ Variants (``NAME`` or ``NAME:VALUE``):
   full size after; the Conv-4 input-size check is dropped so both sizes go through (test episodes stay 28 px).
 - ``alphabets:A``: each training episode draws its classes from ``A`` random background alphabets (harder
   negatives: characters of one alphabet look alike) instead of from all 30 (alphabets drawn with seed 1234).
-- ``adamw:WD``: AdamW with decoupled weight decay ``WD`` instead of Adam.
+- ``adamw:WD``: AdamW with decoupled weight decay ``WD`` instead of Adam (the same as the benchmark's
+  ``--optimizer adamw --weight-decay WD``).
 """
 
 from __future__ import annotations
@@ -168,8 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
         of_base = alphabet_indices(background.characters)
         hooks["adjust_train"] = functools.partial(draw_from_alphabets, alphabet_of_base_class=of_base,
                                                   alphabets=int(values[0]))
-    elif name == "adamw":
-        hooks["make_optimizer"] = functools.partial(torch.optim.AdamW, weight_decay=values[0])
+    elif name == "adamw":  # the trainer's AdamW (decoupled weight decay)
+        rest = [*rest, "--optimizer", "adamw", "--weight-decay", str(values[0])]
     print(f"variant {name} {values}", flush=True)
     report = bench.main(rest, **hooks)
     report["variant"] = {"name": name, "values": list(values)}

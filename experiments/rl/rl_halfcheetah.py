@@ -1,134 +1,114 @@
 """HalfCheetah direction / velocity meta-RL benchmark (MAML paper section 5.3), the full-length run.
 
-Needs the ``rl`` extra (gymnasium + mujoco). Stages, each its own process (1 thread each):
+Needs the ``rl`` extra (gymnasium + mujoco). Both trainings are runs of the library's trainer
+(``attnmeta.train.train``, learner ``maml-rl``, benchmark ``halfcheetah-dir`` / ``halfcheetah-vel`` for
+``--kind direction`` / ``velocity``); stages, each its own process (1 thread each):
     python experiments/rl/rl_halfcheetah.py train --kind direction --algo maml --iterations 500
     python experiments/rl/rl_halfcheetah.py train --kind direction --algo pretrained --iterations 500
     python experiments/rl/rl_halfcheetah.py evaluate --kind direction
-Reduced run that fits a 2-core session (measured numbers in the README):
+Reduced run that fits a 2-core session (numbers of the earlier, hand-written loop in the research notes):
     python experiments/rl/rl_halfcheetah.py train --algo maml --meta-batch 10 --episodes 10 --max-cpu-min 8
     python experiments/rl/rl_halfcheetah.py train --algo pretrained --meta-batch 10 --episodes 10 \
         --max-cpu-min 4
-    python experiments/rl/rl_halfcheetah.py evaluate --episodes 10
-Paper settings: meta-batch 40 tasks, 20 episodes of 200 steps per task, inner lr 0.1, one inner step, TRPO
-(max KL 0.01). Evaluation: 40 fixed test tasks, returns before and after 1, 2, 3 steps, mean +/- 95% CI, for
-MAML, the jointly pre-trained policy (fine-tuned) and a random initialisation (fine-tuned); writes
-``results/rl_halfcheetah_<kind>.json`` and a PNG. Published MAML (ANIL paper): direction 170.4 +/- 21.0,
-velocity -139.0 +/- 18.9. Each iteration simulates 2 x 40 x 20 x 200 = 320,000 steps (MAML), so the full
-run is hours of CPU; the log records CPU time per iteration.
+    python experiments/rl/rl_halfcheetah.py evaluate
+Paper settings (the defaults): meta-batch 40 tasks, 20 episodes of 200 steps per task, inner lr 0.1, one
+inner step, TRPO (max KL 0.01). ``pretrained`` is the same learner with ``inner_steps: 0``, one policy
+trained on all tasks jointly. Each ``train`` writes the run folder
+``runs/rl/halfcheetah-<dir|vel>-<algo><tag>`` (``--runs``, ``--tag``; ``attnmeta eval`` works on it too)
+and stops after ``--iterations`` or the budget (``--max-cpu-min`` / ``--max-wall-min``; none by default),
+whichever comes first.
+Evaluation: each run's best checkpoint (by validation return) on 40 fixed test tasks (``--test-tasks``),
+returns before and after 1, 2, 3 steps (``--steps``), mean +/- 95% CI, for MAML, the jointly pre-trained
+policy (fine-tuned) and a random initialisation (MAML's initial weights, fine-tuned), all with MAML's inner
+lr and episodes per step; writes ``results/rl_halfcheetah_<kind><tag>_trainer.json`` and two PNGs
+(``rl_halfcheetah_<kind>[_<tag>].json`` are the runs of the script's earlier, hand-written loop). Published
+MAML (ANIL paper): direction 170.4 +/- 21.0, velocity -139.0 +/- 18.9. Each iteration simulates
+2 x 40 x 20 x 200 = 320,000 steps (MAML), so the full run is hours of CPU; ``metrics.csv`` records the CPU
+time of every iteration.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
+import sys
 from pathlib import Path
+from typing import Any
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rl_driver  # noqa: E402
+import torch  # noqa: E402
 
-from attnmeta.rl import MAMLRL, GaussianMLPPolicy, HalfCheetahTasks, evaluate_adaptation
-from attnmeta.rl.evaluate import plot_adaptation, plot_training
+from attnmeta.rl.registry import rl_benchmark  # noqa: E402
 
+BENCHMARKS = {"direction": "halfcheetah-dir", "velocity": "halfcheetah-vel"}
 RESULTS = Path(__file__).resolve().parent / "results"
+PUBLISHED = {"direction": "170.4 +/- 21.0", "velocity": "-139.0 +/- 18.9"}
 
 
-def _learner(policy: GaussianMLPPolicy, family: HalfCheetahTasks, inner_steps: int, episodes: int,
-             inner_lr: float) -> MAMLRL:
-    task = family.sample(torch.Generator().manual_seed(0))
-    return MAMLRL(policy, inner_lr=inner_lr, inner_steps=inner_steps, episodes=episodes,
-                  horizon=family.horizon, env_factory=task.env_factory())
+def train(args: argparse.Namespace) -> Any:
+    """One run of the trainer: ``maml`` (``--inner-steps``) or ``pretrained`` (``inner_steps: 0``)."""
+    minutes, clock, note = rl_driver.budget(args.max_cpu_min, args.max_wall_min)
+    benchmark = BENCHMARKS[args.kind]
+    path = rl_driver.run_folder(args.runs, benchmark, args.algo, args.tag)
+    config = rl_driver.run_config(
+        benchmark, args.algo, path, inner_steps=args.inner_steps,
+        inner_lr=0.1 if args.inner_lr is None else args.inner_lr,
+        episodes=20 if args.episodes is None else args.episodes, meta_batch=args.meta_batch,
+        iterations=args.iterations, budget_minutes=minutes, budget_clock=clock, val_tasks=args.val_tasks,
+        test_tasks=args.test_tasks, eval_every=20, seed=args.seed, threads=args.threads)
+    return rl_driver.train_run(config, f"{benchmark} {args.algo}{args.tag}", note)
 
 
-def train(args: argparse.Namespace) -> None:
-    torch.manual_seed(args.seed)
-    family = HalfCheetahTasks(args.kind, seed=args.seed)
-    policy = GaussianMLPPolicy(17, 6)
-    learner = _learner(policy, family, args.inner_steps if args.algo == "maml" else 0, args.episodes,
-                       args.inner_lr)
-    generator = torch.Generator().manual_seed(args.seed + 1)
-    cpu0, wall0 = time.process_time(), time.time()
-    log = []
-    path = RESULTS / f"rl_halfcheetah_{args.kind}{args.tag}_{args.algo}.pt"
-    for it in range(1, args.iterations + 1):
-        goals = torch.stack([t.env_params for t in family.sample_batch(args.meta_batch)])
-        metrics = learner.train_iteration(goals, generator)
-        cpu, wall = time.process_time() - cpu0, time.time() - wall0
-        log.append({"iteration": it, "cpu_s": cpu, "wall_s": wall, **metrics})
-        print(f"{args.kind} {args.algo} it {it:4d} cpu {cpu / 60:7.2f} min return before "
-              f"{metrics['return_before']:8.2f} after {metrics['return_after']:8.2f} kl {metrics['kl']:.4f}",
-              flush=True)
-        done = cpu > 60 * args.max_cpu_min or wall > 60 * args.max_wall_min or it == args.iterations
-        if it % 5 == 0 or done:
-            samples = (learner.inner_steps + 1) * args.meta_batch * args.episodes * family.horizon * it
-            torch.save({"policy": policy.state_dict(), "log": log, "cpu_s": cpu, "wall_s": wall,
-                        "env_steps": samples, "meta_batch": args.meta_batch, "episodes": args.episodes,
-                        "inner_steps": learner.inner_steps}, path)
-        if done:
-            break
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """MAML, the pre-trained policy and a random initialisation on the same fixed test tasks; writes the
+    JSON and the two plots, returns the results."""
+    benchmark = BENCHMARKS[args.kind]
+    runs = {algo: rl_driver.run_folder(args.runs, benchmark, algo, args.tag) for algo in rl_driver.ALGOS}
+    tasks = rl_benchmark(benchmark).make_family(0).fixed_tasks(args.test_tasks, seed=0)
+    out, curves = rl_driver.evaluate_runs(benchmark, runs, tasks, steps=args.steps, seed=args.seed,
+                                          inner_lr=args.inner_lr, episodes=args.episodes)
+    out = {"task": f"HalfCheetah {args.kind}, {len(tasks)} fixed test tasks, {out['episodes']} episodes of "
+                   "200 steps per step", **out, "published_maml_after_adaptation": PUBLISHED[args.kind]}
+    stem = Path(args.results) / f"rl_halfcheetah_{args.kind}{args.tag}_trainer"
+    rl_driver.write_outputs(out, curves, stem, f"HalfCheetah {args.kind}")
+    return out
 
 
-def evaluate(args: argparse.Namespace) -> None:
-    family = HalfCheetahTasks(args.kind)
-    tasks = family.fixed_tasks(args.test_tasks, seed=0)
-    runs, info = {}, {}
-    for algo in ("maml", "pretrained"):
-        state = torch.load(RESULTS / f"rl_halfcheetah_{args.kind}{args.tag}_{algo}.pt", weights_only=False)
-        policy = GaussianMLPPolicy(17, 6)
-        policy.load_state_dict(state["policy"])
-        runs[algo] = policy
-        info[algo] = {"iterations": len(state["log"]), "train_cpu_min": state["cpu_s"] / 60,
-                      "env_steps": state.get("env_steps"), "meta_batch": state.get("meta_batch"),
-                      "episodes": state.get("episodes"),
-                      "train_curve": [row["return_after"] for row in state["log"]]}
-        print(algo, {k: v for k, v in info[algo].items() if k != "train_curve"})
-    torch.manual_seed(args.seed)
-    runs["random init"] = GaussianMLPPolicy(17, 6)
-    curves = [evaluate_adaptation(policy, tasks, name, steps=args.steps, inner_lr=args.inner_lr,
-                                  episodes=args.episodes, seed=args.seed) for name, policy in runs.items()]
-    print(f"{'method':<14}" + "".join(f"{f'{k} steps':>18}" for k in range(args.steps + 1)))
-    for c in curves:
-        print(f"{c.name:<14}" + "".join(f"{str(s):>18}" for s in c.summary))
-    maml_after = curves[0].summary[1:]
-    beats = {c.name: [m.mean - m.ci95 > b.mean + b.ci95 for m, b in zip(maml_after, c.summary[1:])]
-             for c in curves[1:]}
-    print("MAML above baseline with non-overlapping 95% CI, at steps 1..K:", beats)
-    out = {"task": f"HalfCheetah {args.kind}, {len(tasks)} fixed test tasks", "inner_lr": args.inner_lr,
-           "curves": [c.as_dict() for c in curves], "training": info,
-           "maml_beats_with_non_overlapping_ci": beats}
-    (RESULTS / f"rl_halfcheetah_{args.kind}{args.tag}.json").write_text(json.dumps(out, indent=1))
-    plot_adaptation(curves, str(RESULTS / f"rl_halfcheetah_{args.kind}{args.tag}_adaptation.png"),
-                    title=f"HalfCheetah {args.kind}")
-    plot_training({k: v["train_curve"] for k, v in info.items()},
-                  str(RESULTS / f"rl_halfcheetah_{args.kind}{args.tag}_training.png"),
-                  title=f"HalfCheetah {args.kind}")
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, epilog="budget: " + rl_driver.BUDGET_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=["train", "evaluate"])
+    p.add_argument("--kind", choices=list(BENCHMARKS), default="direction")
+    p.add_argument("--algo", choices=rl_driver.ALGOS, default="maml", help="train: which run")
+    p.add_argument("--iterations", type=int, default=500, help="train: at most this many TRPO iterations")
+    p.add_argument("--max-cpu-min", type=float, default=None, help="train: CPU-minute budget (default none)")
+    p.add_argument("--max-wall-min", type=float, default=None,
+                   help="train: wall-clock-minute budget (ignored when --max-cpu-min is given)")
+    p.add_argument("--inner-steps", type=int, default=1,
+                   help="train --algo maml: inner steps in meta-training")
+    p.add_argument("--meta-batch", type=int, default=40, help="train: tasks per iteration")
+    p.add_argument("--episodes", type=int, default=None,
+                   help="episodes per task and step; train: default 20; evaluate: default the MAML run's")
+    p.add_argument("--inner-lr", type=float, default=None,
+                   help="inner step size; train: default 0.1; evaluate: default the MAML run's, for "
+                   "every method")
+    p.add_argument("--val-tasks", type=int, default=10,
+                   help="train: fixed validation tasks (they pick the best checkpoint)")
+    p.add_argument("--test-tasks", type=int, default=40, help="fixed test tasks (train: the trainer's test)")
+    p.add_argument("--steps", type=int, default=3, help="evaluate: adaptation steps")
+    p.add_argument("--seed", type=int, default=0, help="train: the run's seed; evaluate: the rollouts' seed")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tag", default="", help="suffix of the run folders and result file names")
+    p.add_argument("--runs", default="runs/rl", help="folder of the run folders")
+    p.add_argument("--results", default=str(RESULTS), help="folder of the results JSON and plots")
+    return p
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["train", "evaluate"])
-    parser.add_argument("--kind", choices=["direction", "velocity"], default="direction")
-    parser.add_argument("--algo", choices=["maml", "pretrained"], default="maml")
-    parser.add_argument("--iterations", type=int, default=500)
-    parser.add_argument("--max-cpu-min", type=float, default=float("inf"))
-    parser.add_argument("--max-wall-min", type=float, default=float("inf"))
-    parser.add_argument("--inner-steps", type=int, default=1, help="inner steps in MAML meta-training")
-    parser.add_argument("--meta-batch", type=int, default=40)
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--test-tasks", type=int, default=40)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--inner-lr", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--tag", default="", help="suffix of the checkpoint and result file names")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> Any:
+    args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    RESULTS.mkdir(exist_ok=True)
-    if args.stage == "train":
-        train(args)
-    else:
-        evaluate(args)
+    return train(args) if args.stage == "train" else evaluate(args)
 
 
 if __name__ == "__main__":
-    main()
+    rl_driver.run_script(main)

@@ -2,10 +2,11 @@
 
 Classes (intents) are split by domain (default: 6 meta-train / 1 validation / 3 test domains, see
 ``attnmeta.data.text.CLINC150_DOMAINS_DEFAULT_SPLIT``) or at random (``--split random``). The tokenizer is
-built from the meta-train utterances only. Each learner trains from scratch within a CPU-time budget
-(``--cpu-minutes``, process time of this process), keeps the parameters with the best validation accuracy,
-and is evaluated on the same 600 fixed 5-way test episodes (1-shot and 5-shot, 15 queries per class) as the
-baselines:
+built from the meta-train utterances only. Each learner trains from scratch with the library's trainer
+(``attnmeta.train.train`` on the script's own task sources, ``bench=``; constant Adam learning rate) within a
+CPU-time budget (``--cpu-minutes``, training steps only), one run folder per learner under ``--runs``; its
+best checkpoint by validation accuracy is evaluated on the same 600 fixed 5-way test episodes (1-shot and
+5-shot, 15 queries per class) as the baselines:
 
 * ``tfidf-centroid``: nearest class centroid on TF-IDF vectors of the support examples (support-set idf);
 * ``tfidf-centroid (corpus idf)``: the same with idf from the meta-train utterances (a stronger baseline);
@@ -26,28 +27,30 @@ only the head in the inner loop. Options of a learner: ``--algo-options '{"maml"
 Run (1 thread, in the background; timings are from a shared, loaded machine)::
 
     OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/text/text_fewshot.py \
-        --learners protonet,matching,maml > experiments/text/results/text_fewshot.log 2>&1 &
+        --learners protonet,matching,maml > experiments/text/results/text_fewshot_trainer.log 2>&1 &
 
-Prints a table and writes ``experiments/text/results/text_fewshot.json``.
+Prints a table and writes ``experiments/text/results/text_fewshot_trainer.json`` (``text_fewshot.json`` and
+``text_fewshot_lexical.json`` are the runs of the script's earlier, hand-written Adam loop).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
-import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from attnmeta.data.text import clinc150_domain_split, load_clinc150, random_class_split
 from attnmeta.eval import evaluate
-from attnmeta.learners.registry import build, spec
-from attnmeta.nn.text import LexicalEncoder, TextEncoder, TextTokenizer, TfidfCentroid, corpus_idf
+from attnmeta.learners.base import Learner
+from attnmeta.learners.registry import spec
+from attnmeta.nn.text import TextTokenizer, TfidfCentroid, corpus_idf
 from attnmeta.tasks.sampler import EpisodeSampler
+from attnmeta.train.checkpoint import CheckpointManager, load_checkpoint
+from attnmeta.train.config import RunConfig
+from attnmeta.train.trainer import BenchmarkParts, build_learner, read_metrics, train
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 
@@ -91,7 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "experiments/text/results/text_fewshot.json"))
+    parser.add_argument("--runs", default="runs/text_fewshot", help="folder of the run folders (one per "
+                        "learner; -2, -3 ... appended when taken)")
+    parser.add_argument("--out", default=str(ROOT / "experiments/text/results/text_fewshot_trainer.json"))
     return parser.parse_args(argv)
 
 
@@ -102,36 +107,36 @@ def accuracy_row(name: str, result, extra: dict | None = None) -> dict:
     return row
 
 
-def train(learner, sampler: EpisodeSampler, val_episodes, args, log) -> dict:
-    """Adam on ``meta_loss`` until the CPU budget or ``max_steps``; keep the best validation state."""
-    optimizer = torch.optim.Adam(learner.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    generator = torch.Generator().manual_seed(args.seed + 1)
-    budget_s = args.cpu_minutes * 60
-    start_cpu, start_wall = time.process_time(), time.perf_counter()
-    best = {"val": -1.0, "step": 0, "state": copy.deepcopy(learner.state_dict())}
-    history = []
-    step = 0
-    while step < args.max_steps and time.process_time() - start_cpu < budget_s:
-        step += 1
-        learner.train()
-        out = learner.meta_loss(sampler.sample_batch(args.meta_batch, generator))
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
-        if step % args.eval_every == 0:
-            with torch.no_grad():
-                val = evaluate(learner, val_episodes).mean
-            cpu = time.process_time() - start_cpu
-            history.append({"step": step, "cpu_s": cpu, "train_loss": out.metrics.get("loss"),
-                            "train_accuracy": out.metrics.get("accuracy"), "val_accuracy": val})
-            log(f"  step {step:6d}  cpu {cpu:7.0f}s  loss {out.metrics.get('loss', float('nan')):.3f}  "
-                f"train acc {out.metrics.get('accuracy', float('nan')):.3f}  val 5w1s {val:.4f}")
-            if val > best["val"]:
-                best = {"val": val, "step": step, "state": copy.deepcopy(learner.state_dict())}
-    learner.load_state_dict(best["state"])
-    return {"steps": step, "cpu_s": time.process_time() - start_cpu,
-            "wall_s": time.perf_counter() - start_wall, "best_step": best["step"],
-            "best_val_accuracy": best["val"], "history": history}
+def best_learner(config: RunConfig, parts: BenchmarkParts, run_dir: Path) -> Learner:
+    """``config``'s learner with the weights of its best checkpoint by validation (else the newest)."""
+    manager = CheckpointManager(run_dir / "checkpoints")
+    path = manager.best_path()
+    path = path if path is not None and path.is_dir() else manager.latest_valid()
+    learner = build_learner(config, parts)
+    learner.load_state_dict(load_checkpoint(path)[0])
+    return learner
+
+
+def validation_history(run_dir: Path) -> list[dict]:
+    """The validations of a run (``metrics.csv``), with the training loss and accuracy of the same step."""
+    rows = read_metrics(run_dir / "metrics.csv")
+    train_rows = {row["step"]: row for row in rows if row["phase"] == "train"}
+
+    def number(text: str | None) -> float | None:
+        return float(text) if text else None
+    return [{"step": int(row["step"]), "cpu_s": number(row["cpu_seconds"]),
+             "train_loss": number(train_rows.get(row["step"], {}).get("loss")),
+             "train_accuracy": number(train_rows.get(row["step"], {}).get("accuracy")),
+             "val_accuracy": number(row["accuracy"])} for row in rows if row["phase"] == "val"]
+
+
+def fresh(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3`` ... if it already holds a run."""
+    base, n = path, 1
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -162,8 +167,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     test_episodes = {shots: sampler("test", 5, shots, 15).fixed_tasks(args.episodes, seed=args.seed)
                      for shots in (1, 5)}
-    val_episodes = sampler("val", 5, 1, 15).fixed_tasks(args.val_episodes, seed=args.seed + 7)
-    train_sampler = sampler("train", args.train_ways, args.train_shots, args.train_queries)
 
     rows: dict[int, list[dict]] = {1: [], 5: []}
     train_mask = torch.isin(data.labels, torch.tensor(split["train"]))
@@ -174,52 +177,61 @@ def main(argv: list[str] | None = None) -> dict:
             rows[shots].append(accuracy_row(name, evaluate(baseline, test_episodes[shots])))
 
     idf = None if args.no_idf else corpus_idf(tokens[train_mask], tokenizer.num_embeddings)
-
-    def make_attention_encoder() -> TextEncoder:
-        return TextEncoder(tokenizer.num_embeddings, args.dim, args.dim, heads=args.heads,
-                           self_attention=not args.no_self_attention, dropout=args.dropout,
-                           freeze_embeddings=args.freeze_embeddings, normalize=args.normalize)
-
-    def make_encoder() -> nn.Module:
-        if args.encoder == "attention":
-            return make_attention_encoder()
-        return LexicalEncoder(tokenizer.num_embeddings, idf=idf, context_dim=args.context_dim,
-                              learn_weights=not args.fixed_weights,
-                              dense=make_attention_encoder() if args.dense else None,
-                              dense_weight=args.dense_weight)
+    # the trainer's "text" backbone (attnmeta.nn.text.build_text_backbone); head learners get a
+    # zero-initialised Linear(D, 5) after it
+    backbone: dict = {"num_embeddings": tokenizer.num_embeddings, "encoder": args.encoder, "dim": args.dim,
+                      "heads": args.heads}
+    attention = {"self_attention": not args.no_self_attention, "dropout": args.dropout,
+                 "freeze_embeddings": args.freeze_embeddings, "normalize": args.normalize}
+    if args.encoder == "attention" or args.dense:
+        backbone.update(attention)
+    if args.encoder == "lexical":
+        backbone.update(idf=None if idf is None else idf.tolist(), context_dim=args.context_dim,
+                        learn_weights=not args.fixed_weights, dense=args.dense,
+                        dense_weight=args.dense_weight)
 
     algo_options = json.loads(args.algo_options)
     training = {}
     for name in [n.strip() for n in args.learners.split(",") if n.strip()]:
-        torch.manual_seed(args.seed)
         options = dict(algo_options.get(name, {}))
-        encoder = make_encoder()
         head = spec(name).head
-        ways, learner_sampler = args.train_ways, train_sampler
-        if head:  # encoder -> zero-initialised linear head; a fixed number of ways (5, as at test time)
-            ways = 5
-            learner_sampler = sampler("train", ways, args.train_shots, args.train_queries)
-            linear = nn.Linear(encoder.out_features, ways)
-            nn.init.zeros_(linear.weight)
-            nn.init.zeros_(linear.bias)
-            encoder = nn.Sequential(encoder, linear)
+        train_ways = 5 if head else args.train_ways  # a head has a fixed number of ways (5, as at test time)
+        if head:
             options.setdefault("adapt", args.adapt)
         elif name == "protonet":
             options.setdefault("distance", args.distance)
             options.setdefault("scale", args.scale)
         elif name == "matching":
             options.setdefault("scale", args.scale)
-        learner = build(name, model=encoder, task_type="classification", ways=ways, **options)
+        parts = BenchmarkParts("clinc150", "classification",
+                               sampler("train", train_ways, args.train_shots, args.train_queries),
+                               sampler("val", 5, 1, 15), sampler("test", 5, 1, 15), tuple(tokens.shape[1:]),
+                               {"text": True, "tokenizer": tokenizer.to_dict()}, {"name": "text",
+                                                                                 "options": backbone})
+        config = RunConfig(
+            benchmark="clinc150", ways=5, shots=1, queries=15, train_ways=None if head else train_ways,
+            train_shots=args.train_shots, train_queries=args.train_queries, algo=name, algo_options=options,
+            meta_batch=args.meta_batch, steps=args.max_steps, lr=args.lr, weight_decay=args.weight_decay,
+            budget_minutes=args.cpu_minutes, budget_clock="cpu", eval_every=args.eval_every,
+            eval_episodes=args.val_episodes, val_seed=args.seed + 7, checkpoint_every=args.max_steps,
+            seed=args.seed, threads=args.threads, device="cpu", plot=False,
+            run_dir=str(fresh(Path(args.runs) / name)))
+        untrained = build_learner(config.resolved(), parts)  # the run's initial weights (same seed)
         for shots in (1, 5):
-            rows[shots].append(accuracy_row(f"{name} (untrained)", evaluate(learner, test_episodes[shots])))
+            rows[shots].append(accuracy_row(f"{name} (untrained)", evaluate(untrained, test_episodes[shots])))
         log(f"{rows[1][-1]['method']}: 1-shot {100 * rows[1][-1]['mean']:.2f}, "
             f"5-shot {100 * rows[5][-1]['mean']:.2f}")
-        log(f"training {name} ({args.encoder} encoder, options {options}): {ways}-way "
-            f"{args.train_shots}-shot, "
-            f"meta-batch {args.meta_batch}, budget {args.cpu_minutes} CPU-minutes, "
-            f"{sum(p.numel() for p in learner.parameters())} parameters")
-        info = train(learner, learner_sampler, val_episodes, args, log)
-        training[name] = {k: v for k, v in info.items()}
+        log(f"training {name} ({args.encoder} encoder, options {options}): {train_ways}-way "
+            f"{args.train_shots}-shot, meta-batch {args.meta_batch}, budget {args.cpu_minutes} CPU-minutes, "
+            f"{sum(p.numel() for p in untrained.parameters())} parameters, run folder {config.run_dir}")
+        result = train(config, bench=parts, evaluate_test=False, quiet=True, print_fn=log)
+        best = result.best or {"step": 0, "value": float("nan")}
+        info = {"steps": result.steps, "cpu_s": result.summary["train_cpu_seconds"],
+                "wall_s": result.summary["train_seconds"], "best_step": best["step"],
+                "best_val_accuracy": best["value"], "run_dir": str(result.run_dir),
+                "history": validation_history(result.run_dir)}
+        training[name] = info
+        learner = best_learner(result.config, parts, result.run_dir)
         for shots in (1, 5):
             rows[shots].append(accuracy_row(name, evaluate(learner, test_episodes[shots]),
                                             {"train_cpu_minutes": info["cpu_s"] / 60, "steps": info["steps"],

@@ -115,7 +115,8 @@ def plot_param_weights(weights: Sequence[Sequence[float]], names: Sequence[str],
 
 
 def plots_from_ablation(results: str | Path | dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write the three plots from an ablation JSON (``benchmarks/attention_ablation.py``) into ``out_dir``."""
+    """Write the three plots from an ablation JSON (``experiments/attention/attention_ablation.py``) into
+    ``out_dir``."""
     data = results if isinstance(results, dict) else json.loads(Path(results).read_text())
     out_dir = Path(out_dir)
     written: list[Path] = []

@@ -9,7 +9,10 @@ from typing import Any
 
 
 def _metric_name(rows: list[dict[str, str]]) -> str:
-    return "accuracy" if any(r.get("accuracy") for r in rows) else "mse"
+    for metric in ("accuracy", "return"):
+        if any(r.get(metric) for r in rows):
+            return metric
+    return "mse"
 
 
 def smoothed(values: Sequence[float], window: int) -> tuple[list[float], list[float]]:

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from attnmeta.errors import UserError
 from attnmeta.learners.base import Learner
 from attnmeta.predictor_inputs import check_labels, numeric_array, pixel_array, read_image, wide_pil_pixels
 from attnmeta.tasks.episode import Task
@@ -292,6 +293,12 @@ def load(
                               "`attnmeta train` or is damaged")
     config = RunConfig.from_dict(state["config"])
     run_info = state["run"]
+    if run_info.get("task_type") == "rl":
+        raise UserError(
+            f"{str(path)!r} is a meta-RL run ({config.algo} on {config.benchmark}); the predictor serves "
+            f"classification and regression runs: evaluate it with `attnmeta eval {path}`, or load its "
+            "policy with attnmeta.rl.registry.build_rl_learner and attnmeta.train.checkpoint.load_weights"
+        )
     import_plugins(list(imports))
     parts = BenchmarkParts(
         run_info["benchmark"],

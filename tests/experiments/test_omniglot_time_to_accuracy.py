@@ -1,9 +1,8 @@
-"""``experiments/omniglot/omniglot_time_to_accuracy.py``: schedules, options, training sources; and the
+"""``experiments/omniglot/omniglot_time_to_accuracy.py``: flags -> RunConfig, training sources; and the
 analysis script ``experiments/omniglot/omniglot_snail_vs_prototypes.py`` on a run it saved."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -17,25 +16,22 @@ def bench(experiment):
     return experiment("omniglot", "omniglot_time_to_accuracy")
 
 
-def test_cosine_follows_episodes_only(bench):
-    args = bench.parse_args(["--schedule", "cosine", "--episodes", "100", "--lr", "1e-3",
-                             "--cpu-minutes", "1"])
-    assert bench.learning_rate(args, 0, cpu_s=59.0) == pytest.approx(1e-3)
-    assert bench.learning_rate(args, 50, cpu_s=59.0) == pytest.approx(0.5e-3)
-    assert bench.learning_rate(args, 100) == pytest.approx(0.0)
-
-
-def test_cosine_budget_ends_with_whichever_budget_runs_out_first(bench):
-    args = bench.parse_args(["--schedule", "cosine-budget", "--episodes", "1000", "--lr", "1e-3",
-                             "--cpu-minutes", "2", "--wall-minutes", "4"])
-    assert bench.schedule_fraction(args, 100, cpu_s=30.0, wall_s=30.0) == pytest.approx(0.25)  # CPU: 30/120
-    assert bench.schedule_fraction(args, 100, cpu_s=30.0, wall_s=180.0) == pytest.approx(0.75)  # wall
-    assert bench.schedule_fraction(args, 900, cpu_s=30.0, wall_s=30.0) == pytest.approx(0.9)  # episodes
-    assert bench.learning_rate(args, 10, cpu_s=60.0) == pytest.approx(0.5e-3)
-    assert bench.learning_rate(args, 10, cpu_s=500.0) == pytest.approx(0.0)  # clipped at the end
-    no_wall = bench.parse_args(["--schedule", "cosine-budget", "--episodes", "1000", "--cpu-minutes", "2"])
-    assert math.isinf(no_wall.wall_minutes)
-    assert bench.schedule_fraction(no_wall, 0, cpu_s=0.0, wall_s=1e6) == 0.0
+def test_flags_become_the_trainers_run_config(bench, tmp_path):
+    """Schedules, budgets, augmentation, EMA and the Conv-4 options are keys of the trainer's RunConfig."""
+    args = bench.parse_args(["--schedule", "cosine-budget", "--episodes", "100", "--lr", "1e-3",
+                             "--cpu-minutes", "2", "--shift-pixels", "2", "--affine", "10,0.1,0,1",
+                             "--ema", "0.995", "--optimizer", "adamw", "--weight-decay", "0.3",
+                             "--learner-options", '{"ways": 5, "distance": "l2"}', "--no-pool-last"])
+    config = bench.run_config(args, "conv4", tmp_path)
+    assert (config.schedule, config.steps, config.budget_minutes, config.budget_clock) == ("cosine", 100, 2.0,
+                                                                                          "cpu")
+    assert config.augment == {"shift": 2, "affine": [10.0, 0.1, 0.0, 1.0]} and config.ema_decay == 0.995
+    assert (config.optimizer, config.weight_decay, config.ways, config.train_ways) == ("adamw", 0.3, 5, 60)
+    assert config.algo_options == {"distance": "l2"} and config.backbone_options["pool_last"] is False
+    exp_args = bench.parse_args(["--schedule", "exp", "--half-life", "10", "--wall-minutes", "3"])
+    exp = bench.run_config(exp_args, "conv4", tmp_path)
+    assert (exp.schedule, exp.step_size, exp.budget_clock, exp.budget_minutes) == ("step", 1, "wall", 3.0)
+    assert exp.gamma ** 10 == pytest.approx(0.5) and exp.steps > 10**9  # the budget alone ends it
 
 
 def test_training_options_parse_and_compose_in_order(bench):
@@ -57,13 +53,12 @@ def test_affine_option_parses_four_numbers_or_says_what_it_takes(bench, capsys):
         assert "four numbers DEG,SCALE,SHEAR,PIXELS" in capsys.readouterr().err
 
 
-def test_ema_option_parses_decays_or_says_what_it_takes(bench, capsys):
-    assert bench.parse_args([]).ema == ()
-    assert bench.parse_args(["--ema", "0.99,0.995"]).ema == (0.99, 0.995)
-    for bad in ("1.0", "0.9,x", ""):
-        with pytest.raises(SystemExit):
-            bench.parse_args(["--ema", bad])
-        assert "decays in [0, 1)" in capsys.readouterr().err
+def test_ema_option_takes_one_decay_or_says_what_it_takes(bench, capsys):
+    assert bench.parse_args([]).ema is None
+    assert bench.parse_args(["--ema", "0.995"]).ema == 0.995
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--ema", "1.0"])
+    assert "a decay in [0, 1)" in capsys.readouterr().err
 
 
 def test_mirror_classes_add_the_flipped_drawings_as_new_characters(bench):
@@ -149,46 +144,10 @@ def test_learner_built_for_fewer_ways_than_the_training_episodes_gets_its_final_
                          "--train-ways", "8", "--train-shots", "1", "--train-queries", "2",
                          "--schedule", "cosine", "--episodes", "2", "--eval-every", "1000",
                          "--eval-episodes", "2", "--final-episodes", "3", "--learner-options", options,
-                         "--out-dir", str(tmp_path), "--name", "tiny"])
+                         "--out-dir", str(tmp_path), "--name", "tiny",
+                         "--run-dir", str(tmp_path / "run")])
     assert result["episodes"] == 2 and set(result["final"]) == {"5w1s"}
     assert result["final"]["5w1s"]["n"] == 3
-
-
-def test_heldout_head_trains_the_sequence_model_and_the_embedding_on_disjoint_alphabets(bench, tmp_path,
-                                                                                       capsys):
-    """``--heldout-head 0/3``: SNAIL (train_embedding=False) on alphabet 0, ProtoNets on alphabets 1 and 2 of
-    the same Conv-4; both learn every step, each parameter group at its own learning rate."""
-    write_tiny_omniglot(tmp_path / "tiny.pt")
-    options = '{"shots": 1, "filters": 4, "attention_sizes": [[4, 4], [4, 4], [4, 4]]}'
-    argv = ["--algo", "snail", "--data-pt", str(tmp_path / "tiny.pt"), "--hidden", "4", "--train-ways", "5",
-            "--train-shots", "1", "--train-queries", "1", "--meta-batch", "2", "--schedule", "constant",
-            "--episodes", "2", "--cpu-minutes", "0.05", "--eval-every", "1000", "--eval-episodes", "2",
-            "--final-episodes", "3", "--heldout-head", "0/3", "--aux-shape", "6,1,2", "--aux-lr", "0.5",
-            "--learner-options", options, "--out-dir", str(tmp_path), "--name", "tiny"]
-    result = bench.main([*argv, "--save-backbone", str(tmp_path / "trained.pt")])
-    shown = capsys.readouterr().out
-    assert "sequence model on Alphabet_0; embedding on Alphabet_1, Alphabet_2" in shown
-    assert "5-way 1-shot 1-query, 16 classes" in shown  # 4 characters x 4 rotations
-    assert result["episodes"] >= 1 and result["final"]["5w1s"]["n"] == 3
-    bench.main([*argv, "--aux-lr", "0", "--save-backbone", str(tmp_path / "still.pt")])
-    torch.manual_seed(0)
-    initial = bench.build_backbone("conv4", in_shape=(1, 28, 28), hidden=4).state_dict()
-    trained, still = (torch.load(tmp_path / f, weights_only=True) for f in ("trained.pt", "still.pt"))
-    weights = [k for k in initial if k.endswith("weight")]
-    assert all(torch.equal(still[k], initial[k]) for k in weights)  # SNAIL's loss never reaches the Conv-4
-    assert not all(torch.equal(trained[k], initial[k]) for k in weights)  # the auxiliary loss does
-    with pytest.raises(SystemExit, match="drop it from --learner-options"):
-        bench.main([*argv[:-6], "--learner-options", '{"train_embedding": true}', *argv[-4:]])
-    for bad in (["--heldout-head", "0/3", "--alphabet-fold", "1/3", "--algo", "snail"],
-                ["--heldout-head", "0/3", "--algo", "protonet"]):
-        with pytest.raises(SystemExit):
-            bench.parse_args(bad)
-        assert "--heldout-head splits the alphabets itself" in capsys.readouterr().err
-    assert bench.parse_args(["--aux-shape", "60,5,5"]).aux_shape == (60, 5, 5)
-    for bad in ("1,1,1", "60,5", "a,b,c"):
-        with pytest.raises(SystemExit):
-            bench.parse_args(["--aux-shape", bad])
-        assert "WAYS,SHOTS,QUERIES" in capsys.readouterr().err
 
 
 def test_snail_versus_prototypes_scores_both_on_the_same_test_episodes_as_the_benchmark(bench, experiment,
@@ -203,7 +162,7 @@ def test_snail_versus_prototypes_scores_both_on_the_same_test_episodes_as_the_be
     trained = bench.main(["--algo", "snail", *run, "--train-ways", "5", "--train-shots", "1",
                           "--train-queries", "1", "--schedule", "cosine", "--episodes", "3",
                           "--eval-every", "1000", "--final-episodes", "4", "--name", "tiny",
-                          "--save-learner", str(tmp_path / "snail.pt")])
+                          "--save-learner", str(tmp_path / "snail.pt"), "--run-dir", str(tmp_path / "run")])
     report = analysis.main([str(tmp_path / "snail.pt"), *run, "--test-episodes", "4", "--source-episodes",
                             "2", "--affine-levels", "none;10,0.1,0,0", "--name", "agreement"])
     figures = report["figures"]

@@ -66,7 +66,7 @@ def _result_row(config: RunConfig, result: Any) -> dict[str, Any]:
         "benchmark": config.benchmark,
         "algo": config.algo,
         "ways": config.ways if config.task_type == "classification" else "-",
-        "shots": config.shots,
+        "shots": config.shots if config.task_type != "rl" else "-",
         "episodes": result.summary.n,
         "metric": result.metric,
         "result": value,
@@ -101,6 +101,8 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
         overrides["imports"] = [*base.imports, *args.imports]
     overrides.update(parse_overrides(args.set or []))
     chosen = base.with_overrides(overrides)
+    if chosen.task_type == "rl" and "algo" not in values and "algo" not in overrides:
+        chosen = chosen.with_overrides({"algo": "maml-rl"})  # the meta-RL benchmarks' default learner
     if chosen.recipe is not None:  # a recipe is a whole run definition: no preset under it
         return chosen
     user_keys = set(values) | {key.split(".", 1)[0] for key in overrides}
@@ -178,6 +180,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # -- eval ---------------------------------------------------------------------------------------------
+def _eval_rl(args: argparse.Namespace, trained: RunConfig) -> int:
+    """``attnmeta eval`` of a meta-RL run: returns before and after each adaptation step, 95% CIs."""
+    from attnmeta.train.rl_run import evaluate_rl_run
+
+    refused = [f"--{k}" for k in ("ways", "shots", "queries") if getattr(args, k) is not None]
+    refused += ["--rotation-ensemble"] * bool(args.rotation_ensemble)
+    if refused:
+        raise ValueError(f"{', '.join(refused)} do not apply to meta-RL runs; use --episodes (test tasks), "
+                         "--adapt-steps and --seed")
+    report = evaluate_rl_run(args.run_dir, trained, checkpoint=args.checkpoint, tasks=args.episodes or 40,
+                             seed=args.seed, adapt_steps=args.adapt_steps)
+    print(report.table())
+    print(f"\ncheckpoint {report.checkpoint} (step {report.step}); per-task returns in {report.path}")
+    return 0
+
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -189,6 +208,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from attnmeta.train.trainer import build_benchmark, build_learner, import_plugins, load_run_config
 
     trained = load_run_config(args.run_dir, report=_note("eval"))
+    if trained.task_type == "rl":
+        return _eval_rl(args, trained)
     import_plugins(args.imports or [])  # never the imports the run folder names
     if trained.threads:
         torch.set_num_threads(trained.threads)
@@ -234,13 +255,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from attnmeta.eval import with_rotation_ensemble
 
         learner = with_rotation_ensemble(learner)
-    episodes = [t.to(device, dtype) for t in bench.test.fixed_tasks(args.episodes, seed=args.seed)]
+    count = args.episodes or 600
+    episodes = [t.to(device, dtype) for t in bench.test.fixed_tasks(count, seed=args.seed)]
     result = evaluate(learner, episodes, device=device, progress=not args.quiet, desc="eval")
     print(_results_table([_result_row(dataclasses.replace(target, algo=trained.algo), result)]))
     suffix = "-rotation-ensemble" if args.rotation_ensemble else ""
     out = (
         Path(args.run_dir)
-        / f"eval-{target.ways or 0}w{target.shots}s-{args.episodes}ep-seed{args.seed}{suffix}.json"
+        / f"eval-{target.ways or 0}w{target.shots}s-{count}ep-seed{args.seed}{suffix}.json"
     )
     out.write_text(
         json.dumps(

@@ -15,7 +15,8 @@ from attnmeta.cli.commands import (  # noqa: F401  (TRAIN_FLAGS: re-exported)
     cmd_train,
 )
 
-BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet", "clinc150")
+BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet", "clinc150", "navigation",
+              "halfcheetah-dir", "halfcheetah-vel")
 
 def parse_budget(text: str) -> float:
     """``20m`` / ``1.5h`` / ``90s`` / ``20`` (minutes) -> minutes."""
@@ -29,6 +30,12 @@ def _learner_names() -> list[str]:
     from attnmeta.learners import available
 
     return available()
+
+
+def _rl_learner_names() -> list[str]:
+    from attnmeta.train.config import RL_ALGOS
+
+    return list(RL_ALGOS)
 
 
 def _preset_help() -> str:
@@ -65,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("benchmark", nargs="?", help=f"one of {', '.join(BENCHMARKS)} (default sinusoid)")
     t.add_argument("--recipe", help="start from a named recipe (`attnmeta recipes` lists them); --config, "
                    "flags and --set apply on top")
-    t.add_argument("--algo", help=f"learner: {', '.join(_learner_names())} (default maml)")
+    t.add_argument("--algo", help=f"learner: {', '.join(_learner_names())} (default maml); meta-RL "
+                   f"(navigation, halfcheetah-*): {', '.join(_rl_learner_names())} (default maml-rl)")
     t.add_argument("--ways", type=int, help="N classes per task (classification; default 5)")
     t.add_argument("--shots", type=int, help="K support examples per class (regression: per task)")
     t.add_argument("--queries", type=int, help="query examples per class (regression: per task)")
@@ -75,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train-shots", type=int, help="K of the training episodes only (default --shots)")
     t.add_argument("--train-queries", type=int,
                    help="queries of the training episodes only (default --queries)")
-    t.add_argument("--meta-batch", type=int, help="tasks per outer step")
+    t.add_argument("--meta-batch", type=int, help="tasks per outer step (meta-RL: per TRPO/PPO iteration)")
     t.add_argument("--steps", type=int, help="outer steps")
     t.add_argument("--lr", type=float, help="outer learning rate")
     t.add_argument("--weight-decay", type=float, help="weight decay (decoupled with --optimizer adamw)")
@@ -124,14 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="evaluate a trained run on fixed test episodes",
         description="Evaluate a run's best checkpoint on fixed, seeded test episodes, possibly with "
-        "another number of ways/shots than in training (where the learner allows it). "
+        "another number of ways/shots than in training (where the learner allows it). Meta-RL runs: the "
+        "average return on --episodes fixed tasks before and after each adaptation step (--adapt-steps). "
         "Example: attnmeta eval runs/omniglot-protonet-5w1s --ways 20 --shots 1",
     )
     e.add_argument("run_dir", help="run folder written by attnmeta train")
     e.add_argument("--ways", type=int, help="N classes per test task (default: as trained)")
     e.add_argument("--shots", type=int, help="K support examples per class (default: as trained)")
     e.add_argument("--queries", type=int, help="query examples per class (default: as trained)")
-    e.add_argument("--episodes", type=int, default=600, help="number of test episodes (default 600)")
+    e.add_argument("--episodes", type=int,
+                   help="number of test episodes (default 600; meta-RL: test tasks, default 40)")
+    e.add_argument("--adapt-steps", type=int, default=3,
+                   help="meta-RL (maml-rl): policy-gradient steps of the adaptation curve (default 3)")
     e.add_argument("--seed", type=int, default=0, help="seed of the fixed test episodes (default 0)")
     e.add_argument("--checkpoint", choices=("best", "latest"), default="best", help="which checkpoint")
     e.add_argument("--root", help="data folder (default: as trained)")

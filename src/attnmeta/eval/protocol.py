@@ -18,7 +18,8 @@ from attnmeta.tasks.episode import Task
 class EvalResult:
     """Per-episode metric values and their summary.
 
-    ``metric`` is ``"accuracy"`` (fraction in [0, 1]) or ``"mse"``.
+    ``metric`` is ``"accuracy"`` (fraction in [0, 1]), ``"mse"`` or ``"return"`` (meta-RL: one value per
+    task, ``attnmeta.train.rl_run``).
     """
 
     metric: str
@@ -40,7 +41,8 @@ class EvalResult:
     def __str__(self) -> str:
         if self.metric == "accuracy":
             return f"accuracy {self.summary.as_percent()}% over {self.summary.n} episodes"
-        return f"{self.metric} {self.summary} over {self.summary.n} episodes"
+        unit = "tasks" if self.metric == "return" else "episodes"
+        return f"{self.metric} {self.summary} over {self.summary.n} {unit}"
 
     def to_dict(self) -> dict:
         return {"metric": self.metric, "mean": self.mean, "ci95": self.ci95, "n": self.summary.n,

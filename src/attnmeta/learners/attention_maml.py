@@ -1,20 +1,22 @@
-"""Attention-MAML: MAML plus any combination of task, feature and parameter attention, by flags.
+"""Attention-MAML: MAML plus any combination of task, feature and parameter attention, given as objects.
 
-* ``task_attention``: the meta-batch is weighted by ``TaskWeighting`` (attention over per-task descriptors,
-  trained by a first-order one-step look-ahead; see ``attnmeta.learners.task_attention``). The look-ahead's
-  held-out batch is ``weighting_heldout`` (a small trusted list of tasks) or, without it, leave-one-out.
-* ``feature_attention``: the model is wrapped in ``FiLMBackbone``; a ``TaskEncoder`` embeds each task's
-  support set and every block is gated by it. ``feature_mode="all"`` adapts every model parameter in the inner
-  loop; ``"context"`` adapts only the ``task_dim`` context vector (CAVIA-like, cheaper).
-* ``param_attention``: the inner step rule is ``ParamAttentionRule`` (per-task, per-step attention weights
-  over parameter tensors; ``param_mode="soft"`` or ``"topk"``).
+* ``task_attention``: a ``MetaBatchWeighting`` (the meta-batch is weighted by a ``TaskWeighting``: attention
+  over per-task descriptors, trained by a first-order one-step look-ahead on its ``heldout`` tasks or, without
+  them, leave-one-out; see ``attnmeta.learners.task_attention``) or a ``TaskSelector`` (attentive task
+  selection: in training, each meta-batch is a pool from which ``keep`` tasks like its ``targets`` are drawn).
+* ``feature_attention``: a ``FeatureAttention``: the model is wrapped in ``FiLMBackbone`` (any backbone made
+  of blocks, or ``block_names``); a ``TaskEncoder`` embeds each task's support set and every block is gated by
+  it. ``mode="all"`` adapts every model parameter in the inner loop; ``"context"`` adapts only the
+  ``task_dim`` context vector (CAVIA-like, cheaper).
+* ``param_attention``: a ``ParamAttentionRule``, the inner step rule (per-task, per-step attention weights
+  over parameter tensors; ``mode="soft"`` or ``"topk"``).
 
-With no flag it is exactly ``MAML``. Registered as ``"attention-maml"``.
+``True`` stands for each mechanism's default object (the paper's options). With none it is exactly ``MAML``.
+Registered as ``"attention-maml"``, buildable from a plain config (``attnmeta.learners.attention_config``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,16 +24,23 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from attnmeta.learners.attention_config import INNER_LR, attention_options
 from attnmeta.learners.base import MetaOutput
 from attnmeta.learners.inner import adapt
 from attnmeta.learners.maml import MAML, _check_int
 from attnmeta.learners.param_attention import ParamAttentionRule
 from attnmeta.learners.registry import register
-from attnmeta.learners.task_attention import TaskWeighting, cosine_alignment, descriptor_stats
-from attnmeta.nn.film import FiLMBackbone, TaskEncoder
+from attnmeta.learners.task_attention import (
+    MetaBatchWeighting,
+    TaskSelector,
+    cosine_alignment,
+    descriptor_stats,
+    function_signature,
+)
+from attnmeta.nn.film import FeatureAttention, make_task_encoder
 from attnmeta.tasks.episode import Task, TaskBatch
 
-FEATURE_MODES = ("all", "context")
+TaskAttention = MetaBatchWeighting | TaskSelector
 
 
 def _input_shape(model: nn.Module) -> tuple[int, ...] | None:
@@ -47,22 +56,12 @@ class AttentionMAML(MAML):
 
     Args (beyond ``MAML``'s, which are passed through; ``head_init="zero"`` / ``"shared"`` start every task's
     inner loop from a zero or shared output layer under any combination of mechanisms, as in ``MAML``):
-        task_attention / feature_attention / param_attention: switch each mechanism on.
-        feature_mode: ``"all"`` or ``"context"`` (only the FiLM context vector adapts in the inner loop).
-        task_dim: size of task embeddings (feature attention and task weighting).
-        spatial: feature attention also gates spatial positions (image backbones).
+        task_attention: ``MetaBatchWeighting``, ``TaskSelector``, ``True`` (``MetaBatchWeighting()``) or None.
+        feature_attention: ``FeatureAttention``, ``True`` (``FeatureAttention()``) or None.
+        param_attention: ``ParamAttentionRule`` (the step rule; its own ``lr`` is used), ``True``
+            (``ParamAttentionRule(inner_lr, learn_lr=learn_inner_lr)``) or None.
         in_shape: shape of one input, if the model has no ``in_shape`` / ``in_features`` attribute.
-        x_encoder: feature extractor of the task encoder (default: flatten for vectors, a 32-filter Conv-4
-            for images). y_features: target size for regression (default the model's ``out_features``).
-        param_mode / param_top_k / param_lr_mode: ``ParamAttentionRule`` options.
-        weighting_entropy / weighting_temperature / weighting_standardize / weighting_mode: ``TaskWeighting``
-            options (``weighting_mode="gate"``, the default: an independent sigmoid gate per task;
-            ``"softmax"``: one distribution over the meta-batch).
-        weighting_scale_free: divide the descriptor losses by a per-task reference loss (regression: variance
-            of the support targets; classification: ``log(ways)``), see ``descriptor_stats``.
-        weighting_heldout: trusted held-out tasks (a list of ``Task``) for the weighting module's look-ahead;
-            each meta-step uses ``weighting_heldout_batch`` of them (a rotating window, deterministic).
-            Default: leave-one-out alignment within the meta-batch.
+        y_features: target size of the task encoders for regression (default the model's ``out_features``).
     """
 
     name = "attention-maml"
@@ -70,58 +69,49 @@ class AttentionMAML(MAML):
     supports_threads = False  # its _task_outer evaluates self.model directly
 
     def __init__(self, model: nn.Module, task_type: str = "classification", *, ways: int | None = None,
-                 task_attention: bool = False, feature_attention: bool = False, param_attention: bool = False,
-                 feature_mode: str = "all", task_dim: int = 32, spatial: bool = False,
-                 in_shape: tuple[int, ...] | None = None, x_encoder: nn.Module | None = None,
-                 y_features: int | None = None, param_mode: str = "soft", param_top_k: int = 1,
-                 param_lr_mode: str = "scalar", weighting_entropy: float | None = None,
-                 weighting_temperature: float = 0.1, weighting_heldout: Sequence[Task] | None = None,
-                 weighting_heldout_batch: int = 10, weighting_standardize: bool = True,
-                 weighting_scale_free: bool = False, weighting_mode: str = "gate", inner_lr: float = 0.01,
-                 **maml_options: Any) -> None:
+                 task_attention: TaskAttention | bool | None = None,
+                 feature_attention: FeatureAttention | bool | None = None,
+                 param_attention: ParamAttentionRule | bool | None = None,
+                 in_shape: Sequence[int] | None = None, y_features: int | None = None,
+                 inner_lr: float = INNER_LR, **maml_options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if feature_mode not in FEATURE_MODES:
-            raise ValueError(f"feature_mode must be one of {FEATURE_MODES}, got {feature_mode!r}")
-        if feature_mode == "context" and not feature_attention:
-            raise ValueError("feature_mode='context' needs feature_attention=True")
+        tasks, feature = _task_attention(task_attention, task_type), _feature_attention(feature_attention)
+        weighting = tasks if isinstance(tasks, MetaBatchWeighting) else None
         classification = task_type == "classification"
-        if (feature_attention or task_attention) and classification and ways is None:
+        if (feature or weighting) and classification and ways is None:
             raise ValueError("task and feature attention encode labels one-hot: pass ways=N")
-        if weighting_heldout is not None and not task_attention:
-            raise ValueError("weighting_heldout is the look-ahead set of task attention: "
-                             "set task_attention=True")
-        heldout = _stack_heldout(weighting_heldout) if weighting_heldout is not None else None
-        _check_int("weighting_heldout_batch", weighting_heldout_batch, 1)
         in_shape = tuple(in_shape) if in_shape is not None else _input_shape(model)
-        if (feature_attention or task_attention) and in_shape is None:
+        if (feature or weighting) and in_shape is None:
             raise ValueError(f"cannot infer the input shape of {type(model).__name__}; pass in_shape=(...)")
         if y_features is None:
             y_features = ways if classification else int(getattr(model, "out_features", None) or 1)
-        encoder_args = (in_shape, x_encoder, y_features, task_dim, classification)
-        if feature_attention:
-            model = FiLMBackbone(model, task_dim, spatial=spatial, in_shape=in_shape)
-            if feature_mode == "context":
+        if feature is not None:
+            model = feature.wrap(model, in_shape)
+            if feature.mode == "context":
                 maml_options.setdefault("adapt", ["context"])
-        if param_attention:
-            if "rule" in maml_options:
-                raise ValueError("param_attention=True sets the step rule; do not pass rule=")
-            maml_options["rule"] = ParamAttentionRule(
-                inner_lr, mode=param_mode, top_k=param_top_k, lr_mode=param_lr_mode,
-                learn_lr=bool(maml_options.pop("learn_inner_lr", False)))
+        rule = _step_rule(param_attention, inner_lr, maml_options)
+        if rule is not None:
+            maml_options["rule"] = rule
         super().__init__(model, task_type, ways=ways, inner_lr=inner_lr, **maml_options)
-        self.task_attention, self.feature_attention = task_attention, feature_attention
-        self.param_attention, self.feature_mode = param_attention, feature_mode
-        self.task_encoder = _make_encoder(*encoder_args) if feature_attention else None
-        self.task_weighting = (TaskWeighting(encoder=_make_encoder(*encoder_args), entropy=weighting_entropy,
-                                             temperature=weighting_temperature,
-                                             standardize=weighting_standardize, mode=weighting_mode)
-                               if task_attention else None)
+        self.task_attention, self.feature_attention = tasks, feature
+
+        def encoder(options: FeatureAttention | MetaBatchWeighting) -> nn.Module:
+            return make_task_encoder(in_shape, y_features, options.task_dim, x_encoder=options.x_encoder,
+                                     classification=classification)
+
+        self.task_encoder = encoder(feature) if feature is not None else None
+        self.task_weighting = weighting.module(encoder(weighting)) if weighting is not None else None
         reference = next(self.model.parameters())
         self.to(device=reference.device, dtype=reference.dtype)
         self.last_task_weights: Tensor | None = None
-        self.weighting_heldout, self.weighting_heldout_batch = heldout, weighting_heldout_batch
-        self.weighting_scale_free = weighting_scale_free
+        self.last_selected: Tensor | None = None
+        self.heldout = weighting.heldout_tasks() if weighting is not None else None
+
+    @property
+    def param_attention(self) -> bool:
+        """Whether the step rule is parameter attention."""
+        return isinstance(self.rule, ParamAttentionRule)
 
     # --- forward with the task embedding ----------------------------------------------------------
     def _embedding(self, support_x: Tensor, support_y: Tensor) -> Tensor | None:
@@ -187,14 +177,18 @@ class AttentionMAML(MAML):
 
     # --- meta-batch --------------------------------------------------------------------------------
     def meta_loss(self, batch: TaskBatch, task_weights: Tensor | None = None) -> MetaOutput:
-        """Outer loss. With task attention: ``mean_t(w_t L_t)`` (weights detached) plus the weighting
+        """Outer loss. With ``MetaBatchWeighting``: ``mean_t(w_t L_t)`` (weights detached) plus the weighting
         module's look-ahead objective ``J`` (which only trains the weighting module). ``metrics["loss"]``
         is the outer loss alone; ``metrics["weight_corrupted"/"weight_clean"]`` are mean weights by
-        ``info["corrupted"]`` when present."""
+        ``info["corrupted"]`` when present. With a ``TaskSelector`` (training mode): MAML's loss on the
+        ``keep`` tasks it selects from ``batch`` (indices in ``last_selected``)."""
+        if isinstance(self.task_attention, TaskSelector) and self.training:
+            batch = self._select(batch)
         if self.task_weighting is None:
             return super().meta_loss(batch, task_weights)
         if task_weights is not None:
-            raise ValueError("task_attention=True computes the task weights; do not pass task_weights")
+            raise ValueError("task attention (MetaBatchWeighting) computes the task weights; "
+                             "do not pass task_weights")
         losses, outputs, trace = self.task_outer_losses(batch)
         tasks = losses.shape[0]
         steps = trace["support_loss"].shape[1] if "support_loss" in trace else 0
@@ -204,8 +198,8 @@ class AttentionMAML(MAML):
                else torch.zeros_like(trace["loss_after"]))
         stats = descriptor_stats(loss_before, trace["loss_after"], grad_before, trace["grad_norm_after"],
                                  losses.detach(), loo,
-                                 trace["loss_reference"] if self.weighting_scale_free else None)
-        if self.weighting_heldout is not None:
+                                 trace["loss_reference"] if self.task_attention.scale_free else None)
+        if self.heldout is not None:
             alignment = cosine_alignment(trace["task_grad"], self.heldout_gradient(self._heldout_window()))
         else:
             alignment = loo if tasks > 1 else None
@@ -231,17 +225,21 @@ class AttentionMAML(MAML):
         return MetaOutput(outer + objective, losses, metrics)
 
     def _heldout_window(self) -> TaskBatch:
-        """This meta-step's held-out tasks: a window of ``weighting_heldout_batch`` rotating with the step."""
-        assert self.weighting_heldout is not None
-        total = len(self.weighting_heldout)
-        size = min(self.weighting_heldout_batch, total)
+        """This meta-step's held-out tasks: a window of ``heldout_batch`` rotating with the step."""
+        assert self.heldout is not None and isinstance(self.task_attention, MetaBatchWeighting)
+        total = len(self.heldout)
+        size = min(self.task_attention.heldout_batch, total)
         index = (int(self.meta_steps) * size + torch.arange(size)) % total
         ref = next(self.model.parameters())
-        held = self.weighting_heldout
-        batch = TaskBatch(held.support_x[index], held.support_y[index], held.query_x[index],
-                          held.query_y[index], held.classes[index],
-                          tuple(held.infos[i] for i in index.tolist()) if held.infos else ())
-        return batch.to(ref.device, ref.dtype)
+        return _subset(self.heldout, index).to(ref.device, ref.dtype)
+
+    def _select(self, batch: TaskBatch) -> TaskBatch:
+        """The tasks of ``batch`` the ``TaskSelector`` draws (``keep`` of them)."""
+        assert isinstance(self.task_attention, TaskSelector)
+        self._check_batch(batch)
+        index = self.task_attention.select(list(batch))
+        self.last_selected = index
+        return _subset(batch, index)
 
     def heldout_gradient(self, batch: TaskBatch) -> Tensor:
         """Mean unit first-order meta-gradient ``mean_s g_s / ||g_s||`` ``[P]`` (all model parameters,
@@ -304,38 +302,70 @@ class AttentionMAML(MAML):
             return forward(adapted, task.query_x)
 
 
-def _stack_heldout(tasks: Sequence[Task] | TaskBatch) -> TaskBatch:
-    if isinstance(tasks, TaskBatch):
-        return tasks
-    if isinstance(tasks, Task) or not isinstance(tasks, Sequence) or not tasks:
-        raise TypeError("weighting_heldout must be a non-empty list of Task "
-                        "(e.g. family.fixed_tasks(20, seed))")
-    if not all(isinstance(t, Task) for t in tasks):
-        raise TypeError("weighting_heldout must contain only Task values")
-    try:
-        return TaskBatch.stack(list(tasks))
-    except Exception as error:  # shapes differ
-        raise ValueError(f"weighting_heldout tasks must all have the same shapes: {error}") from None
+def _subset(batch: TaskBatch, index: Tensor) -> TaskBatch:
+    """Tasks ``index [k]`` of ``batch``."""
+    infos = tuple(batch.infos[i] for i in index.tolist()) if batch.infos else ()
+    return TaskBatch(batch.support_x[index], batch.support_y[index], batch.query_x[index],
+                     batch.query_y[index], batch.classes[index], infos)
 
 
-def _make_encoder(in_shape: tuple[int, ...], x_encoder: nn.Module | None, y_features: int, task_dim: int,
-                  classification: bool) -> TaskEncoder:
-    if x_encoder is None and len(in_shape) == 3:
-        from attnmeta.nn.backbones import Conv4
+def _task_attention(value: TaskAttention | bool | None, task_type: str) -> TaskAttention | None:
+    if value is True:
+        return MetaBatchWeighting()
+    if value is None or value is False:
+        return None
+    if not isinstance(value, (MetaBatchWeighting, TaskSelector)):
+        raise TypeError(f"task_attention must be a MetaBatchWeighting, a TaskSelector, True or None, got "
+                        f"{type(value).__name__} (configs: build('attention-maml', ...) reads mappings)")
+    if isinstance(value, TaskSelector):
+        if value.keep is None:
+            raise ValueError("task_attention=TaskSelector(...) needs keep=N: the tasks of each meta-batch to "
+                             "train on")
+        if value.embed_fn is function_signature and task_type != "regression":
+            raise ValueError("TaskSelector's default embedding (function_signature) is for 1-d regression; "
+                             "pass TaskSelector(embed_fn=...) for classification tasks")
+    return value
 
-        x_encoder = Conv4(in_shape, hidden=32)
-        x_features = x_encoder.feature_dim
-    elif x_encoder is not None:
-        with torch.no_grad():
-            x_features = int(x_encoder(torch.zeros(2, *in_shape)).shape[-1])
-    else:
-        x_features = int(math.prod(in_shape))
-    return TaskEncoder(x_features, y_features, task_dim, x_encoder=x_encoder, classification=classification)
+
+def _feature_attention(value: FeatureAttention | bool | None) -> FeatureAttention | None:
+    if value is True:
+        return FeatureAttention()
+    if value is None or value is False:
+        return None
+    if not isinstance(value, FeatureAttention):
+        raise TypeError(f"feature_attention must be a FeatureAttention, True or None, got "
+                        f"{type(value).__name__} (configs: build('attention-maml', ...) reads mappings)")
+    return value
 
 
-@register("attention-maml", head=True,
-          description="MAML + task / feature / parameter attention (flags task_attention, feature_attention, "
-                      "param_attention)")
+def _step_rule(value: ParamAttentionRule | bool | None, inner_lr: float,
+               maml_options: dict[str, Any]) -> ParamAttentionRule | None:
+    """The parameter-attention step rule (``True``: the default one), checked against ``maml_options``."""
+    if value is None or value is False:
+        return None
+    if value is not True and not isinstance(value, ParamAttentionRule):
+        raise TypeError(f"param_attention must be a ParamAttentionRule, True or None, got "
+                        f"{type(value).__name__} (configs: build('attention-maml', ...) reads mappings)")
+    if "rule" in maml_options:
+        raise ValueError("param_attention sets the step rule; do not pass rule=")
+    if value is True:
+        return ParamAttentionRule(inner_lr, learn_lr=bool(maml_options.pop("learn_inner_lr", False)))
+    if maml_options.get("learn_inner_lr"):
+        raise ValueError("learn_inner_lr does not apply to a ParamAttentionRule object; "
+                         "pass ParamAttentionRule(lr, learn_lr=True)")
+    maml_options.pop("learn_inner_lr", None)
+    return value
+
+
+def _check_config(options: dict[str, Any]) -> None:
+    attention_options(options)
+
+
+@register("attention-maml", head=True, check=_check_config,
+          nested=("task_attention", "feature_attention", "param_attention"),
+          description="MAML + task / feature / parameter attention (options task_attention, "
+                      "feature_attention, param_attention: true or a mapping of their options)")
 def build_attention_maml(model: nn.Module, task_type: str = "classification", ways: int | None = None,
                          **options: Any) -> AttentionMAML:
-    return AttentionMAML(model, task_type, ways=ways, **options)
+    """``AttentionMAML`` from plain options: nested mappings become objects (``attention_config``)."""
+    return AttentionMAML(model, task_type, ways=ways, **attention_options(options))

@@ -8,7 +8,13 @@ A builder is called as ``builder(model=..., task_type=..., ways=..., **options)`
 options are the builder's keyword parameters or, when it forwards ``**options`` to the learner class named
 by its return annotation, that class's ``__init__`` parameters (following ``**kwargs`` up the class's
 bases). Where they cannot be worked out (no annotation, ``**kwargs`` to an unknown place), nothing is
-checked and the builder reports bad options itself.
+checked and the builder reports bad options itself. A learner may register ``check(options)`` too, which
+``check_options`` then calls on the options (e.g. to validate nested mappings up front).
+
+Options a learner registers as ``nested`` take mappings, and a dotted key sets one entry of them:
+``{"task_attention.temperature": 0.2}`` (``--set algo_options.task_attention.temperature=0.2``) is folded by
+``build`` and ``check_options`` into ``{"task_attention": {..., "temperature": 0.2}}`` (an entry that was
+``true`` / ``false`` / absent becomes a mapping).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import difflib
 import inspect
 import textwrap
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,19 +37,24 @@ class LearnerSpec:
     builder: Callable[..., Learner]
     head: bool
     description: str = ""
+    check: Callable[[dict[str, Any]], None] | None = None
+    nested: tuple[str, ...] = ()
 
 
 _SPECS: dict[str, LearnerSpec] = {}
 
 
-def register(name: str, *, head: bool, description: str = "") -> Callable[[Callable[..., Learner]],
-                                                                         Callable[..., Learner]]:
-    """Decorator: ``@register("maml", head=True)`` on ``builder(model, task_type, ways, **options)``."""
+def register(name: str, *, head: bool, description: str = "",
+             check: Callable[[dict[str, Any]], None] | None = None, nested: tuple[str, ...] = ()
+             ) -> Callable[[Callable[..., Learner]], Callable[..., Learner]]:
+    """Decorator: ``@register("maml", head=True)`` on ``builder(model, task_type, ways, **options)``;
+    ``check(options)`` raises ``ValueError`` for bad option values (called by ``check_options``); ``nested``:
+    options that take mappings (dotted keys set their entries)."""
 
     def decorate(builder: Callable[..., Learner]) -> Callable[..., Learner]:
         if name in _SPECS:
             raise ValueError(f"a learner named {name!r} is already registered")
-        _SPECS[name] = LearnerSpec(name, builder, head, description)
+        _SPECS[name] = LearnerSpec(name, builder, head, description, check, tuple(nested))
         return builder
 
     return decorate
@@ -62,7 +73,28 @@ def spec(name: str) -> LearnerSpec:
 
 
 def build(name: str, **kwargs: Any) -> Learner:
-    return spec(name).builder(**kwargs)
+    learner = spec(name)
+    return learner.builder(**nest_dotted(kwargs, learner.nested))
+
+
+def nest_dotted(options: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """``{"a": True, "a.b": 1}`` -> ``{"a": {"b": 1}}`` for ``a`` in ``names``; other keys unchanged."""
+    def dotted(key: Any) -> bool:
+        return isinstance(key, str) and key.partition(".")[0] in names and "." in key
+
+    nested = {k: v for k, v in options.items() if not dotted(k)}
+    for key, value in options.items():
+        if not dotted(key):
+            continue
+        top, _, sub = key.partition(".")
+        base = nested.get(top)
+        if base is None or isinstance(base, bool):
+            base = {}
+        elif not isinstance(base, Mapping):
+            raise ValueError(f"option {top!r} is not a mapping ({base!r}); set it as {top}=VALUE, "
+                             f"not {key}=VALUE")
+        nested[top] = {**base, sub: value}
+    return nested
 
 
 #: Builder arguments that come from the run, not from the learner options.
@@ -93,10 +125,9 @@ def check_options(name: str, options: dict[str, Any]) -> None:
     _load_builtin()
     if name not in _SPECS:
         return
+    options = nest_dotted(options, _SPECS[name].nested)
     valid = valid_options(name)
-    if valid is None:
-        return
-    for key in options:
+    for key in options if valid is not None else ():
         if key in valid:
             continue
         listing = f"valid options: {', '.join(valid)}" if valid else "it takes no options"
@@ -106,6 +137,8 @@ def check_options(name: str, options: dict[str, Any]) -> None:
         close = difflib.get_close_matches(key, valid, n=1) if isinstance(key, str) else []
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown option {key!r} for learner {name!r}{hint}; {listing}")
+    if _SPECS[name].check is not None:
+        _SPECS[name].check(options)
 
 
 def _keyword_names(function: Callable[..., Any]) -> list[str] | None:

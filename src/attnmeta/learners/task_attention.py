@@ -44,25 +44,29 @@ alignments are detached), and the outer loss does not reach the weighting module
 module cannot cheat by down-weighting hard tasks. Uniform weights are the special case ``uniform=True``
 (and the module's output at initialisation: the score layer starts at zero).
 
+``MetaBatchWeighting`` holds the options of this mechanism in ``AttentionMAML`` (which builds the module).
+
 **Attentive task selection** (``TaskSelector``). Given target task(s) and a pool of candidates, embed every
 task (default: ``function_signature``, the kernel-smoothed support targets on a fixed grid, standardised),
 attend from the targets to the pool, and sample the next meta-batch from
-``(1 - uniform_share) * attention + uniform_share / N`` (temperature on the attention scores).
+``(1 - uniform_share) * attention + uniform_share / N`` (temperature on the attention scores). In
+``AttentionMAML`` every incoming meta-batch is the pool and the learner trains on ``keep`` tasks of it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from attnmeta.nn.attention import SetAttentionBlock, attention_weights
-from attnmeta.tasks.episode import Task
+from attnmeta.tasks.episode import Task, TaskBatch
 
-__all__ = ["TaskWeighting", "TaskSelector", "function_signature", "cosine_alignment", "descriptor_stats",
-           "DESCRIPTOR_STATS", "WEIGHTING_MODES"]
+__all__ = ["TaskWeighting", "MetaBatchWeighting", "TaskSelector", "function_signature", "cosine_alignment",
+           "descriptor_stats", "DESCRIPTOR_STATS", "WEIGHTING_MODES"]
 
 DESCRIPTOR_STATS = 8
 WEIGHTING_MODES = ("gate", "softmax")
@@ -218,12 +222,76 @@ class TaskWeighting(nn.Module):
         return -(gates * alignment).mean() / scale - self.entropy * binary_entropy.mean()
 
 
+@dataclass(frozen=True)
+class MetaBatchWeighting:
+    """Task attention of ``AttentionMAML``: weight the meta-batch with a ``TaskWeighting`` trained by the
+    look-ahead (the learner builds the module and its ``TaskEncoder``; these are its options).
+
+    Args:
+        temperature / entropy / mode / standardize: ``TaskWeighting`` options (``mode="gate"``, the default:
+            an independent sigmoid gate per task; ``"softmax"``: one distribution over the meta-batch).
+        scale_free: divide the descriptor losses by a per-task reference loss (regression: variance of the
+            support targets; classification: ``log(ways)``), see ``descriptor_stats``.
+        heldout: trusted held-out tasks (a list of ``Task``) for the look-ahead; each meta-step uses
+            ``heldout_batch`` of them (a rotating window, deterministic). Default: leave-one-out alignment
+            within the meta-batch.
+        task_dim / x_encoder: size and feature extractor of the support-set embedding (``make_task_encoder``).
+    """
+
+    temperature: float = 0.1
+    entropy: float | None = None
+    mode: str = "gate"
+    standardize: bool = True
+    scale_free: bool = False
+    heldout: Sequence[Task] | None = field(default=None, repr=False)
+    heldout_batch: int = 10
+    task_dim: int = 32
+    x_encoder: nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in WEIGHTING_MODES:
+            raise ValueError(f"task weighting mode must be one of {WEIGHTING_MODES}, got {self.mode!r}")
+        for name in ("temperature", "entropy"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"task weighting {name} must be a number, got {value!r}")
+        if self.temperature <= 0 or (self.entropy is not None and self.entropy < 0):
+            raise ValueError(f"task weighting temperature must be > 0 and entropy >= 0, got "
+                             f"{self.temperature}, {self.entropy}")
+        for name in ("heldout_batch", "task_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"task weighting {name} must be a positive int, got {value!r}")
+        self.heldout_tasks()  # reject a bad held-out set now
+
+    def module(self, encoder: nn.Module | None) -> TaskWeighting:
+        """The weighting module over ``DESCRIPTOR_STATS`` statistics plus ``encoder``'s embedding."""
+        return TaskWeighting(encoder=encoder, entropy=self.entropy, temperature=self.temperature,
+                             standardize=self.standardize, mode=self.mode)
+
+    def heldout_tasks(self) -> TaskBatch | None:
+        """``heldout`` stacked into one ``TaskBatch`` (``None`` without it)."""
+        tasks = self.heldout
+        if tasks is None or isinstance(tasks, TaskBatch):
+            return tasks
+        if isinstance(tasks, Task) or not isinstance(tasks, Sequence) or not tasks:
+            raise TypeError("heldout must be a non-empty list of Task (e.g. family.fixed_tasks(20, seed))")
+        if not all(isinstance(t, Task) for t in tasks):
+            raise TypeError("heldout must contain only Task values")
+        try:
+            return TaskBatch.stack(list(tasks))
+        except Exception as error:  # noqa: BLE001 - shapes differ
+            raise ValueError(f"heldout tasks must all have the same shapes: {error}") from None
+
+
 def function_signature(task: Task, grid: Tensor | None = None, bandwidth: float = 0.75) -> Tensor:
     """Shape descriptor of a 1-d regression task: Nadaraya-Watson smoothing of the support targets on
     ``grid`` (default 16 points in [-5, 5]), standardised to zero mean and unit norm. Returns ``[G]``."""
     if task.is_classification or task.support_x.shape[-1] != 1:
         raise ValueError("function_signature works for 1-d regression tasks; pass embed_fn=... for others")
-    grid = torch.linspace(-5, 5, 16, dtype=torch.float64) if grid is None else grid.double()
+    device = task.support_x.device
+    grid = (torch.linspace(-5, 5, 16, dtype=torch.float64, device=device) if grid is None
+            else grid.double().to(device))
     x, y = task.support_x.double().reshape(-1), task.support_y.double().reshape(-1)
     kernel = torch.exp(-0.5 * ((grid[:, None] - x[None, :]) / bandwidth) ** 2) + 1e-12
     smooth = (kernel * y).sum(1) / kernel.sum(1)
@@ -238,20 +306,43 @@ class TaskSelector:
         embed_fn: ``Task -> [d]`` embedding (default ``function_signature``).
         temperature: attention temperature (lower = sharper); scores are ``<q, k> / (sqrt(d) * temperature)``.
         uniform_share: probability mass spread uniformly over the pool (in [0, 1]) so no task is starved.
+        targets: the target tasks (or their embeddings ``[n, d]``) that ``select`` attends from.
+        keep: how many tasks ``select`` draws from a pool (``AttentionMAML``: of each meta-batch).
     """
 
     def __init__(self, embed_fn: Callable[[Task], Tensor] = function_signature, *, temperature: float = 0.05,
-                 uniform_share: float = 0.2) -> None:
+                 uniform_share: float = 0.2, targets: Sequence[Task] | Tensor | None = None,
+                 keep: int | None = None) -> None:
+        for name, value in (("temperature", temperature), ("uniform_share", uniform_share)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"task selector {name} must be a number, got {value!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not 0.0 <= uniform_share <= 1.0:
             raise ValueError(f"uniform_share must be in [0, 1], got {uniform_share}")
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+            raise ValueError(f"task selector keep must be a positive int, got {keep!r}")
         self.embed_fn, self.temperature, self.uniform_share = embed_fn, temperature, uniform_share
+        self.targets, self.keep = targets, keep
+
+    def __repr__(self) -> str:
+        targets = "None" if self.targets is None else f"<{len(self.targets)} tasks>"
+        return (f"TaskSelector(temperature={self.temperature}, uniform_share={self.uniform_share}, "
+                f"keep={self.keep}, targets={targets})")
 
     def embed(self, tasks: Sequence[Task]) -> Tensor:
+        """``[n, d]`` embeddings (float32, on the CPU) of ``tasks``."""
         if len(tasks) == 0:
             raise ValueError("need at least one task to embed")
-        return torch.stack([self.embed_fn(t).detach().float().reshape(-1) for t in tasks])
+        return torch.stack([self.embed_fn(t).detach().float().reshape(-1).cpu() for t in tasks])
+
+    def select(self, pool: Sequence[Task] | Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Indices ``[keep]`` into ``pool`` drawn by ``sample`` from this selector's ``targets``."""
+        if self.targets is None or self.keep is None:
+            missing = " and ".join(n for n in ("targets", "keep") if getattr(self, n) is None)
+            raise ValueError(f"TaskSelector.select needs {missing}: set TaskSelector(targets=tasks, keep=N) "
+                             "(targets: a few tasks like the ones to do well on, e.g. validation tasks)")
+        return self.sample(self.targets, pool, self.keep, generator)
 
     def probabilities(self, targets: Sequence[Task] | Tensor, pool: Sequence[Task] | Tensor) -> Tensor:
         """Sampling probabilities ``[N]`` over ``pool`` (tasks, or their embeddings ``[N, d]``)."""

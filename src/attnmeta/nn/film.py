@@ -3,11 +3,15 @@
 * ``TaskEncoder``: self-attention over the support set's (features, labels) pairs, pooled by attention into
   one task embedding ``[task_dim]`` (permutation-invariant over the support set).
 * ``FiLMBackbone``: wraps any backbone made of blocks (``Conv4``/``ResNet12``: ``blocks.i``; ``MLP``:
-  ``layers.i``; or explicit ``block_names``). The output of block ``b`` with ``C`` channels becomes
+  ``layers.i``; or explicit ``block_names``, e.g. ``["1", "3"]`` for the activations of an
+  ``nn.Sequential``). The output of block ``b`` with ``C`` channels becomes
   ``gamma_b * h + beta_b`` with ``gamma_b = 2 sigmoid(W_b z)`` (channel attention in ``(0, 2)``) and
   ``beta_b = U_b z``, and optionally a spatial gate ``2 sigmoid(<V_b z, h[:, :, i, j]> / sqrt(C))`` per
   position. ``z = task_embedding + context``. All gate maps start at zero, so an untrained wrapper is the
   plain backbone.
+
+* ``FeatureAttention``: the options of feature attention in ``AttentionMAML`` (what to wrap, how to adapt);
+  ``make_task_encoder`` builds the default ``TaskEncoder`` for an input shape.
 
 Two ways to adapt (see ``AttentionMAML``): everything in the inner loop, or only the small ``context``
 vector (CAVIA-like: the inner loop differentiates w.r.t. ``task_dim`` numbers instead of every weight).
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +29,10 @@ from torch import Tensor, nn
 
 from attnmeta.nn.attention import AttentionPooling, SetAttentionBlock
 
-__all__ = ["TaskEncoder", "FiLMBackbone", "find_blocks"]
+__all__ = ["TaskEncoder", "FiLMBackbone", "FeatureAttention", "find_blocks", "make_task_encoder",
+           "FEATURE_MODES"]
+
+FEATURE_MODES = ("all", "context")
 
 
 class TaskEncoder(nn.Module):
@@ -70,6 +78,24 @@ class TaskEncoder(nn.Module):
         for block in self.blocks:
             h = block(h)
         return self.pool(h)[0, 0]
+
+
+def make_task_encoder(in_shape: Sequence[int], y_features: int, task_dim: int = 32, *,
+                      x_encoder: nn.Module | None = None, classification: bool = False) -> TaskEncoder:
+    """The default ``TaskEncoder`` for inputs of shape ``in_shape``: ``x_encoder`` if given, else a 32-filter
+    Conv-4 for images (``[C, H, W]``) or the flattened input for anything else."""
+    in_shape = tuple(in_shape)
+    if x_encoder is None and len(in_shape) == 3:
+        from attnmeta.nn.backbones import Conv4
+
+        x_encoder = Conv4(in_shape, hidden=32)
+        x_features = x_encoder.feature_dim
+    elif x_encoder is not None:
+        with torch.no_grad():
+            x_features = int(x_encoder(torch.zeros(2, *in_shape)).shape[-1])
+    else:
+        x_features = int(math.prod(in_shape))
+    return TaskEncoder(x_features, y_features, task_dim, x_encoder=x_encoder, classification=classification)
 
 
 def find_blocks(backbone: nn.Module) -> list[str]:
@@ -198,3 +224,44 @@ def _block_widths(backbone: nn.Module, blocks: list[nn.Module], in_shape: Sequen
     if len(widths) != len(blocks):
         raise ValueError("some blocks were not called in the backbone's forward pass; check block_names")
     return [widths[k] for k in range(len(blocks))]
+
+
+@dataclass(frozen=True)
+class FeatureAttention:
+    """Feature attention of ``AttentionMAML``: wrap the model in ``FiLMBackbone`` and embed every task's
+    support set with a ``TaskEncoder`` (``make_task_encoder``) that drives the gates.
+
+    Args:
+        mode: ``"all"`` (every model parameter adapts in the inner loop) or ``"context"`` (only the
+            ``task_dim`` context vector adapts, CAVIA-like; cheaper).
+        task_dim: size of the task embedding / context vector.
+        spatial: also gate spatial positions of 4-d block outputs (image backbones).
+        block_names: submodules whose outputs are gated (default ``find_blocks``: ``blocks.i`` /
+            ``layers.i``); any ``nn.Sequential`` works with e.g. ``("1", "3")`` (its activations).
+        x_encoder: feature extractor of the task encoder (default: see ``make_task_encoder``).
+    """
+
+    mode: str = "all"
+    task_dim: int = 32
+    spatial: bool = False
+    block_names: tuple[str, ...] | None = None
+    x_encoder: nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in FEATURE_MODES:
+            raise ValueError(f"feature attention mode must be one of {FEATURE_MODES}, got {self.mode!r}")
+        if isinstance(self.task_dim, bool) or not isinstance(self.task_dim, int) or self.task_dim < 1:
+            raise ValueError(f"feature attention task_dim must be a positive int, got {self.task_dim!r}")
+        if not isinstance(self.spatial, bool):
+            raise ValueError(f"feature attention spatial must be true or false, got {self.spatial!r}")
+        if self.block_names is not None:
+            names = self.block_names
+            if isinstance(names, str) or not all(isinstance(n, str) for n in names) or not names:
+                raise ValueError(f"feature attention block_names must be a non-empty list of submodule "
+                                 f"names, got {names!r}")
+            object.__setattr__(self, "block_names", tuple(names))
+
+    def wrap(self, backbone: nn.Module, in_shape: Sequence[int] | None = None) -> FiLMBackbone:
+        """``backbone`` with FiLM gates on its blocks."""
+        return FiLMBackbone(backbone, self.task_dim, block_names=self.block_names, spatial=self.spatial,
+                            in_shape=in_shape)

@@ -485,11 +485,13 @@ class TfidfCentroid(Learner):
 
 def build_text_backbone(in_shape: Sequence[int], out_features: int | None = None, *, num_embeddings: int,
                         encoder: str = "lexical", idf: Sequence[float] | None = None, context_dim: int = 32,
-                        dim: int = 64, heads: int = 2, dense: bool = False, **options: Any) -> nn.Module:
+                        dim: int = 64, heads: int = 2, dense: bool = False, learn_weights: bool = True,
+                        dense_weight: float = 0.5, **options: Any) -> nn.Module:
     """The ``"text"`` backbone of ``attnmeta.nn.backbones.build_backbone`` (token ids ``[n, *in_shape]``).
 
     ``encoder="lexical"``: :class:`LexicalEncoder` (``idf``: initial piece weights, a list of
-    ``num_embeddings`` floats; ``dense=True`` appends an attention-pooling encoder of width ``dim``);
+    ``num_embeddings`` floats; ``learn_weights=False`` keeps them fixed; ``dense=True`` appends an
+    attention-pooling encoder of width ``dim``, weighted by a learned weight starting at ``dense_weight``);
     ``"attention"``: :class:`TextEncoder` (``dim``, ``heads`` and its other keyword ``options``). With
     ``out_features`` (head learners) a zero-initialised ``Linear(D, out_features)`` follows.
     """
@@ -501,7 +503,8 @@ def build_text_backbone(in_shape: Sequence[int], out_features: int | None = None
         if options and not dense:
             raise TypeError(f"unexpected keyword argument(s) {sorted(options)} for the lexical encoder")
         weights = None if idf is None else torch.tensor(list(idf), dtype=torch.float32)
-        model: nn.Module = LexicalEncoder(num_embeddings, idf=weights, context_dim=context_dim, dense=extra)
+        model: nn.Module = LexicalEncoder(num_embeddings, idf=weights, context_dim=context_dim, dense=extra,
+                                          learn_weights=learn_weights, dense_weight=dense_weight)
     elif encoder == "attention":
         model = TextEncoder(num_embeddings, dim, dim, heads=heads, **options)
     else:

@@ -10,6 +10,7 @@ truncated at ``horizon`` steps.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -109,6 +110,7 @@ class HalfCheetahEnv:
         values = torch.as_tensor(task_values, dtype=torch.float64).reshape(-1)
         self.task_values, self.kind, self.horizon, self.seed = values, kind, horizon, seed
         self.num_envs = values.numel()
+        _quiet_mujoco()
         pool = _CHEETAH_POOL.setdefault(horizon, [])
         while len(pool) < self.num_envs:  # simulators are reused across rollouts (reset re-seeds them)
             pool.append(gymnasium.make("HalfCheetah-v5", max_episode_steps=horizon))
@@ -138,6 +140,20 @@ class HalfCheetahEnv:
         done = torch.zeros(self.num_envs, dtype=torch.bool)
         truncated = torch.full_like(done, self.t >= self.horizon)
         return torch.as_tensor(np.stack(obs), dtype=torch.float32), reward, done, truncated, {"x_velocity": v}
+
+
+def _quiet_mujoco() -> None:
+    """Send MuJoCo's warnings (e.g. the HalfCheetah model's deprecated ``settotalmass``) to the
+    ``attnmeta.rl`` logger at debug level: by default MuJoCo prints them and appends them to
+    ``MUJOCO_LOG.TXT`` in the current folder."""
+    import mujoco
+
+    if mujoco.get_mju_user_warning() is not _log_mujoco_warning:
+        mujoco.set_mju_user_warning(_log_mujoco_warning)
+
+
+def _log_mujoco_warning(message: str) -> None:
+    logging.getLogger("attnmeta.rl").debug("MuJoCo: %s", message)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from torch import nn
 from attnmeta.eval.stats import MeanCI, mean_ci95
 from attnmeta.rl.envs import rollout
 from attnmeta.rl.maml_rl import MAMLRL
+from attnmeta.rl.snail_policy import SNAILRL, rollout_trial
 from attnmeta.rl.tasks import HalfCheetahTask, NavigationTask
 
 
@@ -68,6 +69,30 @@ def evaluate_adaptation(policy: nn.Module, tasks: Sequence[NavigationTask | Half
         current = [{n: t.detach() for n, t in learner.adapt_params(current[i], xs[i], ys[i], steps=1).items()}
                    for i in range(len(tasks))]
     return curve
+
+
+def evaluate_learner(learner: MAMLRL | SNAILRL, tasks: Sequence[NavigationTask | HalfCheetahTask],
+                     steps: int | None = None, seed: int = 0) -> AdaptationCurve:
+    """The adaptation curve of a meta-RL learner on fixed ``tasks`` (its parameters are not changed).
+
+    ``MAMLRL``: returns after ``0..steps`` policy-gradient steps with the learner's own inner loop and
+    ``episodes`` per step (``steps`` default: ``max(3, inner_steps)``). ``SNAILRL``: the return of each
+    episode of one trial per task (``per_task[k]``: episode ``k``, after ``k`` episodes of experience;
+    ``steps`` is ignored). The global RNG is left as it was (``seed`` drives the sampling).
+    """
+    if isinstance(learner, SNAILRL):
+        if not tasks:
+            raise ValueError("evaluate_learner needs at least one task")
+        goals = torch.stack([t.env_params for t in tasks])
+        with torch.random.fork_rng(devices=[]):
+            trial = rollout_trial(learner.policy, goals, 1, learner.episodes_per_trial, learner.horizon,
+                                  torch.Generator().manual_seed(seed), learner.env_factory)
+        returns = trial.episode_returns()[:, 0]  # [tasks, E]
+        return AdaptationCurve("snail-rl", returns.t().tolist())
+    steps = max(3, learner.inner_steps) if steps is None else steps
+    with torch.random.fork_rng(devices=[]):
+        return evaluate_adaptation(learner.policy, tasks, "maml-rl", steps=steps, episodes=learner.episodes,
+                                   seed=seed, learner=learner)
 
 
 def plot_adaptation(curves: Sequence[AdaptationCurve], path: str, title: str = "2D navigation") -> None:

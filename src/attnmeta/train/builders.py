@@ -65,7 +65,9 @@ def require_registered(algo: str, recorded_imports: list[str] | None = None) -> 
     ``recorded_imports`` are the modules a saved run names: they are never imported (a run folder must not
     execute code), only quoted so that the user can pass them explicitly if they trust them.
     """
-    if algo in learners.available():
+    from attnmeta.train.config import RL_ALGOS
+
+    if algo in learners.available() or algo in RL_ALGOS:
         return
     if recorded_imports:
         named = " ".join(f"--import {item}" for item in recorded_imports)
@@ -76,7 +78,8 @@ def require_registered(algo: str, recorded_imports: list[str] | None = None) -> 
             f"attnmeta.load(path, imports=[{listed}]) (Python)"
         )
     raise UserError(
-        f"unknown learner {algo!r}; choose one of: {', '.join(learners.available())} (a custom learner needs "
+        f"unknown learner {algo!r}; choose one of: {', '.join(learners.available())} (meta-RL: "
+        f"{', '.join(RL_ALGOS)}; a custom learner needs "
         "--import MODULE_OR_FILE)"
     )
 
@@ -152,8 +155,9 @@ def build_learner(config: RunConfig, bench: BenchmarkParts) -> Learner:
     require_registered(config.algo, config.imports)
     torch.manual_seed(config.seed)
     model = build_model(config, bench)
-    options = {**_data_options(config.algo, bench), **config.algo_options}
+    options = {**_data_options(config, bench), **config.algo_options}
     learner = learners.build(config.algo, model=model, task_type=bench.task_type, ways=config.ways, **options)
+    _give_selector_targets(learner, config, bench)
     if config.train_ways is not None and config.train_ways != config.ways:
         if learners.spec(config.algo).head:
             raise ValueError(
@@ -165,13 +169,33 @@ def build_learner(config: RunConfig, bench: BenchmarkParts) -> Learner:
     return learner.to(device=resolve_device(config.device), dtype=getattr(torch, config.dtype))
 
 
+#: How many target tasks a task selector built from a config attends from.
+SELECTOR_TARGETS = 5
+
+
+def _give_selector_targets(learner: Learner, config: RunConfig, bench: BenchmarkParts) -> None:
+    """A config cannot hold tasks: a ``TaskSelector`` built from one (``task_attention: {kind: selector}``)
+    attends from ``SELECTOR_TARGETS`` fixed tasks of the validation source (seed ``val_seed + 1``, not the
+    validation episodes)."""
+    from attnmeta.learners.task_attention import TaskSelector
+
+    selector = getattr(learner, "task_attention", None)
+    if not isinstance(selector, TaskSelector) or selector.targets is not None or bench.val is None:
+        return
+    selector.targets = bench.val.fixed_tasks(SELECTOR_TARGETS, seed=config.val_seed + 1)
+
+
 #: Learners whose ``num_classes`` option (the pre-training classifier's size) comes from the training data.
 CLASS_COUNT_LEARNERS = ("transfer", "baseline++")
 
 
-def _data_options(algo: str, bench: BenchmarkParts) -> dict[str, Any]:
+def _data_options(config: RunConfig, bench: BenchmarkParts) -> dict[str, Any]:
     """Learner options known from the data, under the user's: ``num_classes`` of the transfer baselines
-    (the largest class id the training source can label an example with, plus one)."""
+    (the largest class id the training source can label an example with, plus one) and ``shots`` of the
+    learners that size themselves by it (SNAIL's sequence: the larger of the training and test shots)."""
+    algo = config.algo
+    if "shots" in (learners.registry.valid_options(algo) or ()) and config.shots is not None:
+        return {"shots": max(config.shots, config.train_shots or 0)}
     if algo not in CLASS_COUNT_LEARNERS or bench.task_type != "classification":
         return {}
     classes = getattr(bench.train, "classes", None)

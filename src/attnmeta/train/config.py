@@ -26,6 +26,9 @@ from typing import Any
 from attnmeta.train.config_files import load_config_file, parse_overrides  # noqa: F401  (public here too)
 
 REGRESSION_BENCHMARKS = ("sinusoid", "multimodal")
+#: Meta-RL benchmarks and learners (``attnmeta.rl.registry``; kept in step by a test).
+RL_BENCHMARKS = ("navigation", "halfcheetah-dir", "halfcheetah-vel")
+RL_ALGOS = ("maml-rl", "snail-rl")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
@@ -158,6 +161,8 @@ class RunConfig:
 
     @property
     def task_type(self) -> str:
+        if self.benchmark in RL_BENCHMARKS:
+            return "rl"
         return "regression" if self.benchmark in REGRESSION_BENCHMARKS else "classification"
 
     def validate(self) -> None:
@@ -208,6 +213,11 @@ class RunConfig:
     def check_learner_options(self) -> None:
         """Raise ``ValueError`` naming an ``algo_options`` key the learner does not take (with the valid
         ones); learners not registered yet are not checked."""
+        if self.algo in RL_ALGOS:
+            from attnmeta.rl.registry import check_rl_options
+
+            check_rl_options(self.algo, self.algo_options)
+            return
         from attnmeta.learners.registry import check_options
 
         check_options(self.algo, self.algo_options)
@@ -215,6 +225,8 @@ class RunConfig:
     def resolved(self) -> RunConfig:
         """A copy with the benchmark's defaults filled in (shots, queries, ways, run_dir); ``algo_options``
         are checked against the learner first (``check_learner_options``)."""
+        if (self.task_type == "rl") != (self.algo in RL_ALGOS):
+            raise ValueError(_rl_mismatch(self.benchmark, self.algo, self.task_type))
         self.check_learner_options()
         c = dataclasses.replace(
             self,
@@ -226,13 +238,14 @@ class RunConfig:
         if c.task_type == "regression":
             c.shots = 10 if c.shots is None else c.shots
             c.queries = 10 if c.queries is None else c.queries
-        else:
+        elif c.task_type == "classification":  # (meta-RL tasks are environments: no ways, shots, queries)
             c.ways = 5 if c.ways is None else c.ways
             c.shots = 1 if c.shots is None else c.shots
             c.queries = 15 if c.queries is None else c.queries
         if c.run_dir is None:
             shape = f"{c.shots}shot" if c.task_type == "regression" else f"{c.ways}w{c.shots}s"
-            c.run_dir = str(Path("runs") / f"{c.benchmark}-{c.algo}-{shape}")
+            name = f"{c.benchmark}-{c.algo}" + ("" if c.task_type == "rl" else f"-{shape}")
+            c.run_dir = str(Path("runs") / name)
         return c
 
     @staticmethod
@@ -391,3 +404,11 @@ def _storable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return f"<in-memory {type(value).__name__}: not stored>"
+
+
+def _rl_mismatch(benchmark: str, algo: str, task_type: str) -> str:
+    if task_type == "rl":
+        return (f"benchmark {benchmark!r} is meta-RL: choose --algo {' or '.join(RL_ALGOS)} "
+                f"(not {algo!r})")
+    return (f"learner {algo!r} is for the meta-RL benchmarks ({', '.join(RL_BENCHMARKS)}), "
+            f"not {benchmark!r}; choose another --algo or benchmark")

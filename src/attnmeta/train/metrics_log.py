@@ -7,7 +7,9 @@ import importlib.util
 import os
 from pathlib import Path
 
-METRIC_COLUMNS = ("step", "phase", "loss", "accuracy", "mse", "ci95", "lr", "train_seconds", "cpu_seconds")
+METRIC_COLUMNS = (
+    "step", "phase", "loss", "accuracy", "mse", "return", "ci95", "lr", "train_seconds", "cpu_seconds"
+)
 
 class MetricsLog:
     """``metrics.csv`` (one row per train step and per validation) and TensorBoard when installed."""

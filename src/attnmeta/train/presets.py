@@ -33,6 +33,12 @@ _REGRESSION_PRESET: dict[str, Any] = {
 }
 #: Image benchmarks: a cosine over a wall-clock budget (``steps`` only caps it), one thread.
 _IMAGE_PRESET: dict[str, Any] = {"steps": 100000, "schedule": "cosine", "budget_clock": "wall", "threads": 1}
+#: Meta-RL: a step is one TRPO (or PPO) iteration on ``meta_batch`` tasks (``lr`` is unused: ``max_kl`` sizes
+#: the TRPO step); a CPU-minute budget, one thread; validation on 20 fixed tasks, test on 40.
+_RL_PRESET: dict[str, Any] = {"steps": 10000, "budget_minutes": 6, "eval_every": 10, "eval_episodes": 20,
+                              "test_episodes": 40, "checkpoint_every": 10, "threads": 1}
+_CHEETAH_PRESET: dict[str, Any] = {**_RL_PRESET, "meta_batch": 10, "budget_minutes": 8, "eval_every": 20,
+                                   "eval_episodes": 10, "checkpoint_every": 20}
 BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
     "sinusoid": dict(_REGRESSION_PRESET),
     "multimodal": dict(_REGRESSION_PRESET),
@@ -42,6 +48,10 @@ BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
     # 5-way 1-shot (background -> evaluation alphabets); each learner's settings below (OMNIGLOT)
     "omniglot": {**_IMAGE_PRESET, "budget_minutes": 3, "eval_episodes": 200, "channels_last": True,
                  "backbone_options": {"norm": "fused"}},
+    # the MAML paper's meta-batch of 20 tasks x 20 episodes
+    "navigation": {**_RL_PRESET, "meta_batch": 20},
+    "halfcheetah-dir": _CHEETAH_PRESET,
+    "halfcheetah-vel": _CHEETAH_PRESET,
     # by analogy with Omniglot, not measured (84 x 84 images: ~9x the CPU of Omniglot per image)
     "miniimagenet": {**_IMAGE_PRESET, "budget_minutes": 5, "eval_every": 100, "eval_episodes": 100,
                      "checkpoint_every": 100, "channels_last": True},
@@ -92,7 +102,10 @@ MINIIMAGENET: dict[str, dict[str, Any]] = {
     "transfer": {"meta_batch": 1, "train_ways": 16, "train_queries": 1},
     "baseline++": {"meta_batch": 1, "train_ways": 16, "train_queries": 1},
 }
-PER_LEARNER = {"omniglot": OMNIGLOT, "miniimagenet": MINIIMAGENET}
+#: HalfCheetah: 10 episodes per task and step (the MAML paper: 20) to fit the budget.
+CHEETAH = {"maml-rl": {"algo_options": {"episodes": 10}}}
+PER_LEARNER = {"omniglot": OMNIGLOT, "miniimagenet": MINIIMAGENET, "halfcheetah-dir": CHEETAH,
+               "halfcheetah-vel": CHEETAH}
 
 #: Learner options added on CLINC150: cosine prototypes (TF-IDF nearest centroid before meta-training) and
 #: MAML on the zero-initialised head with a large inner step (the lexical features have norm 4).

@@ -66,6 +66,14 @@ class Run:
             retain_freed_memory()
         self.checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=config.keep_last)
         seed_everything(config.seed)
+        self.step, self.wall, self.cpu = 0, 0.0, 0.0
+        self.best: dict[str, Any] | None = None
+        self.history: list[list[float]] = []  # [step, value, wall seconds, cpu seconds] per validation
+        self.build(bench)
+
+    def build(self, bench: Any) -> None:
+        """Benchmark, learner, optimizer, validation tasks, the metric and ``run.json``'s contents."""
+        config = self.config
         self.bench = build_benchmark(config) if bench is None else benchmark_parts(bench)
         if config.augment:
             self.bench.train = augmented_source(self.bench.train, config.augment, config.seed, self.bench)
@@ -88,9 +96,6 @@ class Run:
         ]
         classification = self.bench.task_type == "classification"
         self.metric, self.higher_better = ("accuracy", True) if classification else ("mse", False)
-        self.step, self.wall, self.cpu = 0, 0.0, 0.0
-        self.best: dict[str, Any] | None = None
-        self.history: list[list[float]] = []  # [step, value, wall seconds, cpu seconds] per validation
         head = learners.spec(config.algo).head and classification
         self.run_info = {
             "benchmark": self.bench.name,
@@ -237,7 +242,7 @@ class Run:
     def validate(self) -> tuple[EvalResult, bool]:
         """Evaluate on the fixed validation tasks without touching any RNG; is it the best so far?"""
         with preserved_rng(), self.averaged():
-            result = evaluate(self.evaluated, self.val_tasks, device=self.device)
+            result = self.evaluate_validation()
         self.history.append([self.step, result.mean, self.wall, self.cpu])
         best = self.best
         better = best is None or (
@@ -247,11 +252,18 @@ class Run:
             self.best = {"step": self.step, "metric": self.metric, "value": result.mean}
         return result, better
 
-    def test(self, quiet: bool) -> EvalResult:
-        """The best checkpoint (the newest without validation) on the fixed test tasks."""
+    def evaluate_validation(self) -> EvalResult:
+        return evaluate(self.evaluated, self.val_tasks, device=self.device)
+
+    def load_best(self) -> None:
+        """The best checkpoint's weights (the newest without validation) into the learner."""
         best_path = self.checkpoints.best_path() or self.checkpoints.path(self.step)
         if best_path.is_dir():
             load_weights(self.learner, load_checkpoint(best_path)[0], best_path)
+
+    def test(self, quiet: bool) -> EvalResult:
+        """The best checkpoint (the newest without validation) on the fixed test tasks."""
+        self.load_best()
         tasks = [
             t.to(self.device, self.dtype)
             for t in self.bench.test.fixed_tasks(self.config.test_episodes, seed=self.config.test_seed)

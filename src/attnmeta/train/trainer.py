@@ -170,7 +170,10 @@ def _train(
     bench: BenchmarkParts | None = None,
 ) -> TrainResult:
     """The run itself, in a locked run folder: build, restore, loop (step, validate, save), test."""
-    run = Run(config, run_dir, print_fn, bench=bench)
+    run_class = Run
+    if config.task_type == "rl":
+        from attnmeta.train.rl_run import RLRun as run_class
+    run = run_class(config, run_dir, print_fn, bench=bench)
     if resume:
         run.restore()
     run.write_run_files()
@@ -209,7 +212,7 @@ def _train(
             bar.update(1)
             if run.step % 10 == 0 or last:
                 bar.set_postfix(
-                    {k: f"{metrics[k]:.4g}" for k in ("loss", "accuracy", "mse") if k in metrics},
+                    {k: f"{metrics[k]:.4g}" for k in ("loss", "accuracy", "mse", "return") if k in metrics},
                     refresh=False,
                 )
     finally:

@@ -68,11 +68,14 @@ def show(name: str) -> str:
 
 
 def format_figure(test: dict[str, Any] | None) -> str:
-    """``98.81 +/- 0.21%`` for accuracy, ``0.0123 +/- 0.0010`` for MSE, ``-`` when missing."""
+    """``98.81 +/- 0.21%`` for accuracy, ``0.0123 +/- 0.0010`` for MSE, ``-18.52 +/- 1.40`` for a meta-RL
+    return, ``-`` when missing."""
     if not test:
         return "-"
     if test["metric"] == "accuracy":
         return f"{100 * test['mean']:.2f} +/- {100 * test['ci95']:.2f}%"
+    if test["metric"] == "return":
+        return f"{test['mean']:.2f} +/- {test['ci95']:.2f}"
     return f"{test['mean']:.4f} +/- {test['ci95']:.4f}"
 
 
@@ -124,6 +127,8 @@ def record(run_dir: str | Path, name: str | None = None, out_dir: str | Path = R
         "paper": recipe.paper, "command": recipe.command, "steps": summary["steps"],
         "time_to": summary.get("time_to"), "seed": config.get("seed"),
     }
+    if summary.get("adaptation") is not None:  # meta-RL: the return over adaptation steps
+        entry["adaptation"] = summary["adaptation"]
     out = Path(out_dir) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(entry, indent=2) + "\n")

@@ -15,11 +15,15 @@ Every method of a benchmark is tested on the same 600 fixed test tasks (seed 123
 per-task MSE (Omniglot: accuracy), training CPU seconds (process time, one thread), meta-steps done. A run
 stops at ``--steps`` meta-steps or ``--time-budget`` CPU seconds of training, whichever comes first.
 
-    python benchmarks/attention_ablation.py --steps 5000 --time-budget 300 --jobs 2
-    python benchmarks/attention_ablation.py --only sinusoid5 --steps 200      # quick look
-    python benchmarks/attention_ablation.py --timing-only    # CPU ms per meta-step, feature attention modes
+    python experiments/attention/attention_ablation.py --steps 5000 --time-budget 300 --jobs 2
+    python experiments/attention/attention_ablation.py --only sinusoid5 --steps 200      # quick look
+    python experiments/attention/attention_ablation.py --timing-only  # CPU ms per meta-step
 
-Writes ``benchmarks/results/attention_ablation.json`` (``--out``) and prints the table.
+Writes ``experiments/attention/results/attention_ablation_run.json`` (``--out``; the runs the research notes
+cite are the other ``attention_ablation_*.json`` there) and prints the table.
+
+Issue 30: its regression loop (``run_one``) still steps its own Adam: oracle task weights, attentive task
+selection and the per-step task-weight log need hooks the trainer lacks.
 """
 
 from __future__ import annotations
@@ -32,20 +36,19 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 sys.path.insert(0, str(ROOT / "src"))
 
 METHODS = {
     "maml": {},
     "+task": {"task_attention": True},  # per-task gates (the default weighting mode)
-    "+task(softmax)": {"task_attention": True, "weighting_mode": "softmax"},
-    "+task(loo)": {"task_attention": True, "heldout": False, "weighting_mode": "softmax"},
-    "+task(raw)": {"task_attention": True, "weighting_standardize": False, "weighting_mode": "softmax"},
-    "+task(sf)": {"task_attention": True, "weighting_standardize": False, "weighting_scale_free": True,
-                  "weighting_mode": "softmax"},
+    "+task(softmax)": {"task_attention": {"mode": "softmax"}},
+    "+task(loo)": {"task_attention": {"mode": "softmax"}, "heldout": False},
+    "+task(raw)": {"task_attention": {"standardize": False, "mode": "softmax"}},
+    "+task(sf)": {"task_attention": {"standardize": False, "scale_free": True, "mode": "softmax"}},
     "oracle": {},  # plain MAML whose outer loss skips the corrupted tasks (knows info["corrupted"]): a bound
     "+feature": {"feature_attention": True},
-    "+feature(context)": {"feature_attention": True, "feature_mode": "context"},
+    "+feature(context)": {"feature_attention": {"mode": "context"}},
     "+param": {"param_attention": True},
     "+param(lr)": {"param_attention": True, "learn_inner_lr": True},  # attention weights x a learned rate
     "maml(lr)": {"learn_inner_lr": True},  # control for +param(lr): MAML with the same learned rate
@@ -89,22 +92,30 @@ def make_learner(method: str, spec: dict | None = None, *, inner_lr: float = 0.0
     tasks of the benchmark's family (seed 6, never test tasks) unless the method says ``heldout=False``."""
     import torch
 
-    from attnmeta.learners.attention_maml import AttentionMAML
+    from attnmeta.learners import build
     from attnmeta.nn.backbones import MLP
 
     flags = dict(METHODS.get(method, {}))
     use_heldout = flags.pop("heldout", True)
-    lr = CONTEXT_LR if flags.get("feature_mode") == "context" else inner_lr
+    lr = CONTEXT_LR if context_mode(flags) else inner_lr
     if flags.get("task_attention"):
+        task = dict(flags["task_attention"]) if isinstance(flags["task_attention"], dict) else {}
         if os.environ.get("ATTN_WEIGHTING_ENTROPY"):
-            flags["weighting_entropy"] = float(os.environ["ATTN_WEIGHTING_ENTROPY"])
+            task["entropy"] = float(os.environ["ATTN_WEIGHTING_ENTROPY"])
         if use_heldout and spec is not None:
             trusted = make_family(spec, seed=6, clean=True)
-            flags["weighting_heldout"] = trusted.fixed_tasks(HELDOUT_TASKS, seed=6)
+            task["heldout"] = trusted.fixed_tasks(HELDOUT_TASKS, seed=6)
+        flags["task_attention"] = task
     torch.manual_seed(0)
     steps = (spec or {}).get("inner_steps", 1)
-    return AttentionMAML(MLP(1, (40, 40), 1), "regression", inner_lr=lr, inner_steps=steps, strategy="vmap",
-                         **flags)
+    return build("attention-maml", model=MLP(1, (40, 40), 1), task_type="regression", inner_lr=lr,
+                 inner_steps=steps, strategy="vmap", **flags)
+
+
+def context_mode(flags: dict) -> bool:
+    """Whether ``flags`` adapt only feature attention's context vector (CAVIA's inner rate applies)."""
+    feature = flags.get("feature_attention")
+    return isinstance(feature, dict) and feature.get("mode") == "context"
 
 
 def run_omniglot(method: str, steps: int, time_budget: float, episodes: int) -> dict:
@@ -270,7 +281,7 @@ def timing_omniglot(meta_batch: int = 4, repeats: int = 5) -> dict:
         for first_order in (True, False):
             flags = {k: v for k, v in METHODS[method].items() if k != "heldout"}
             options = {**OMNIGLOT_OPTIONS, "first_order": first_order, **flags}
-            if flags.get("feature_mode") == "context":
+            if context_mode(flags):
                 options["inner_lr"] = CONTEXT_LR
             learner = build_for("attention-maml", bench, 5, 1, options=options)
             learner.meta_loss(batch).loss.backward()
@@ -298,7 +309,8 @@ def main() -> None:
     parser.add_argument("--no-timing", action="store_true", help="skip the seconds-per-step measurement")
     parser.add_argument("--timing-only", action="store_true",
                         help="only measure seconds per meta-step (regression and Omniglot), then exit")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "attention_ablation.json"))
+    parser.add_argument("--out", default=str(ROOT / "experiments" / "attention" / "results" /
+                                             "attention_ablation_run.json"))
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # read by make_learner in the worker processes

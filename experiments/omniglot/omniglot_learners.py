@@ -5,13 +5,14 @@ One algorithm per process (run several in parallel, one or a few threads each): 
 budget (or a wall-clock one, ``--wall-minutes``), then evaluate the best checkpoint by validation on the 600
 fixed test episodes ``benchmark.test.fixed_tasks(600, seed=0)`` (identical in every process and in
 ``attnmeta compare``).
-Prints a table and writes ``benchmarks/results/omniglot_<algo>.json`` (with the training log).
+Prints a table and writes ``experiments/omniglot/results/omniglot_<algo>.json`` (with the training log).
 
 Training episodes may have more ways than test episodes (``--train-ways``, for learners that work for
 any number of ways), as in Prototypical Networks.
 
-    .venv/bin/python benchmarks/omniglot_learners.py --algo matching --train-ways 20 --cpu-minutes 20
-    .venv/bin/python benchmarks/omniglot_learners.py --algo snail --threads 4 --cpu-minutes 30
+    .venv/bin/python experiments/omniglot/omniglot_learners.py --algo matching --train-ways 20 \
+        --cpu-minutes 20
+    .venv/bin/python experiments/omniglot/omniglot_learners.py --algo snail --threads 4 --cpu-minutes 30
 
 Times are process CPU time (all threads) and wall time of this process; on a shared machine the wall time
 is longer than the CPU time. CPU only; GPU runs use ``omniglot_time_to_accuracy.py --device cuda``.
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 DATA = ROOT.parent / "shared" / "data" / "omniglot"
 
 DEFAULTS = {  # per-algorithm settings used for the README numbers
@@ -68,7 +69,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--root", default=str(DATA))
     parser.add_argument("--tag", default="")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--out", default=str(ROOT / "experiments" / "omniglot" / "results"))
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
