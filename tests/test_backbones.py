@@ -162,3 +162,28 @@ def test_conv4_pools_only_after_the_first_blocks_it_is_asked_to():
             Conv4(pools=bad)
     with pytest.raises(ValueError, match="give pools or pool_last=False, not both"):
         Conv4(pools=2, pool_last=False)
+
+
+def test_a_registered_backbone_is_built_by_name_from_a_config(tmp_path):
+    from torch import nn
+
+    from attnmeta.nn.backbones import BACKBONES, build_backbone, register_backbone
+    from attnmeta.train import RunConfig, train
+
+    def tiny(in_shape, out_features, hidden=8):
+        layers = [nn.Linear(in_shape[0], hidden), nn.ReLU(), nn.Linear(hidden, out_features or hidden)]
+        return nn.Sequential(*layers)
+
+    register_backbone("tiny-test", tiny)
+    try:
+        assert build_backbone("tiny-test", in_shape=(1,), out_features=1, hidden=4)[0].out_features == 4
+        with pytest.raises(ValueError, match="^a backbone named 'tiny-test' is already registered; pass "
+                                             "replace=True to overwrite it$"):
+            register_backbone("tiny-test", tiny)
+        config = RunConfig(benchmark="sinusoid", algo="maml", backbone="tiny-test",
+                           backbone_options={"hidden": 6}, steps=2, eval_every=2, eval_episodes=2,
+                           test_episodes=2, checkpoint_every=2, plot=False, threads=1,
+                           run_dir=str(tmp_path / "run"))
+        assert train(config, quiet=True, print_fn=lambda _: None).steps == 2
+    finally:
+        BACKBONES.pop("tiny-test", None)

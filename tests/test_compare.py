@@ -262,6 +262,86 @@ def test_cli_entry_on_omniglot(shared_data: Path, tmp_path: Path, capsys, keep_t
     assert stored["settings"]["configs"]["protonet"]["optimizer"] == preset.get("optimizer", "adam")
 
 
+# -- meta-RL ----------------------------------------------------------------------------------------------
+#: A tiny meta-RL comparison on navigation: 2 tasks x 2 episodes per step, small SNAIL, validation on 2 tasks.
+RL_OPTIONS = {"maml-rl": {"episodes": 2}, "pretrained": {"inner_steps": 0},
+              "snail-rl": {"trials": 1, "epochs": 1, "dim": 8, "filters": 4, "key_size": 8, "value_size": 8}}
+RL_QUICK = {"eval_every": 2, "eval_episodes": 2, "checkpoint_every": 2}
+
+
+def _reloaded_rl_learner(run_dir: str):
+    """The tested learner of an RL run folder, loaded independently of compare."""
+    from attnmeta.rl.registry import build_rl_learner
+    from attnmeta.train.checkpoint import CheckpointManager, load_checkpoint, load_weights
+    from attnmeta.train.run_folder import load_run_config
+
+    config = load_run_config(run_dir)
+    path = CheckpointManager(Path(run_dir) / "checkpoints").best_path()
+    learner = build_rl_learner(config.algo, config.benchmark, config.algo_options)
+    load_weights(learner, load_checkpoint(path)[0], path)
+    return learner
+
+
+def test_meta_rl_learners_are_evaluated_on_the_same_tasks(tmp_path: Path, keep_threads):
+    """maml-rl, its jointly pre-trained baseline (a label) and snail-rl train through the one trainer and are
+    tested on the same fixed tasks: re-evaluating each loaded learner on those tasks gives its row."""
+    from attnmeta.rl.registry import RL_BENCHMARKS
+    from attnmeta.train.rl_run import evaluate_rl
+
+    result = compare("navigation", ["maml-rl", "pretrained=maml-rl", "snail-rl"], steps=2, meta_batch=2,
+                     episodes=2, algo_options=RL_OPTIONS, overrides=RL_QUICK, out_dir=tmp_path, plot=False,
+                     print_fn=None)
+    assert [r.algo for r in result.rows] == ["maml-rl", "pretrained", "snail-rl"]
+    configs = result.settings["configs"]
+    assert configs["pretrained"]["algo"] == "maml-rl"
+    assert configs["pretrained"]["run_dir"] == str(tmp_path / "runs" / "pretrained")
+    assert configs["pretrained"]["algo_options"] == {"episodes": 2, "inner_steps": 0}
+    assert configs["maml-rl"]["algo_options"] == {"episodes": 2}
+    tasks = RL_BENCHMARKS["navigation"].make_family(0 + 2).fixed_tasks(2, seed=0)
+    for row in result.rows:
+        assert row.metric == "return" and row.episodes == 2 and row.train_steps == 2
+        again, curve = evaluate_rl(_reloaded_rl_learner(row.run_dir), tasks, 0)
+        assert row.per_episode == again.per_episode and row.adaptation == curve.as_dict()
+    table = result.table()
+    assert "return (higher is better)" in table.splitlines()[0] and "adapt s/task" in table
+    stored = json.loads((tmp_path / "compare.json").read_text())
+    assert stored["rows"][0]["adaptation"]["per_task"] == result.rows[0].adaptation["per_task"]
+    loaded = compare("navigation", ["maml-rl", "mine"], episodes=2, print_fn=None,
+                     run_dirs={"maml-rl": result.rows[0].run_dir, "mine": result.rows[2].run_dir}).rows
+    assert [r.per_episode for r in loaded] == [result.rows[0].per_episode, result.rows[2].per_episode]
+    assert loaded[1].source == f"run folder {result.rows[2].run_dir}" and loaded[1].train_steps == 2
+    with pytest.raises(ValueError, match="holds a navigation run"):
+        compare("sinusoid", ["maml"], run_dirs={"maml": result.rows[0].run_dir}, print_fn=None)
+
+
+def test_meta_rl_chart_table_and_errors(tmp_path: Path, monkeypatch):
+    from attnmeta.compare_report import axis_label
+
+    rows = [CompareRow("maml-rl", "return", -20.18, 2.8, 40, 10, 1.0, 1.0, 0.5, 3.0, "trained here"),
+            CompareRow("snail-rl", "return", -25.0, 3.1, 40, 10, 1.0, 1.0, 0.7, 3.0, "trained here")]
+    result = CompareResult(rows, {"benchmark": "navigation"})
+    assert "-20.18 +/- 2.80" in result.table() and axis_label("return") == "return (higher is better)"
+    if pytest.importorskip("matplotlib"):
+        assert result.plot(tmp_path / "rl.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="'navigation' is meta-RL: choose --algo maml-rl or snail-rl"):
+        compare("navigation", ["protonet"], print_fn=None)
+    with pytest.raises(ValueError, match="'maml-rl' is for the meta-RL benchmarks"):
+        compare("sinusoid", ["maml-rl"], print_fn=None)
+    with pytest.raises(ValueError, match="must be a new name"):
+        compare("navigation", ["maml=maml-rl"], print_fn=None)
+    with pytest.raises(ValueError, match="under a label"):
+        compare("navigation", ["maml-rl", "maml-rl"], print_fn=None)
+    seen: list[dict] = []
+    monkeypatch.setattr(compare_module, "compare", lambda *a, **k: seen.append({"algos": a[1], **k}))
+    main(["navigation", "--algos", "maml-rl,pretrained=maml-rl", "--algo-options", "pretrained.inner_steps=0",
+          "--algo-options", "maml-rl={episodes: 2, inner_lr: 0.05}"])
+    assert seen[-1]["algos"] == ["maml-rl", "pretrained=maml-rl"] and seen[-1]["episodes"] == 40  # preset's
+    assert seen[-1]["algo_options"] == {"pretrained": {"inner_steps": 0},
+                                        "maml-rl": {"episodes": 2, "inner_lr": 0.05}}
+    with pytest.raises(ValueError, match="LABEL.KEY=VALUE"):
+        main(["navigation", "--algos", "maml-rl", "--algo-options", "pretrained=0"])
+
+
 # -- one training loop ----------------------------------------------------------------------------------
 #: Files that may call ``.backward(``, and why. Everything else under ``src/attnmeta``, ``benchmarks/`` and
 #: ``experiments/`` meta-trains through ``attnmeta.train`` (``Run.train_step``).
@@ -269,6 +349,10 @@ BACKWARD_ALLOWED = {
     "src/attnmeta/train/run.py": "the library's one meta-training loop (Run.train_step)",
     "src/attnmeta/learners/transfer.py": "test-time fine-tuning of a fresh head on a task's support set "
                                          "(adaptation inside predict, not meta-training)",
+    "src/attnmeta/eval/transductive.py": "test-time fine-tuning of a copy of the embedding on one episode "
+                                         "(transductive evaluation inside predict, not meta-training)",
+    "src/attnmeta/eval/transductive_methods.py": "test-time optimisation of one episode's classifier "
+                                                 "weights (TIM), not meta-training",
     "src/attnmeta/rl/maml_rl.py": "meta-RL: the policy-gradient outer updates (PPO epochs, the "
                                   "task-attention module's Adam step) on sampled trajectories",
     "src/attnmeta/rl/snail_policy.py": "meta-RL: SNAIL's PPO epochs on sampled trials",

@@ -160,8 +160,8 @@ def test_bad_input_messages():
         adapt(forward, params, x, y, steps=-1, **kwargs)
     with pytest.raises(ValueError, match=r"adapt_names \['nope'\] are not parameters"):
         adapt(forward, params, x, y, steps=1, adapt_names=["nope"], **kwargs)
-    with pytest.raises(ValueError, match="unknown step rule 'adam'"):
-        make_rule("adam", 0.1)
+    with pytest.raises(ValueError, match="unknown step rule 'adagrad'"):
+        make_rule("adagrad", 0.1)
     with pytest.raises(ValueError, match="inner learning rate must be >= 0"):
         SGDRule(-1.0)
     with pytest.raises(TypeError, match="inner learning rate must be a float"):

@@ -140,7 +140,7 @@ def conv4_backbone(args: argparse.Namespace, adjust_model: Callable[[nn.Module],
             model.load_state_dict(torch.load(args.init_backbone, weights_only=True))
         model = adjust_model(model) if adjust_model else model
         return model.requires_grad_(False) if args.freeze_backbone else model
-    backbones.BACKBONES["conv4-script"] = build
+    backbones.register_backbone("conv4-script", build, replace=True)
     return "conv4-script"
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _pyplot():
+def _pyplot() -> Any:  # the matplotlib.pyplot module
     try:
         import matplotlib
 

@@ -80,7 +80,9 @@ class PeakMemory:
 class CompareRow:
     """One algorithm's line of the comparison table (times in seconds).
 
-    ``metric`` is ``"accuracy"`` (``mean`` and ``ci95`` as fractions) or ``"mse"`` (regression).
+    ``metric`` is ``"accuracy"`` (``mean`` and ``ci95`` as fractions), ``"mse"`` (regression) or ``"return"``
+    (meta-RL: the return after adaptation, higher is better; ``adaptation`` holds the adaptation curve,
+    ``AdaptationCurve.as_dict()``: the mean return after each step, or episode of a trial, per task).
     """
 
     algo: str
@@ -96,6 +98,7 @@ class CompareRow:
     source: str
     run_dir: str | None = None
     per_episode: list[float] = field(default_factory=list, repr=False)
+    adaptation: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def accuracy(self) -> float:
@@ -105,14 +108,24 @@ class CompareRow:
         return self.mean
 
     def value_text(self) -> str:
-        """``97.50 +/- 0.30`` (accuracy in %) or ``0.0123 +/- 0.0010`` (MSE)."""
+        """``97.50 +/- 0.30`` (accuracy in %), ``0.0123 +/- 0.0010`` (MSE) or ``-20.18 +/- 2.80`` (return)."""
         if self.metric == "accuracy":
             return f"{100 * self.mean:.2f} +/- {100 * self.ci95:.2f}"
+        if self.metric == "return":
+            return f"{self.mean:.2f} +/- {self.ci95:.2f}"
         return f"{self.mean:.4f} +/- {self.ci95:.4f}"
 
 
 def _metric_label(metric: str) -> str:
-    return "accuracy %" if metric == "accuracy" else metric.upper()
+    return {"accuracy": "accuracy %", "return": "return (higher is better)"}.get(metric, metric.upper())
+
+
+def axis_label(metric: str) -> str:
+    """The chart's value axis: ``"test accuracy (%)"``, ``"test MSE (lower is better)"``, ``"return (higher
+    is better)"``."""
+    if metric == "accuracy":
+        return "test accuracy (%)"
+    return "return (higher is better)" if metric == "return" else f"test {metric.upper()} (lower is better)"
 
 
 @dataclass
@@ -122,21 +135,25 @@ class CompareResult:
 
     @property
     def metric(self) -> str:
-        """``"accuracy"`` or ``"mse"``: what the table's values are (every row saw the same tasks)."""
+        """``"accuracy"``, ``"mse"`` or ``"return"``: what the table's values are (every row saw the same
+        tasks)."""
         return self.rows[0].metric if self.rows else self.settings.get("metric", "accuracy")
 
     def table(self) -> str:
-        """Plain-text table, one line per algorithm; the value column follows the metric (accuracy %, MSE)."""
+        """Plain-text table, one line per algorithm; the value column follows the metric (accuracy %, MSE,
+        return); the adaptation time is in ms per task (meta-RL: seconds per test task, rollouts included)."""
         label = " / ".join(dict.fromkeys(_metric_label(r.metric) for r in self.rows)) or _metric_label(
             self.metric)
         values = [r.value_text() for r in self.rows]
         width = max([len(label), *map(len, values)])
+        rl = self.metric == "return"
+        per_task, scale, digits = ("adapt s/task", 1, 3) if rl else ("adapt ms/task", 1000, 1)
         header = (f"{'algo':<20} {label:>{width}} {'steps':>7} {'train wall s':>12} {'train cpu s':>11} "
-                  f"{'adapt ms/task':>13} {'peak MiB':>9}")
+                  f"{per_task:>13} {'peak MiB':>9}")
         lines = [header, "-" * len(header)]
         for r, value in zip(self.rows, values):
             lines.append(f"{r.algo:<20} {value:>{width}} {r.train_steps:>7} {r.train_wall_s:>12.1f} "
-                         f"{r.train_cpu_s:>11.1f} {1000 * r.adapt_s_per_task:>13.1f} "
+                         f"{r.train_cpu_s:>11.1f} {scale * r.adapt_s_per_task:>13.{digits}f} "
                          f"{r.peak_memory_mib:>9.1f}")
         return "\n".join(lines)
 
@@ -150,7 +167,8 @@ class CompareResult:
         return path
 
     def plot(self, path: str | Path) -> Path:
-        """Bar chart of accuracy or MSE (with 95% CI) and training CPU time per algorithm, saved as PNG."""
+        """Bar chart of accuracy, MSE or return (with 95% CI) and training CPU time per algorithm, saved as
+        PNG."""
         try:
             import matplotlib
             matplotlib.use("Agg")
@@ -163,22 +181,27 @@ class CompareResult:
         if self.metric == "accuracy":
             left.bar(names, [100 * r.mean for r in self.rows], yerr=[100 * r.ci95 for r in self.rows],
                      capsize=4, color="tab:blue")
-            left.set_ylabel("test accuracy (%)")
+            left.set_ylabel(axis_label(self.metric))
             low = min(100 * (r.mean - r.ci95) for r in self.rows)
             left.set_ylim(max(0.0, low - 5), 100)
         else:
             left.bar(names, [r.mean for r in self.rows], yerr=[r.ci95 for r in self.rows], capsize=4,
                      color="tab:blue")
-            left.set_ylabel(f"test {self.metric.upper()} (lower is better)")
-            left.set_ylim(bottom=0)
+            left.set_ylabel(axis_label(self.metric))
+            if self.metric == "return":  # meta-RL: returns are often negative (minus a distance)
+                left.axhline(0.0, color="black", linewidth=0.8)
+            else:
+                left.set_ylim(bottom=0)
         right.bar(names, [r.train_cpu_s / 60 for r in self.rows], color="tab:orange")
         right.set_ylabel("training CPU minutes")
         for ax in (left, right):
             ax.tick_params(axis="x", rotation=30)
         title = self.settings.get("benchmark", "")
         shots = f"{self.settings.get('shots')}-shot"
-        shape = f"{self.settings.get('ways')}-way {shots}" if self.metric == "accuracy" else shots
-        fig.suptitle(f"{title} {shape}, {self.rows[0].episodes if self.rows else 0} identical test episodes")
+        shape = f" {self.settings.get('ways')}-way {shots}" if self.metric == "accuracy" else f" {shots}"
+        count = self.rows[0].episodes if self.rows else 0
+        what = "tasks" if self.metric == "return" else "episodes"
+        fig.suptitle(f"{title}{'' if self.metric == 'return' else shape}, {count} identical test {what}")
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -65,8 +65,10 @@ def one_line(error: BaseException) -> str:
     """The error as one line (OS errors name the file)."""
     if isinstance(error, OSError) and not isinstance(error, UserError) and error.strerror:
         where = f"{error.filename}: " if error.filename else ""
-        hint = {errno.ENOSPC: " (free some disk space, then resume the run with --resume)",
-                errno.EROFS: " (write to another folder, e.g. --run-dir)",
-                errno.EACCES: " (check the permissions, or write to another folder)"}.get(error.errno, "")
+        hints: dict[int | None, str] = {
+            errno.ENOSPC: " (free some disk space, then resume the run with --resume)",
+            errno.EROFS: " (write to another folder, e.g. --run-dir)",
+            errno.EACCES: " (check the permissions, or write to another folder)"}
+        hint = hints.get(error.errno, "")
         return f"{where}{error.strerror}{hint}"
     return " ".join(str(error).split()) or type(error).__name__

@@ -92,6 +92,10 @@ class FewShotPredictor:
         if bad:
             raise TypeError(f"{what}[{bad[0]}] is a {type(inputs[bad[0]]).__name__}; this is a text model, "
                             "pass strings")
+        if self.preprocessing.get("text_inputs") == "utf8":  # raw-text models (attnmeta.nn.sentence)
+            from attnmeta.nn.sentence import encode_utf8
+
+            return encode_utf8(list(inputs), int(self.preprocessing["max_bytes"]))
         if self._tokenizer is None:
             from attnmeta.nn.text import TextTokenizer
 
@@ -273,6 +277,7 @@ def load(
     if checkpoint not in ("best", "latest"):
         raise ValueError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}")
     path = Path(path)
+    ckpt: Path | None
     if (path / "manifest.json").is_file():
         ckpt = path
     elif (path / "checkpoints").is_dir():

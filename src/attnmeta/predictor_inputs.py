@@ -143,10 +143,10 @@ def _pixel_values(image: np.ndarray, what: str) -> np.ndarray:
     if image.dtype == np.bool_:
         return image.astype(np.uint8) * np.uint8(255)
     if np.issubdtype(image.dtype, np.integer):
-        low, high = int(image.min()), int(image.max())
-        if low < 0 or high > 255:
-            raise ValueError(f"{what} has pixel values outside [0, 255] (min {low}, max {high}); pass 8-bit "
-                             "pixels (e.g. 16-bit images times 255 / 65535, as uint8)")
+        lowest, highest = int(image.min()), int(image.max())
+        if lowest < 0 or highest > 255:
+            raise ValueError(f"{what} has pixel values outside [0, 255] (min {lowest}, max {highest}); pass "
+                             "8-bit pixels (e.g. 16-bit images times 255 / 65535, as uint8)")
         return image.astype(np.uint8)
     if not np.issubdtype(image.dtype, np.floating):
         raise TypeError(f"{what}: image arrays must be uint8 or integer (pixels 0..255), bool (0/1) or float "

@@ -165,10 +165,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(config, quiet=args.quiet, resume=True, imports=args.imports or (), changes=changes)
     else:
         result = train(_train_config(args), quiet=args.quiet)
-    config = result.config
     if result.test is not None:
+        assert result.config is not None  # train() returns the resolved config
         print()
-        print(_results_table([_result_row(config, result.test)]))
+        print(_results_table([_result_row(result.config, result.test)]))
         print(
             f"\nrun folder: {result.run_dir}  (train time {result.summary['train_seconds']:.1f} s; "
             f"best validation {result.best['metric']} {result.best['value']:.4g} "
@@ -186,6 +186,7 @@ def _eval_rl(args: argparse.Namespace, trained: RunConfig) -> int:
 
     refused = [f"--{k}" for k in ("ways", "shots", "queries") if getattr(args, k) is not None]
     refused += ["--rotation-ensemble"] * bool(args.rotation_ensemble)
+    refused += ["--transductive"] * bool(getattr(args, "transductive", None))
     if refused:
         raise ValueError(f"{', '.join(refused)} do not apply to meta-RL runs; use --episodes (test tasks), "
                          "--adapt-steps and --seed")
@@ -242,12 +243,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     from attnmeta.learners import spec
 
-    if target.task_type == "classification" and spec(trained.algo).head and target.ways > trained.ways:
-        raise ValueError(
-            f"{trained.algo} was meta-trained {trained.ways}-way with a {trained.ways}-output head and "
-            f"cannot classify {target.ways} ways; use --ways <= {trained.ways} (metric learners "
-            "such as protonet evaluate at any number of ways)"
-        )
+    if target.task_type == "classification" and spec(trained.algo).head:
+        assert target.ways is not None and trained.ways is not None  # classification runs have ways
+        if target.ways > trained.ways:
+            raise ValueError(
+                f"{trained.algo} was meta-trained {trained.ways}-way with a {trained.ways}-output head and "
+                f"cannot classify {target.ways} ways; use --ways <= {trained.ways} (metric learners "
+                "such as protonet evaluate at any number of ways)"
+            )
     from attnmeta.train.trainer import resolve_device
 
     device, dtype = resolve_device(target.device), getattr(torch, trained.dtype)
@@ -255,11 +258,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from attnmeta.eval import with_rotation_ensemble
 
         learner = with_rotation_ensemble(learner)
+    method = getattr(args, "transductive", None)
+    if method:
+        from attnmeta.eval.transductive import Transductive
+
+        learner = Transductive(learner, method)
     count = args.episodes or 600
     episodes = [t.to(device, dtype) for t in bench.test.fixed_tasks(count, seed=args.seed)]
+    if getattr(args, "oos", False):
+        return _eval_oos(args, target, bench, learner, episodes, ckpt, state["step"])
     result = evaluate(learner, episodes, device=device, progress=not args.quiet, desc="eval")
-    print(_results_table([_result_row(dataclasses.replace(target, algo=trained.algo), result)]))
+    algo = f"{trained.algo}+{method}" if method else trained.algo
+    print(_results_table([_result_row(dataclasses.replace(target, algo=algo), result)]))
     suffix = "-rotation-ensemble" if args.rotation_ensemble else ""
+    suffix += f"-{method}" if method else ""
     out = (
         Path(args.run_dir)
         / f"eval-{target.ways or 0}w{target.shots}s-{count}ep-seed{args.seed}{suffix}.json"
@@ -272,12 +284,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "ways": target.ways,
                 "shots": target.shots,
                 "rotation_ensemble": args.rotation_ensemble,
+                "transductive": method,
                 **result.to_dict(),
             },
             indent=2,
         )
     )
     print(f"\ncheckpoint {ckpt} (step {state['step']}); per-episode results in {out}")
+    return 0
+
+
+def _eval_oos(args: argparse.Namespace, target: RunConfig, bench: Any, learner: Any, episodes: list[Any],
+              ckpt: Path, step: int) -> int:
+    """``attnmeta eval RUN --oos``: CLINC150 out-of-scope detection (attnmeta.eval.oos)."""
+    from attnmeta.eval.oos import clinc150_oos_texts, evaluate_oos, text_inputs, write_oos
+
+    if target.benchmark != "clinc150":
+        raise ValueError("--oos needs a clinc150 run (its oos utterances are the out-of-scope queries)")
+    from attnmeta.train.builders import default_data_root
+
+    root = target.root if target.root is not None else default_data_root("clinc150")
+    if root is None:
+        raise ValueError("--oos needs the CLINC150 folder: pass --root")
+    oos = text_inputs(clinc150_oos_texts(root), bench.preprocessing)
+    result = evaluate_oos(learner, episodes, oos, recall=args.oos_recall, seed=args.seed)
+    print(result.table())
+    name = f"eval-oos-{target.ways}w{target.shots}s-{len(episodes)}ep-seed{args.seed}.json"
+    out = Path(args.run_dir) / name
+    write_oos(out, result, {"checkpoint": str(ckpt), "step": step, "ways": target.ways,
+                            "shots": target.shots})
+    print(f"\ncheckpoint {ckpt} (step {step}); results in {out}")
     return 0
 
 

@@ -152,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time ensemble of the task's four rotations (0/90/180/270 degrees): "
                    "concatenated embeddings for protonet and matching without FCE, averaged "
                    "log-probabilities of one adaptation per view for other classification learners")
+    e.add_argument("--transductive", choices=("bd-cspn", "tim", "pt-map", "laplacianshot", "finetune"),
+                   help="classify each episode's queries jointly on the run's embedding "
+                   "(attnmeta.eval.transductive; protonet, matching, feat, transfer, baseline++)")
+    e.add_argument("--oos", action="store_true",
+                   help="clinc150: out-of-scope detection with CLINC150's oos utterances as extra queries "
+                   "(AUROC of max-softmax and nearest-prototype scores; attnmeta.eval.oos)")
+    e.add_argument("--oos-recall", type=float, default=0.9,
+                   help="with --oos: report in-scope accuracy at this OOS recall (default 0.9)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_import_flag(e, "import a module or .py file first (a custom learner the run needs; a run folder's "
                      "own imports are never executed; repeatable)")

@@ -19,6 +19,7 @@ CLINC150 (``root``: folder of ``data_full.json`` and ``domains.json``): intents 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ class NormalizedSource:
     Keeps the image store in uint8 (4x less memory) and converts only the sampled examples.
     """
 
-    def __init__(self, source: Any, mean: Tensor, std: Tensor) -> None:
+    def __init__(self, source: Any, mean: Tensor | Sequence[float], std: Tensor | Sequence[float]) -> None:
         self.source = source
         self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
@@ -105,7 +106,7 @@ def uint8_to_unit(x: Tensor) -> Tensor:
     return x.float().div_(255.0)
 
 
-def make_benchmark(name: str, *, root: str | Path | None = None, ways: int, shots: int, queries: int,
+def make_benchmark(name: str, *, root: str | Path | None = None, ways: int | None, shots: int, queries: int,
                    split: str = "default", seed: int = 0, image_size: int | None = None,
                    train_ways: int | None = None, train_shots: int | None = None,
                    train_queries: int | None = None, **options: Any) -> Benchmark:
@@ -114,7 +115,7 @@ def make_benchmark(name: str, *, root: str | Path | None = None, ways: int, shot
     Args:
         name: ``"sinusoid"``, ``"multimodal"``, ``"omniglot"``, ``"miniimagenet"`` or ``"clinc150"``.
         root: data folder (Omniglot archives; miniImageNet CSVs and images or caches). Unused for regression.
-        ways, shots, queries: episode shape (``ways`` is ignored for regression).
+        ways, shots, queries: episode shape (``ways`` is ignored for regression, where it may be ``None``).
         split: see the module docstring (Omniglot ``"default"``/``"vinyals"``/``"maml"``; miniImageNet
             ``"default"`` = Ravi & Larochelle).
         seed: seeds the samplers' own generators (train ``seed``, val ``seed + 1``, test ``seed + 2``) and the
@@ -130,6 +131,10 @@ def make_benchmark(name: str, *, root: str | Path | None = None, ways: int, shot
     """
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}")
+    if ways is None:
+        if name not in ("sinusoid", "multimodal"):
+            raise ValueError(f"benchmark {name!r} needs ways= (classes per episode)")
+        ways = 0  # regression tasks have no classes: ignored
     train_shape = (ways if train_ways is None else train_ways, shots if train_shots is None else train_shots,
                    queries if train_queries is None else train_queries)
     shapes = (train_shape, (ways, shots, queries), (ways, shots, queries))
@@ -234,7 +239,9 @@ def _miniimagenet(root: str | Path | None, shapes: Shapes, split: str, seed: int
     preprocessing = {"image_size": image_size, "channels": 3, "grayscale": False, "resize": "bilinear",
                      "invert": False, "scale": 1 / 255, "mean": list(MINIIMAGENET_MEAN),
                      "std": list(MINIIMAGENET_STD)}
-    return Benchmark("miniimagenet", "classification", *sources, (3, image_size, image_size), preprocessing,
+    train, val, test = sources
+    return Benchmark("miniimagenet", "classification", train, val, test, (3, image_size, image_size),
+                     preprocessing,
                      {"name": "conv4", "options": {"hidden": 32}}, {"split": "ravi"})
 
 
@@ -244,16 +251,21 @@ def _clinc150(root: str | Path | None, shapes: Shapes, split: str, seed: int,
     ``"random"`` (90 / 15 / 45 random intents). The tokenizer and the lexical encoder's initial idf come from
     the meta-train utterances only; the checkpoint carries the tokenizer, so a predictor takes strings.
     Options: ``download``, ``max_words`` (24), ``pieces`` (8), ``buckets`` (4096), ``encoder``
-    (``"lexical"`` or ``"attention"``)."""
+    (``"lexical"`` or ``"attention"``), ``inputs`` (``"tokens"``, or ``"utf8"``: each text's UTF-8 bytes
+    ``[max_bytes]`` for pretrained encoders, ``attnmeta.nn.sentence``; default backbone ``minilm``),
+    ``max_bytes`` (utf8 width; default: the longest utterance, rounded up to 8)."""
     from attnmeta.data.text import clinc150_domain_split, load_clinc150, random_class_split
     from attnmeta.nn.text import TextTokenizer, corpus_idf
 
     download = options.pop("download", False)
     max_words, pieces = options.pop("max_words", 24), options.pop("pieces", 8)
     buckets, encoder = options.pop("buckets", 1 << 12), options.pop("encoder", "lexical")
+    inputs, max_bytes = options.pop("inputs", "tokens"), options.pop("max_bytes", None)
     if options:
         raise TypeError(f"unknown clinc150 options {sorted(options)}; accepted: download, max_words, pieces, "
-                        "buckets, encoder")
+                        "buckets, encoder, inputs, max_bytes")
+    if inputs not in ("tokens", "utf8"):
+        raise ValueError(f"clinc150 inputs must be 'tokens' or 'utf8' (raw text bytes), got {inputs!r}")
     if root is None:
         raise ValueError("clinc150 needs root= (the folder with data_full.json and domains.json of "
                          "github.com/clinc/oos-eval); pass download=True to fetch them there")
@@ -262,6 +274,8 @@ def _clinc150(root: str | Path | None, shapes: Shapes, split: str, seed: int,
     data = load_clinc150(root, download=download)
     parts = (clinc150_domain_split(data) if split != "random" else
              random_class_split(data.num_classes, {"train": 90, "val": 15, "test": 45}, seed=seed))
+    if inputs == "utf8":
+        return _clinc150_utf8(data, parts, shapes, split, seed, max_bytes)
     tokenizer = TextTokenizer.fit(data.subset(parts["train"]).texts, max_words=max_words, pieces=pieces,
                                   word_buckets=buckets, ngram_buckets=buckets)
     tokens = tokenizer.encode(data.texts)
@@ -273,6 +287,24 @@ def _clinc150(root: str | Path | None, shapes: Shapes, split: str, seed: int,
         idf = corpus_idf(tokens[train_rows], tokenizer.num_embeddings)
         backbone["idf"] = [round(v, 5) for v in idf.tolist()]
     preprocessing = {"text": True, "tokenizer": tokenizer.to_dict()}
-    return Benchmark("clinc150", "classification", *samplers, (max_words, pieces), preprocessing,
+    train, val, test = samplers
+    return Benchmark("clinc150", "classification", train, val, test, (max_words, pieces), preprocessing,
                      {"name": "text", "options": backbone},
                      {"split": split, **{f"{k}_intents": len(v) for k, v in parts.items()}})
+
+
+def _clinc150_utf8(data: Any, parts: dict[str, list[int]], shapes: Shapes, split: str, seed: int,
+                   max_bytes: int | None) -> Benchmark:
+    """CLINC150 with raw-text inputs: UTF-8 byte rows (the same rows, labels and episodes as the tokens)."""
+    from attnmeta.nn.sentence import TEXT_INPUTS, encode_utf8, utf8_width
+
+    width = utf8_width(data.texts) if max_bytes is None else int(max_bytes)
+    rows = encode_utf8(data.texts, width)
+    samplers = [EpisodeSampler(rows, data.labels, *shapes[i], classes=parts[part], seed=seed + i)
+                for i, part in enumerate(("train", "val", "test"))]
+    train, val, test = samplers
+    return Benchmark("clinc150", "classification", train, val, test, (width,),
+                     {"text": True, "text_inputs": TEXT_INPUTS, "max_bytes": width},
+                     {"name": "minilm", "options": {}},
+                     {"split": split, "inputs": TEXT_INPUTS,
+                      **{f"{k}_intents": len(v) for k, v in parts.items()}})

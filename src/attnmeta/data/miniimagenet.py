@@ -110,6 +110,8 @@ class MiniImageNet:
         classes: class names (ImageNet wnids), sorted.
     """
 
+    cache_file: Path | None  # None when read from the .npz / .pkl caches
+
     def __init__(self, root: str | Path, split: str = "train", *, image_size: int = 84,
                  csv_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> None:
         if split not in SPLITS:
@@ -243,7 +245,8 @@ def _read_pickle(pkl: Path) -> tuple[np.ndarray, list[str]]:
 
 def _read_csv(csv_path: Path, image_dir: Path) -> list[tuple[int, str, str]]:
     """``(line, filename, label)`` of a split CSV; bad rows raise ``DataError`` naming the line."""
-    rows, first = [], {}
+    rows: list[tuple[int, str, str]] = []
+    first: dict[str, int] = {}
     for line, row in csv_records(csv_path, ("filename", "label"), "expected a header 'filename,label'"):
         name, label = row["filename"].strip(), row["label"].strip()
         where = f"{csv_path}:{line}"

@@ -111,6 +111,8 @@ class Omniglot:
     characters: list[str]
     alphabets: list[str]
     character_alphabet: Tensor
+    source: Path | None  # None for a combined or pre-loaded set
+    cache_file: Path | None
 
     def __init__(self, root: str | Path, background: bool = True, image_size: int = 28,
                  download: bool = False, cache_dir: str | Path | None = None, invert: bool = True) -> None:

@@ -227,7 +227,7 @@ def _dataset(items: Iterable[tuple[str, object]], source: str) -> TextDataset:
             raise DataError(f"{where}: the label {label!r} is {kinds[kind][0]} but earlier labels are "
                             f"{kinds[label_type][1]}; give every label the same type")
         raw.append(name)
-        texts.append(text)  # type: ignore[arg-type]
+        texts.append(text)
     if not texts:
         raise DataError(f"{source}: no (text, label) pairs found")
     class_names = sorted(set(raw))

@@ -2,6 +2,7 @@
 
 from attnmeta.eval.protocol import EvalResult, evaluate
 from attnmeta.eval.stats import MeanCI, mean_ci95
+from attnmeta.eval.transductive import Transductive
 from attnmeta.eval.views import with_rotation_ensemble
 
-__all__ = ["EvalResult", "evaluate", "MeanCI", "mean_ci95", "with_rotation_ensemble"]
+__all__ = ["EvalResult", "evaluate", "MeanCI", "mean_ci95", "with_rotation_ensemble", "Transductive"]

@@ -91,5 +91,6 @@ def with_rotation_ensemble(learner: Learner, quarter_turns: Sequence[int] = (0, 
                          f"{type(learner).__name__}: use combine='predictions'")
     ensemble = copy.copy(learner)
     ensemble._modules = dict(learner._modules)  # the shallow copy would share (and so change) the original's
-    ensemble.model = RotationEnsemble(learner.model, quarter_turns)
+    # Prototypical / Matching Networks' embedding network, which Module.__getattr__ types as Tensor | Module
+    ensemble.model = RotationEnsemble(learner.model, quarter_turns)  # type: ignore[arg-type]
     return ensemble

@@ -129,7 +129,7 @@ def _check_keys(name: str, options: Mapping[str, Any], valid: list[str]) -> None
 
 
 def _init_names(cls: type) -> list[str]:
-    parameters = inspect.signature(cls.__init__).parameters.values()
+    parameters = inspect.signature(cls.__init__).parameters.values()  # type: ignore[misc]  # a class's own
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return [p.name for p in parameters if p.name != "self" and p.kind in kinds]
 

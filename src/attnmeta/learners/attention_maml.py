@@ -26,7 +26,7 @@ from torch.func import functional_call
 
 from attnmeta.learners.attention_config import INNER_LR, attention_options
 from attnmeta.learners.base import MetaOutput
-from attnmeta.learners.inner import adapt
+from attnmeta.learners.inner import Forward, adapt
 from attnmeta.learners.maml import MAML, _check_int
 from attnmeta.learners.param_attention import ParamAttentionRule
 from attnmeta.learners.registry import register
@@ -45,7 +45,7 @@ TaskAttention = MetaBatchWeighting | TaskSelector
 
 def _input_shape(model: nn.Module) -> tuple[int, ...] | None:
     if hasattr(model, "in_shape"):
-        return tuple(model.in_shape)
+        return tuple(model.in_shape)  # type: ignore[arg-type]  # a plain attribute, typed by Module.__getattr__
     if hasattr(model, "in_features") and isinstance(model.in_features, int):
         return (model.in_features,)
     return None
@@ -97,6 +97,7 @@ class AttentionMAML(MAML):
         self.task_attention, self.feature_attention = tasks, feature
 
         def encoder(options: FeatureAttention | MetaBatchWeighting) -> nn.Module:
+            assert in_shape is not None and y_features is not None  # checked above when attention is on
             return make_task_encoder(in_shape, y_features, options.task_dim, x_encoder=options.x_encoder,
                                      classification=classification)
 
@@ -117,7 +118,8 @@ class AttentionMAML(MAML):
     def _embedding(self, support_x: Tensor, support_y: Tensor) -> Tensor | None:
         return self.task_encoder(support_x, support_y) if self.task_encoder is not None else None
 
-    def _conditioned_forward(self, buffers: Mapping[str, Tensor], ways: int, embedding: Tensor | None):
+    def _conditioned_forward(self, buffers: Mapping[str, Tensor], ways: int,
+                             embedding: Tensor | None) -> Forward:
         if not self.feature_attention:
             return self._forward_fn(buffers, ways)
         model, classify = self.model, self.task_type == "classification"
@@ -130,7 +132,9 @@ class AttentionMAML(MAML):
 
     def _task_outer(self, params: dict[str, Tensor], buffers: dict[str, Tensor], support_x: Tensor,
                     support_y: Tensor, query_x: Tensor, query_y: Tensor, *, ways: int, steps: int,
-                    first_order: bool, msl_weights: Tensor | None):
+                    first_order: bool, msl_weights: Tensor | None,
+                    model: nn.Module | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        assert model is None  # only the "threads" strategy passes a model, and supports_threads is False
         embedding = self._embedding(support_x, support_y)
         forward = self._conditioned_forward(buffers, ways, embedding)
         query = (query_x, query_y) if msl_weights is not None else None
@@ -186,6 +190,7 @@ class AttentionMAML(MAML):
             batch = self._select(batch)
         if self.task_weighting is None:
             return super().meta_loss(batch, task_weights)
+        assert isinstance(self.task_attention, MetaBatchWeighting)  # the one with a task_weighting module
         if task_weights is not None:
             raise ValueError("task attention (MetaBatchWeighting) computes the task weights; "
                              "do not pass task_weights")
@@ -200,7 +205,8 @@ class AttentionMAML(MAML):
                                  losses.detach(), loo,
                                  trace["loss_reference"] if self.task_attention.scale_free else None)
         if self.heldout is not None:
-            alignment = cosine_alignment(trace["task_grad"], self.heldout_gradient(self._heldout_window()))
+            alignment: Tensor | None = cosine_alignment(trace["task_grad"],
+                                                        self.heldout_gradient(self._heldout_window()))
         else:
             alignment = loo if tasks > 1 else None
         probs, objective = self.task_weighting.weigh(stats.detach(), trace["weighting_embedding"], alignment)

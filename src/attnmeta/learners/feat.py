@@ -12,6 +12,8 @@ Needs the same number of support and query examples in every class (as the sampl
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -112,5 +114,5 @@ class FEAT(Learner):
 
 @register("feat", head=False, description="FEAT: set-to-set transformer adapting ProtoNet prototypes")
 def build_feat(model: nn.Module, task_type: str = "classification", ways: int | None = None,
-               **options) -> FEAT:
+               **options: Any) -> FEAT:
     return FEAT(model, task_type=task_type, **options)

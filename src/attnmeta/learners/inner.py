@@ -8,10 +8,12 @@ so the same function runs in a Python loop over tasks or under ``torch.func.vmap
 A *step rule* turns ``(step, params, grads, state)`` into new params. Its own learnable tensors (learning
 rates) are meta-parameters: the rule is an ``nn.Module`` owned by the learner. Rules here: ``SGDRule``
 (scalar LR, MAML), ``LSLRRule`` (learnable per-layer per-step LRs, MAML++), ``MetaSGDRule`` (learnable
-per-parameter LRs, Meta-SGD). A new rule (e.g. attention over per-layer gradient statistics) subclasses
-``StepRule`` and implements ``forward``; the loop, masks, first/second order and strategies come for free.
-Learnable per-parameter state is keyed by parameter name (``param_key(name)`` inside ``nn.ParameterDict``),
-never by position.
+per-parameter LRs, Meta-SGD), and the differentiable optimisers ``MomentumRule`` and ``AdamRule``
+(``StatefulRule``: per-task optimiser state carried through the inner steps, as ``higher``'s differentiable
+optimisers; second-order gradients flow through the state). A new rule (e.g. attention over per-layer
+gradient statistics) subclasses ``StepRule`` and implements ``forward``; the loop, masks, first/second
+order and strategies come for free. Learnable per-parameter state is keyed by parameter name
+(``param_key(name)`` inside ``nn.ParameterDict``), never by position.
 """
 
 from __future__ import annotations
@@ -130,11 +132,86 @@ class MetaSGDRule(StepRule):
         return {name: p - self.lrs[param_key(name)].to(p.dtype) * grads[name] for name, p in params.items()}
 
 
+class StatefulRule(StepRule):
+    """A step rule with per-task optimiser state carried across the inner steps (``adapt`` threads it):
+    ``init(params) -> opt_state`` and ``update(step, params, grads, opt_state, state) -> (params,
+    opt_state)``; ``opt_state`` is a dict of tensor dicts keyed like ``params`` (works under ``vmap``)."""
+
+    def init(self, params: Params) -> dict[str, Params]:
+        raise NotImplementedError
+
+    def update(self, step: int, params: Params, grads: Params, opt_state: dict[str, Params],
+               state: Mapping[str, Any]) -> tuple[Params, dict[str, Params]]:
+        raise NotImplementedError
+
+    def forward(self, step: int, params: Params, grads: Params, state: Mapping[str, Any]) -> Params:
+        """One step from a fresh state (a single-step rule); ``adapt`` calls ``update`` instead."""
+        return self.update(step, params, grads, self.init(params), state)[0]
+
+
+class MomentumRule(StatefulRule):
+    """SGD with (Nesterov) momentum as ``torch.optim.SGD``: ``v = mu v + g``, ``p - lr v`` (Nesterov:
+    ``p - lr (g + mu v)``); ``v`` starts at zero, so the first step is plain SGD."""
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.9, nesterov: bool = False) -> None:
+        super().__init__()
+        self.lr, self.momentum, self.nesterov = _check_lr(lr), float(momentum), bool(nesterov)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+
+    def init(self, params: Params) -> dict[str, Params]:
+        return {"velocity": {n: torch.zeros_like(p) for n, p in params.items()}}
+
+    def update(self, step: int, params: Params, grads: Params, opt_state: dict[str, Params],
+               state: Mapping[str, Any]) -> tuple[Params, dict[str, Params]]:
+        velocity = {n: self.momentum * opt_state["velocity"][n] + grads[n] for n in params}
+        direction = {n: grads[n] + self.momentum * velocity[n] for n in params} if self.nesterov else velocity
+        return {n: p - self.lr * direction[n] for n, p in params.items()}, {"velocity": velocity}
+
+    def extra_repr(self) -> str:
+        return f"lr={self.lr:g}, momentum={self.momentum:g}, nesterov={self.nesterov}"
+
+
+class AdamRule(StatefulRule):
+    """Adam as ``torch.optim.Adam`` (bias-corrected moments, ``p - lr m_hat / (sqrt(v_hat) + eps)``).
+
+    ``sqrt`` is taken of ``max(v_hat, 1e-30)``: the same values, and a finite second-order gradient where a
+    gradient entry is exactly zero (``d sqrt(x) / dx`` is infinite at 0)."""
+
+    def __init__(self, lr: float = 0.001, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        super().__init__()
+        self.lr, self.eps = _check_lr(lr), float(eps)
+        self.beta1, self.beta2 = (float(b) for b in betas)
+        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
+            raise ValueError(f"betas must be in [0, 1), got {tuple(betas)}")
+
+    def init(self, params: Params) -> dict[str, Params]:
+        zeros = {n: torch.zeros_like(p) for n, p in params.items()}
+        return {"m": zeros, "v": dict(zeros)}
+
+    def update(self, step: int, params: Params, grads: Params, opt_state: dict[str, Params],
+               state: Mapping[str, Any]) -> tuple[Params, dict[str, Params]]:
+        t = step + 1
+        m = {n: self.beta1 * opt_state["m"][n] + (1 - self.beta1) * grads[n] for n in params}
+        v = {n: self.beta2 * opt_state["v"][n] + (1 - self.beta2) * grads[n] ** 2 for n in params}
+        new = {}
+        for n, p in params.items():
+            m_hat, v_hat = m[n] / (1 - self.beta1 ** t), v[n] / (1 - self.beta2 ** t)
+            new[n] = p - self.lr * m_hat / (v_hat.clamp_min(1e-30).sqrt() + self.eps)
+        return new, {"m": m, "v": v}
+
+    def extra_repr(self) -> str:
+        return f"lr={self.lr:g}, betas=({self.beta1:g}, {self.beta2:g}), eps={self.eps:g}"
+
+
 def make_rule(rule: str | StepRule, lr: float) -> StepRule:
-    """``"sgd"`` / ``"lslr"`` / ``"meta-sgd"`` (or a ``StepRule`` instance, returned as is)."""
+    """``"sgd"`` / ``"lslr"`` / ``"meta-sgd"`` / ``"momentum"`` / ``"adam"`` (torch's defaults for the
+    optimisers' other settings), or a ``StepRule`` instance, returned as is."""
     if isinstance(rule, StepRule):
         return rule
-    rules = {"sgd": SGDRule, "lslr": LSLRRule, "meta-sgd": MetaSGDRule}
+    rules = {"sgd": SGDRule, "lslr": LSLRRule, "meta-sgd": MetaSGDRule, "momentum": MomentumRule,
+             "adam": AdamRule}
     if rule not in rules:
         raise ValueError(f"unknown step rule {rule!r}; choose one of {sorted(rules)} "
                          "or pass a StepRule instance")
@@ -259,6 +336,8 @@ def adapt(forward: Forward, params: Mapping[str, Tensor], support_x: Tensor, sup
     if inner_grad not in ("func", "autograd"):
         raise ValueError(f"inner_grad must be 'func' or 'autograd', got {inner_grad!r}")
     func_grad = torch.func.grad(support_loss, has_aux=True)
+    stateful = rule if isinstance(rule, StatefulRule) else None
+    opt_state = stateful.init(fast) if stateful is not None else None
     support_losses, grad_norms, query_losses = [], [], []
     for step in range(steps):
         if first_order:
@@ -270,7 +349,10 @@ def adapt(forward: Forward, params: Mapping[str, Tensor], support_x: Tensor, sup
         else:
             grads, loss = _autograd_grad(support_loss, *grad_args, create_graph=not first_order)
         state = {"loss": loss, "step": step, **(task_state or {})}
-        fast = rule(step, fast, grads, state)
+        if stateful is not None and opt_state is not None:
+            fast, opt_state = stateful.update(step, fast, grads, opt_state, state)
+        else:
+            fast = rule(step, fast, grads, state)
         support_losses.append(loss)
         grad_norms.append(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads.values())))
         if query is not None:

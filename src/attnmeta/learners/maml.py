@@ -36,6 +36,7 @@ from torch.func import functional_call
 from attnmeta.learners.base import Learner, MetaOutput
 from attnmeta.learners.inner import (
     HEAD_INITS,
+    Forward,
     SGDRule,
     StepRule,
     adapt,
@@ -95,6 +96,7 @@ class MAML(Learner):
     name = "maml"
     any_ways = True
     supports_threads = True  # subclasses whose ``_task_outer`` reads ``self.model`` directly set False
+    meta_steps: Tensor  # buffer: meta-steps taken in training mode
 
     def __init__(self, model: nn.Module, task_type: str = "classification", *, ways: int | None = None,
                  inner_lr: float = 0.01, inner_steps: int = 1, eval_inner_steps: int | None = None,
@@ -194,7 +196,8 @@ class MAML(Learner):
                 weights[-1] = min(1.0 / steps + t * (steps - 1) * decay, 1.0 - (steps - 1) * floor)
         return weights
 
-    def _forward_fn(self, buffers: Mapping[str, Tensor], ways: int, model: nn.Module | None = None):
+    def _forward_fn(self, buffers: Mapping[str, Tensor], ways: int,
+                    model: nn.Module | None = None) -> Forward:
         model, classify = model if model is not None else self.model, self.task_type == "classification"
 
         bf16 = self.precision == "bf16"
@@ -254,7 +257,8 @@ class MAML(Learner):
     # --- one task -------------------------------------------------------------------------------
     def _task_outer(self, params: dict[str, Tensor], buffers: dict[str, Tensor], support_x: Tensor,
                     support_y: Tensor, query_x: Tensor, query_y: Tensor, *, ways: int, steps: int,
-                    first_order: bool, msl_weights: Tensor | None, model: nn.Module | None = None):
+                    first_order: bool, msl_weights: Tensor | None,
+                    model: nn.Module | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         forward = self._forward_fn(buffers, ways, model)
         query = (query_x, query_y) if msl_weights is not None else None
         adapted, trace = adapt(forward, params, support_x, support_y, loss_fn=self.task_loss,
@@ -288,7 +292,7 @@ class MAML(Learner):
         first_order = self.current_first_order()
         msl = self.step_loss_weights(steps) if (self.multi_step_loss and steps > 0) else None
         params, buffers = self.initial_params(), dict(self.model.named_buffers())
-        kwargs = dict(ways=ways, steps=steps, first_order=first_order, msl_weights=msl)
+        kwargs: dict[str, Any] = dict(ways=ways, steps=steps, first_order=first_order, msl_weights=msl)
         if self.resolved_strategy() == "threads":
             return self._threaded_outer_losses(batch, params, buffers, kwargs)
         vectorized = self.resolved_strategy() == "vmap"
@@ -297,7 +301,8 @@ class MAML(Learner):
         # torch.autograd.grad in a Python loop (less overhead), torch.func.grad under vmap
         self._inner_grad = "func" if vectorized else "autograd"
         if vectorized:
-            def one(sx, sy, qx, qy):
+            def one(sx: Tensor, sy: Tensor, qx: Tensor,
+                    qy: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
                 return self._task_outer(params, buffers, sx, sy, qx, qy, **kwargs)
 
             losses, outputs, trace = torch.func.vmap(one, randomness="different")(
@@ -418,12 +423,12 @@ class _LossWithGradient(torch.autograd.Function):
     the backward pass returns ``grad_output * grads``. First derivatives only."""
 
     @staticmethod
-    def forward(ctx, value: Tensor, grads: tuple, *params: Tensor) -> Tensor:  # noqa: ARG004
+    def forward(ctx: Any, value: Tensor, grads: tuple, *params: Tensor) -> Tensor:  # noqa: ARG004
         ctx.grads = grads
         return value.clone()
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor):
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         if torch.is_grad_enabled():
             raise RuntimeError("the outer loss of strategy='threads' supports first derivatives only "
                                "(no create_graph=True); use strategy='loop' for higher-order outer gradients")

@@ -18,6 +18,7 @@ and ``check_classification_batch``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -204,5 +205,5 @@ class MatchingNetworks(Learner):
 @register("matching", head=False, description="Matching Networks (cosine attention over the support set, "
                                                 "optional full-context embeddings)")
 def build_matching(model: nn.Module, task_type: str = "classification", ways: int | None = None,
-                   **options) -> MatchingNetworks:
+                   **options: Any) -> MatchingNetworks:
     return MatchingNetworks(model, task_type=task_type, **options)

@@ -25,6 +25,7 @@ coordinate and adds ``3 hidden^2`` parameters.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -181,12 +182,12 @@ class MetaLSTM(Learner):
 @register("meta-lstm", head=True, description="Meta-LSTM (Ravi & Larochelle 2017): LSTM meta-learner whose "
                                                "cell state is the learner's parameters")
 def build_meta_lstm(model: nn.Module, task_type: str = "classification", ways: int | None = None,
-                    **options) -> MetaLSTM:
+                    **options: Any) -> MetaLSTM:
     return MetaLSTM(model, task_type=task_type, ways=ways, **options)
 
 
 @register("meta-lstm-attention", head=True, description="Meta-LSTM whose gates also read attention over "
                                                          "the meta-learner's previous steps")
 def build_meta_lstm_attention(model: nn.Module, task_type: str = "classification", ways: int | None = None,
-                              **options) -> MetaLSTM:
+                              **options: Any) -> MetaLSTM:
     return MetaLSTM(model, task_type=task_type, ways=ways, attention=True, **options)

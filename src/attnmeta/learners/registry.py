@@ -128,7 +128,7 @@ def check_options(name: str, options: dict[str, Any]) -> None:
     options = nest_dotted(options, _SPECS[name].nested)
     valid = valid_options(name)
     for key in options if valid is not None else ():
-        if key in valid:
+        if valid is None or key in valid:
             continue
         listing = f"valid options: {', '.join(valid)}" if valid else "it takes no options"
         if isinstance(key, str) and key in _fixed_by_builder(_SPECS[name].builder):
@@ -137,8 +137,9 @@ def check_options(name: str, options: dict[str, Any]) -> None:
         close = difflib.get_close_matches(key, valid, n=1) if isinstance(key, str) else []
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown option {key!r} for learner {name!r}{hint}; {listing}")
-    if _SPECS[name].check is not None:
-        _SPECS[name].check(options)
+    check = _SPECS[name].check
+    if check is not None:
+        check(options)
 
 
 def _keyword_names(function: Callable[..., Any]) -> list[str] | None:
@@ -182,7 +183,7 @@ def _fixed_by_builder(builder: Callable[..., Any]) -> set[str]:
 
 
 _BUILTIN_MODULES = ("maml", "protonet", "matching", "snail", "meta_lstm", "feat", "transfer",
-                    "attention_maml")
+                    "attention_maml", "reptile", "relationnet", "simpleshot", "r2d2", "metaoptnet_svm")
 
 
 def _load_builtin() -> None:

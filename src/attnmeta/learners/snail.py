@@ -28,6 +28,7 @@ first attention read similar examples from step 0.
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -138,8 +139,8 @@ class AttentionBlock(nn.Module):
         def split(t: Tensor) -> Tensor:
             return t.view(b, length, self.heads, -1).transpose(1, 2)
 
-        read = scaled_dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)),
-                                            mask)
+        read = cast(Tensor, scaled_dot_product_attention(split(self.query(x)), split(self.key(x)),
+                                                         split(self.value(x)), mask))  # no weights asked
         return torch.cat([x, read.transpose(1, 2).reshape(b, length, -1)], dim=-1)
 
 
@@ -333,7 +334,7 @@ class SNAIL(Learner):
 
 @register("snail", head=False, description="SNAIL: temporal convolutions + causal attention over the episode")
 def build_snail(model: nn.Module, task_type: str = "classification", ways: int | None = None,
-                **options) -> SNAIL:
+                **options: Any) -> SNAIL:
     if ways is None:
         raise ValueError("snail needs ways=<number of classes> (its label inputs are one-hot of that size)")
     return SNAIL(model, ways, task_type=task_type, **options)

@@ -18,6 +18,8 @@ predictions are deterministic.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -142,7 +144,7 @@ def _num_classes(options: dict, task_type: str) -> int:
 @register("transfer", head=False, description="Baseline (Chen et al. 2019): pre-train on all classes, "
                                                "fine-tune a linear head on the support set")
 def build_transfer(model: nn.Module, task_type: str = "classification", ways: int | None = None,
-                   **options) -> TransferBaseline:
+                   **options: Any) -> TransferBaseline:
     classes = _num_classes(options, task_type)
     return TransferBaseline(model, classes, task_type=task_type, head="linear", **options)
 
@@ -150,6 +152,6 @@ def build_transfer(model: nn.Module, task_type: str = "classification", ways: in
 @register("baseline++", head=False, description="Baseline++ (Chen et al. 2019): cosine classifier for "
                                                  "pre-training and support-set fine-tuning")
 def build_baseline_pp(model: nn.Module, task_type: str = "classification", ways: int | None = None,
-                      **options) -> TransferBaseline:
+                      **options: Any) -> TransferBaseline:
     classes = _num_classes(options, task_type)
     return TransferBaseline(model, classes, task_type=task_type, head="cosine", **options)

@@ -266,9 +266,14 @@ class MultiHeadAttention(nn.Module):
         else:
             result = gumbel_softmax_attention(q, k, v, mask, tau=self.tau, hard=True, causal=self.causal,
                                               return_weights=return_weights)
-        out, weights = result if return_weights else (result, None)
-        out = self.out_proj(out.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.dim))
-        return (out, weights) if return_weights else out
+        if isinstance(result, tuple):  # return_weights
+            out, weights = result
+            return self._merge(out, query), weights
+        return self._merge(result, query)
+
+    def _merge(self, out: Tensor, query: Tensor) -> Tensor:
+        """Heads ``[B, heads, L, d]`` -> ``[B, L, out_dim]``."""
+        return self.out_proj(out.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.dim))
 
 
 class SelfAttention(MultiHeadAttention):

@@ -14,7 +14,7 @@ activation, pool as separate attributes) so faster fused blocks can replace them
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ from attnmeta.nn.layers import can_use_fast_block, conv_norm_relu_pool
 from attnmeta.nn.norm import MetaBatchNorm2d
 
 __all__ = ["batch_norm_2d", "ConvBlock", "Conv4", "ResNet12", "ResidualBlock", "DropBlock", "MLP",
-           "build_backbone", "BACKBONES"]
+           "build_backbone", "BACKBONES", "register_backbone"]
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -265,7 +265,7 @@ def _image_shape(in_shape: Sequence[int], name: str) -> tuple[int, int, int]:
     if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
         raise ValueError(f"{name} needs in_shape=(channels, height, width) of positive ints, "
                          f"got {in_shape!r}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def _build_conv4(in_shape: tuple[int, ...], out_features: int | None, **options: Any) -> nn.Module:
@@ -289,7 +289,34 @@ def _build_text(in_shape: tuple[int, ...], out_features: int | None, **options: 
     return build_text_backbone(in_shape, out_features, **options)
 
 
-BACKBONES = {"conv4": _build_conv4, "resnet12": _build_resnet12, "mlp": _build_mlp, "text": _build_text}
+def _build_minilm(in_shape: tuple[int, ...], out_features: int | None, **options: Any) -> nn.Module:
+    from attnmeta.nn.sentence import build_sentence_backbone  # frozen pretrained encoder (extra 'text')
+
+    return build_sentence_backbone(in_shape, out_features, **options)
+
+
+_build_minilm.text_inputs = "utf8"  # type: ignore[attr-defined]  # text benchmarks give it UTF-8 bytes
+
+BACKBONES = {"conv4": _build_conv4, "resnet12": _build_resnet12, "mlp": _build_mlp, "text": _build_text,
+             "minilm": _build_minilm}
+
+BackboneBuilder = Callable[..., nn.Module]
+
+
+def register_backbone(name: str, builder: BackboneBuilder, *, replace: bool = False) -> None:
+    """Make ``builder(in_shape, out_features, **options) -> nn.Module`` buildable by name: in configs
+    (``backbone: NAME``, ``backbone_options``), ``--backbone NAME`` (with ``--import`` of the module that
+    registers it) and ``build_backbone``. ``replace=True`` overwrites an existing name."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"backbone name must be a non-empty string, got {name!r}")
+    if not callable(builder):
+        raise TypeError(f"builder must be callable as builder(in_shape, out_features, **options), "
+                        f"got {type(builder).__name__}")
+    if name in BACKBONES and not replace:
+        raise ValueError(
+            f"a backbone named {name!r} is already registered; pass replace=True to overwrite it"
+        )
+    BACKBONES[name] = builder
 
 
 def build_backbone(name: str, *, in_shape: Sequence[int], out_features: int | None = None,
@@ -303,7 +330,8 @@ def build_backbone(name: str, *, in_shape: Sequence[int], out_features: int | No
         out_features: ``None`` for an embedding network (metric learners), else the head's outputs (ways).
     """
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}")
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))} "
+                         "(a custom backbone needs --import MODULE_OR_FILE that calls register_backbone)")
     try:
         return BACKBONES[name](tuple(in_shape), out_features, **options)
     except TypeError as error:

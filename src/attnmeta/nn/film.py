@@ -205,9 +205,10 @@ class _GateHook:
 def _block_widths(backbone: nn.Module, blocks: list[nn.Module], in_shape: Sequence[int] | None) -> list[int]:
     if in_shape is None:
         if hasattr(backbone, "in_shape"):
-            in_shape = tuple(backbone.in_shape)
+            # plain attributes of the backbone, which Module.__getattr__ types as Tensor | Module
+            in_shape = tuple(backbone.in_shape)  # type: ignore[arg-type]
         elif hasattr(backbone, "in_features"):
-            in_shape = (int(backbone.in_features),)
+            in_shape = (int(backbone.in_features),)  # type: ignore[arg-type]
         else:
             raise ValueError(f"cannot infer the input shape of {type(backbone).__name__}; "
                              "pass in_shape=(...)")

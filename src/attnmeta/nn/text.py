@@ -503,8 +503,9 @@ def build_text_backbone(in_shape: Sequence[int], out_features: int | None = None
         if options and not dense:
             raise TypeError(f"unexpected keyword argument(s) {sorted(options)} for the lexical encoder")
         weights = None if idf is None else torch.tensor(list(idf), dtype=torch.float32)
-        model: nn.Module = LexicalEncoder(num_embeddings, idf=weights, context_dim=context_dim, dense=extra,
-                                          learn_weights=learn_weights, dense_weight=dense_weight)
+        model: LexicalEncoder | TextEncoder = LexicalEncoder(
+            num_embeddings, idf=weights, context_dim=context_dim, dense=extra, learn_weights=learn_weights,
+            dense_weight=dense_weight)
     elif encoder == "attention":
         model = TextEncoder(num_embeddings, dim, dim, heads=heads, **options)
     else:

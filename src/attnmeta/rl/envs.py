@@ -183,7 +183,8 @@ def gaussian_split(outputs: Tensor) -> tuple[Tensor, Tensor]:
     if outputs.shape[-1] % 2:
         raise ValueError(f"policy outputs must be [..., 2 * action_dim] (mean, log_std), got last dim "
                          f"{outputs.shape[-1]}")
-    return outputs.chunk(2, dim=-1)
+    mean, log_std = outputs.chunk(2, dim=-1)
+    return mean, log_std
 
 
 @torch.no_grad()

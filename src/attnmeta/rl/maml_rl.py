@@ -16,7 +16,9 @@ through the sampling distributions of ``D_1 .. D_{K-1}``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -115,8 +117,8 @@ class MAMLRL(nn.Module):
     def params(self) -> Params:
         return dict(self.policy.named_parameters())
 
-    def forward_fn(self, params: Params, obs: Tensor) -> Tensor:
-        return functional_call(self.policy, params, (obs,))
+    def forward_fn(self, params: Mapping[str, Tensor], obs: Tensor) -> Tensor:
+        return functional_call(self.policy, dict(params), (obs,))  # functional_call takes only dicts
 
     def adapt_params(self, params: Params, support_x: Tensor, support_y: Tensor, steps: int | None = None,
                      create_graph: bool = False) -> Params:
@@ -179,7 +181,7 @@ class MAMLRL(nn.Module):
                              query.returns().mean().item(), extra, step_returns)
         if self.task_weighting is not None:
             first = (support if self.inner_steps > 0 else query).returns().mean(dim=1)
-            step = [torch.sqrt(sum(((adapted[i][n] - params[n]) ** 2).sum() for n in params))
+            step = [torch.sqrt(cast(Tensor, sum(((adapted[i][n] - params[n]) ** 2).sum() for n in params)))
                     for i in range(num_tasks)]
             lr = float(getattr(self.rule, "lr", torch.tensor(1.0)).detach().mean())
             data.task_stats = rl_task_stats(first, query.returns().mean(dim=1), torch.stack(step) / lr,
@@ -331,7 +333,8 @@ def rl_task_stats(return_before: Tensor, return_after: Tensor, step_norm: Tensor
     return torch.stack([before, after, after - before, torch.log(step_norm + 1e-8)], dim=-1).float()
 
 
-def conjugate_gradient(matvec, b: Tensor, iters: int = 10, tol: float = 1e-10) -> Tensor:
+def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10,
+                       tol: float = 1e-10) -> Tensor:
     """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` given ``matvec(v) = A v``."""
     x = torch.zeros_like(b)
     r, p = b.clone(), b.clone()

@@ -8,13 +8,21 @@ augmented: ``fixed_tasks`` is the wrapped source's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from attnmeta.tasks.episode import Task, TaskBatch
+
+
+class BatchTransform(Protocol):
+    """A batch transform ``[m, ...] -> [m, ...]`` that draws from its own ``generator``."""
+
+    generator: torch.Generator
+
+    def __call__(self, x: Tensor) -> Tensor: ...
 
 
 class Augmented:
@@ -25,7 +33,7 @@ class Augmented:
         transforms: batch transforms with a ``generator`` attribute (``torch.Generator``) for exact resume.
     """
 
-    def __init__(self, source: Any, transforms: Sequence[Callable[[Tensor], Tensor]]) -> None:
+    def __init__(self, source: Any, transforms: Sequence[BatchTransform]) -> None:
         self.source = source
         self.transforms = list(transforms)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -38,6 +38,10 @@ def derive_seed(seed: int, *keys: int) -> int:
     return state >> 1
 
 
+@overload
+def _non_negative(name: str, value: Any, allow_none: Literal[False] = False) -> int: ...
+@overload
+def _non_negative(name: str, value: Any, allow_none: bool) -> int | None: ...
 def _non_negative(name: str, value: Any, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None

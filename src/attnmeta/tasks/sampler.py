@@ -402,6 +402,7 @@ class EpisodeSampler:
         """Examples ``[T, m, ...]`` for data indices ``[T, m]`` and their class variants ``[T, m]``."""
         fast_gather = getattr(self.augmentation, "gather", None)
         if self._augmented is not None:
+            assert self.data is not None  # rotations are precomputed only for tensor data
             device = self._augmented.device
             flat = (variant * self.data.shape[0] + index).reshape(-1).to(device)
             x = self._augmented.index_select(0, flat)
@@ -487,6 +488,7 @@ class EpisodeSampler:
         support_y = label.repeat_interleave(k).expand(tasks, n * k)
         query_y = label.repeat_interleave(q).expand(tasks, n * q)
         if self.shuffle_examples:
+            assert support_perm is not None and query_perm is not None  # drawn with shuffle_examples
             support_index, support_y = (t.gather(1, support_perm) for t in (support_index, support_y))
             query_index, query_y = (t.gather(1, query_perm) for t in (query_index, query_y))
         variant = self._pool_variant[chosen]  # [T, N]

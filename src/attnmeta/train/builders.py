@@ -11,6 +11,7 @@ import importlib.util
 import math
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ def import_plugins(imports: list[str]) -> None:
             if name in sys.modules:
                 continue
             spec = importlib.util.spec_from_file_location(name, path)
+            assert spec is not None and spec.loader is not None  # a path ending in .py always has one
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
             spec.loader.exec_module(module)
@@ -89,6 +91,13 @@ def build_benchmark(config: RunConfig) -> BenchmarkParts:
     from attnmeta.data.benchmarks import make_benchmark
 
     options = dict(config.benchmark_options)
+    if config.benchmark == "clinc150" and config.backbone is not None:
+        from attnmeta.nn.backbones import BACKBONES  # a backbone reading raw text (minilm) asks for its bytes
+
+        text_inputs = getattr(BACKBONES.get(config.backbone), "text_inputs", None)
+        if text_inputs:
+            options.setdefault("inputs", text_inputs)
+    assert config.shots is not None and config.queries is not None, "RunConfig.resolved() sets them"
     b = make_benchmark(
         config.benchmark,
         root=config.root if config.root is not None else default_data_root(config.benchmark),
@@ -155,7 +164,7 @@ def build_learner(config: RunConfig, bench: BenchmarkParts) -> Learner:
     require_registered(config.algo, config.imports)
     torch.manual_seed(config.seed)
     model = build_model(config, bench)
-    options = {**_data_options(config, bench), **config.algo_options}
+    options = {**data_options(config, bench), **config.algo_options}
     learner = learners.build(config.algo, model=model, task_type=bench.task_type, ways=config.ways, **options)
     _give_selector_targets(learner, config, bench)
     if config.train_ways is not None and config.train_ways != config.ways:
@@ -165,6 +174,7 @@ def build_learner(config: RunConfig, bench: BenchmarkParts) -> Learner:
                 f"{config.algo}: its model ends in a {config.ways}-output head; drop train_ways or use a "
                 "metric learner such as protonet"
             )
+        assert config.ways is not None  # RunConfig allows train_ways only for classification, which has ways
         learner.check_training_ways(config.train_ways, config.ways)
     return learner.to(device=resolve_device(config.device), dtype=getattr(torch, config.dtype))
 
@@ -186,11 +196,12 @@ def _give_selector_targets(learner: Learner, config: RunConfig, bench: Benchmark
 
 
 #: Learners whose ``num_classes`` option (the pre-training classifier's size) comes from the training data.
-CLASS_COUNT_LEARNERS = ("transfer", "baseline++")
+CLASS_COUNT_LEARNERS = ("transfer", "baseline++", "simpleshot")
 
 
-def _data_options(config: RunConfig, bench: BenchmarkParts) -> dict[str, Any]:
-    """Learner options known from the data, under the user's: ``num_classes`` of the transfer baselines
+def data_options(config: RunConfig, bench: BenchmarkParts) -> dict[str, Any]:
+    """Learner options known from the data, under the user's (a run records them in its config, so that
+    ``attnmeta.load`` rebuilds the learner without the data): ``num_classes`` of the transfer baselines
     (the largest class id the training source can label an example with, plus one) and ``shots`` of the
     learners that size themselves by it (SNAIL's sequence: the larger of the training and test shots)."""
     algo = config.algo
@@ -233,22 +244,23 @@ def lr_factor(config: RunConfig, step: int, budget_fraction: float = 0.0) -> flo
 def augmented_source(source: Any, augment: dict[str, Any], seed: int, bench: BenchmarkParts) -> Any:
     """The training task source with ``augment`` (``RandomShift``, then ``RandomAffine``), run-seeded."""
     from attnmeta.tasks import RandomAffine, RandomShift
-    from attnmeta.tasks.augmented import Augmented
+    from attnmeta.tasks.augmented import Augmented, BatchTransform
 
     if bench.task_type != "classification" or len(bench.input_shape) != 3:
         raise UserError(
             f"config key 'augment' transforms images; benchmark {bench.name!r} has inputs of shape "
             f"{tuple(bench.input_shape)}: drop augment"
         )
-    transforms = []
+    transforms: list[BatchTransform] = []
     if augment.get("shift"):
         transforms.append(RandomShift(augment["shift"], seed=seed))
     if augment.get("affine"):
-        transforms.append(RandomAffine(*augment["affine"], seed=seed))
+        degrees, scale, shear, translate = augment["affine"]  # validated by RunConfig: 4 numbers
+        transforms.append(RandomAffine(degrees, scale, shear, translate, seed=seed))
     return Augmented(source, transforms) if transforms else source
 
 
-def make_optimizer(config: RunConfig, params: list[Tensor]) -> torch.optim.Optimizer:
+def make_optimizer(config: RunConfig, params: Sequence[Tensor]) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay

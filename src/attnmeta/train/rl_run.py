@@ -25,13 +25,15 @@ from attnmeta.eval import EvalResult
 from attnmeta.rl.evaluate import AdaptationCurve, evaluate_learner, plot_adaptation
 from attnmeta.rl.maml_rl import MAMLRL
 from attnmeta.rl.registry import build_rl_learner, rl_benchmark
+from attnmeta.rl.snail_policy import SNAILRL
 from attnmeta.train.builders import BenchmarkParts
 from attnmeta.train.run import NonFiniteLossError, Run
 
 #: Config keys of image and supervised runs that mean nothing for meta-RL (refused, with their value).
-NOT_FOR_RL = {"augment": {}, "ema_decay": None, "test_rotation_ensemble": False, "channels_last": False,
-              "train_ways": None, "train_shots": None, "train_queries": None, "grad_clip": None,
-              "dtype": "float32", "backbone": None}
+NOT_FOR_RL: dict[str, Any] = {
+    "augment": {}, "ema_decay": None, "test_rotation_ensemble": False, "channels_last": False,
+    "train_ways": None, "train_shots": None, "train_queries": None, "grad_clip": None,
+    "dtype": "float32", "backbone": None}
 
 
 class LearnerOptimizers:
@@ -53,6 +55,12 @@ class LearnerOptimizers:
 
 class RLRun(Run):
     """A ``Run`` whose step is one meta-RL iteration and whose metric is the return after adaptation."""
+
+    # A meta-RL learner, which steps its own optimizers, replaces the supervised learner and optimizer of
+    # ``Run``: the methods of ``Run`` that this class keeps use only their nn.Module / state_dict API.
+    learner: MAMLRL | SNAILRL  # type: ignore[assignment]
+    evaluated: MAMLRL | SNAILRL  # type: ignore[assignment]
+    optimizer: LearnerOptimizers  # type: ignore[assignment]
 
     def build(self, bench: Any) -> None:
         config = self.config
@@ -131,7 +139,7 @@ METRIC_NOTE = ("return: average undiscounted return per task on fixed tasks, aft
                "(maml-rl) or episodes of the trial (snail-rl)")
 
 
-def evaluate_rl(learner: torch.nn.Module, tasks: list, seed: int,
+def evaluate_rl(learner: MAMLRL | SNAILRL, tasks: list, seed: int,
                 steps: int | None = None) -> tuple[EvalResult, AdaptationCurve]:
     """Return after adaptation on ``tasks`` (``EvalResult`` with metric ``"return"``, one value per task)
     and the adaptation curve (``steps``: policy-gradient steps of ``maml-rl``; ``None`` = its default)."""
@@ -142,7 +150,7 @@ def evaluate_rl(learner: torch.nn.Module, tasks: list, seed: int,
     return EvalResult("return", curve.per_task[index], seconds), curve
 
 
-def _adapted_return(learner: torch.nn.Module, metrics: dict[str, float]) -> float:
+def _adapted_return(learner: MAMLRL | SNAILRL, metrics: dict[str, float]) -> float:
     if isinstance(learner, MAMLRL):
         return metrics["return_after"]
     return metrics[f"return_ep{learner.episodes_per_trial - 1}"]

@@ -25,6 +25,7 @@ from attnmeta.train.builders import (
     augmented_source,
     build_benchmark,
     build_learner,
+    data_options,
     lr_factor,
     make_optimizer,
     resolve_device,
@@ -77,9 +78,11 @@ class Run:
         self.bench = build_benchmark(config) if bench is None else benchmark_parts(bench)
         if config.augment:
             self.bench.train = augmented_source(self.bench.train, config.augment, config.seed, self.bench)
+        config.algo_options = {**data_options(config, self.bench), **config.algo_options}
         self.learner = build_learner(config, self.bench)
         if config.channels_last:
-            self.learner = self.learner.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format at run time; torch's overloads of Module.to leave it out
+            self.learner = self.learner.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.params = [p for p in self.learner.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError(f"learner {config.algo!r} has no trainable parameters")

@@ -122,6 +122,7 @@ def train(
         if config.benchmark != bench.name:
             config = dataclasses.replace(config, benchmark=bench.name)
     config = config.resolved()
+    assert config.run_dir is not None  # resolved() names the run folder
     if default_folder and not resume:  # never reuse a default run folder: runs/NAME, runs/NAME-2, ...
         base, n = config.run_dir, 1
         while Path(config.run_dir).exists() and any(Path(config.run_dir).iterdir()):
