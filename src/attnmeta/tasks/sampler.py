@@ -1,128 +1,41 @@
-"""N-way K-shot episodes over labelled data (``EpisodeSampler``), fixed evaluation episodes, split checks.
+"""N-way K-shot episodes over labelled data (``EpisodeSampler``); ``fixed_episodes`` and
+``check_disjoint_splits`` (defined in :mod:`attnmeta.tasks.splits`) are re-exported here.
 
 Randomness: every draw comes from one ``torch.Generator`` (the sampler's own, or one passed to
 ``sample``), one call per task, so ``sample_batch(T, g)`` gives exactly the tasks of ``T`` successive
 ``sample(g)`` calls, and the tensor path and the ``Dataset`` path give identical tasks for the same
 data, labels and seed.
+
+Input checks and the Dataset item path live in :mod:`attnmeta.tasks.sampler_inputs`, the class pool and
+its index tables in :mod:`attnmeta.tasks.class_pool`.
 """
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from attnmeta.errors import DataError
-from attnmeta.tasks.augment import ClassAugmentation, Rotations
+from attnmeta.tasks.augment import ClassAugmentation
+from attnmeta.tasks.class_pool import class_tables
 from attnmeta.tasks.episode import Task, TaskBatch
+from attnmeta.tasks.sampler_inputs import (
+    _check_augmentation,
+    _check_count,
+    _check_data,
+    _check_generator,
+    _check_labels,
+    _stack_items,
+)
+from attnmeta.tasks.splits import check_disjoint_splits, fixed_episodes
 
 __all__ = ["EpisodeSampler", "fixed_episodes", "check_disjoint_splits"]
 
 #: Up to this many ways, classes are drawn by sequential sampling without replacement (``N`` uniforms per
 #: task); above it, by the ``N`` smallest of one uniform key per pool class.
 _SEQUENTIAL_MAX_WAYS = 16
-
-
-def _check_count(name: str, value: Any, hint: str) -> int:
-    """``value`` as a positive int, else a TypeError/ValueError naming ``name``."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a positive int, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}; {hint}")
-    return value
-
-
-def _check_generator(generator: Any) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
-            "create one with torch.Generator().manual_seed(seed)"
-        )
-    if generator is not None and generator.device.type != "cpu":
-        raise ValueError(
-            f"generator must be a CPU torch.Generator (sampling indices is CPU work), got one on "
-            f"{generator.device}"
-        )
-
-
-def _as_int_tensor(values: Any, name: str, fix: str) -> Tensor:
-    """1-D int64 tensor from a tensor, array or sequence of ints; clear errors otherwise."""
-    if isinstance(values, Tensor):
-        tensor = values.detach().cpu()
-    else:
-        try:
-            tensor = torch.as_tensor(np.asarray(values))
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(
-                f"{name} must be integers (a tensor, array or list of ints), got "
-                f"{type(values).__name__}; {fix}"
-            ) from None
-    if tensor.numel() == 0 and tensor.dim() == 1:
-        return tensor.long()
-    if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
-        bad = ~torch.isfinite(tensor.reshape(-1))
-        raise DataError(
-            f"{name} hold {int(bad.sum())} NaN/inf values, the first at index {int(bad.nonzero()[0])}; "
-            "every example needs an integer class id: drop the unlabelled examples"
-        )
-    if tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
-        raise TypeError(f"{name} must be integers, got dtype {tensor.dtype}; {fix}")
-    if tensor.dim() != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(tensor.shape)}; flatten it with .reshape(-1)")
-    return tensor.long()
-
-
-def _check_finite(values: Any, name: str) -> None:
-    """Reject a floating tensor/array ``[n, ...]`` holding NaN or inf: one ``isfinite`` pass, in chunks of
-    examples so the temporary mask stays small. Memory-mapped arrays are not read (that would load them)."""
-    if isinstance(values, np.ndarray) and values.dtype.kind in "fc" and not isinstance(values, np.memmap):
-        values = torch.from_numpy(values)
-    if not isinstance(values, Tensor) or not (values.is_floating_point() or values.is_complex()):
-        return
-    if values.dim() == 0 or values.numel() == 0:
-        return
-    step = max(1, (1 << 24) // max(1, values[0].numel()))
-    for start in range(0, values.shape[0], step):
-        if not bool(torch.isfinite(values[start : start + step]).all()):
-            bad = ~torch.isfinite(values).reshape(values.shape[0], -1)
-            first = int(bad.any(dim=1).nonzero()[0])
-            raise DataError(
-                f"{name} holds {int(bad.sum())} non-finite values (NaN or inf), the first in example "
-                f"{first}; remove those examples or replace the values (e.g. torch.nan_to_num) before "
-                "sampling"
-            )
-
-
-def _check_item_label(index: int, y: Any, expected: int) -> None:
-    """A label carried by a dataset item must be an integer equal to ``labels[index]``."""
-    if isinstance(y, Tensor) and y.numel() == 1:
-        y = y.item()
-    if isinstance(y, (float, np.floating)):
-        if not np.isfinite(y) or not float(y).is_integer():
-            raise DataError(
-                f"dataset item {index} has label {y}, not an integer class id; give every item an "
-                "integer label"
-            )
-        y = int(y)
-    if isinstance(y, (int, np.integer)) and not isinstance(y, bool) and y != expected:
-        raise ValueError(
-            f"dataset item {index} has label {y} but labels[{index}] = {expected}; labels must list the "
-            "dataset's labels in order"
-        )
-
-
-def _short(values: Iterable[Any], limit: int = 10) -> str:
-    values = list(values)
-    text = ", ".join(map(repr, values[:limit]))
-    return f"[{text}{', ...' if len(values) > limit else ''}]"
 
 
 class EpisodeSampler:
@@ -202,65 +115,12 @@ class EpisodeSampler:
         self.batch_transform = batch_transform
         self.shuffle_examples = bool(shuffle_examples)
 
-        if isinstance(data, np.ndarray):
-            data = torch.from_numpy(data)
-        if isinstance(data, Tensor):
-            if data.dim() < 1:
-                raise ValueError("data must have a leading example axis [n, ...], got a 0-d tensor")
-            _check_finite(data, "data")
-            self.data: Tensor | None = data
-            self.dataset: Any = None
-            example_shape: tuple[int, ...] | None = tuple(data.shape[1:])
-        elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
-            # Only arrays the dataset already holds as attributes (TensorDataset.tensors, a torchvision-style
-            # .data) are checked here; lazily loaded items are checked when sampled (_gather).
-            held = getattr(data, "__dict__", {})
-            for i, tensor in enumerate(held.get("tensors", ())):
-                _check_finite(tensor, f"dataset.tensors[{i}]")
-            _check_finite(held.get("data"), "dataset.data")
-            self.data, self.dataset, example_shape = None, data, None
-        else:
-            raise TypeError(
-                f"data must be a tensor [n, ...] or a Dataset with __len__ and __getitem__, got "
-                f"{type(data).__name__}; wrap an iterable data set in a map-style Dataset first"
-            )
-        n = len(data)
-        if n == 0:
-            raise ValueError("data is empty (0 examples); pass the examples to sample tasks from")
-        fix = (
-            "class ids must be integers >= 0; map names or float labels to ids, e.g. torch.unique(y, "
-            "return_inverse=True)[1]"
-        )
-        labels = _as_int_tensor(labels, "labels", fix)
-        if labels.numel() != n:
-            raise ValueError(
-                f"data has {n} examples but labels has {labels.numel()}; give one label per example, "
-                "in the same order"
-            )
-        if (labels < 0).any():
-            where = int(torch.nonzero(labels < 0)[0])
-            raise ValueError(f"labels must be >= 0, found {int(labels[where])} at index {where}; {fix}")
-        self.labels = labels
-        self._label_list = labels.tolist() if self.dataset is not None else []
+        self.data, self.dataset, example_shape = _check_data(data)
+        self.labels = _check_labels(labels, len(data))
+        n = self.labels.numel()
+        self._label_list = self.labels.tolist() if self.dataset is not None else []
 
-        if rotations is not None and augmentation is not None:
-            raise ValueError(
-                "pass either rotations or augmentation, not both (rotations=(0, 90, ...) is "
-                "shorthand for augmentation=Rotations((0, 90, ...)))"
-            )
-        if rotations is not None:
-            augmentation = Rotations(rotations)
-        if augmentation is not None:
-            if not isinstance(augmentation, ClassAugmentation):
-                raise TypeError(
-                    f"augmentation must implement ClassAugmentation (__len__ and __call__(x, variant)), "
-                    f"got {type(augmentation).__name__}"
-                )
-            if len(augmentation) < 1:
-                raise ValueError("augmentation must make at least one variant per class")
-            check = getattr(augmentation, "check_example_shape", None)
-            if check is not None and example_shape is not None:
-                check(example_shape)
+        augmentation = _check_augmentation(rotations, augmentation, example_shape)
         self.augmentation = augmentation
         variants = len(augmentation) if augmentation is not None else 1
         self.num_variants = variants
@@ -272,78 +132,21 @@ class EpisodeSampler:
                     "remove it for a Dataset or without augmentation"
                 )
             # Every variant of every example, stacked variant-major: [V * n, ...] (V times the memory).
+            device = self.data.device
             self._augmented = torch.cat(
                 [
-                    augmentation(data, torch.full((n,), v, dtype=torch.long, device=data.device))
+                    augmentation(self.data, torch.full((n,), v, dtype=torch.long, device=device))
                     for v in range(variants)
                 ]
             )
 
-        base_ids, base_counts = torch.unique(labels, sorted=True, return_counts=True)
-        if classes is None:
-            pool = (base_ids[:, None] * variants + torch.arange(variants)).reshape(-1)
-        else:
-            pool = self._check_pool(classes, base_ids, variants)
-        self.classes = pool
-        if self.ways > pool.numel():
-            raise ValueError(
-                f"ways={self.ways} but the class pool (split) has only {pool.numel()} classes; lower "
-                "ways or use a split with more classes"
-            )
-
-        # Per-class index tables over the base classes the pool uses (rows), padded to the largest class.
-        pool_base = torch.div(pool, variants, rounding_mode="floor")
-        rows_base, pool_row = torch.unique(pool_base, sorted=True, return_inverse=True)
-        row_count = base_counts[torch.searchsorted(base_ids, rows_base)]
-        need = self.shots + self.queries
-        too_small = pool[row_count[pool_row] < need]
-        if too_small.numel() > 0:
-            details = [
-                f"class {int(c)} (label {int(c) // variants}) has {int(row_count[pool_row[pool == c]][0])}"
-                if variants > 1
-                else f"class {int(c)} has {int(row_count[pool_row[pool == c]][0])}"
-                for c in too_small[:5]
-            ]
-            more = f" and {too_small.numel() - 5} more classes" if too_small.numel() > 5 else ""
-            raise ValueError(
-                f"shots + queries = {self.shots} + {self.queries} = {need} examples per class are "
-                f"needed, but {', '.join(details)} examples{more}; lower shots/queries or drop these "
-                "classes from the split"
-            )
-        order = torch.argsort(labels, stable=True)
-        starts = torch.searchsorted(labels[order], rows_base)
-        width = int(row_count.max())
-        offsets = torch.arange(width)
-        self._valid = offsets < row_count[:, None]  # [R, width]
-        self._table = order[(starts[:, None] + offsets).clamp(max=n - 1)]  # [R, width] example indices
-        self._pool_row = pool_row  # [C] row of each pool class
-        self._pool_variant = pool - pool_base * variants  # [C]
+        tables = class_tables(self.labels, classes, variants, self.ways, self.shots, self.queries)
+        self.classes = tables.pool
+        self._table = tables.table  # [R, width] example indices of the R base classes the pool uses
+        self._valid = tables.valid  # [R, width] False on padding
+        self._pool_row = tables.pool_row  # [C] row of each pool class
+        self._pool_variant = tables.pool_variant  # [C]
         self.generator = torch.Generator().manual_seed(int(seed))
-
-    @staticmethod
-    def _check_pool(classes: Any, base_ids: Tensor, variants: int) -> Tensor:
-        space = f"augmented ids label * {variants} + variant" if variants > 1 else "label values"
-        fix = f"classes are integer class ids ({space}); map class names to ids first"
-        pool = _as_int_tensor(classes, "classes", fix)
-        if pool.numel() == 0:
-            raise ValueError(
-                "the class pool (classes) is empty; pass the class ids of the split, or None for all classes"
-            )
-        unique, counts = torch.unique(pool, return_counts=True)
-        if (counts > 1).any():
-            raise ValueError(
-                f"classes lists some ids more than once: {_short(unique[counts > 1].tolist())}; list "
-                "each class of the split once"
-            )
-        base = torch.div(pool, variants, rounding_mode="floor")
-        where = torch.searchsorted(base_ids, base).clamp(max=base_ids.numel() - 1)
-        unknown = pool[(pool < 0) | (base_ids[where] != base)]
-        if unknown.numel() > 0:
-            raise ValueError(
-                f"classes {_short(unknown.tolist())} have no examples in labels ({space}); check "
-                "the split against the data"
-            )
-        return pool
 
     @property
     def num_classes(self) -> int:
@@ -428,41 +231,7 @@ class EpisodeSampler:
     def _gather(self, flat: Tensor) -> Tensor:
         if self.data is not None:
             return self.data.index_select(0, flat.to(self.data.device))
-        items = [self._fetch(i) for i in flat.tolist()]
-        shapes = {tuple(item.shape) for item in items}
-        if len(shapes) > 1:
-            raise ValueError(
-                f"dataset items must all have one shape to be stacked, got {sorted(shapes)}; give "
-                "the dataset a transform that resizes them"
-            )
-        x = torch.stack(items)
-        if (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x).all()):
-            first = int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).nonzero()[0])
-            raise DataError(
-                f"dataset item {flat[first].item()} holds non-finite values (NaN or inf); fix or remove it "
-                "(e.g. torch.nan_to_num in the dataset's transform)"
-            )
-        check = getattr(self.augmentation, "check_example_shape", None)
-        if check is not None:
-            check(tuple(x.shape[1:]))
-        return x
-
-    def _fetch(self, index: int) -> Tensor:
-        item = self.dataset[index]
-        if isinstance(item, (tuple, list)):
-            if len(item) == 0:
-                raise ValueError(f"dataset item {index} is empty; an item must be x or (x, y)")
-            if len(item) > 1:
-                _check_item_label(index, item[1], self._label_list[index])
-            item = item[0]
-        if isinstance(item, np.ndarray):
-            item = torch.from_numpy(item)
-        if not isinstance(item, Tensor):
-            raise TypeError(
-                f"dataset item {index} is a {type(item).__name__}, not a tensor; give the dataset a "
-                "transform that returns tensors (e.g. torchvision's ToTensor)"
-            )
-        return item
+        return _stack_items(self.dataset, flat, self._label_list, self.augmentation)
 
     def sample(self, generator: torch.Generator | None = None) -> Task:
         """One task; draws from ``generator`` (default: the sampler's own)."""
@@ -536,51 +305,3 @@ class EpisodeSampler:
                     f"{key}={getattr(self, key)}; load it into a sampler built the same way"
                 )
         self.generator.set_state(state["generator"])
-
-
-def fixed_episodes(source: Any, n: int = 600, seed: int = 0) -> list[Task]:
-    """``n`` evaluation tasks of any task source, determined by ``seed`` alone (same for every run/algorithm).
-
-    Uses ``source.fixed_tasks(n, seed)`` when present, else ``source.sample(generator)`` with a fresh
-    generator seeded with ``seed``. The source's own generator is not advanced.
-    """
-    count = _check_count("n", n, "ask for at least one episode")
-    if hasattr(source, "fixed_tasks"):
-        return source.fixed_tasks(count, seed)
-    if not hasattr(source, "sample"):
-        raise TypeError(
-            f"source must be a task source with sample(generator) (e.g. EpisodeSampler, Sinusoid), "
-            f"got {type(source).__name__}"
-        )
-    generator = torch.Generator().manual_seed(int(seed))
-    return [source.sample(generator) for _ in range(count)]
-
-
-def check_disjoint_splits(**splits: Any) -> None:
-    """Raise ``ValueError`` naming the shared classes if any two named class lists overlap.
-
-    Example: ``check_disjoint_splits(train=train_ids, val=val_ids, test=test_ids)``. Lists may hold ints,
-    strings or any hashable ids (tensors and arrays are converted with ``tolist``).
-    """
-    sets: dict[str, set[Hashable]] = {}
-    for name, values in splits.items():
-        if isinstance(values, (Tensor, np.ndarray)):
-            values = values.tolist()
-        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-            raise TypeError(f"split {name!r} must be a list of class ids, got {type(values).__name__}")
-        sets[name] = set(values)
-    names = list(sets)
-    problems = []
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            shared = sets[a] & sets[b]
-            if shared:
-                problems.append(
-                    f"{a!r} and {b!r} share {len(shared)} classes {_short(sorted(shared, key=str))}"
-                )
-    if problems:
-        raise ValueError(
-            "class splits must be disjoint, but "
-            + "; ".join(problems)
-            + "; remove each shared class from all but one split"
-        )
