@@ -23,10 +23,8 @@ and vmap on CUDA.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Collection, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -46,6 +44,7 @@ from attnmeta.learners.inner import (
     select_names,
 )
 from attnmeta.learners.registry import register
+from attnmeta.learners.threads import threaded_outer_losses
 from attnmeta.nn.norm import convert_batch_norm
 from attnmeta.tasks.episode import Task, TaskBatch
 
@@ -317,10 +316,7 @@ class MAML(Learner):
 
     def _threaded_outer_losses(self, batch: TaskBatch, params: dict[str, Tensor], buffers: dict[str, Tensor],
                                kwargs: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """``task_outer_losses`` for ``strategy="threads"``: contiguous chunks of tasks, one per worker
-        thread; each worker evaluates its tasks with its own copy of the model's modules (``functional_call``
-        swaps module attributes, so two threads must never share a module) and computes each task's
-        meta-gradient with ``torch.autograd.grad``. The returned per-task losses carry those gradients."""
+        """``task_outer_losses`` for ``strategy="threads"`` (``attnmeta.learners.threads``)."""
         if not type(self).supports_threads:
             raise ValueError(f"strategy='threads' is not available for {type(self).__name__}; "
                              "use strategy='loop' (or 'vmap')")
@@ -328,36 +324,8 @@ class MAML(Learner):
             raise ValueError("strategy='threads' is for CPU tensors; use strategy='vmap' on a GPU")
         if self.training:
             self._check_no_running_stats("in parallel threads")
-        tasks = list(zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y))
-        workers = max(1, min(torch.get_num_threads(), len(tasks)))
-        # frozen parameters and buffers are passed explicitly, so the copies' own tensors are never read
-        extra = {**{n: p for n, p in self.model.named_parameters() if not p.requires_grad}, **buffers}
-        meta_params = [p for p in self.parameters() if p.requires_grad]
-        models = [self.model] + [copy.deepcopy(self.model) for _ in range(workers - 1)]
-        bounds = [round(i * len(tasks) / workers) for i in range(workers + 1)]
         self._inner_grad = "autograd"
-        need_grads = torch.is_grad_enabled()  # grad mode is per thread: the workers' own is always on
-
-        def run(worker: int) -> list[tuple[Tensor, Tensor, dict[str, Tensor], tuple]]:
-            torch.set_num_threads(1)
-            results = []
-            for parts in tasks[bounds[worker]:bounds[worker + 1]]:
-                loss, outputs, trace = self._task_outer(params, extra, *parts, model=models[worker], **kwargs)
-                grads = torch.autograd.grad(loss, meta_params, allow_unused=True) if need_grads else ()
-                results.append((loss.detach(), outputs.detach(), {k: v.detach() for k, v in trace.items()},
-                                grads))
-            return results
-
-        threads = torch.get_num_threads()
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                results = [r for chunk in pool.map(run, range(workers)) for r in chunk]
-        finally:
-            torch.set_num_threads(threads)
-        losses = torch.stack([_LossWithGradient.apply(r[0], r[3], *meta_params) for r in results])
-        outputs = torch.stack([r[1] for r in results])
-        trace = {k: torch.stack([r[2][k] for r in results]) for k in results[0][2]}
-        return losses, outputs, trace
+        return threaded_outer_losses(self, batch, params, buffers, kwargs)
 
     def meta_loss(self, batch: TaskBatch, task_weights: Tensor | None = None) -> MetaOutput:
         """Outer loss of a meta-batch: mean of the per-task query losses after adaptation, or
@@ -416,24 +384,6 @@ class MAML(Learner):
                           f"are tuned for the number of steps they were meta-trained with; evaluate with "
                           f"inner_steps={self.inner_steps}", RuntimeWarning, stacklevel=2)
         return out
-
-
-class _LossWithGradient(torch.autograd.Function):
-    """A task's loss value whose gradient w.r.t. ``params`` was already computed (``strategy="threads"``):
-    the backward pass returns ``grad_output * grads``. First derivatives only."""
-
-    @staticmethod
-    def forward(ctx: Any, value: Tensor, grads: tuple, *params: Tensor) -> Tensor:  # noqa: ARG004
-        ctx.grads = grads
-        return value.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        if torch.is_grad_enabled():
-            raise RuntimeError("the outer loss of strategy='threads' supports first derivatives only "
-                               "(no create_graph=True); use strategy='loop' for higher-order outer gradients")
-        grads = [None if g is None else grad_output * g for g in ctx.grads]
-        return (None, None, *grads)
 
 
 def _warn_if_bf16_is_emulated(device: torch.device) -> None:
