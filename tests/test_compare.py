@@ -364,14 +364,8 @@ BACKWARD_ALLOWED = {
     "benchmarks/bench_meta_step.py": "speed benchmark: times one meta-step (forward + backward) per strategy",
     "benchmarks/gpu_check.py": "speed/correctness check: times meta-steps (forward + backward) on a GPU",
 }
-#: TODO (issue 30): scripts that still call ``.backward()`` themselves. Convert each to train through
-#: ``attnmeta.train`` and drop it from this list:
-#: - experiments/attention/attention_ablation.py: the regression loop of ``run_one`` (oracle task weights,
-#:   attentive task selection and the per-step task-weight log need hooks the trainer lacks) and the
-#:   seconds-per-meta-step timings (its Omniglot runs already train through ``compare``).
-BACKWARD_TODO = {
-    "experiments/attention/attention_ablation.py",
-}
+#: Scripts that still call ``.backward()`` themselves, to convert to ``attnmeta.train`` (issue 30): none left.
+BACKWARD_TODO: set[str] = set()
 BACKWARD = re.compile(r"\.backward\(")
 SCANNED = ("src/attnmeta", "benchmarks", "experiments")
 

@@ -22,22 +22,40 @@ stops at ``--steps`` meta-steps or ``--time-budget`` CPU seconds of training, wh
 Writes ``experiments/attention/results/attention_ablation_run.json`` (``--out``; the runs the research notes
 cite are the other ``attention_ablation_*.json`` there) and prints the table.
 
-Issue 30: its regression loop (``run_one``) still steps its own Adam: oracle task weights, attentive task
-selection and the per-step task-weight log need hooks the trainer lacks.
+Every run trains through the library's one trainer (``attnmeta.train.trainer.train``, ``bench=`` the built
+regression benchmark; Omniglot via ``attnmeta.compare``): methods are ``attention-maml`` learners from plain
+options, or where they need Python objects (task attention's held-out tasks, the selector's targets, the
+oracle's task weights) the plugin learner ``attention-ablation`` this script registers (``AblationMAML``; its
+runs record ``imports: [this file]``). The plugin records the per-step task weights and the kinds it trained
+on; they are read from it after training. The seconds-per-meta-step timings are trainer runs too
+(``metrics.csv``'s CPU seconds after the warm-up steps).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 sys.path.insert(0, str(ROOT / "src"))
+
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from attnmeta import learners  # noqa: E402
+from attnmeta.learners.attention_config import attention_options  # noqa: E402
+from attnmeta.learners.attention_maml import AttentionMAML  # noqa: E402
+from attnmeta.learners.base import MetaOutput  # noqa: E402
+from attnmeta.learners.task_attention import MetaBatchWeighting, TaskSelector  # noqa: E402
+from attnmeta.tasks.episode import TaskBatch  # noqa: E402
 
 METHODS = {
     "maml": {},
@@ -87,29 +105,121 @@ def make_family(spec: dict, *, seed: int, clean: bool = False, kinds=None):
     return Multimodal(shots=spec["shots"], queries=10, corrupt_fraction=corrupt, seed=seed, **kw)
 
 
-def make_learner(method: str, spec: dict | None = None, *, inner_lr: float = 0.01):
-    """The learner of ``method``; with task attention, its look-ahead uses ``HELDOUT_TASKS`` trusted clean
-    tasks of the benchmark's family (seed 6, never test tasks) unless the method says ``heldout=False``."""
-    import torch
+def test_kinds(bench: str) -> tuple[str, ...] | None:
+    """The kinds of the benchmark's validation/test tasks (``selection``: its target kind only)."""
+    spec = BENCHMARKS[bench]
+    return (spec["target_kind"],) if "target_kind" in spec else None
 
-    from attnmeta.learners import build
-    from attnmeta.nn.backbones import MLP
 
+def regression_benchmark(bench: str) -> SimpleNamespace:
+    """The built benchmark ``attnmeta.train.trainer.train(bench=...)`` trains on: the (possibly corrupted)
+    family (seed 1) for training, clean families for validation (seed 3) and test (seed 2; the fixed test
+    tasks depend on ``test_seed`` alone), the MAML sinusoid net MLP 1-40-40-1."""
+    spec, kinds = BENCHMARKS[bench], test_kinds(bench)
+    return SimpleNamespace(name=f"ablation-{bench}", task_type="regression", train=make_family(spec, seed=1),
+                           val=make_family(spec, seed=3, clean=True, kinds=kinds),
+                           test=make_family(spec, seed=2, clean=True, kinds=kinds), input_shape=(1,),
+                           default_backbone={"name": "mlp", "options": {"hidden": [40, 40]}})
+
+
+# -- the plugin learner: methods that need Python objects (held-out tasks, selector targets, the oracle) --
+PLUGIN = "attention-ablation"
+
+
+class AblationMAML(AttentionMAML):
+    """``AttentionMAML`` whose Python objects come from the ablation's benchmark ``benchmark``, built from
+    plain (storable) options:
+
+    * ``task_attention`` (a ``MetaBatchWeighting``) gets ``HELDOUT_TASKS`` trusted clean tasks of the
+      family (seed 6, never test tasks) for its look-ahead, unless ``heldout=False`` (leave-one-out);
+    * ``task_attention`` with ``kind: selector`` (a ``TaskSelector``) gets the benchmark's target tasks
+      (5 tasks of its target kind, seed 99): it selects ``keep`` tasks within each meta-batch;
+    * ``oracle=True``: plain MAML whose outer loss weighs each training task by ``1 - corrupted``
+      (``task.info["corrupted"]``, known only to this oracle), normalised to sum 1.
+
+    In training it records each step's task weights with the tasks' corruption flags (``weights_log``) and
+    the kinds of the tasks it trained on (``trained_kinds``).
+    """
+
+    def __init__(self, model: nn.Module, task_type: str = "regression", *, benchmark: str,
+                 oracle: bool = False, heldout: bool = True, ways: int | None = None, **options) -> None:
+        if benchmark not in BENCHMARKS:
+            raise ValueError(f"{PLUGIN}: unknown benchmark {benchmark!r}; choose from {list(BENCHMARKS)}")
+        spec = BENCHMARKS[benchmark]
+        options = attention_options(options)
+        tasks = options.get("task_attention")
+        if isinstance(tasks, MetaBatchWeighting) and heldout:
+            trusted = make_family(spec, seed=6, clean=True).fixed_tasks(HELDOUT_TASKS, seed=6)
+            options["task_attention"] = dataclasses.replace(tasks, heldout=trusted)
+        if isinstance(tasks, TaskSelector) and tasks.targets is None:
+            tasks.targets = make_family(spec, seed=4, kinds=test_kinds(benchmark)).fixed_tasks(5, seed=99)
+        super().__init__(model, task_type, ways=ways, **options)
+        self.oracle = bool(oracle)
+        self.weights_log: list[tuple[float, bool]] = []
+        self.trained_kinds: dict[str, int] = {}
+
+    def meta_loss(self, batch: TaskBatch, task_weights: Tensor | None = None) -> MetaOutput:
+        if self.oracle and self.training and task_weights is None:
+            clean = torch.tensor([not info.get("corrupted", False) for info in batch.infos],
+                                 dtype=batch.query_y.dtype, device=batch.query_y.device)
+            clean = clean if clean.sum() > 0 else torch.ones_like(clean)
+            task_weights = clean / clean.sum()
+        self.last_selected = None
+        out = super().meta_loss(batch, task_weights)
+        if self.training:
+            infos = list(batch.infos)
+            if self.last_selected is not None:  # a TaskSelector trained on these tasks of the batch
+                infos = [infos[i] for i in self.last_selected.tolist()]
+            for info in infos:
+                if "kind" in info:
+                    self.trained_kinds[info["kind"]] = self.trained_kinds.get(info["kind"], 0) + 1
+            if self.last_task_weights is not None:
+                self.weights_log += [(float(w), bool(i.get("corrupted", False)))
+                                     for w, i in zip(self.last_task_weights, infos)]
+        return out
+
+
+def build_ablation(model: nn.Module, task_type: str = "regression", ways: int | None = None,
+                   **options) -> AblationMAML:
+    learner = AblationMAML(model, task_type, ways=ways, **options)
+    build_ablation.built.append(learner)  # type: ignore[attr-defined]  # read back by run_one
+    return learner
+
+
+build_ablation.built = []  # type: ignore[attr-defined]  # the learners this builder made, newest last
+if PLUGIN not in learners.available():  # the script may be imported again (``imports=``, tests)
+    learners.register(PLUGIN, head=True, nested=("task_attention", "feature_attention", "param_attention"),
+                      description="attention-maml with the ablation's held-out tasks / selector "
+                                  "targets / oracle weights (experiments/attention/attention_ablation.py)",
+                      )(build_ablation)
+
+
+def method_options(method: str, bench: str | None, *, inner_lr: float = 0.01,
+                   meta_batch: int = 10) -> tuple[str, dict]:
+    """``(algo, algo_options)`` of ``method`` on regression benchmark ``bench``: ``attention-maml`` from
+    plain options, or the plugin learner where the method needs Python objects (task attention's held-out
+    tasks, the selector's targets, the oracle's weights)."""
     flags = dict(METHODS.get(method, {}))
-    use_heldout = flags.pop("heldout", True)
+    heldout = flags.pop("heldout", True)
+    spec = BENCHMARKS[bench] if bench else {}
     lr = CONTEXT_LR if context_mode(flags) else inner_lr
+    options = {"inner_lr": lr, "inner_steps": spec.get("inner_steps", 1), "strategy": "vmap", **flags}
+    plugin = {"benchmark": bench}
     if flags.get("task_attention"):
         task = dict(flags["task_attention"]) if isinstance(flags["task_attention"], dict) else {}
         if os.environ.get("ATTN_WEIGHTING_ENTROPY"):
             task["entropy"] = float(os.environ["ATTN_WEIGHTING_ENTROPY"])
-        if use_heldout and spec is not None:
-            trusted = make_family(spec, seed=6, clean=True)
-            task["heldout"] = trusted.fixed_tasks(HELDOUT_TASKS, seed=6)
-        flags["task_attention"] = task
-    torch.manual_seed(0)
-    steps = (spec or {}).get("inner_steps", 1)
-    return build("attention-maml", model=MLP(1, (40, 40), 1), task_type="regression", inner_lr=lr,
-                 inner_steps=steps, strategy="vmap", **flags)
+        options["task_attention"] = task
+        plugin["heldout"] = heldout
+    if method == "oracle":
+        plugin["oracle"] = True
+    if method == "attentive":  # keeps meta_batch tasks of each pool of 10 x meta_batch
+        options["task_attention"] = {"kind": "selector", "temperature": 0.02, "uniform_share": 0.1,
+                                     "keep": meta_batch}
+    plain = not flags.get("task_attention") and method not in ("oracle", "attentive", "uniform")
+    if bench is None or plain:
+        return "attention-maml", options
+    return PLUGIN, {**options, **plugin}
 
 
 def context_mode(flags: dict) -> bool:
@@ -122,15 +232,10 @@ def run_omniglot(method: str, steps: int, time_budget: float, episodes: int) -> 
     """Omniglot 5w1s (background -> evaluation alphabets) for one method: train through ``attnmeta.train``
     (via ``attnmeta.compare``, no presets: meta-batch 4, Adam 1e-3) for ``time_budget`` CPU seconds (or
     ``steps``), evaluate on ``benchmark.test.fixed_tasks(episodes, seed=0)``."""
-    import torch
-
     torch.set_num_threads(1)
     from attnmeta.compare import compare
-    from attnmeta.data.benchmarks import make_benchmark
-    from attnmeta.data.omniglot import Omniglot
 
-    data = tuple(Omniglot(str(OMNIGLOT), background=b) for b in (True, False))
-    bench = make_benchmark("omniglot", ways=5, shots=1, queries=15, data=data)
+    bench = omniglot_benchmark()
     flags = {k: v for k, v in METHODS[method].items() if k != "heldout"}
     result = compare(bench, ["attention-maml"], ways=5, shots=1, queries=15, steps=steps,
                      budget_seconds=time_budget, meta_batch=4, lr=1e-3, episodes=episodes, eval_seed=0,
@@ -143,64 +248,61 @@ def run_omniglot(method: str, steps: int, time_budget: float, episodes: int) -> 
             "mse": None, "accuracy": row.mean, "ci95": row.ci95, "per_task": row.per_episode}
 
 
+def omniglot_benchmark():
+    from attnmeta.data.benchmarks import make_benchmark
+    from attnmeta.data.omniglot import Omniglot
+
+    data = tuple(Omniglot(str(OMNIGLOT), background=b) for b in (True, False))
+    return make_benchmark("omniglot", ways=5, shots=1, queries=15, data=data)
+
+
+def train_run(bench, algo: str, options: dict, run_dir: Path, *, steps: int, meta_batch: int,
+              time_budget: float | None = None, test_count: int = 600, evaluate_test: bool = True,
+              **config):
+    """One run of the library's trainer on the built benchmark ``bench`` (Adam 1e-3, one thread, CPU,
+    validated and checkpointed only at the end, so the test uses the final weights)."""
+    from attnmeta.train.config import RunConfig
+    from attnmeta.train.trainer import train
+
+    run = RunConfig(benchmark=bench.name, algo=algo, algo_options=options, meta_batch=meta_batch, steps=steps,
+                    optimizer="adam", lr=1e-3, seed=0, device="cpu", threads=1, plot=False,
+                    budget_minutes=None if time_budget is None else time_budget / 60, budget_clock="cpu",
+                    eval_every=steps, checkpoint_every=steps, eval_episodes=20, test_episodes=test_count,
+                    test_seed=1234, run_dir=str(run_dir),
+                    imports=[str(Path(__file__).resolve())] if algo == PLUGIN else [], **config)
+    return train(run, bench=bench, quiet=True, print_fn=lambda _: None, evaluate_test=evaluate_test)
+
+
 def run_one(bench: str, method: str, steps: int, time_budget: float, meta_batch: int,
             test_count: int = 600) -> dict:
-    import torch
-
+    """Train ``method`` on ``bench`` with ``attnmeta.train.trainer.train`` and report its test score."""
     torch.set_num_threads(1)
     if bench == "omniglot":
         return run_omniglot(method, steps, time_budget, test_count)
-    from attnmeta.eval import evaluate
-    from attnmeta.learners.task_attention import TaskSelector
-    from attnmeta.tasks.episode import TaskBatch
+    from attnmeta.train.builders import build_learner
+    from attnmeta.train.checkpoint import load_weights
+    from attnmeta.train.run import benchmark_parts
+    from attnmeta.train.trainer import final_weights
 
     spec = BENCHMARKS[bench]
-    learner = make_learner("maml" if bench == "selection" else method, spec)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
-    family = make_family(spec, seed=1)
-    test_kinds = (spec["target_kind"],) if bench == "selection" else None
-    test_tasks = make_family(spec, seed=2, clean=True, kinds=test_kinds).fixed_tasks(test_count, seed=1234)
-    selector, targets, generator = None, None, torch.Generator().manual_seed(3)
-    if bench == "selection":
-        selector = TaskSelector(temperature=0.02, uniform_share=0.1)
-        targets = make_family(spec, seed=4, kinds=test_kinds).fixed_tasks(5, seed=99)
-    weights_log: list[tuple[float, bool]] = []
-    selected_kinds: dict[str, int] = {}
-    start, done = time.process_time(), 0  # CPU seconds of this (one-thread) process
-    for _ in range(steps):
-        if time.process_time() - start > time_budget:
-            break
-        if bench == "selection":
-            pool = [family.sample() for _ in range(10 * meta_batch)]
-            if method == "attentive":
-                index = selector.sample(targets, pool, meta_batch, generator=generator)
-            else:
-                index = torch.randperm(len(pool), generator=generator)[:meta_batch]
-            chosen = [pool[i] for i in index.tolist()]
-            for task in chosen:
-                selected_kinds[task.info["kind"]] = selected_kinds.get(task.info["kind"], 0) + 1
-            batch = TaskBatch.stack(chosen)
-        else:
-            batch = family.sample_batch(meta_batch)
-        if method == "oracle":
-            clean = torch.tensor([not info.get("corrupted", False) for info in batch.infos],
-                                 dtype=torch.float32)
-            clean = clean if clean.sum() > 0 else torch.ones_like(clean)
-            out = learner.meta_loss(batch, task_weights=clean / clean.sum())
-        else:
-            out = learner.meta_loss(batch)
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
-        done += 1
-        if learner.last_task_weights is not None:
-            weights_log += [(float(w), bool(i.get("corrupted", False)))
-                            for w, i in zip(learner.last_task_weights, batch.infos)]
-    train_seconds = time.process_time() - start
-    result = evaluate(learner, test_tasks)
-    record = {"benchmark": bench, "method": method, "steps": done, "train_seconds": train_seconds,
-              "seconds_per_step": train_seconds / max(done, 1), "mse": result.mean, "ci95": result.ci95,
-              "per_task": result.per_episode}
+    algo, options = method_options(method, bench, meta_batch=meta_batch)
+    pool = 10 * meta_batch if method == "attentive" else meta_batch  # the selector keeps meta_batch of them
+    parts = regression_benchmark(bench)
+    built = learners.spec(PLUGIN).builder.built  # type: ignore[attr-defined]
+    with tempfile.TemporaryDirectory(prefix="ablation-") as folder:
+        result = train_run(parts, algo, options, Path(folder) / "run", steps=steps, meta_batch=pool,
+                           time_budget=time_budget, test_count=test_count)
+        trained = built.pop() if algo == PLUGIN else None
+        built.clear()
+        # the trained weights in a fresh learner of the same config (plot_data records into it)
+        learner = build_learner(result.config, benchmark_parts(parts))
+        load_weights(learner, final_weights(result.run_dir), result.run_dir)
+        built.clear()
+    train_seconds = result.summary["train_cpu_seconds"]
+    record = {"benchmark": bench, "method": method, "steps": result.steps, "train_seconds": train_seconds,
+              "seconds_per_step": train_seconds / max(result.steps, 1), "mse": result.test.mean,
+              "ci95": result.test.ci95, "per_task": result.test.per_episode}
+    weights_log = trained.weights_log if trained is not None else []
     if weights_log:  # mean weights over the second half of training
         corrupted = [w for w, c in weights_log[len(weights_log) // 2:] if c]
         clean = [w for w, c in weights_log[len(weights_log) // 2:] if not c]
@@ -208,8 +310,8 @@ def run_one(bench: str, method: str, steps: int, time_budget: float, meta_batch:
         record["weight_clean"] = sum(clean) / max(len(clean), 1)
         record["weight_clean_std"] = float(torch.tensor(clean).std()) if len(clean) > 1 else 0.0
         record["weights_log"] = weights_log[-2000:]
-    if selected_kinds:
-        record["selected_kinds"] = selected_kinds
+    if bench == "selection" and trained is not None:
+        record["selected_kinds"] = trained.trained_kinds
     record["plot_data"] = plot_data(learner, bench, spec)
     return record
 
@@ -218,6 +320,7 @@ def plot_data(learner, bench: str, spec: dict) -> dict:
     """Raw numbers for attnmeta.attention_plots: gates per task, parameter weights per step."""
     data: dict = {}
     probe = make_family(spec, seed=5, clean=True).fixed_tasks(30, seed=7)
+    learner.eval()
     if learner.feature_attention:
         learner.model.record = True
         gates, kinds = [], []
@@ -239,43 +342,40 @@ def plot_data(learner, bench: str, spec: dict) -> dict:
     return data
 
 
-def timing(meta_batch: int, repeats: int = 20) -> dict:
-    """Seconds per meta-step of feature attention adapting everything vs only the context (1 thread)."""
-    import torch
+def seconds_per_step(run_dir: Path, warmup: int) -> float:
+    """CPU seconds per training step of a finished run after its first ``warmup`` steps (``metrics.csv``)."""
+    from attnmeta.train.trainer import read_metrics
 
+    rows = [r for r in read_metrics(Path(run_dir) / "metrics.csv") if r["phase"] == "train"]
+    cpu = {int(r["step"]): float(r["cpu_seconds"]) for r in rows}
+    last = max(cpu)
+    return (cpu[last] - cpu[warmup]) / (last - warmup)
+
+
+def timing(meta_batch: int, repeats: int = 20) -> dict:
+    """CPU seconds per meta-step (trainer steps after 3 warm-up steps, 1 thread) of feature attention
+    adapting everything vs only the context, on the multimodal family."""
     torch.set_num_threads(1)
-    family = make_family(BENCHMARKS["multimodal"], seed=0)
-    batch = family.sample_batch(meta_batch)
     out = {}
     for method in ("maml", "+feature", "+feature(context)"):
         for strategy in ("vmap", "loop"):
-            learner = make_learner(method)
-            learner.strategy = strategy
-            for _ in range(3):
-                learner.meta_loss(batch).loss.backward()
-            start = time.process_time()
-            for _ in range(repeats):
-                learner.meta_loss(batch).loss.backward()
-            out[f"{method}/{strategy}"] = (time.process_time() - start) / repeats
+            algo, options = method_options(method, None)
+            options["strategy"] = strategy
+            with tempfile.TemporaryDirectory(prefix="ablation-timing-") as folder:
+                result = train_run(regression_benchmark("multimodal"), algo, options, Path(folder) / "run",
+                                   steps=3 + repeats, meta_batch=meta_batch, evaluate_test=False)
+                out[f"{method}/{strategy}"] = seconds_per_step(result.run_dir, 3)
     return out
 
 
 def timing_omniglot(meta_batch: int = 4, repeats: int = 5) -> dict:
-    """CPU seconds per Omniglot 5w1s meta-step (Conv-4-64, loop strategy, 1 inner step of 0.4, 1 thread) of
-    MAML, feature attention adapting everything, and feature attention adapting only the context vector,
-    first and second order. Empty when the Omniglot archives are absent."""
-    import torch
-
+    """CPU seconds per Omniglot 5w1s meta-step (Conv-4-64, loop strategy, 1 inner step of 0.4, 1 thread;
+    trainer steps after 1 warm-up step) of MAML, feature attention adapting everything, and feature attention
+    adapting only the context vector, first and second order. Empty when the Omniglot archives are absent."""
     if not OMNIGLOT.exists():
         return {}
     torch.set_num_threads(1)
-    from attnmeta.compare import build_for
-    from attnmeta.data.benchmarks import make_benchmark
-    from attnmeta.data.omniglot import Omniglot
-
-    data = tuple(Omniglot(str(OMNIGLOT), background=b) for b in (True, False))
-    bench = make_benchmark("omniglot", ways=5, shots=1, queries=15, data=data)
-    batch = bench.train.sample_batch(meta_batch)
+    bench = omniglot_benchmark()
     out = {}
     for method in ("maml", "+feature", "+feature(context)"):
         for first_order in (True, False):
@@ -283,13 +383,11 @@ def timing_omniglot(meta_batch: int = 4, repeats: int = 5) -> dict:
             options = {**OMNIGLOT_OPTIONS, "first_order": first_order, **flags}
             if context_mode(flags):
                 options["inner_lr"] = CONTEXT_LR
-            learner = build_for("attention-maml", bench, 5, 1, options=options)
-            learner.meta_loss(batch).loss.backward()
-            start = time.process_time()
-            for _ in range(repeats):
-                learner.meta_loss(batch).loss.backward()
-            order = "first" if first_order else "second"
-            out[f"{method}/{order}-order"] = (time.process_time() - start) / repeats
+            with tempfile.TemporaryDirectory(prefix="ablation-timing-") as folder:
+                result = train_run(bench, "attention-maml", options, Path(folder) / "run", steps=1 + repeats,
+                                   meta_batch=meta_batch, evaluate_test=False, ways=5, shots=1, queries=15)
+                order = "first" if first_order else "second"
+                out[f"{method}/{order}-order"] = seconds_per_step(result.run_dir, 1)
     return out
 
 
@@ -313,7 +411,7 @@ def main() -> None:
                                              "attention_ablation_run.json"))
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    # read by make_learner in the worker processes
+    # read by method_options in the worker processes
     entropy = args.weighting_entropy
     os.environ["ATTN_WEIGHTING_ENTROPY"] = "" if entropy is None else str(entropy)
     if args.timing_only:
