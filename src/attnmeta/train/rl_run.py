@@ -115,20 +115,17 @@ class RLRun(Run):
                 "train_seconds": self.wall, "cpu_seconds": self.cpu}
 
     def evaluate_validation(self) -> EvalResult:
-        return self._evaluate(self.val_tasks, self.config.val_seed, steps=1)[0]
+        return evaluate_rl(self.learner, self.val_tasks, self.config.val_seed, steps=1)[0]
 
     def test(self, quiet: bool) -> EvalResult:
         """The best checkpoint on the fixed test tasks: the return after adaptation, and the whole curve."""
         self.load_best()
         tasks = self.bench.test.fixed_tasks(self.config.test_episodes, seed=self.config.test_seed)
-        result, curve = self._evaluate(tasks, self.config.test_seed, steps=None)
+        result, curve = evaluate_rl(self.learner, tasks, self.config.test_seed)
         self.adaptation = {k: v for k, v in curve.as_dict().items() if k != "per_task"}
         if self.main and self.config.plot and importlib.util.find_spec("matplotlib") is not None:
             plot_adaptation([curve], str(self.run_dir / "adaptation.png"), title=self.config.benchmark)
         return result
-
-    def _evaluate(self, tasks: list, seed: int, steps: int | None) -> tuple[EvalResult, AdaptationCurve]:
-        return evaluate_rl(self.learner, tasks, seed, steps)
 
     def summary(self, test: EvalResult | None) -> dict[str, Any]:
         return {**super().summary(test), "adaptation": self.adaptation, "metric_note": METRIC_NOTE}
