@@ -11,12 +11,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from torch import nn
 
 from attnmeta.learners.task_attention import TaskWeighting
-from attnmeta.rl.envs import EnvFactory
+from attnmeta.rl.envs import EnvFactory, HalfCheetahEnv, Navigation2DEnv
 from attnmeta.rl.maml_rl import MAMLRL, RL_TASK_STATS
 from attnmeta.rl.policy import GaussianMLPPolicy
 from attnmeta.rl.snail_policy import SNAILRL, SNAILPolicy
@@ -32,16 +33,21 @@ class RLBenchmark:
     act_dim: int
     horizon: int
     make_family: Callable[[int], Any]  # seed -> task family (sample_batch, fixed_tasks, state_dict)
+    env_factory: EnvFactory  # (task parameters [E, k], horizon) -> vectorized environment
     needs_mujoco: bool = False
 
 
 RL_BENCHMARKS: dict[str, RLBenchmark] = {
-    "navigation": RLBenchmark("navigation", 2, 2, 100, lambda seed: NavigationTasks(seed=seed)),
+    "navigation": RLBenchmark(
+        "navigation", 2, 2, 100, lambda seed: NavigationTasks(seed=seed), Navigation2DEnv
+    ),
     "halfcheetah-dir": RLBenchmark(
-        "halfcheetah-dir", 17, 6, 200, lambda seed: HalfCheetahTasks("direction", seed=seed), True
+        "halfcheetah-dir", 17, 6, 200, lambda seed: HalfCheetahTasks("direction", seed=seed),
+        partial(HalfCheetahEnv, kind="direction"), True
     ),
     "halfcheetah-vel": RLBenchmark(
-        "halfcheetah-vel", 17, 6, 200, lambda seed: HalfCheetahTasks("velocity", seed=seed), True
+        "halfcheetah-vel", 17, 6, 200, lambda seed: HalfCheetahTasks("velocity", seed=seed),
+        partial(HalfCheetahEnv, kind="velocity"), True
     ),
 }
 
@@ -90,7 +96,7 @@ def build_rl_learner(algo: str, benchmark: str, options: dict[str, Any]) -> MAML
     policy is initialised from the global torch RNG (seed it first)."""
     check_rl_options(algo, options)
     bench = rl_benchmark(benchmark)
-    env_factory = _env_factory(benchmark)
+    env_factory = bench.env_factory
     if algo == "maml-rl":
         opts = {**MAML_RL_EXTRA, **options}
         policy: nn.Module = GaussianMLPPolicy(bench.obs_dim, bench.act_dim, tuple(opts.pop("hidden")))
@@ -102,11 +108,6 @@ def build_rl_learner(algo: str, benchmark: str, options: dict[str, Any]) -> MAML
     episodes_per_trial = opts.get("episodes_per_trial", 2)
     policy = SNAILPolicy(bench.obs_dim, bench.act_dim, episodes_per_trial * bench.horizon, **widths)
     return SNAILRL(policy, horizon=bench.horizon, env_factory=env_factory, **opts)
-
-
-def _env_factory(benchmark: str) -> EnvFactory:
-    family = RL_BENCHMARKS[benchmark].make_family(0)
-    return family.fixed_tasks(1)[0].env_factory()
 
 
 def _require_mujoco(name: str) -> None:
