@@ -15,7 +15,7 @@ from attnmeta.cli.commands import (  # noqa: F401  (TRAIN_FLAGS: re-exported)
     cmd_train,
 )
 
-BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet", "clinc150", "navigation",
+BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet", "clinc150", "imagefolder", "navigation",
               "halfcheetah-dir", "halfcheetah-vel")
 
 def parse_budget(text: str) -> float:
@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", help="constant, cosine or step")
     t.add_argument("--backbone", help="conv4, resnet12 or mlp (default: the benchmark's)")
     t.add_argument("--root", help="data folder (default: $ATTNMETA_DATA/<omniglot|miniimagenet|"
-                   "text/clinc150> when ATTNMETA_DATA is set)")
+                   "text/clinc150> when ATTNMETA_DATA is set); imagefolder: your folder of class folders of "
+                   "images (class split: --set benchmark_options.split_file=SPLIT.json)")
     t.add_argument("--download", action="store_const", const=True,
                    help="download the official archives (checksum-verified) into --root if missing "
                    "(Omniglot)")

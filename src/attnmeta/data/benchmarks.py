@@ -34,7 +34,7 @@ from attnmeta.tasks.sampler import EpisodeSampler
 
 __all__ = ["Benchmark", "make_benchmark", "BENCHMARKS", "NormalizedSource"]
 
-BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet", "clinc150")
+BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet", "clinc150", "imagefolder")
 
 
 @dataclass
@@ -113,20 +113,22 @@ def make_benchmark(name: str, *, root: str | Path | None = None, ways: int | Non
     """Build a named benchmark.
 
     Args:
-        name: ``"sinusoid"``, ``"multimodal"``, ``"omniglot"``, ``"miniimagenet"`` or ``"clinc150"``.
+        name: ``"sinusoid"``, ``"multimodal"``, ``"omniglot"``, ``"miniimagenet"``, ``"clinc150"`` or
+            ``"imagefolder"``.
         root: data folder (Omniglot archives; miniImageNet CSVs and images or caches). Unused for regression.
         ways, shots, queries: episode shape (``ways`` is ignored for regression, where it may be ``None``).
         split: see the module docstring (Omniglot ``"default"``/``"vinyals"``/``"maml"``; miniImageNet
             ``"default"`` = Ravi & Larochelle).
         seed: seeds the samplers' own generators (train ``seed``, val ``seed + 1``, test ``seed + 2``) and the
             MAML character split.
-        image_size: image side in pixels (Omniglot 28, miniImageNet 84 by default).
+        image_size: image side in pixels (Omniglot 28, miniImageNet and imagefolder 84 by default).
         train_ways, train_shots, train_queries: another episode shape for the training source only
             (``None``: ``ways`` / ``shots`` / ``queries``), e.g. 150-way training episodes for a 5-way test,
             the Prototypical Networks recipe; validation and test keep ``ways`` / ``shots`` / ``queries``.
         options: Omniglot: ``download``, ``cache_dir``, ``split_dir``, ``rotations`` (train rotation classes,
             default True), ``train_characters`` (MAML split, 1200), ``data`` (a pre-loaded
             ``(background, evaluation)`` pair of ``Omniglot``). miniImageNet: ``cache_dir``, ``csv_dir``.
+            imagefolder: ``split_file`` (JSON class split), ``channels`` (1 or 3).
             Regression: keyword arguments of the task family (``noise_std``, ...).
     """
     if name not in BENCHMARKS:
@@ -144,6 +146,8 @@ def make_benchmark(name: str, *, root: str | Path | None = None, ways: int | Non
         return _omniglot(root, shapes, split, seed, image_size or 28, options)
     if name == "clinc150":
         return _clinc150(root, shapes, split, seed, options)
+    if name == "imagefolder":
+        return _imagefolder(root, shapes, split, seed, image_size or 84, options)
     return _miniimagenet(root, shapes, split, seed, image_size or 84, options)
 
 
@@ -243,6 +247,36 @@ def _miniimagenet(root: str | Path | None, shapes: Shapes, split: str, seed: int
     return Benchmark("miniimagenet", "classification", train, val, test, (3, image_size, image_size),
                      preprocessing,
                      {"name": "conv4", "options": {"hidden": 32}}, {"split": "ravi"})
+
+
+def _imagefolder(root: str | Path | None, shapes: Shapes, split: str, seed: int, image_size: int,
+                 options: dict[str, Any]) -> Benchmark:
+    """Your own images (``attnmeta.data.imagefolder``): uint8 storage, float conversion of the sampled
+    examples (as Omniglot); the class split from ``split_file`` or the seeded default split."""
+    from attnmeta.data.imagefolder import ImageFolder, check_episode_shapes, class_split
+
+    split_file, channels = options.pop("split_file", None), options.pop("channels", 3)
+    if options:
+        raise TypeError(f"unknown imagefolder options {sorted(options)}; accepted: split_file, channels")
+    if split != "default":
+        raise ValueError(f"imagefolder has no named splits (got split {split!r}); give the class split as "
+                         "split_file= (a JSON file), or leave both out for the seeded default split")
+    if root is None:
+        raise ValueError("imagefolder needs root= (--root): a folder holding one subfolder of images per "
+                         "class")
+    data = ImageFolder(root, image_size=image_size, channels=channels)
+    parts = class_split(data.classes, split_file, seed)
+    ids = check_episode_shapes(data, parts, shapes)
+    train, val, test = (EpisodeSampler(data.images, data.labels, *shapes[i], classes=ids[part], seed=seed + i,
+                                       batch_transform=uint8_to_unit)
+                        for i, part in enumerate(("train", "val", "test")))
+    preprocessing = {"image_size": image_size, "channels": channels, "grayscale": channels == 1,
+                     "resize": "bilinear", "invert": False, "scale": 1 / 255, "mean": [0.0] * channels,
+                     "std": [1.0] * channels}
+    info = {"split": "file" if split_file is not None else "default", "images": len(data),
+            **{f"{part}_classes": len(names) for part, names in parts.items()}}
+    return Benchmark("imagefolder", "classification", train, val, test, (channels, image_size, image_size),
+                     preprocessing, {"name": "conv4", "options": {"hidden": 64}}, info)
 
 
 def _clinc150(root: str | Path | None, shapes: Shapes, split: str, seed: int,
