@@ -90,6 +90,21 @@ def run_config(benchmark: str, algo: str, run_dir: str | Path, *, inner_steps: i
                      run_dir=str(run_dir))
 
 
+def train_from_args(args: Any, benchmark: str, *, eval_every: int,
+                    default_cpu_min: float | None = None) -> TrainResult:
+    """A script's ``train`` stage: ``maml`` (``--inner-steps``) or ``pretrained`` (``inner_steps: 0``) on
+    ``benchmark`` with the script's flags (inner lr 0.1 and 20 episodes unless given)."""
+    minutes, clock, note = budget(args.max_cpu_min, args.max_wall_min, default_cpu_min)
+    path = run_folder(args.runs, benchmark, args.algo, args.tag)
+    config = run_config(
+        benchmark, args.algo, path, inner_steps=args.inner_steps,
+        inner_lr=0.1 if args.inner_lr is None else args.inner_lr,
+        episodes=20 if args.episodes is None else args.episodes, meta_batch=args.meta_batch,
+        iterations=args.iterations, budget_minutes=minutes, budget_clock=clock, val_tasks=args.val_tasks,
+        test_tasks=args.test_tasks, eval_every=eval_every, seed=args.seed, threads=args.threads)
+    return train_run(config, f"{benchmark} {args.algo}{args.tag}", note)
+
+
 def train_run(config: RunConfig, name: str, note: str | None = None) -> TrainResult:
     """``attnmeta.train.train(config)``, one line per validation, and a closing line."""
     if note:

@@ -47,16 +47,7 @@ PUBLISHED = {"direction": "170.4 +/- 21.0", "velocity": "-139.0 +/- 18.9"}
 
 def train(args: argparse.Namespace) -> Any:
     """One run of the trainer: ``maml`` (``--inner-steps``) or ``pretrained`` (``inner_steps: 0``)."""
-    minutes, clock, note = rl_driver.budget(args.max_cpu_min, args.max_wall_min)
-    benchmark = BENCHMARKS[args.kind]
-    path = rl_driver.run_folder(args.runs, benchmark, args.algo, args.tag)
-    config = rl_driver.run_config(
-        benchmark, args.algo, path, inner_steps=args.inner_steps,
-        inner_lr=0.1 if args.inner_lr is None else args.inner_lr,
-        episodes=20 if args.episodes is None else args.episodes, meta_batch=args.meta_batch,
-        iterations=args.iterations, budget_minutes=minutes, budget_clock=clock, val_tasks=args.val_tasks,
-        test_tasks=args.test_tasks, eval_every=20, seed=args.seed, threads=args.threads)
-    return rl_driver.train_run(config, f"{benchmark} {args.algo}{args.tag}", note)
+    return rl_driver.train_from_args(args, BENCHMARKS[args.kind], eval_every=20)
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:

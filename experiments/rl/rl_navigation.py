@@ -44,15 +44,7 @@ PUBLISHED = "-20.3 +/- 3.2"
 
 def train(args: argparse.Namespace) -> Any:
     """One run of the trainer: ``maml`` (``--inner-steps``) or ``pretrained`` (``inner_steps: 0``)."""
-    minutes, clock, note = rl_driver.budget(args.max_cpu_min, args.max_wall_min, default_cpu_min=30.0)
-    path = rl_driver.run_folder(args.runs, BENCHMARK, args.algo, args.tag)
-    config = rl_driver.run_config(
-        BENCHMARK, args.algo, path, inner_steps=args.inner_steps,
-        inner_lr=0.1 if args.inner_lr is None else args.inner_lr,
-        episodes=20 if args.episodes is None else args.episodes, meta_batch=args.meta_batch,
-        iterations=args.iterations, budget_minutes=minutes, budget_clock=clock, val_tasks=args.val_tasks,
-        test_tasks=args.test_tasks, eval_every=10, seed=args.seed, threads=args.threads)
-    return rl_driver.train_run(config, f"{BENCHMARK} {args.algo}{args.tag}", note)
+    return rl_driver.train_from_args(args, BENCHMARK, eval_every=10, default_cpu_min=30.0)
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
