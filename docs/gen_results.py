@@ -18,12 +18,13 @@ The MkDocs build runs it too (``docs/hooks.py``), so the site is never stale.
 Schema of one ``<recipe>.json`` (extra keys are ignored)::
 
     {"recipe": str, "benchmark": str, "algo": str, "ways": int | null, "shots": int,
-     "test": {"metric": "accuracy" | "mse" | "return", "mean": float, "ci95": float, "n": int},
+     "test": {"metric": "accuracy" | "mse" | "return" | "map50", "mean": float, "ci95": float, "n": int},
      "train_seconds": float, "cpu_seconds": float | null, "device": str, "machine": str,
      "paper": {"value": float, "source": str} | null, "command": str}
 
-Accuracy is shown in percent with two decimals (``mean`` and ``ci95`` are fractions; a paper value above 1
-is taken to be a percentage already), mean squared error with four decimals, a meta-RL return (average
+Accuracy and detection mAP@0.5 are shown in percent with two decimals (``mean`` and ``ci95`` are
+fractions; a paper value above 1 is taken to be a percentage already), mean squared error with four
+decimals, a meta-RL return (average
 return per task after adaptation) with two.
 """
 
@@ -83,9 +84,9 @@ def load_results(*directories: Path) -> list[dict[str, Any]]:
             missing.append("test.{metric,mean,ci95,n}")
         if missing:
             raise ResultsError(f"{path}: missing {', '.join(missing)}")
-        if test["metric"] not in ("accuracy", "mse", "return"):
+        if test["metric"] not in ("accuracy", "mse", "return", "map50"):
             raise ResultsError(
-                f"{path}: test.metric must be 'accuracy', 'mse' or 'return', got {test['metric']!r}"
+                f"{path}: test.metric must be 'accuracy', 'mse', 'return' or 'map50', got {test['metric']!r}"
             )
         if row["recipe"] in seen:
             raise ResultsError(f"{path}: recipe {row['recipe']!r} is also recorded in {seen[row['recipe']]}")
@@ -101,7 +102,7 @@ def _cell(text: Any) -> str:
 def format_value(metric: str, value: float) -> str:
     if metric == "return":
         return f"{value:.2f}"
-    return f"{100 * value:.2f}%" if metric == "accuracy" else f"{value:.4f}"
+    return f"{100 * value:.2f}%" if metric in ("accuracy", "map50") else f"{value:.4f}"
 
 
 def format_result(test: dict[str, Any]) -> str:
@@ -109,6 +110,8 @@ def format_result(test: dict[str, Any]) -> str:
         return f"{100 * test['mean']:.2f} ± {100 * test['ci95']:.2f}%"
     if test["metric"] == "return":
         return f"return {test['mean']:.2f} ± {test['ci95']:.2f}"
+    if test["metric"] == "map50":
+        return f"mAP@0.5 {100 * test['mean']:.2f} ± {100 * test['ci95']:.2f}%"
     return f"MSE {test['mean']:.4f} ± {test['ci95']:.4f}"
 
 
@@ -117,7 +120,7 @@ def format_paper(row: dict[str, Any]) -> str:
     if not paper:
         return "–"
     value = float(paper["value"])
-    if row["test"]["metric"] == "accuracy":
+    if row["test"]["metric"] in ("accuracy", "map50"):
         text = f"{value if value > 1 else 100 * value:.2f}%"
     else:
         text = format_value(row["test"]["metric"], value)
@@ -217,6 +220,40 @@ def presets_table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+DETECTION_DIR = Path("docs") / "results" / "detection"
+DETECTION_PAGE = Path("docs") / "guides" / "detection.md"
+DETECTION_START, DETECTION_END = "<!-- detection:start -->", "<!-- detection:end -->"
+
+
+def detection_table(folder: Path) -> str:
+    """One row per ``*.json`` of ``docs/results/detection`` (written by
+    ``experiments/detection/record_results.py`` from ``attnmeta eval`` files of detection runs)."""
+    rows = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+    if not rows:
+        return "No detection results are recorded yet."
+    lines = ["| task | learner | mAP@0.5 % (95% CI) | mAP@[.5:.95] % | episodes | training CPU min | "
+             "ms per scene |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    order = sorted(rows, key=lambda r: (r["ways"], r["shots"], -r["map50"]["mean"]))
+    for r in order:
+        cpu = r.get("train_cpu_seconds")
+        lines.append(
+            f"| {r['ways']}-way {r['shots']}-shot | {r['algo']} | {100 * r['map50']['mean']:.2f} +/- "
+            f"{100 * r['map50']['ci95']:.2f} | {100 * r['map']['mean']:.2f} | {r['map50']['n']} | "
+            f"{'-' if not cpu else f'{cpu / 60:.1f}'} | {r['ms_per_image']:.0f} |")
+    machines = sorted({r["machine"] for r in rows})
+    commands = sorted({f"`{r['command']}`" for r in rows})
+    return "\n".join([*lines, "", f"Machine: {'; '.join(machines)}.", "", "Commands:", "",
+                      *(f"- {c}" for c in commands)])
+
+
+def _between(path: Path, start_mark: str, end_mark: str, table: str) -> str:
+    text = path.read_text(encoding="utf-8")
+    start, end = text.find(start_mark), text.find(end_mark)
+    if start < 0 or end < start:
+        raise ResultsError(f"{path} must contain {start_mark} ... {end_mark}")
+    return text[: start + len(start_mark)] + "\n" + table + "\n" + text[end:]
+
+
 def generate(root: Path = ROOT, *, check: bool = False, readme: bool = True) -> list[Path]:
     """Write (or, with ``check``, compare) README.md, docs/results.md and the presets' table; return the
     stale files."""
@@ -230,6 +267,9 @@ def generate(root: Path = ROOT, *, check: bool = False, readme: bool = True) -> 
             raise ResultsError(f"{presets / 'README.md'} must contain {PRESETS_START} ... {PRESETS_END}")
         targets[presets / "README.md"] = (text[: start + len(PRESETS_START)] + "\n" + presets_table(presets)
                                           + "\n" + text[end:])
+    if (root / DETECTION_PAGE).is_file():
+        targets[root / DETECTION_PAGE] = _between(root / DETECTION_PAGE, DETECTION_START, DETECTION_END,
+                                                  detection_table(root / DETECTION_DIR))
     if readme:
         path = root / "README.md"
         targets[path] = replace_between_markers(path.read_text(encoding="utf-8"), readme_table(rows))

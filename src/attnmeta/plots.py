@@ -9,7 +9,7 @@ from typing import Any
 
 
 def _metric_name(rows: list[dict[str, str]]) -> str:
-    for metric in ("accuracy", "return"):
+    for metric in ("accuracy", "return", "map50"):
         if any(r.get(metric) for r in rows):
             return metric
     return "mse"

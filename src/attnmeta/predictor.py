@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from attnmeta.detector import FewShotDetector
 from attnmeta.errors import UserError
 from attnmeta.learners.base import Learner
 from attnmeta.predictor_inputs import check_labels, numeric_array, pixel_array, read_image, wide_pil_pixels
@@ -267,8 +268,14 @@ def load(
     checkpoint: str = "best",
     device: str | torch.device = "cpu",
     imports: Sequence[str] = (),
-) -> FewShotPredictor:
+    score_threshold: float = 0.3,
+    max_detections: int = 20,
+) -> FewShotPredictor | FewShotDetector:
     """Load a run folder (its best checkpoint, or ``checkpoint="latest"``) or one checkpoint folder.
+
+    A detection run gives a ``attnmeta.detector.FewShotDetector`` (``fit`` then ``detect``), which keeps
+    boxes scoring at least ``score_threshold``, at most ``max_detections`` per image; any other run a
+    ``FewShotPredictor``.
 
     Loading never executes code from the files: weights are safetensors, state is JSON, and the modules a
     run names under ``imports`` are not imported. A run trained with a custom learner needs ``imports``:
@@ -305,6 +312,14 @@ def load(
             "policy with attnmeta.rl.registry.build_rl_learner and attnmeta.train.checkpoint.load_weights"
         )
     import_plugins(list(imports))
+    if run_info.get("task_type") == "detection":
+        from attnmeta.detector import load_detector
+        from attnmeta.learners.detection.registry import build_detector
+
+        detector = build_detector(config.algo, int(run_info["input_shape"][0]), config.algo_options)
+        load_weights(detector, weights, ckpt)
+        return load_detector(detector, run_info, device, score_threshold=score_threshold,
+                             max_detections=max_detections)
     parts = BenchmarkParts(
         run_info["benchmark"],
         run_info["task_type"],

@@ -59,13 +59,13 @@ def _results_table(rows: list[dict[str, Any]]) -> str:
 def _result_row(config: RunConfig, result: Any) -> dict[str, Any]:
     value = (
         f"{100 * result.mean:.2f}% +/- {100 * result.ci95:.2f}"
-        if result.metric == "accuracy"
+        if result.metric in ("accuracy", "map50")
         else f"{result.mean:.4f} +/- {result.ci95:.4f}"
     )
     return {
         "benchmark": config.benchmark,
         "algo": config.algo,
-        "ways": config.ways if config.task_type == "classification" else "-",
+        "ways": config.ways if config.task_type in ("classification", "detection") else "-",
         "shots": config.shots if config.task_type != "rl" else "-",
         "episodes": result.summary.n,
         "metric": result.metric,
@@ -79,6 +79,10 @@ def _note(command: str) -> Any:
 
 
 # -- train ------------------------------------------------------------------------------------------
+#: The default learner of the task families whose learners are not the classification ones.
+DEFAULT_ALGOS = {"rl": "maml-rl", "detection": "attention-detector"}
+
+
 def _train_config(args: argparse.Namespace) -> RunConfig:
     """defaults < preset of (benchmark, learner) < --recipe < --config < flags < --set; a recipe replaces the
     preset, and some user keys drop preset keys (``_PRESET_DROPPED_BY``)."""
@@ -101,8 +105,8 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
         overrides["imports"] = [*base.imports, *args.imports]
     overrides.update(parse_overrides(args.set or []))
     chosen = base.with_overrides(overrides)
-    if chosen.task_type == "rl" and "algo" not in values and "algo" not in overrides:
-        chosen = chosen.with_overrides({"algo": "maml-rl"})  # the meta-RL benchmarks' default learner
+    if chosen.task_type in DEFAULT_ALGOS and "algo" not in values and "algo" not in overrides:
+        chosen = chosen.with_overrides({"algo": DEFAULT_ALGOS[chosen.task_type]})
     if chosen.recipe is not None:  # a recipe is a whole run definition: no preset under it
         return chosen
     user_keys = set(values) | {key.split(".", 1)[0] for key in overrides}
@@ -211,6 +215,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     trained = load_run_config(args.run_dir, report=_note("eval"))
     if trained.task_type == "rl":
         return _eval_rl(args, trained)
+    if trained.task_type == "detection":
+        from attnmeta.cli.detection import eval_detection
+
+        return eval_detection(args, trained)
     import_plugins(args.imports or [])  # never the imports the run folder names
     if trained.threads:
         torch.set_num_threads(trained.threads)
@@ -327,10 +335,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from attnmeta.detector import FewShotDetector
     from attnmeta.predictor import load
     from attnmeta.predictor_inputs import read_query_folder, read_support_folder
 
     clf = load(args.run_dir, imports=args.imports or ())
+    if isinstance(clf, FewShotDetector):
+        raise ValueError(f"{args.run_dir!r} is a detection run; find its classes in images with `attnmeta "
+                         "detect RUN --support DIR --images DIR --out DIR`")
     if clf.task_type != "classification":
         raise ValueError(f"{args.run_dir!r} is a {clf.task_type} run; `attnmeta predict` labels images. Use "
                          "attnmeta.load(RUN_DIR).fit(x, y).predict(x_new) in Python for regression")

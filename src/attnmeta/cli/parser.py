@@ -14,9 +14,10 @@ from attnmeta.cli.commands import (  # noqa: F401  (TRAIN_FLAGS: re-exported)
     cmd_recipes,
     cmd_train,
 )
+from attnmeta.cli.detection import cmd_detect
 
 BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet", "clinc150", "imagefolder", "navigation",
-              "halfcheetah-dir", "halfcheetah-vel")
+              "halfcheetah-dir", "halfcheetah-vel", "omniglot-scenes", "coco")
 
 def parse_budget(text: str) -> float:
     """``20m`` / ``1.5h`` / ``90s`` / ``20`` (minutes) -> minutes."""
@@ -36,6 +37,12 @@ def _rl_learner_names() -> list[str]:
     from attnmeta.train.config import RL_ALGOS
 
     return list(RL_ALGOS)
+
+
+def _detector_names() -> list[str]:
+    from attnmeta.train.config import DETECTION_ALGOS
+
+    return list(DETECTION_ALGOS)
 
 
 def _preset_help() -> str:
@@ -73,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--recipe", help="start from a named recipe (`attnmeta recipes` lists them); --config, "
                    "flags and --set apply on top")
     t.add_argument("--algo", help=f"learner: {', '.join(_learner_names())} (default maml); meta-RL "
-                   f"(navigation, halfcheetah-*): {', '.join(_rl_learner_names())} (default maml-rl)")
+                   f"(navigation, halfcheetah-*): {', '.join(_rl_learner_names())} (default maml-rl); "
+                   f"detection (omniglot-scenes, coco): {', '.join(_detector_names())} (default "
+                   "attention-detector)")
     t.add_argument("--ways", type=int, help="N classes per task (classification; default 5)")
     t.add_argument("--shots", type=int, help="K support examples per class (regression: per task)")
     t.add_argument("--queries", type=int, help="query examples per class (regression: per task)")
@@ -188,6 +197,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--query", required=True, help="folder of images to label")
     _add_import_flag(q, "import a module or .py file first (a custom learner the run needs; repeatable)")
     q.set_defaults(func=cmd_predict)
+
+    d = sub.add_parser(
+        "detect",
+        help="find the support classes in images with a trained detection run",
+        description="Fit a detection run to a support folder (one subfolder of crops per class, named by the "
+        "label; the same number of crops in each) and find those classes in every image of --images. Writes "
+        "detections.json (per image: label, score, box [x0, y0, x1, y1] in pixels) and one PNG per image "
+        "with the boxes drawn into --out (a new or empty folder). Example: attnmeta detect "
+        "runs/omniglot-scenes-attention-detector-5w1s --support crops/ --images scenes/ --out found/",
+    )
+    d.add_argument("run_dir", help="detection run folder or checkpoint folder")
+    d.add_argument("--support", required=True, help="folder with one subfolder of crops per class")
+    d.add_argument("--images", required=True, help="folder of images to search")
+    d.add_argument("--out", required=True, help="new or empty folder for detections.json and the PNGs")
+    d.add_argument("--score-threshold", type=float, default=0.3, help="keep boxes scoring at least this "
+                   "(0..1, default 0.3)")
+    d.add_argument("--max-detections", type=int, default=20, help="boxes kept per image (default 20)")
+    _add_import_flag(d, "import a module or .py file first (a custom learner the run needs; repeatable)")
+    d.set_defaults(func=cmd_detect)
 
     c = sub.add_parser(
         "compare",

@@ -18,8 +18,9 @@ from attnmeta.tasks.episode import Task
 class EvalResult:
     """Per-episode metric values and their summary.
 
-    ``metric`` is ``"accuracy"`` (fraction in [0, 1]), ``"mse"`` or ``"return"`` (meta-RL: one value per
-    task, ``attnmeta.train.rl_run``).
+    ``metric`` is ``"accuracy"`` (fraction in [0, 1]), ``"mse"``, ``"return"`` (meta-RL: one value per
+    task, ``attnmeta.train.rl_run``) or ``"map50"`` / ``"map"`` (detection AP in [0, 1],
+    ``attnmeta.eval.detection``).
     """
 
     metric: str
@@ -39,8 +40,9 @@ class EvalResult:
         return self.summary.ci95
 
     def __str__(self) -> str:
-        if self.metric == "accuracy":
-            return f"accuracy {self.summary.as_percent()}% over {self.summary.n} episodes"
+        percent = {"accuracy": "accuracy", "map50": "mAP@0.5", "map": "mAP@[.5:.95]"}
+        if self.metric in percent:
+            return f"{percent[self.metric]} {self.summary.as_percent()}% over {self.summary.n} episodes"
         unit = "tasks" if self.metric == "return" else "episodes"
         return f"{self.metric} {self.summary} over {self.summary.n} {unit}"
 

@@ -29,6 +29,10 @@ REGRESSION_BENCHMARKS = ("sinusoid", "multimodal")
 #: Meta-RL benchmarks and learners (``attnmeta.rl.registry``; kept in step by a test).
 RL_BENCHMARKS = ("navigation", "halfcheetah-dir", "halfcheetah-vel")
 RL_ALGOS = ("maml-rl", "snail-rl")
+#: Few-shot detection benchmarks and detectors (``attnmeta.data.detection_benchmarks``,
+#: ``attnmeta.learners.detection.registry``; kept in step by a test).
+DETECTION_BENCHMARKS = ("omniglot-scenes", "coco")
+DETECTION_ALGOS = ("attention-detector", "protonet-windows", "template-matching")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
@@ -163,6 +167,8 @@ class RunConfig:
     def task_type(self) -> str:
         if self.benchmark in RL_BENCHMARKS:
             return "rl"
+        if self.benchmark in DETECTION_BENCHMARKS:
+            return "detection"
         return "regression" if self.benchmark in REGRESSION_BENCHMARKS else "classification"
 
     def validate(self) -> None:
@@ -193,7 +199,7 @@ class RunConfig:
                 raise ValueError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
         for key in ("ways", "train_ways"):
             value = getattr(self, key)
-            if value is not None and value < 2:
+            if value is not None and value < 2 and self.task_type != "detection":
                 raise ValueError(f"config key {key!r} must be >= 2 (a task needs two classes), "
                                  f"got {value}")
         if self.train_ways is not None and self.task_type == "regression":
@@ -218,6 +224,11 @@ class RunConfig:
 
             check_rl_options(self.algo, self.algo_options)
             return
+        if self.algo in DETECTION_ALGOS:
+            from attnmeta.learners.detection.registry import check_detector_options
+
+            check_detector_options(self.algo, self.algo_options)
+            return
         from attnmeta.learners.registry import check_options
 
         check_options(self.algo, self.algo_options)
@@ -225,8 +236,7 @@ class RunConfig:
     def resolved(self) -> RunConfig:
         """A copy with the benchmark's defaults filled in (shots, queries, ways, run_dir); ``algo_options``
         are checked against the learner first (``check_learner_options``)."""
-        if (self.task_type == "rl") != (self.algo in RL_ALGOS):
-            raise ValueError(_rl_mismatch(self.benchmark, self.algo, self.task_type))
+        _check_family(self.benchmark, self.algo, self.task_type)
         self.check_learner_options()
         c = dataclasses.replace(
             self,
@@ -238,10 +248,10 @@ class RunConfig:
         if c.task_type == "regression":
             c.shots = 10 if c.shots is None else c.shots
             c.queries = 10 if c.queries is None else c.queries
-        elif c.task_type == "classification":  # (meta-RL tasks are environments: no ways, shots, queries)
+        elif c.task_type in ("classification", "detection"):  # (meta-RL tasks are environments)
             c.ways = 5 if c.ways is None else c.ways
             c.shots = 1 if c.shots is None else c.shots
-            c.queries = 15 if c.queries is None else c.queries
+            c.queries = (15 if c.task_type == "classification" else 4) if c.queries is None else c.queries
         if c.run_dir is None:
             shape = f"{c.shots}shot" if c.task_type == "regression" else f"{c.ways}w{c.shots}s"
             name = f"{c.benchmark}-{c.algo}" + ("" if c.task_type == "rl" else f"-{shape}")
@@ -406,9 +416,14 @@ def _storable(value: Any) -> Any:
     return f"<in-memory {type(value).__name__}: not stored>"
 
 
-def _rl_mismatch(benchmark: str, algo: str, task_type: str) -> str:
-    if task_type == "rl":
-        return (f"benchmark {benchmark!r} is meta-RL: choose --algo {' or '.join(RL_ALGOS)} "
-                f"(not {algo!r})")
-    return (f"learner {algo!r} is for the meta-RL benchmarks ({', '.join(RL_BENCHMARKS)}), "
-            f"not {benchmark!r}; choose another --algo or benchmark")
+def _check_family(benchmark: str, algo: str, task_type: str) -> None:
+    """Meta-RL benchmarks take meta-RL learners, detection benchmarks detectors, the others neither."""
+    for family, algos, benchmarks in (("rl", RL_ALGOS, RL_BENCHMARKS),
+                                      ("detection", DETECTION_ALGOS, DETECTION_BENCHMARKS)):
+        kind = "meta-RL" if family == "rl" else "detection"
+        if task_type == family and algo not in algos:
+            raise ValueError(f"benchmark {benchmark!r} is {kind}: choose --algo {' or '.join(algos)} "
+                             f"(not {algo!r})")
+        if task_type != family and algo in algos:
+            raise ValueError(f"learner {algo!r} is for the {kind} benchmarks ({', '.join(benchmarks)}), "
+                             f"not {benchmark!r}; choose another --algo or benchmark")

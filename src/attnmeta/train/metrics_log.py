@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 METRIC_COLUMNS = (
-    "step", "phase", "loss", "accuracy", "mse", "return", "ci95", "lr", "train_seconds", "cpu_seconds"
+    "step", "phase", "loss", "accuracy", "mse", "return", "map50", "ci95", "lr", "train_seconds",
+    "cpu_seconds",
 )
 
 class MetricsLog:

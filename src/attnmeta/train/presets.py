@@ -39,6 +39,10 @@ _RL_PRESET: dict[str, Any] = {"steps": 10000, "budget_minutes": 6, "eval_every":
                               "test_episodes": 40, "checkpoint_every": 10, "threads": 1}
 _CHEETAH_PRESET: dict[str, Any] = {**_RL_PRESET, "meta_batch": 10, "budget_minutes": 8, "eval_every": 20,
                                    "eval_episodes": 10, "checkpoint_every": 20}
+_DETECTION_PRESET: dict[str, Any] = {
+    "meta_batch": 2, "lr": 1e-3, "schedule": "cosine", "steps": 100000, "budget_minutes": 10,
+    "budget_clock": "cpu", "eval_every": 250, "eval_episodes": 30, "test_episodes": 100,
+    "checkpoint_every": 250, "threads": 2}
 BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
     "sinusoid": dict(_REGRESSION_PRESET),
     "multimodal": dict(_REGRESSION_PRESET),
@@ -52,6 +56,10 @@ BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
     "navigation": {**_RL_PRESET, "meta_batch": 20},
     "halfcheetah-dir": _CHEETAH_PRESET,
     "halfcheetah-vel": _CHEETAH_PRESET,
+    # few-shot detection: 5-way 1-shot episodes of 4 scenes, a cosine over 10 CPU-minutes on 2 threads;
+    # validation on 30 fixed episodes, the test on 100 (400 scenes); per learner below (DETECTION)
+    "omniglot-scenes": _DETECTION_PRESET,
+    "coco": _DETECTION_PRESET,
     # by analogy with Omniglot, not measured (84 x 84 images: ~9x the CPU of Omniglot per image)
     "miniimagenet": {**_IMAGE_PRESET, "budget_minutes": 5, "eval_every": 100, "eval_episodes": 100,
                      "checkpoint_every": 100, "channels_last": True},
@@ -118,11 +126,15 @@ MINIIMAGENET: dict[str, dict[str, Any]] = {
     "transfer": {"meta_batch": 1, "train_ways": 16, "train_queries": 1},
     "baseline++": {"meta_batch": 1, "train_ways": 16, "train_queries": 1},
 }
+#: Detection per learner: template matching has nothing to train (one validation, then the test);
+#: the sliding-window ProtoNets baseline learns its embedding in 5 CPU-minutes.
+DETECTION: dict[str, dict[str, Any]] = {"template-matching": {"threads": 1},
+                                        "protonet-windows": {"budget_minutes": 5}}
 #: HalfCheetah: 10 episodes per task and step (the MAML paper: 20) to fit the budget.
 CHEETAH: dict[str, dict[str, Any]] = {"maml-rl": {"algo_options": {"episodes": 10}}}
 PER_LEARNER: dict[str, dict[str, dict[str, Any]]] = {
     "omniglot": OMNIGLOT, "miniimagenet": MINIIMAGENET, "halfcheetah-dir": CHEETAH,
-    "halfcheetah-vel": CHEETAH}
+    "halfcheetah-vel": CHEETAH, "omniglot-scenes": DETECTION, "coco": DETECTION}
 
 #: Learner options added on CLINC150: cosine prototypes (TF-IDF nearest centroid before meta-training) and
 #: MAML on the zero-initialised head with a large inner step (the lexical features have norm 4).

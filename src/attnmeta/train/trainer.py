@@ -174,6 +174,8 @@ def _train(
     run_class = Run
     if config.task_type == "rl":
         from attnmeta.train.rl_run import RLRun as run_class
+    elif config.task_type == "detection":
+        from attnmeta.train.detection_run import DetectionRun as run_class
     run = run_class(config, run_dir, print_fn, bench=bench)
     if resume:
         run.restore()

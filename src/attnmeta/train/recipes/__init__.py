@@ -74,6 +74,8 @@ def format_figure(test: dict[str, Any] | None) -> str:
         return "-"
     if test["metric"] == "accuracy":
         return f"{100 * test['mean']:.2f} +/- {100 * test['ci95']:.2f}%"
+    if test["metric"] == "map50":
+        return f"mAP@0.5 {100 * test['mean']:.2f} +/- {100 * test['ci95']:.2f}%"
     if test["metric"] == "return":
         return f"{test['mean']:.2f} +/- {test['ci95']:.2f}"
     return f"{test['mean']:.4f} +/- {test['ci95']:.4f}"
@@ -129,6 +131,9 @@ def record(run_dir: str | Path, name: str | None = None, out_dir: str | Path = R
     }
     if summary.get("adaptation") is not None:  # meta-RL: the return over adaptation steps
         entry["adaptation"] = summary["adaptation"]
+    for key in ("map", "ms_per_image"):  # detection: COCO mAP@[.5:.95] and inference time
+        if key in summary:
+            entry[key] = summary[key]
     out = Path(out_dir) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(entry, indent=2) + "\n")

@@ -1,0 +1,69 @@
+"""Record the detection results table (docs/guides/detection.md) from finished runs and their evaluations.
+
+For each run folder: its ``summary.json`` (learner, training CPU time, machine) and every
+``eval-<N>w<K>s<Q>q-<E>ep-seed<S>.json`` that ``attnmeta eval RUN --ways N --shots K --episodes E`` wrote
+become ``docs/results/detection/<benchmark>-<algo>-<N>w<K>s.json``; ``python docs/gen_results.py`` then
+rewrites the table. Nobody types a figure by hand.
+
+    python experiments/detection/record_results.py runs/omniglot-scenes-attention-detector-5w1s ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "docs" / "results" / "detection"
+EVAL_FILE = re.compile(r"eval-(\d+)w(\d+)s(\d+)q-(\d+)ep-seed(\d+)\.json")
+
+
+def train_command(config: dict) -> str:
+    if config.get("recipe"):
+        return f"attnmeta train --recipe {config['recipe']} --root DATA/omniglot"
+    return f"attnmeta train {config['benchmark']} --algo {config['algo']} --root DATA/omniglot"
+
+
+def rows(run_dir: Path) -> list[dict]:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    machine = summary.get("machine") or {}
+    out = []
+    for path in sorted(run_dir.glob("eval-*.json")):
+        match = EVAL_FILE.fullmatch(path.name)
+        if match is None:
+            continue
+        ways, shots, _queries, episodes, seed = (int(g) for g in match.groups())
+        result = json.loads(path.read_text())
+        out.append({
+            "benchmark": summary["benchmark"], "algo": summary["algo"], "ways": ways, "shots": shots,
+            "map50": {k: v for k, v in result["map50"].items() if k != "per_episode"},
+            "map": {k: v for k, v in result["map"].items() if k != "per_episode"},
+            "ms_per_image": result["ms_per_image"],
+            "train_cpu_seconds": summary.get("train_cpu_seconds") if summary.get("trained", True) else None,
+            "machine": f"{machine.get('processor', '?')}, {machine.get('torch_threads', '?')} thread(s), "
+                       f"flags {' '.join(machine.get('cpu_flags', [])) or '-'}",
+            "command": f"{train_command(config)}; attnmeta eval RUN --ways {ways} --shots {shots} "
+                       f"--episodes {episodes} --seed {seed}",
+        })
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="detection run folders")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    for run_dir in args.runs:
+        for row in rows(run_dir):
+            name = f"{row['benchmark']}-{row['algo']}-{row['ways']}w{row['shots']}s.json"
+            (OUT / name).write_text(json.dumps(row, indent=2) + "\n")
+            print(f"wrote {OUT / name}")
+
+
+if __name__ == "__main__":
+    main()
