@@ -33,8 +33,8 @@ def test_maps_shapes(support_scales: tuple[int, ...]) -> None:
     assert [tuple(k.shape) for k in support.kernels] == [
         (3, 16, 2 * round(s / 8) + 1, 2 * round(s / 8) + 1) for s in support_scales]
     heat, box = model.maps(torch.rand(4, 1, 64, 48), support)
-    assert heat.shape == (4, 3, 16, 12) and box.shape == (4, 4, 16, 12)
-    assert ((box[:, :2] >= 0) & (box[:, :2] <= 1)).all()  # offsets are sigmoids
+    assert heat.shape == (4, 3, 16, 12) and box.shape == (4, 3, 4, 16, 12)  # boxes per class
+    assert ((box[:, :, :2] >= 0) & (box[:, :, :2] <= 1)).all()  # offsets are sigmoids
     assert torch.isfinite(heat).all() and torch.isfinite(box).all()
 
 
@@ -99,7 +99,8 @@ def test_meta_loss_is_differentiable(heads: int) -> None:
     assert out.loss.dim() == 0 and math.isfinite(out.loss.item())
     assert out.task_losses.shape == (2,) and not out.task_losses.requires_grad
     assert out.loss.item() == pytest.approx(out.task_losses.mean().item(), rel=1e-6)
-    assert set(out.metrics) == {"loss", "heat_loss", "offset_loss", "size_loss"}
+    assert set(out.metrics) == {"loss", "heat_loss", "offset_loss", "size_loss", "match_loss",
+                                "match_accuracy"}
     out.loss.backward()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None, name
@@ -208,3 +209,58 @@ def test_normalized_correlation_finds_an_even_template_where_it_was_pasted() -> 
     out = normalized_correlation(image, template)
     assert out.shape == (1, 1, 10, 10) and torch.isclose(out.max(), torch.tensor(1.0), atol=1e-5)
     assert divmod(int(out.flatten().argmax()), 10) == (3 + 1, 2 + 1)  # window starts (k - 1) // 2 before
+
+
+def test_match_loss_is_the_cross_entropy_of_centres_and_hard_negatives() -> None:
+    """The matching loss: each object's class, and "none" at the best-correlated cells away from the
+    objects, from the best-scale correlations (a loop-by-loop reference)."""
+    from attnmeta.learners.detection.centernet import centre_targets
+
+    torch.manual_seed(0)
+    model = AttentionDetector(**SMALL, hard_negatives=5)
+    task = episodes(1, seed=3)[0]
+    support = model.class_features(task.support_x, task.support_y, task.ways)
+    _, _, similarity = model._maps(task.query_x, support)
+    targets = centre_targets(task.query_boxes, task.query_labels, task.ways, similarity.shape[-2],
+                             similarity.shape[-1], model.stride)
+    loss, accuracy = model._match_loss(similarity, targets)
+    best = similarity.max(2).values  # [Q, N, H, W]
+    rows, labels = [], []
+    for (q, r, c), label in zip(targets.index.tolist(), targets.label.tolist()):
+        rows.append(best[q, :, r, c])
+        labels.append(label)
+    for q in range(best.shape[0]):
+        away = targets.heat[q].max(0).values < 0.05
+        cells = sorted(((best[q, :, r, c].max().item(), r, c) for r, c in away.nonzero().tolist()),
+                       reverse=True)[:5]
+        for _, r, c in cells:
+            rows.append(best[q, :, r, c])
+            labels.append(task.ways)
+    logits = torch.cat([model.similarity_scale * torch.stack(rows),
+                        model.none_logit.expand(len(rows), 1)], 1)
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor(labels))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and 0 <= accuracy <= 1
+    without = AttentionDetector(**SMALL, match_weight=0.0).meta_loss(DetectionBatch([task]))
+    assert "match_loss" not in without.metrics
+
+
+def test_template_prior_adds_the_pixel_correlation_to_the_heat_logits() -> None:
+    """With ``template_prior`` the heat logits are the learned ones plus w * (best pixel NCC - 0.5)."""
+    from attnmeta.learners.detection.attention_detector import normalized_correlation, resized
+
+    torch.manual_seed(0)
+    task = episodes(1, seed=4)[0]
+    plain = AttentionDetector(**SMALL, support_scales=(20, 30))
+    prior = AttentionDetector(**SMALL, support_scales=(20, 30), template_prior=8.0)
+    prior.load_state_dict({**plain.state_dict(), "template_prior": torch.tensor(8.0)})
+    support = plain.class_features(task.support_x, task.support_y, task.ways)
+    heat_plain, _ = plain.maps(task.query_x, support)
+    heat_prior, _ = prior.maps(task.query_x, support)
+    q, n, h, w = heat_plain.shape
+    crops = support.crops
+    size = task.query_x.shape[-2:]
+    best = torch.stack([normalized_correlation(task.query_x, resized(crops, s)).view(q, n, -1, *size).mean(2)
+                        for s in (20, 30)]).max(0).values
+    pooled = torch.nn.functional.adaptive_max_pool2d(best, (h, w))
+    assert torch.allclose(heat_prior, heat_plain + 8.0 * (pooled - 0.5), atol=1e-5)
+    assert AttentionDetector(**SMALL).template_prior is None

@@ -145,3 +145,21 @@ def test_decode_clips_to_image() -> None:
     [clipped] = decode(heat, box, 4, max_detections=2, image_size=(32, 64))
     assert torch.allclose(clipped.boxes, torch.tensor([[42.0, 0.0, 64.0, 22.0], [0.0, 10.0, 22.0, 32.0]]),
                           atol=1e-4)
+
+
+def test_class_wise_box_maps_use_each_objects_class() -> None:
+    """With ``[Q, N, 4, H, W]`` box maps, the loss and the decoded boxes read the object's class's map."""
+    boxes, labels = [torch.tensor([[8.0, 8.0, 24.0, 16.0]])], [torch.tensor([1])]
+    targets = centre_targets(boxes, labels, 2, 8, 8, 4)
+    maps = torch.zeros(1, 2, 4, 8, 8)
+    _, r, c = targets.index[0].tolist()
+    maps[0, 1, :2, r, c] = targets.offset[0]
+    maps[0, 1, 2:, r, c] = targets.log_size[0]
+    offset, size = box_loss(maps, targets)
+    assert offset.item() == 0 and size.item() == 0
+    wrong = maps.flip(1)  # the right values in the other class's map
+    assert box_loss(wrong, targets)[1].item() > 0
+    heat = torch.full((1, 2, 8, 8), -20.0)
+    heat[0, 1, r, c] = 20.0
+    found = decode(heat, maps, 4, max_detections=1)[0]
+    assert found.labels.tolist() == [1] and torch.allclose(found.boxes, boxes[0], atol=1e-4)

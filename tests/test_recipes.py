@@ -45,6 +45,12 @@ def small_version(name: str, tmp_path: Path, data, shared_root: Path | None) -> 
         values["benchmark_options"] = {"data": data}
         values["train_ways"] = min(values.get("train_ways") or 5, 30)
         values["backbone_options"] = {**values.get("backbone_options", {}), "hidden": 8}
+    if values["benchmark"] == "omniglot-scenes":
+        if shared_root is None:
+            pytest.skip("Omniglot is in ../shared/data/omniglot, absent here")
+        values["root"] = str(shared_root / "omniglot")
+        values["algo_options"] = {**values.get("algo_options", {}), "hidden": 16, "head_hidden": 16,
+                                  "heads": 2, "key_size": 8}
     if values["benchmark"] == "clinc150":
         if shared_root is None:
             pytest.skip("CLINC150 is in ../shared/data/text/clinc150, absent here")

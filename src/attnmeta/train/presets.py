@@ -126,9 +126,11 @@ MINIIMAGENET: dict[str, dict[str, Any]] = {
     "transfer": {"meta_batch": 1, "train_ways": 16, "train_queries": 1},
     "baseline++": {"meta_batch": 1, "train_ways": 16, "train_queries": 1},
 }
-#: Detection per learner: template matching has nothing to train (one validation, then the test);
-#: the sliding-window ProtoNets baseline learns its embedding in 5 CPU-minutes.
-DETECTION: dict[str, dict[str, Any]] = {"template-matching": {"threads": 1},
+#: Detection per learner: the attention detector starts from template matching's score (template_prior);
+#: template matching has nothing to train (one validation, then the test); the sliding-window ProtoNets
+#: baseline learns its embedding in 5 CPU-minutes.
+DETECTION: dict[str, dict[str, Any]] = {"attention-detector": {"algo_options": {"template_prior": 8.0}},
+                                        "template-matching": {"threads": 1},
                                         "protonet-windows": {"budget_minutes": 5}}
 #: HalfCheetah: 10 episodes per task and step (the MAML paper: 20) to fit the budget.
 CHEETAH: dict[str, dict[str, Any]] = {"maml-rl": {"algo_options": {"episodes": 10}}}

@@ -5,8 +5,8 @@ A shared convolutional trunk embeds the query images (``[Q, D, H, W]``, stride 4
 depth-wise correlation with the class prototype (the support features averaged over shots and positions,
 Attention-RPN's attention feature) and multi-head cross-attention from every query position to the class's
 support positions (``attnmeta.nn.attention``'s scaled dot-product attention). A small head turns the matched
-features into a centre heat-map per class; a class-agnostic head predicts each centre's offset and box size
-(CenterNet, ``attnmeta.learners.detection.centernet``). Meta-trained episodically with the focal and L1
+features of each class into its centre heat-map and its boxes' centre offsets and sizes (CenterNet,
+``attnmeta.learners.detection.centernet``). Meta-trained episodically with the focal and L1
 losses; nothing is adapted at test time beyond computing the prototypes and attention.
 """
 
@@ -21,7 +21,13 @@ from torch import Tensor, nn
 
 from attnmeta.learners.base import MetaOutput
 from attnmeta.learners.detection.base import DetectionLearner
-from attnmeta.learners.detection.centernet import box_loss, centre_targets, decode, focal_loss
+from attnmeta.learners.detection.centernet import (
+    CentreTargets,
+    box_loss,
+    centre_targets,
+    decode,
+    focal_loss,
+)
 from attnmeta.nn.attention import scaled_dot_product_attention
 from attnmeta.tasks.detection import DetectionBatch, Detections, DetectionTask
 
@@ -60,27 +66,37 @@ class AttentionDetector(DetectionLearner):
         head_hidden: channels of the heads.
         heads / key_size: heads and per-head size of the query-to-support cross-attention; ``heads=0`` drops
             the attention and keeps the depth-wise correlation only (an ablation).
-        offset_weight / size_weight: weights of the L1 box losses beside the focal loss (CenterNet: 1, 0.1).
+        offset_weight / size_weight: weights of the L1 box losses beside the focal loss (CenterNet: 1 and 0.1
+            on sizes in pixels; here sizes are log-sizes, weighted 1).
         support_scales: sides [pixels] at which each support crop is also seen, centred on a blank
             ``support_canvas``-pixel canvas: the trunk's features at the canvas centre are the class's
-            prototype at that scale, compared (cosine) with every query position, so that objects are matched
-            at the scale they appear in; ``()`` pools the crop's own feature map into one prototype.
+            kernel at that scale, correlated with the query feature map, so that objects are matched at the
+            scale they appear in; ``()`` pools the crop's own feature map into one prototype.
+        match_weight / hard_negatives: weight of the matching loss beside the CenterNet losses (each object's
+            class from the correlations at its centre, and "none" at the ``hard_negatives`` best-correlated
+            cells of each image away from the objects; cross-entropy); 0 leaves it out.
+        template_prior: initial weight (learned) of a skip connection adding the support crops' normalised
+            cross-correlation with the image's pixels (best support scale, best in each cell: template
+            matching's score) to the heat-map logits, so that meta-training starts from template matching
+            and learns what to add; 0 (default) leaves it out.
     """
 
     name = "attention-detector"
 
     def __init__(self, in_channels: int = 1, hidden: int = 64, head_hidden: int = 32, heads: int = 4,
-                 key_size: int = 16, offset_weight: float = 1.0, size_weight: float = 0.1,
+                 key_size: int = 16, offset_weight: float = 1.0, size_weight: float = 1.0,
                  support_scales: Sequence[int] = (22, 34, 50), support_canvas: int = 64,
-                 pixel_correlation: bool = False) -> None:
+                 match_weight: float = 1.0, hard_negatives: int = 16, template_prior: float = 0.0) -> None:
         super().__init__()
+        self.template_prior = nn.Parameter(torch.tensor(float(template_prior))) if template_prior else None
+        self.match_weight, self.hard_negatives = match_weight, hard_negatives
+        self.none_logit = nn.Parameter(torch.tensor(0.0))
         self.support_scales = tuple(int(s) for s in support_scales)
         self.support_canvas = support_canvas
         if any(not 4 <= s <= support_canvas for s in self.support_scales):
             raise ValueError(f"support_scales must lie in [4, support_canvas={support_canvas}], got "
                              f"{list(self.support_scales)}")
         scales = len(self.support_scales)
-        self.pixel_correlation = pixel_correlation and bool(scales)
         self.similarity_scale = nn.Parameter(torch.tensor(3.0))
         self.trunk = DetectionTrunk(in_channels, hidden)
         self.stride = DetectionTrunk.stride
@@ -90,14 +106,18 @@ class AttentionDetector(DetectionLearner):
             self.query_proj = nn.Conv2d(hidden, attended, 1)
             self.key_proj = nn.Linear(hidden, attended)
             self.value_proj = nn.Linear(hidden, attended)
-        heat_logit = nn.Conv2d(head_hidden, 1, 1)
-        nn.init.constant_(heat_logit.bias, -2.19)  # type: ignore[arg-type]  # prior 0.1 (CenterNet)
         self.class_head = nn.Sequential(
-            nn.Conv2d(hidden + attended + scales * (1 + self.pixel_correlation), head_hidden, 1),
+            nn.Conv2d(hidden + attended + scales, head_hidden, 1),
             nn.ReLU(inplace=True),
-            conv_gn_relu(head_hidden, head_hidden), conv_gn_relu(head_hidden, head_hidden, 2), heat_logit,
+            conv_gn_relu(head_hidden, head_hidden), conv_gn_relu(head_hidden, head_hidden, 2),
         )
-        self.box_head = nn.Sequential(conv_gn_relu(hidden, head_hidden), nn.Conv2d(head_hidden, 4, 1))
+        # from the matched features of each class: its centre heat-map, and its boxes' offsets and log-sizes
+        # (the support tells the object's shape, so box sizes are predicted per class)
+        self.heat_logit = nn.Conv2d(head_hidden, 1, 1)
+        nn.init.constant_(self.heat_logit.bias, -2.19)  # type: ignore[arg-type]  # prior 0.1 (CenterNet)
+        self.box_head = nn.Conv2d(head_hidden, 4, 1)
+        with torch.no_grad():  # start at centred boxes of 5 x 5 cells
+            self.box_head.bias.copy_(torch.tensor([0.0, 0.0, 1.6, 1.6]))  # type: ignore[union-attr]
         self.offset_weight, self.size_weight = offset_weight, size_weight
 
     def class_features(self, support_x: Tensor, support_y: Tensor, ways: int) -> SupportFeatures:
@@ -108,7 +128,7 @@ class AttentionDetector(DetectionLearner):
             features = self.trunk(support_x[order])  # [N*K, D, h, w]
             tokens = features.flatten(2).transpose(1, 2)  # [N*K, h*w, D]
             tokens = tokens.reshape(ways, -1, tokens.shape[-1])  # [N, K*h*w, D]
-            return SupportFeatures(tokens.mean(1), tokens, [], [])
+            return SupportFeatures(tokens.mean(1), tokens, [], support_x[order])
         views = torch.cat([centred(support_x[order], s, self.support_canvas) for s in self.support_scales])
         features = self.trunk(views)  # [S*N*K, D, c, c]
         c = features.shape[-1] // 2
@@ -121,30 +141,45 @@ class AttentionDetector(DetectionLearner):
         around = per_scale[..., c - 2: c + 2, c - 2: c + 2]  # [S, N, K, D, 4, 4]: the centre's 4x4 cells
         tokens = around.flatten(4).permute(1, 0, 2, 4, 3).reshape(ways, -1, features.shape[1])
         prototypes = per_scale[..., c - 1: c + 1, c - 1: c + 1].mean((0, 2, 4, 5))  # [N, D]
-        templates = ([resized(support_x[order], s) for s in self.support_scales] if self.pixel_correlation
-                     else [])
-        return SupportFeatures(prototypes, tokens, kernels, templates)
+        return SupportFeatures(prototypes, tokens, kernels, support_x[order])
 
     def maps(self, query_x: Tensor, support: SupportFeatures) -> tuple[Tensor, Tensor]:
-        """Heat-map logits ``[Q, N, H, W]`` and box maps ``[Q, 4, H, W]`` (offsets in [0, 1], log-sizes)."""
+        """Heat-map logits ``[Q, N, H, W]`` and box maps ``[Q, N, 4, H, W]`` (offsets in [0, 1], log-sizes in
+        cells, per class)."""
+        heat, box, _ = self._maps(query_x, support)
+        return heat, box
+
+    def _maps(self, query_x: Tensor, support: SupportFeatures) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``maps`` and the correlation maps ``[Q, N, S, H, W]`` (``None`` without support scales)."""
         feats = self.trunk(query_x)  # [Q, D, H, W]
         q, d, h, w = feats.shape
         n = support.prototypes.shape[0]
         matched = [feats[:, None] * support.prototypes[None, :, :, None, None]]  # [Q, N, D, H, W]
+        similarity = None
         if support.kernels:  # [Q, N, S, H, W]: NCC of each position's neighbourhood with each kernel
             similarity = torch.stack([normalized_correlation(feats, k) for k in support.kernels], 2)
             matched.append(self.similarity_scale * similarity)
-        if self.pixel_correlation:  # template matching's signal: NCC of the pixels, best in each cell
-            with torch.no_grad():
-                pixels = torch.stack([normalized_correlation(query_x, t).view(q, n, -1, *query_x.shape[-2:])
-                                      .mean(2) for t in support.templates], 2)  # [Q, N, S, H', W']
-            matched.append(F.adaptive_max_pool2d(pixels.flatten(1, 2), (h, w)).view(q, n, -1, h, w))
         if self.heads:
             matched.append(self._attend(feats, support.tokens))
-        joint = torch.cat(matched, 2).flatten(0, 1)  # [Q*N, D(+A), H, W]
-        heat = self.class_head(joint).view(q, n, h, w)
-        box = self.box_head(feats)
-        return heat, torch.cat([torch.sigmoid(box[:, :2]), box[:, 2:]], 1)
+        joint = self.class_head(torch.cat(matched, 2).flatten(0, 1))  # [Q*N, head_hidden, H, W]
+        heat = self.heat_logit(joint).view(q, n, h, w)
+        if self.template_prior is not None:
+            heat = heat + self.template_prior * (self._pixel_correlation(query_x, support, (h, w)) - 0.5)
+        box = self.box_head(joint)
+        return heat, torch.cat([torch.sigmoid(box[:, :2]), box[:, 2:]], 1).view(q, n, 4, h, w), similarity
+
+    @torch.no_grad()
+    def _pixel_correlation(self, query_x: Tensor, support: SupportFeatures, size: tuple[int, int]) -> Tensor:
+        """``[Q, N, h, w]``: the best over support scales (the crops' own size without ``support_scales``)
+        of the shots' mean pixel NCC, max-pooled to cells."""
+        q, n = query_x.shape[0], support.prototypes.shape[0]
+        best = None
+        for side in self.support_scales or (support.crops.shape[-1],):
+            ncc = normalized_correlation(query_x, resized(support.crops, side))  # [Q, N*K, H, W]
+            ncc = ncc.view(q, n, -1, *ncc.shape[-2:]).mean(2)
+            best = ncc if best is None else torch.maximum(best, ncc)
+        assert best is not None
+        return F.adaptive_max_pool2d(best, size)
 
     def _attend(self, feats: Tensor, tokens: Tensor) -> Tensor:
         """Each query position attends over each class's support tokens: ``[Q, N, heads*key_size, H, W]``."""
@@ -159,20 +194,51 @@ class AttentionDetector(DetectionLearner):
         return out.permute(0, 1, 2, 4, 3).reshape(q, n, self.heads * self.key_size, h, w)
 
     def task_loss(self, task: DetectionTask) -> tuple[Tensor, dict[str, float]]:
-        heat, box = self.maps(task.query_x, self.class_features(task.support_x, task.support_y, task.ways))
+        support = self.class_features(task.support_x, task.support_y, task.ways)
+        heat, box, similarity = self._maps(task.query_x, support)
         targets = centre_targets(task.query_boxes, task.query_labels, task.ways, heat.shape[2],
                                  heat.shape[3], self.stride)
         heat_loss = focal_loss(heat, targets.heat.to(heat))
         offset_loss, size_loss = box_loss(box, targets)
         loss = heat_loss + self.offset_weight * offset_loss + self.size_weight * size_loss
-        return loss, {"heat_loss": heat_loss.item(), "offset_loss": offset_loss.item(),
-                      "size_loss": size_loss.item()}
+        logs = {"heat_loss": heat_loss.item(), "offset_loss": offset_loss.item(),
+                "size_loss": size_loss.item()}
+        if self.match_weight and similarity is not None and targets.index.numel():
+            match_loss, match_accuracy = self._match_loss(similarity, targets)
+            loss = loss + self.match_weight * match_loss
+            logs.update(match_loss=match_loss.item(), match_accuracy=match_accuracy)
+        return loss, logs
+
+    def _match_loss(self, similarity: Tensor, targets: CentreTargets) -> tuple[Tensor, float]:
+        """Cross-entropy over the episode's classes and "none" (a learned logit) of the correlations (best
+        scale) at each object's centre cell, and at the ``hard_negatives`` best-correlated cells of each
+        image away from every object (distractors, clutter): a direct metric-learning signal for the
+        features, which the heat-map's focal loss gives only weakly."""
+        q, r, c = targets.index.to(similarity.device).unbind(1)
+        best = similarity.amax(2)  # [Q, N, H, W]
+        positives = best[q, :, r, c]  # [M, N]
+        labels = targets.label.to(similarity.device) if targets.label is not None else None
+        assert labels is not None
+        away = targets.heat.to(similarity.device).amax(1) < 0.05  # [Q, H, W]
+        scores = best.amax(1).masked_fill(~away, -2.0).flatten(1)  # [Q, H*W]
+        k = min(self.hard_negatives, scores.shape[1])
+        cells = scores.topk(k, dim=1).indices  # [Q, k]
+        negatives = best.flatten(2).gather(2, cells[:, None, :].expand(-1, best.shape[1], -1))  # [Q, N, k]
+        negatives = negatives.transpose(1, 2).reshape(-1, best.shape[1])
+        keep = away.flatten(1).gather(1, cells).flatten()  # cells that really lie away from the objects
+        logits = self.similarity_scale * torch.cat([positives, negatives[keep]])
+        logits = torch.cat([logits, self.none_logit.expand(len(logits), 1)], 1)
+        all_labels = torch.cat([labels, labels.new_full((int(keep.sum()),), best.shape[1])])
+        loss = F.cross_entropy(logits, all_labels)
+        return loss, (logits[: len(labels)].argmax(1) == labels).float().mean().item()
 
     def meta_loss(self, batch: DetectionBatch) -> MetaOutput:
         losses, logs = zip(*(self.task_loss(task) for task in batch))
         task_losses = torch.stack(list(losses))
         loss = task_losses.mean()
-        metrics = {key: sum(log[key] for log in logs) / len(logs) for key in logs[0]}
+        keys = dict.fromkeys(key for log in logs for key in log)
+        metrics = {key: sum(log[key] for log in logs if key in log) / sum(key in log for log in logs)
+                   for key in keys}
         return MetaOutput(loss, task_losses.detach(), {"loss": loss.item(), **metrics})
 
     @torch.no_grad()
@@ -191,14 +257,13 @@ class SupportFeatures:
         tokens: ``[N, T, D]`` support positions each query position attends to.
         kernels: per support scale, ``[N, D, k, k]`` feature maps of the drawing at that scale (averaged over
             shots), correlated with the query feature map; empty without ``support_scales``.
-        templates: per support scale, ``[N*K, C, s, s]`` the crops themselves at that size (class-major),
-            for ``pixel_correlation``; else empty.
+        crops: ``[N*K, C, s, s]`` the support crops, class-major.
     """
 
     prototypes: Tensor
     tokens: Tensor
     kernels: list[Tensor]
-    templates: list[Tensor]
+    crops: Tensor
 
 
 def normalized_correlation(images: Tensor, kernels: Tensor) -> Tensor:

@@ -34,7 +34,8 @@ class Recipe:
 
     @property
     def command(self) -> str:
-        data = {"omniglot": " --root DATA/omniglot", "clinc150": " --root DATA/text/clinc150"}
+        data = {"omniglot": " --root DATA/omniglot", "omniglot-scenes": " --root DATA/omniglot",
+                "clinc150": " --root DATA/text/clinc150"}
         return f"attnmeta train --recipe {self.name}" + data.get(self.config.get("benchmark", ""), "")
 
 
