@@ -356,7 +356,6 @@ BACKWARD_ALLOWED = {
     "src/attnmeta/rl/maml_rl.py": "meta-RL: the policy-gradient outer updates (PPO epochs, the "
                                   "task-attention module's Adam step) on sampled trajectories",
     "src/attnmeta/rl/snail_policy.py": "meta-RL: SNAIL's PPO epochs on sampled trials",
-    "src/attnmeta/train/detection_run.py": "the training loop's step for detection runs (DetectionRun)",
     "benchmarks/bench_allocator.py": "speed benchmark: times one meta-step (forward + backward) per "
                                      "allocator",
     "benchmarks/bench_distance.py": "speed benchmark: times one ProtoNets step (forward + backward) per "

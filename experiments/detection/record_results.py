@@ -23,9 +23,23 @@ EVAL_FILE = re.compile(r"eval-(\d+)w(\d+)s(\d+)q-(\d+)ep-seed(\d+)\.json")
 
 
 def train_command(config: dict) -> str:
+    options = " ".join(f"--set algo_options.{k}={v}" for k, v in (config.get("algo_options") or {}).items()
+                       if config.get("recipe") is None)
     if config.get("recipe"):
-        return f"attnmeta train --recipe {config['recipe']} --root DATA/omniglot"
-    return f"attnmeta train {config['benchmark']} --algo {config['algo']} --root DATA/omniglot"
+        recipe_options = config.get("algo_options") or {}
+        extra = "" if recipe_options.get("template_prior") else " --set algo_options.template_prior=0"
+        return f"attnmeta train --recipe {config['recipe']} --root DATA/omniglot{extra}"
+    command = f"attnmeta train {config['benchmark']} --algo {config['algo']} --root DATA/omniglot {options}"
+    return command.strip()
+
+
+def label(config: dict) -> str:
+    """The learner's name, with the options that tell its variants apart."""
+    options = config.get("algo_options") or {}
+    if config["algo"] == "attention-detector":
+        prior = options.get("template_prior")
+        return "attention-detector" + (f" + template prior {prior:g}" if prior else " (learned only)")
+    return config["algo"]
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -40,7 +54,7 @@ def rows(run_dir: Path) -> list[dict]:
         ways, shots, _queries, episodes, seed = (int(g) for g in match.groups())
         result = json.loads(path.read_text())
         out.append({
-            "benchmark": summary["benchmark"], "algo": summary["algo"], "ways": ways, "shots": shots,
+            "benchmark": summary["benchmark"], "algo": label(config), "ways": ways, "shots": shots,
             "map50": {k: v for k, v in result["map50"].items() if k != "per_episode"},
             "map": {k: v for k, v in result["map"].items() if k != "per_episode"},
             "ms_per_image": result["ms_per_image"],
@@ -60,7 +74,8 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for run_dir in args.runs:
         for row in rows(run_dir):
-            name = f"{row['benchmark']}-{row['algo']}-{row['ways']}w{row['shots']}s.json"
+            slug = re.sub(r"[^a-z0-9]+", "-", row["algo"].lower()).strip("-")
+            name = f"{row['benchmark']}-{slug}-{row['ways']}w{row['shots']}s.json"
             (OUT / name).write_text(json.dumps(row, indent=2) + "\n")
             print(f"wrote {OUT / name}")
 

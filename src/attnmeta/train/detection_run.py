@@ -8,28 +8,19 @@ without anything to train (``template-matching``) takes no step: its run validat
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from attnmeta.errors import UserError
 from attnmeta.eval import EvalResult
 from attnmeta.eval.detection import DetectionEvalResult, evaluate_detection
 from attnmeta.learners.detection.base import DetectionLearner
 from attnmeta.learners.detection.registry import build_detector
-from attnmeta.train.builders import (
-    BenchmarkParts,
-    default_data_root,
-    lr_factor,
-    make_optimizer,
-    resolve_device,
-)
-from attnmeta.train.run import NonFiniteLossError, Run
+from attnmeta.train.builders import BenchmarkParts, default_data_root, make_optimizer, resolve_device
+from attnmeta.train.run import Run
 
 #: Config keys of classification runs that detection runs do not use (refused unless neutral).
 NOT_FOR_DETECTION: dict[str, Any] = {
@@ -87,30 +78,12 @@ class DetectionRun(Run):
         }
 
     def train_step(self) -> dict[str, float]:
-        """One outer step on ``meta_batch`` episodes (a training-free detector jumps to the last step)."""
-        if not self.params:  # nothing to train: the loop ends at once (validation, checkpoint, test)
+        """One outer step on ``meta_batch`` episodes (``Run.train_step``); a training-free detector jumps to
+        the last step (the loop then validates, saves and tests once)."""
+        if not self.params:
             self.step = self.config.steps
             return {"loss": 0.0, "train_seconds": self.wall, "cpu_seconds": self.cpu}
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        self.step += 1
-        lr = self.config.lr * lr_factor(self.config, self.step, self.budget_fraction())
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.learner.train()
-        batch = self.bench.train.sample_batch(self.config.meta_batch).to(self.device)
-        out = self.learner.meta_loss(batch)
-        if not math.isfinite(out.loss.item()):
-            raise NonFiniteLossError(f"the detection loss became {out.loss.item()} at step {self.step}; "
-                                     "checkpoints on disk are unchanged. Try a lower --lr or "
-                                     "--set grad_clip=1.0")
-        self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if self.config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        self.optimizer.step()
-        self.wall += time.perf_counter() - wall0
-        self.cpu += time.process_time() - cpu0
-        return {**out.metrics, "lr": lr, "train_seconds": self.wall, "cpu_seconds": self.cpu}
+        return super().train_step()
 
     def evaluate_validation(self) -> EvalResult:
         return evaluate_detection(self.learner, self.val_tasks).map50

@@ -1,13 +1,15 @@
 """An attention-based few-shot detector in the spirit of Attention-RPN (Fan et al., CVPR 2020).
 
-A shared convolutional trunk embeds the query images (``[Q, D, H, W]``, stride 4) and the support crops
-(``[N*K, D, h, w]``). For each support class, the query feature map is matched against the class two ways:
-depth-wise correlation with the class prototype (the support features averaged over shots and positions,
-Attention-RPN's attention feature) and multi-head cross-attention from every query position to the class's
-support positions (``attnmeta.nn.attention``'s scaled dot-product attention). A small head turns the matched
-features of each class into its centre heat-map and its boxes' centre offsets and sizes (CenterNet,
-``attnmeta.learners.detection.centernet``). Meta-trained episodically with the focal and L1
-losses; nothing is adapted at test time beyond computing the prototypes and attention.
+A shared convolutional trunk embeds the query images (``[Q, D, H, W]``, stride 4) and the support crops. Each
+support crop is also seen at a few sizes (``support_scales``) on a blank canvas; its feature map at each size
+is a kernel, correlated with the query feature map (normalised cross-correlation: template matching in
+learned features, at the scale the object appears in). Beside it, every query position attends (multi-head
+cross-attention, ``attnmeta.nn.attention``) to the class's support positions, and the query features are
+multiplied channel-wise by the class prototype (Attention-RPN's depth-wise correlation). A small head turns
+the matched features of each class into its centre heat-map and its boxes' centre offsets and sizes
+(CenterNet, ``attnmeta.learners.detection.centernet``). Meta-trained episodically with the focal and L1
+losses and a matching loss; optionally (``template_prior``) the heat logits start from template matching's
+pixel correlation through a learned skip connection. Nothing is adapted at test time.
 """
 
 from __future__ import annotations
