@@ -30,8 +30,8 @@ def test_maps_shapes(support_scales: tuple[int, ...]) -> None:
     assert support.prototypes.shape == (3, 16)
     assert support.tokens.shape[0] == 3 and support.tokens.shape[-1] == 16
     # one kernel per scale, k = 2 * round(side / 8) + 1 cells (the pasted drawing at stride 4)
-    assert [tuple(k.shape) for k in support.kernels] == [
-        (3, 16, 2 * round(s / 8) + 1, 2 * round(s / 8) + 1) for s in support_scales]
+    assert [tuple(k.shape) for k in support.kernels] == [  # [N, K, D, k, k]: one kernel per shot
+        (3, 2, 16, 2 * round(s / 8) + 1, 2 * round(s / 8) + 1) for s in support_scales]
     heat, box = model.maps(torch.rand(4, 1, 64, 48), support)
     assert heat.shape == (4, 3, 16, 12) and box.shape == (4, 3, 4, 16, 12)  # boxes per class
     assert ((box[:, :, :2] >= 0) & (box[:, :, :2] <= 1)).all()  # offsets are sigmoids
@@ -259,8 +259,8 @@ def test_template_prior_adds_the_pixel_correlation_to_the_heat_logits() -> None:
     q, n, h, w = heat_plain.shape
     crops = support.crops
     size = task.query_x.shape[-2:]
-    best = torch.stack([normalized_correlation(task.query_x, resized(crops, s)).view(q, n, -1, *size).mean(2)
-                        for s in (20, 30)]).max(0).values
+    best = torch.stack([normalized_correlation(task.query_x, resized(crops, s)).view(q, n, -1, *size)
+                        .amax(2) for s in (20, 30)]).max(0).values
     pooled = torch.nn.functional.adaptive_max_pool2d(best, (h, w))
     assert torch.allclose(heat_prior, heat_plain + 8.0 * (pooled - 0.5), atol=1e-5)
     assert AttentionDetector(**SMALL).template_prior is None

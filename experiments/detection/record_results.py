@@ -2,7 +2,8 @@
 
 For each run folder: its ``summary.json`` (learner, training CPU time, machine) and every
 ``eval-<N>w<K>s<Q>q-<E>ep-seed<S>.json`` that ``attnmeta eval RUN --ways N --shots K --episodes E`` wrote
-become ``docs/results/detection/<benchmark>-<algo>-<N>w<K>s.json``; ``python docs/gen_results.py`` then
+(and the run's own final test, for its training shape when no eval file has it) become
+``docs/results/detection/<benchmark>-<learner>-<N>w<K>s.json``; ``python docs/gen_results.py`` then
 rewrites the table. Nobody types a figure by hand.
 
     python experiments/detection/record_results.py runs/omniglot-scenes-attention-detector-5w1s ...
@@ -46,13 +47,21 @@ def rows(run_dir: Path) -> list[dict]:
     summary = json.loads((run_dir / "summary.json").read_text())
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     machine = summary.get("machine") or {}
-    out = []
+    results = []
     for path in sorted(run_dir.glob("eval-*.json")):
         match = EVAL_FILE.fullmatch(path.name)
-        if match is None:
-            continue
-        ways, shots, _queries, episodes, seed = (int(g) for g in match.groups())
-        result = json.loads(path.read_text())
+        if match is not None:
+            ways, shots, _queries, episodes, seed = (int(g) for g in match.groups())
+            results.append((ways, shots, episodes, seed, json.loads(path.read_text()), True))
+    if summary.get("test") and (summary["ways"], summary["shots"]) not in {r[:2] for r in results}:
+        # the final test of the run itself (its fixed test episodes, seed config.test_seed)
+        own = {"map50": summary["test"], "map": summary["map"], "ms_per_image": summary["ms_per_image"]}
+        results.append((summary["ways"], summary["shots"], summary["test"]["n"], config.get("test_seed", 0),
+                        own, False))
+    out = []
+    for ways, shots, episodes, seed, result, evaluated in results:
+        evaluation = (f"; attnmeta eval RUN --ways {ways} --shots {shots} --episodes {episodes} --seed {seed}"
+                      if evaluated else " (its final test)")
         out.append({
             "benchmark": summary["benchmark"], "algo": label(config), "ways": ways, "shots": shots,
             "map50": {k: v for k, v in result["map50"].items() if k != "per_episode"},
@@ -61,8 +70,7 @@ def rows(run_dir: Path) -> list[dict]:
             "train_cpu_seconds": summary.get("train_cpu_seconds") if summary.get("trained", True) else None,
             "machine": f"{machine.get('processor', '?')}, {machine.get('torch_threads', '?')} thread(s), "
                        f"flags {' '.join(machine.get('cpu_flags', [])) or '-'}",
-            "command": f"{train_command(config)}; attnmeta eval RUN --ways {ways} --shots {shots} "
-                       f"--episodes {episodes} --seed {seed}",
+            "command": f"{train_command(config)}{evaluation}",
         })
     return out
 

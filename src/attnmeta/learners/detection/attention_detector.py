@@ -139,7 +139,7 @@ class AttentionDetector(DetectionLearner):
         kernels = []
         for side, maps in zip(self.support_scales, per_scale):
             r = min(round(side / (2 * self.stride)), c - 1)  # the kernel covers the pasted drawing
-            kernels.append(maps[:, :, :, c - r: c + r + 1, c - r: c + r + 1].mean(1))  # [N, D, k, k]
+            kernels.append(maps[:, :, :, c - r: c + r + 1, c - r: c + r + 1])  # [N, K, D, k, k]
         around = per_scale[..., c - 2: c + 2, c - 2: c + 2]  # [S, N, K, D, 4, 4]: the centre's 4x4 cells
         tokens = around.flatten(4).permute(1, 0, 2, 4, 3).reshape(ways, -1, features.shape[1])
         prototypes = per_scale[..., c - 1: c + 1, c - 1: c + 1].mean((0, 2, 4, 5))  # [N, D]
@@ -159,7 +159,7 @@ class AttentionDetector(DetectionLearner):
         matched = [feats[:, None] * support.prototypes[None, :, :, None, None]]  # [Q, N, D, H, W]
         similarity = None
         if support.kernels:  # [Q, N, S, H, W]: NCC of each position's neighbourhood with each kernel
-            similarity = torch.stack([normalized_correlation(feats, k) for k in support.kernels], 2)
+            similarity = torch.stack([best_of_shots(feats, k) for k in support.kernels], 2)
             matched.append(self.similarity_scale * similarity)
         if self.heads:
             matched.append(self._attend(feats, support.tokens))
@@ -173,12 +173,12 @@ class AttentionDetector(DetectionLearner):
     @torch.no_grad()
     def _pixel_correlation(self, query_x: Tensor, support: SupportFeatures, size: tuple[int, int]) -> Tensor:
         """``[Q, N, h, w]``: the best over support scales (the crops' own size without ``support_scales``)
-        of the shots' mean pixel NCC, max-pooled to cells."""
+        and shots of the pixel NCC, max-pooled to cells."""
         q, n = query_x.shape[0], support.prototypes.shape[0]
         best = None
         for side in self.support_scales or (support.crops.shape[-1],):
             ncc = normalized_correlation(query_x, resized(support.crops, side))  # [Q, N*K, H, W]
-            ncc = ncc.view(q, n, -1, *ncc.shape[-2:]).mean(2)
+            ncc = ncc.view(q, n, -1, *ncc.shape[-2:]).amax(2)
             best = ncc if best is None else torch.maximum(best, ncc)
         assert best is not None
         return F.adaptive_max_pool2d(best, size)
@@ -257,8 +257,8 @@ class SupportFeatures:
     Attributes:
         prototypes: ``[N, D]`` class prototypes (features averaged over shots and central positions).
         tokens: ``[N, T, D]`` support positions each query position attends to.
-        kernels: per support scale, ``[N, D, k, k]`` feature maps of the drawing at that scale (averaged over
-            shots), correlated with the query feature map; empty without ``support_scales``.
+        kernels: per support scale, ``[N, K, D, k, k]`` feature maps of each shot's drawing at that scale,
+            correlated with the query feature map (the best shot counts); empty without ``support_scales``.
         crops: ``[N*K, C, s, s]`` the support crops, class-major.
     """
 
@@ -283,6 +283,14 @@ def normalized_correlation(images: Tensor, kernels: Tensor) -> Tensor:
     total, energy = F.conv2d(padded, ones), F.conv2d(padded.pow(2), ones)
     spread = (energy - total.pow(2) / n).clamp_min(0).sqrt()
     return dot / spread.clamp_min(1e-4)
+
+
+def best_of_shots(feats: Tensor, kernels: Tensor) -> Tensor:
+    """``normalized_correlation`` of ``feats`` ``[Q, D, H, W]`` with every shot's kernel ``[N, K, D, k, k]``,
+    the best shot per class: ``[Q, N, H, W]`` (like template matching, which keeps every shot's matches)."""
+    n, k = kernels.shape[:2]
+    ncc = normalized_correlation(feats, kernels.flatten(0, 1))
+    return ncc.view(ncc.shape[0], n, k, *ncc.shape[-2:]).amax(2)
 
 
 def resized(crops: Tensor, side: int) -> Tensor:
