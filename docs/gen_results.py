@@ -231,15 +231,15 @@ def detection_table(folder: Path) -> str:
     rows = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
     if not rows:
         return "No detection results are recorded yet."
-    lines = ["| task | learner | mAP@0.5 % (95% CI) | mAP@[.5:.95] % (95% CI) | episodes | training CPU min | "
-             "ms per scene |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| task | learner | mAP@0.5 % (95% CI) | mAP@[.5:.95] % (95% CI) | episodes | "
+             "training CPU min | ms per scene |", "| --- | --- | --- | --- | --- | --- | --- |"]
     order = sorted(rows, key=lambda r: (r["ways"], r["shots"], -r["map50"]["mean"]))
     for r in order:
         cpu = r.get("train_cpu_seconds")
         lines.append(
             f"| {r['ways']}-way {r['shots']}-shot | {r['algo']} | {100 * r['map50']['mean']:.2f} +/- "
-            f"{100 * r['map50']['ci95']:.2f} | {100 * r['map']['mean']:.2f} +/- {100 * r['map']['ci95']:.2f} | "
-            f"{r['map50']['n']} | "
+            f"{100 * r['map50']['ci95']:.2f} | {100 * r['map']['mean']:.2f} +/- "
+            f"{100 * r['map']['ci95']:.2f} | {r['map50']['n']} | "
             f"{'-' if not cpu else f'{cpu / 60:.1f}'} | {r['ms_per_image']:.0f} |")
     machines = sorted({r["machine"] for r in rows})
     commands = sorted({f"`{r['command']}`" for r in rows})
