@@ -13,14 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from attnmeta.data.coco_detection import (
-    CocoDetection,
-    CocoEpisodes,
-    coco_sources,
-    default_category_split,
-    read_category_split,
-    support_crop,
-)
+from attnmeta.data.coco_detection import CocoDetection, default_category_split, read_category_split
+from attnmeta.data.coco_episodes import CocoEpisodes, coco_sources, support_crop
 from attnmeta.data.safe_io import MissingDataError
 from attnmeta.errors import DataError
 

@@ -7,27 +7,11 @@ import pytest
 import torch
 
 from attnmeta.tasks.detection import DetectionTask, box_iou, nms
+from detection_fixtures import CROSS, HOOK, TRIANGLE, draw
 
 pytest.importorskip("skimage")
 
 from attnmeta.learners.detection.template_matching import TemplateMatching, ink_box, nms_top  # noqa: E402
-
-Segments = list[tuple[float, float, float, float]]
-# strokes (x0, y0, x1, y1) in a unit square with margins, like an Omniglot character image
-HOOK: Segments = [(0.3, 0.2, 0.3, 0.8), (0.3, 0.8, 0.75, 0.8), (0.5, 0.2, 0.75, 0.5)]
-TRIANGLE: Segments = [(0.5, 0.2, 0.2, 0.75), (0.2, 0.75, 0.8, 0.75), (0.8, 0.75, 0.5, 0.2)]
-CROSS: Segments = [(0.2, 0.2, 0.8, 0.8), (0.2, 0.8, 0.8, 0.2)]
-
-
-def draw(segments: Segments, size: int, width: float = 0.06) -> np.ndarray:
-    """``size x size`` image of anti-aliased strokes (ink 1, background 0), stroke half-width relative."""
-    ys, xs = np.mgrid[0:size, 0:size] + 0.5
-    dist = np.full((size, size), np.inf)
-    for x0, y0, x1, y1 in segments:
-        a, b = np.array([x0, y0]) * size, np.array([x1, y1]) * size
-        t = np.clip(((xs - a[0]) * (b[0] - a[0]) + (ys - a[1]) * (b[1] - a[1])) / ((b - a) ** 2).sum(), 0, 1)
-        dist = np.minimum(dist, np.hypot(xs - a[0] - t * (b[0] - a[0]), ys - a[1] - t * (b[1] - a[1])))
-    return np.clip(width * size + 0.5 - dist, 0.0, 1.0)
 
 
 def paste(scene: np.ndarray, glyph: np.ndarray, x: int, y: int) -> list[float]:

@@ -68,7 +68,8 @@ def _omniglot_scenes(root: str | Path, ways: int, shots: int, queries: int, seed
 
 def _coco(root: str | Path, ways: int, shots: int, queries: int, seed: int, image_size: int | None,
           splits: tuple[str, ...], options: dict[str, Any]) -> DetectionBenchmark:
-    from attnmeta.data.coco_detection import CocoDetection, coco_sources
+    from attnmeta.data.coco_detection import CocoDetection
+    from attnmeta.data.coco_episodes import coco_sources
 
     known = {"split_file", "support_size", "mode"}
     unknown = sorted(set(options) - known)
