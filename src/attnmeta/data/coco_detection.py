@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, TypeGuard
 import torch
 from PIL import Image
 
-from attnmeta.data.safe_io import MAX_MEMBER_BYTES, MissingDataError, read_text
+from attnmeta.data.safe_io import MAX_MEMBER_BYTES, MissingDataError, read_split_json, read_text
 from attnmeta.errors import DataError
 from attnmeta.tasks.sampler_inputs import _check_count
 
@@ -262,15 +262,7 @@ def read_category_split(path: str | Path, dataset: CocoDetection) -> dict[str, l
     entries are category ids (ints) or names (strings) of ``dataset``; each part non-empty, no overlap."""
     path = Path(path)
     fix = 'it must be a JSON object {"train": [...], "val": [...], "test": [...]} of category ids or names'
-    if not path.is_file():
-        raise MissingDataError(f"split file {str(path)!r} does not exist; {fix}")
-    try:
-        stored = json.loads(read_text(path, "the split file"))
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}:{error.lineno}: invalid JSON ({error.msg}); {fix}") from None
-    if not isinstance(stored, dict) or sorted(stored) != sorted(SPLITS):
-        keys = sorted(stored) if isinstance(stored, dict) else type(stored).__name__
-        raise DataError(f"split file {str(path)!r} holds {keys}; {fix}")
+    stored = read_split_json(path, fix, fix)
     by_name: dict[str, list[int]] = {}
     for category_id, name in dataset.categories.items():
         by_name.setdefault(name, []).append(category_id)

@@ -23,7 +23,6 @@ than ``ways``) raise a one-line ``DataError`` / ``UserError`` naming the file or
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from attnmeta.data.safe_io import MAX_MEMBER_BYTES, MissingDataError, decode_image, read_text
+from attnmeta.data.safe_io import MAX_MEMBER_BYTES, MissingDataError, decode_image, read_split_json
 from attnmeta.errors import DataError, UserError
 
 __all__ = ["ImageFolder", "IMAGEFOLDER_SUFFIXES", "SPLITS", "DEFAULT_FRACTIONS", "class_split",
@@ -126,17 +125,9 @@ def read_split_file(path: str | Path, classes: Sequence[str]) -> dict[str, list[
     """Class names per split from a JSON file ``{"train": [...], "val": [...], "test": [...]}``, checked
     against the folder's ``classes`` (known, each in one split only, every split non-empty)."""
     path = Path(path)
-    if not path.is_file():
-        raise MissingDataError(f"split file {str(path)!r} does not exist; pass a JSON file "
-                               '{"train": [...], "val": [...], "test": [...]} of class folder names')
     fix = 'it must be a JSON object {"train": [...], "val": [...], "test": [...]} of class folder names'
-    try:
-        stored = json.loads(read_text(path, "the split file"))
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}:{error.lineno}: invalid JSON ({error.msg}); {fix}") from None
-    if not isinstance(stored, dict) or sorted(stored) != sorted(SPLITS):
-        keys = sorted(stored) if isinstance(stored, dict) else type(stored).__name__
-        raise DataError(f"split file {str(path)!r} holds {keys}; {fix}")
+    stored = read_split_json(path, fix, 'pass a JSON file {"train": [...], "val": [...], "test": [...]} '
+                                        "of class folder names")
     known = set(classes)
     seen: dict[str, str] = {}
     out: dict[str, list[str]] = {}

@@ -171,3 +171,24 @@ def download_verified(url: str, destination: Path, checksums: dict[str, str], fi
     finally:
         tmp.unlink(missing_ok=True)
     return destination
+
+
+SPLIT_PARTS = ("train", "val", "test")
+
+
+def read_split_json(path: Path, fix: str, missing: str) -> dict[str, Any]:
+    """The JSON object of a class-split file ``{"train": [...], "val": [...], "test": [...]}`` (exactly
+    those keys; their entries are checked by the caller). A missing file is a ``MissingDataError``
+    (``missing``: what to pass instead), invalid JSON or other keys a ``DataError`` ending in ``fix``."""
+    import json
+
+    if not path.is_file():
+        raise MissingDataError(f"split file {str(path)!r} does not exist; {missing}")
+    try:
+        stored = json.loads(read_text(path, "the split file"))
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}:{error.lineno}: invalid JSON ({error.msg}); {fix}") from None
+    if not isinstance(stored, dict) or sorted(stored) != sorted(SPLIT_PARTS):
+        keys = sorted(stored) if isinstance(stored, dict) else type(stored).__name__
+        raise DataError(f"split file {str(path)!r} holds {keys}; {fix}")
+    return stored

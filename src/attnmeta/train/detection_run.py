@@ -52,12 +52,8 @@ class DetectionRun(Run):
 
     def build(self, bench: Any) -> None:
         config = self.config
-        if bench is not None:
-            raise UserError("bench= is for classification and regression runs; detection runs build their "
-                            f"episodes from config.benchmark ({config.benchmark!r})")
+        self.require_own_benchmark(bench, "detection")
         _refuse_classification_keys(config)
-        if self.ctx.enabled:
-            raise UserError("detection runs train in one process; run `attnmeta train` without torchrun")
         self.bench = build_detection_benchmark(config)
         torch.manual_seed(config.seed)
         detector = build_detector(config.algo, self.bench.input_shape[0], config.algo_options)

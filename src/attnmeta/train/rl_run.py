@@ -64,12 +64,8 @@ class RLRun(Run):
 
     def build(self, bench: Any) -> None:
         config = self.config
-        if bench is not None:
-            raise UserError("bench= is for classification and regression runs; meta-RL runs build their "
-                            f"task family from config.benchmark ({config.benchmark!r})")
+        self.require_own_benchmark(bench, "meta-RL")
         _refuse_supervised_keys(config)
-        if self.ctx.enabled:
-            raise UserError("meta-RL runs train in one process; run `attnmeta train` without torchrun")
         spec = rl_benchmark(config.benchmark)
         self.bench = BenchmarkParts(
             spec.name, "rl", spec.make_family(config.seed), spec.make_family(config.seed + 1),

@@ -112,6 +112,15 @@ class Run:
             "any_ways": bool(getattr(self.learner, "any_ways", True)),
         }
 
+    def require_own_benchmark(self, bench: Any, family: str) -> None:
+        """Runs of a task family that builds its own tasks (``family``: "meta-RL", "detection") take no
+        ``bench=`` and train in one process."""
+        if bench is not None:
+            raise UserError(f"bench= is for classification and regression runs; {family} runs build their "
+                            f"tasks from config.benchmark ({self.config.benchmark!r})")
+        if self.ctx.enabled:
+            raise UserError(f"{family} runs train in one process; run `attnmeta train` without torchrun")
+
     def averaged(self) -> contextlib.AbstractContextManager:
         """The averaged parameters in the learner while validating, testing and saving (if ``ema_decay``)."""
         return self.average.applied(self.learner) if self.average is not None else contextlib.nullcontext()
