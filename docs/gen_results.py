@@ -247,6 +247,69 @@ def detection_table(folder: Path) -> str:
                       *(f"- {c}" for c in commands)])
 
 
+SEQ2SEQ_DIR = Path("docs") / "results" / "seq2seq"
+SEQ2SEQ_PAGE = Path("docs") / "guides" / "seq2seq.md"
+SEQ2SEQ_START, SEQ2SEQ_END = "<!-- seq2seq:start -->", "<!-- seq2seq:end -->"
+SEQ2SEQ_ORDER = ("shared-task baseline", "scratch", "transfer", "reptile", "maml")
+META_LEARNERS = ("maml", "reptile")
+
+
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of ``a - b`` over paired values and the half-width of its 95% CI (Student's t, n - 1 df)."""
+    from scipy import stats
+
+    diffs = [x - y for x, y in zip(a, b)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5 if n > 1 else float("nan")
+    return mean, float(stats.t.ppf(0.975, n - 1)) * sd / n ** 0.5 if n > 1 else float("nan")
+
+
+def seq2seq_table(folder: Path) -> str:
+    """Per-language accuracy (Levenshtein) of every recorded learner beside the shared task's baseline, the
+    averages, and the paired 95% CIs of the meta-learners' differences (``docs/results/seq2seq``)."""
+    results: dict[str, dict] = {}
+    baseline = folder / "shared-task-baseline.json"
+    if baseline.is_file():
+        results["shared-task baseline"] = json.loads(baseline.read_text(encoding="utf-8"))
+    for name in SEQ2SEQ_ORDER[1:]:
+        if (folder / f"{name}.json").is_file():
+            results[name] = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+    if len(results) < 2:
+        return "No sequence-to-sequence results are recorded yet."
+    languages = list(results["shared-task baseline"]["languages"]) if baseline.is_file() else []
+    names = list(results)
+    lines = ["| language | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+    for lang in languages:
+        cells = [f"{r['languages'][lang]['accuracy']:.1f} ({r['languages'][lang]['levenshtein']:.2f})"
+                 for r in results.values()]
+        lines.append(f"| {lang} | " + " | ".join(cells) + " |")
+    means = []
+    for r in results.values():
+        acc = [r["languages"][lang]["accuracy"] for lang in languages]
+        lev = [r["languages"][lang]["levenshtein"] for lang in languages]
+        means.append(f"**{sum(acc) / len(acc):.2f}** ({sum(lev) / len(lev):.3f})")
+    lines.append("| **average** | " + " | ".join(means) + " |")
+    cpu = ["-" if not r.get("train_cpu_seconds") else f"{r['train_cpu_seconds'] / 60:.0f}"
+           for r in results.values()]
+    lines.append("| training CPU-minutes | " + " | ".join(cpu) + " |")
+    lines += ["", "Paired differences in accuracy (points; mean over the languages and its 95% CI, "
+              "Student's t):", ""]
+    for meta in (m for m in META_LEARNERS if m in results):
+        for other in (o for o in names if o != meta and o not in META_LEARNERS):
+            a = [results[meta]["languages"][lang]["accuracy"] for lang in languages]
+            b = [results[other]["languages"][lang]["accuracy"] for lang in languages]
+            mean, half = paired_difference(a, b)
+            verdict = "excludes 0" if abs(mean) > half else "includes 0"
+            lines.append(f"- {meta} - {other}: {mean:+.2f} +/- {half:.2f} ({verdict})")
+    machines = sorted({r["machine"] for r in results.values() if "machine" in r})
+    commands = sorted({f"`{r['command']}`" for r in results.values() if "machine" in r})
+    return "\n".join([*lines, "", f"Machine: {'; '.join(machines) or '-'}.", "", "Commands:", "",
+                       *(f"- {c}" for c in commands),
+                       f"- shared-task baseline: `{results['shared-task baseline']['command']}`"
+                       if baseline.is_file() else ""])
+
+
 def _between(path: Path, start_mark: str, end_mark: str, table: str) -> str:
     text = path.read_text(encoding="utf-8")
     start, end = text.find(start_mark), text.find(end_mark)
@@ -271,6 +334,9 @@ def generate(root: Path = ROOT, *, check: bool = False, readme: bool = True) -> 
     if (root / DETECTION_PAGE).is_file():
         targets[root / DETECTION_PAGE] = _between(root / DETECTION_PAGE, DETECTION_START, DETECTION_END,
                                                   detection_table(root / DETECTION_DIR))
+    if (root / SEQ2SEQ_PAGE).is_file():
+        targets[root / SEQ2SEQ_PAGE] = _between(root / SEQ2SEQ_PAGE, SEQ2SEQ_START, SEQ2SEQ_END,
+                                                seq2seq_table(root / SEQ2SEQ_DIR))
     if readme:
         path = root / "README.md"
         targets[path] = replace_between_markers(path.read_text(encoding="utf-8"), readme_table(rows))

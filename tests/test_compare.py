@@ -353,6 +353,8 @@ BACKWARD_ALLOWED = {
                                          "(transductive evaluation inside predict, not meta-training)",
     "src/attnmeta/eval/transductive_methods.py": "test-time optimisation of one episode's classifier "
                                                  "weights (TIM), not meta-training",
+    "src/attnmeta/learners/seq2seq/base.py": "test-time fine-tuning of a copy of the sequence model on a "
+                                             "task's support pairs (adaptation inside predict_task)",
     "src/attnmeta/rl/maml_rl.py": "meta-RL: the policy-gradient outer updates (PPO epochs, the "
                                   "task-attention module's Adam step) on sampled trajectories",
     "src/attnmeta/rl/snail_policy.py": "meta-RL: SNAIL's PPO epochs on sampled trials",

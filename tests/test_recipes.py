@@ -55,6 +55,15 @@ def small_version(name: str, tmp_path: Path, data, shared_root: Path | None) -> 
         if shared_root is None:
             pytest.skip("CLINC150 is in ../shared/data/text/clinc150, absent here")
         values["root"] = str(shared_root / "text" / "clinc150")
+    if values["benchmark"] == "sigmorphon2018":
+        if shared_root is None:
+            pytest.skip("SIGMORPHON 2018 is in ../shared/data/text/sigmorphon2018, absent here")
+        values["root"] = str(shared_root / "text" / "sigmorphon2018")
+        values["init_from"] = None  # the pre-training run it names is trained by another recipe
+        values["algo_options"] = {**values.get("algo_options", {}), "dim": 16, "heads": 2, "layers": 1,
+                                  "ff_dim": 32, "finetune_steps": 2}
+        values["benchmark_options"] = {"val_queries": 5, "languages": {
+            "train": ["spanish", "swahili"], "val": ["welsh"], "test": ["georgian"]}}
     if values["benchmark"].startswith("halfcheetah"):
         pytest.importorskip("mujoco", reason="HalfCheetah needs the rl extra: pip install -e '.[rl]'")
         pytest.importorskip("gymnasium", reason="HalfCheetah needs the rl extra: pip install -e '.[rl]'")

@@ -45,6 +45,7 @@ from attnmeta.detector import FewShotDetector
 from attnmeta.errors import UserError
 from attnmeta.learners.base import Learner
 from attnmeta.predictor_inputs import check_labels, numeric_array, pixel_array, read_image, wide_pil_pixels
+from attnmeta.seq2seq_predictor import FewShotSeq2Seq
 from attnmeta.tasks.episode import Task
 from attnmeta.train.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, load_weights
 from attnmeta.train.config import RunConfig
@@ -270,11 +271,12 @@ def load(
     imports: Sequence[str] = (),
     score_threshold: float = 0.3,
     max_detections: int = 20,
-) -> FewShotPredictor | FewShotDetector:
+) -> FewShotPredictor | FewShotDetector | FewShotSeq2Seq:
     """Load a run folder (its best checkpoint, or ``checkpoint="latest"``) or one checkpoint folder.
 
     A detection run gives a ``attnmeta.detector.FewShotDetector`` (``fit`` then ``detect``), which keeps
-    boxes scoring at least ``score_threshold``, at most ``max_detections`` per image; any other run a
+    boxes scoring at least ``score_threshold``, at most ``max_detections`` per image; a sequence-to-sequence
+    run a ``attnmeta.seq2seq_predictor.FewShotSeq2Seq`` (``fit`` pairs, then ``generate``); any other run a
     ``FewShotPredictor``.
 
     Loading never executes code from the files: weights are safetensors, state is JSON, and the modules a
@@ -312,6 +314,12 @@ def load(
             "policy with attnmeta.rl.registry.build_rl_learner and attnmeta.train.checkpoint.load_weights"
         )
     import_plugins(list(imports))
+    if run_info.get("task_type") == "seq2seq":
+        from attnmeta.train.seq2seq_run import load_seq2seq_learner
+
+        sequence_learner = load_seq2seq_learner(run_info, config)
+        load_weights(sequence_learner, weights, ckpt)
+        return FewShotSeq2Seq(sequence_learner.to(device), str(run_info.get("source_format", "chars")))
     if run_info.get("task_type") == "detection":
         from attnmeta.detector import load_detector
         from attnmeta.learners.detection.registry import build_detector

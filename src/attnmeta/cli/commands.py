@@ -219,6 +219,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from attnmeta.cli.detection import eval_detection
 
         return eval_detection(args, trained)
+    if trained.task_type == "seq2seq":
+        from attnmeta.cli.seq2seq import eval_seq2seq
+
+        return eval_seq2seq(args, trained)
     import_plugins(args.imports or [])  # never the imports the run folder names
     if trained.threads:
         torch.set_num_threads(trained.threads)
@@ -338,8 +342,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from attnmeta.detector import FewShotDetector
     from attnmeta.predictor import load
     from attnmeta.predictor_inputs import read_query_folder, read_support_folder
+    from attnmeta.seq2seq_predictor import FewShotSeq2Seq
 
     clf = load(args.run_dir, imports=args.imports or ())
+    if isinstance(clf, FewShotSeq2Seq):
+        from attnmeta.cli.seq2seq import predict_seq2seq
+
+        return predict_seq2seq(args, clf)
     if isinstance(clf, FewShotDetector):
         raise ValueError(f"{args.run_dir!r} is a detection run; find its classes in images with `attnmeta "
                          "detect RUN --support DIR --images DIR --out DIR`")

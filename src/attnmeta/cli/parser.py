@@ -17,7 +17,7 @@ from attnmeta.cli.commands import (  # noqa: F401  (TRAIN_FLAGS: re-exported)
 from attnmeta.cli.detection import cmd_detect
 
 BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet", "clinc150", "imagefolder", "navigation",
-              "halfcheetah-dir", "halfcheetah-vel", "omniglot-scenes", "coco")
+              "halfcheetah-dir", "halfcheetah-vel", "omniglot-scenes", "coco", "sigmorphon2018", "parallel")
 
 def parse_budget(text: str) -> float:
     """``20m`` / ``1.5h`` / ``90s`` / ``20`` (minutes) -> minutes."""
@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--algo", help=f"learner: {', '.join(_learner_names())} (default maml); meta-RL "
                    f"(navigation, halfcheetah-*): {', '.join(_rl_learner_names())} (default maml-rl); "
                    f"detection (omniglot-scenes, coco): {', '.join(_detector_names())} (default "
-                   "attention-detector)")
+                   "attention-detector); sequence-to-sequence (sigmorphon2018, parallel): maml, reptile, "
+                   "transfer, scratch (default maml)")
     t.add_argument("--ways", type=int, help="N classes per task (classification; default 5)")
     t.add_argument("--shots", type=int, help="K support examples per class (regression: per task)")
     t.add_argument("--queries", type=int, help="query examples per class (regression: per task)")
@@ -170,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(AUROC of max-softmax and nearest-prototype scores; attnmeta.eval.oos)")
     e.add_argument("--oos-recall", type=float, default=0.9,
                    help="with --oos: report in-scope accuracy at this OOS recall (default 0.9)")
+    e.add_argument("--beam", type=int,
+                   help="sequence-to-sequence runs: beam size of decoding (default: the run's; 1 = greedy)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_import_flag(e, "import a module or .py file first (a custom learner the run needs; a run folder's "
                      "own imports are never executed; repeatable)")
@@ -188,13 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser(
         "predict",
-        help="label query images with a trained run and a labelled support folder",
-        description="Fit a trained run to a support folder (one subfolder of images per class, "
-        "named by the label) and print `file<TAB>label<TAB>probability` for each query image.",
+        help="label query images (or generate targets of query sources) with a trained run",
+        description="Classification runs: fit to a support folder (one subfolder of images per class, "
+        "named by the label) and print `file<TAB>label<TAB>probability` for each query image. "
+        "Sequence-to-sequence runs: fit to a file of pairs (SIGMORPHON `lemma<TAB>form<TAB>tags` lines for "
+        "sigmorphon2018 runs, a source<TAB>target .tsv or .jsonl file otherwise) and print the generated "
+        "target of each query source (`lemma<TAB>form<TAB>tags`, or `source<TAB>target`).",
     )
     q.add_argument("run_dir", help="run folder or checkpoint folder")
-    q.add_argument("--support", required=True, help="folder with one subfolder of images per class")
-    q.add_argument("--query", required=True, help="folder of images to label")
+    q.add_argument("--support", required=True,
+                   help="folder with one subfolder of images per class (sequence runs: file of pairs)")
+    q.add_argument("--query", required=True,
+                   help="folder of images to label (sequence runs: file of sources, one a line; "
+                   "lemma<TAB>tags for sigmorphon2018 runs)")
+    q.add_argument("--beam", type=int, help="sequence runs: beam size (default: the run's; 1 = greedy)")
     _add_import_flag(q, "import a module or .py file first (a custom learner the run needs; repeatable)")
     q.set_defaults(func=cmd_predict)
 

@@ -126,7 +126,7 @@ def build_benchmark(config: RunConfig) -> BenchmarkParts:
 
 #: Where each benchmark's data lives below ``$ATTNMETA_DATA`` (the layout of the project's shared data).
 DATA_SUBFOLDERS = {"omniglot": "omniglot", "omniglot-scenes": "omniglot", "miniimagenet": "miniimagenet",
-                   "clinc150": "text/clinc150"}
+                   "clinc150": "text/clinc150", "sigmorphon2018": "text/sigmorphon2018"}
 
 
 def default_data_root(benchmark: str) -> str | None:

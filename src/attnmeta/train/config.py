@@ -33,6 +33,11 @@ RL_ALGOS = ("maml-rl", "snail-rl")
 #: ``attnmeta.learners.detection.registry``; kept in step by a test).
 DETECTION_BENCHMARKS = ("omniglot-scenes", "coco")
 DETECTION_ALGOS = ("attention-detector", "protonet-windows", "template-matching")
+#: Few-shot sequence-to-sequence benchmarks and learners (``attnmeta.data.seq2seq_benchmarks``,
+#: ``attnmeta.learners.seq2seq.registry``; kept in step by a test). ``maml``, ``reptile`` and ``transfer``
+#: also name classification learners: the benchmark decides which one a run builds.
+SEQ2SEQ_BENCHMARKS = ("sigmorphon2018", "parallel")
+SEQ2SEQ_ALGOS = ("maml", "reptile", "transfer", "scratch")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
@@ -46,7 +51,7 @@ BUDGET_CLOCKS = ("cpu", "wall")
 AUGMENT_KEYS = ("shift", "affine")
 SEED_KEYS = ("seed", "val_seed", "test_seed")
 #: String keys that may not be empty (``""`` as ``run_dir`` would write into the current folder).
-NON_EMPTY_KEYS = ("benchmark", "algo", "split", "root", "run_dir", "backbone")
+NON_EMPTY_KEYS = ("benchmark", "algo", "split", "root", "run_dir", "backbone", "init_from")
 
 @dataclass
 class RunConfig:
@@ -105,6 +110,8 @@ class RunConfig:
         plot: write ``learning_curves.png`` to the run folder at the end (needs matplotlib).
         imports: modules or ``.py`` files imported before building (to register custom learners).
         recipe: the name of the recipe the run started from (``attnmeta train --recipe``), for the record.
+        init_from: a finished run folder whose best weights start this run (same model and vocabulary; e.g.
+            meta-training from a multilingual pre-training run). Sequence-to-sequence runs only.
     """
 
     benchmark: str = "sinusoid"
@@ -156,6 +163,7 @@ class RunConfig:
     plot: bool = True
     imports: list[str] = field(default_factory=list)
     recipe: str | None = None
+    init_from: str | None = None
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -169,6 +177,8 @@ class RunConfig:
             return "rl"
         if self.benchmark in DETECTION_BENCHMARKS:
             return "detection"
+        if self.benchmark in SEQ2SEQ_BENCHMARKS:
+            return "seq2seq"
         return "regression" if self.benchmark in REGRESSION_BENCHMARKS else "classification"
 
     def validate(self) -> None:
@@ -205,6 +215,10 @@ class RunConfig:
         if self.train_ways is not None and self.task_type == "regression":
             raise ValueError("config key 'train_ways' is for classification benchmarks; regression tasks "
                              "have no classes (set train_shots / train_queries)")
+        if self.init_from is not None and self.task_type != "seq2seq":
+            raise ValueError("config key 'init_from' is for the sequence-to-sequence benchmarks "
+                             "(sigmorphon2018, "
+                             f"parallel), not {self.benchmark!r}")
         reserved = sorted({"model", "task_type", "ways"} & set(self.algo_options))
         if reserved:
             raise ValueError(f"config key 'algo_options' may not set {reserved}: the learner gets its model, "
@@ -223,6 +237,11 @@ class RunConfig:
             from attnmeta.rl.registry import check_rl_options
 
             check_rl_options(self.algo, self.algo_options)
+            return
+        if self.task_type == "seq2seq":
+            from attnmeta.learners.seq2seq.registry import check_seq2seq_options
+
+            check_seq2seq_options(self.algo, self.algo_options)
             return
         if self.algo in DETECTION_ALGOS:
             from attnmeta.learners.detection.registry import check_detector_options
@@ -245,6 +264,9 @@ class RunConfig:
             backbone_options=dict(self.backbone_options),
             imports=list(self.imports),
         )
+        if c.task_type == "seq2seq":  # pairs per training task; evaluation tasks bring their own support
+            c.shots = 20 if c.shots is None else c.shots
+            c.queries = 20 if c.queries is None else c.queries
         if c.task_type == "regression":
             c.shots = 10 if c.shots is None else c.shots
             c.queries = 10 if c.queries is None else c.queries
@@ -254,7 +276,7 @@ class RunConfig:
             c.queries = (15 if c.task_type == "classification" else 4) if c.queries is None else c.queries
         if c.run_dir is None:
             shape = f"{c.shots}shot" if c.task_type == "regression" else f"{c.ways}w{c.shots}s"
-            name = f"{c.benchmark}-{c.algo}" + ("" if c.task_type == "rl" else f"-{shape}")
+            name = f"{c.benchmark}-{c.algo}" + ("" if c.task_type in ("rl", "seq2seq") else f"-{shape}")
             c.run_dir = str(Path("runs") / name)
         return c
 
@@ -417,7 +439,15 @@ def _storable(value: Any) -> Any:
 
 
 def _check_family(benchmark: str, algo: str, task_type: str) -> None:
-    """Meta-RL benchmarks take meta-RL learners, detection benchmarks detectors, the others neither."""
+    """Meta-RL benchmarks take meta-RL learners, detection benchmarks detectors, sequence benchmarks
+    sequence learners, the others none of these."""
+    if task_type == "seq2seq" and algo not in SEQ2SEQ_ALGOS:
+        raise ValueError(f"benchmark {benchmark!r} is sequence-to-sequence: choose --algo "
+                         f"{', '.join(SEQ2SEQ_ALGOS)} (not {algo!r})")
+    if task_type != "seq2seq" and algo == "scratch":
+        raise ValueError(f"learner 'scratch' is for the sequence-to-sequence benchmarks "
+                         f"({', '.join(SEQ2SEQ_BENCHMARKS)}), not {benchmark!r}; choose another --algo or "
+                         "benchmark")
     for family, algos, benchmarks in (("rl", RL_ALGOS, RL_BENCHMARKS),
                                       ("detection", DETECTION_ALGOS, DETECTION_BENCHMARKS)):
         kind = "meta-RL" if family == "rl" else "detection"

@@ -43,6 +43,10 @@ _DETECTION_PRESET: dict[str, Any] = {
     "meta_batch": 2, "lr": 1e-3, "schedule": "cosine", "steps": 100000, "budget_minutes": 10,
     "budget_clock": "cpu", "eval_every": 250, "eval_episodes": 30, "test_episodes": 100,
     "checkpoint_every": 250, "threads": 2}
+_SEQ2SEQ_PRESET: dict[str, Any] = {
+    "shots": 20, "queries": 20, "meta_batch": 4, "lr": 1e-3, "schedule": "cosine", "steps": 1000000,
+    "budget_minutes": 15, "budget_clock": "cpu", "eval_every": 500, "eval_episodes": 5, "test_episodes": 20,
+    "checkpoint_every": 500, "threads": 2}
 BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
     "sinusoid": dict(_REGRESSION_PRESET),
     "multimodal": dict(_REGRESSION_PRESET),
@@ -60,6 +64,12 @@ BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
     # validation on 30 fixed episodes, the test on 100 (400 scenes); per learner below (DETECTION)
     "omniglot-scenes": _DETECTION_PRESET,
     "coco": _DETECTION_PRESET,
+    # few-shot inflection: tasks of 20 + 20 pairs from the 67 training languages, 15 CPU-minutes on 2
+    # threads; validation on 5 languages (200 dev words each), the test on the 20 held-out languages
+    "sigmorphon2018": {**_SEQ2SEQ_PRESET, "benchmark_options": {"val_queries": 200}},
+    # your own parallel data: 5 CPU-minutes, validation every 200 steps
+    "parallel": {**_SEQ2SEQ_PRESET, "shots": 10, "queries": 10, "budget_minutes": 5, "eval_every": 200,
+                 "eval_episodes": 20, "test_episodes": 100, "checkpoint_every": 200},
     # by analogy with Omniglot, not measured (84 x 84 images: ~9x the CPU of Omniglot per image)
     "miniimagenet": {**_IMAGE_PRESET, "budget_minutes": 5, "eval_every": 100, "eval_episodes": 100,
                      "checkpoint_every": 100, "channels_last": True},
@@ -132,11 +142,16 @@ MINIIMAGENET: dict[str, dict[str, Any]] = {
 DETECTION: dict[str, dict[str, Any]] = {"attention-detector": {"algo_options": {"template_prior": 8.0}},
                                         "template-matching": {"threads": 1},
                                         "protonet-windows": {"budget_minutes": 5}}
+#: Sequence-to-sequence per learner: MAML's inner loop is 3 Adam steps on the support pairs and the test
+#: fine-tunes as every learner does (the sigmorphon2018-maml recipe starts it from multilingual pre-training).
+SEQ2SEQ: dict[str, dict[str, Any]] = {
+    "maml": {"algo_options": {"rule": "adam", "inner_lr": 5e-4, "inner_steps": 3, "eval_inner_steps": None}}}
 #: HalfCheetah: 10 episodes per task and step (the MAML paper: 20) to fit the budget.
 CHEETAH: dict[str, dict[str, Any]] = {"maml-rl": {"algo_options": {"episodes": 10}}}
 PER_LEARNER: dict[str, dict[str, dict[str, Any]]] = {
     "omniglot": OMNIGLOT, "miniimagenet": MINIIMAGENET, "halfcheetah-dir": CHEETAH,
-    "halfcheetah-vel": CHEETAH, "omniglot-scenes": DETECTION, "coco": DETECTION}
+    "halfcheetah-vel": CHEETAH, "omniglot-scenes": DETECTION, "coco": DETECTION, "sigmorphon2018": SEQ2SEQ,
+    "parallel": SEQ2SEQ}
 
 #: Learner options added on CLINC150: cosine prototypes (TF-IDF nearest centroid before meta-training) and
 #: MAML on the zero-initialised head with a large inner step (the lexical features have norm 4).

@@ -176,6 +176,8 @@ def _train(
         from attnmeta.train.rl_run import RLRun as run_class
     elif config.task_type == "detection":
         from attnmeta.train.detection_run import DetectionRun as run_class
+    elif config.task_type == "seq2seq":
+        from attnmeta.train.seq2seq_run import Seq2SeqRun as run_class
     run = run_class(config, run_dir, print_fn, bench=bench)
     if resume:
         run.restore()

@@ -1,0 +1,77 @@
+"""Decoding throughput of a sequence-to-sequence run: words per second, greedy and beam 5, one thread.
+
+The run's model is adapted once to a task's support pairs (not timed), then generates the targets of its
+queries (timed: ``--repeats`` rounds per setting, alternating greedy and beam, median reported). Prints a
+table and writes ``benchmarks/results/bench_decode.json`` with the CPU flags of the machine.
+
+    python benchmarks/bench_decode.py runs/sigmorphon2018-maml --root DATA/text/sigmorphon2018 --words 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's bf16 / AVX-512 / AMX flags (``/proc/cpuinfo``)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    lines = [line for line in text.splitlines() if line.startswith("flags")]
+    flags = lines[0].split(":", 1)[1].split() if lines else []
+    return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2")))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--root", help="data of the run's benchmark (default: as trained)")
+    parser.add_argument("--words", type=int, default=500, help="query sources to generate per round")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    from attnmeta.train.checkpoint import CheckpointManager, load_checkpoint, load_weights
+    from attnmeta.train.config import RunConfig
+    from attnmeta.train.seq2seq_run import build_seq2seq_benchmark, load_seq2seq_learner
+
+    path = CheckpointManager(Path(args.run_dir) / "checkpoints").best_path()
+    weights, state = load_checkpoint(path)
+    config = RunConfig.from_dict(state["config"])
+    if args.root:
+        config.root = args.root
+    learner = load_seq2seq_learner(state["run"], config)
+    load_weights(learner, weights, path)
+    learner.eval()
+    task = build_seq2seq_benchmark(config.resolved(), splits=("test",)).test.fixed_tasks(1)[0]
+    encoded = learner.encode_task(task)
+    params = learner.adapt(encoded)
+    sources = encoded.query_source[:args.words]
+    seconds: dict[int, list[float]] = {beam: [] for beam in args.beams}
+    for _ in range(args.repeats):
+        for beam in args.beams:
+            start = time.perf_counter()
+            learner.generate_ids(params, sources, beam)
+            seconds[beam].append(time.perf_counter() - start)
+    rows = {f"beam {beam}": {"words_per_second": len(sources) / statistics.median(s), "seconds": s}
+            for beam, s in seconds.items()}
+    for name, row in rows.items():
+        print(f"{name:8s} {row['words_per_second']:8.1f} words/s ({len(sources)} words, task {task.name})")
+    out = ROOT / "benchmarks" / "results" / "bench_decode.json"
+    out.write_text(json.dumps({"run": str(args.run_dir), "task": task.name, "words": len(sources),
+                               "threads": 1, "torch": torch.__version__, "cpu_flags": cpu_flags(),
+                               "results": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Record the SIGMORPHON 2018 results (docs/guides/seq2seq.md) from finished runs.
+
+For each run folder, its ``summary.json`` (the final test on the 20 held-out languages: per-language
+accuracy and Levenshtein distance, training CPU time, machine) becomes
+``docs/results/seq2seq/<learner>.json``; ``python docs/gen_results.py`` then rewrites the per-language table
+and the paired comparisons. The shared task's baseline comes from ``shared_task_baseline.py`` (its JSON is in
+the same folder). Nobody types a figure by hand.
+
+    python experiments/seq2seq/record_results.py runs/sigmorphon2018-maml runs/sigmorphon2018-transfer ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "docs" / "results" / "seq2seq"
+
+
+def train_command(config: dict) -> str:
+    if config.get("recipe"):
+        return f"attnmeta train --recipe {config['recipe']} --root DATA/text/sigmorphon2018"
+    return f"attnmeta train sigmorphon2018 --algo {config['algo']} --root DATA/text/sigmorphon2018"
+
+
+def record(run_dir: Path) -> Path:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    if summary.get("benchmark") != "sigmorphon2018" or not summary.get("per_task"):
+        raise SystemExit(f"{run_dir} is not a finished sigmorphon2018 run")
+    machine = summary.get("machine") or {}
+    row = {
+        "algo": config["algo"], "recipe": config.get("recipe"),
+        "languages": {name: {"accuracy": 100 * r["accuracy"], "levenshtein": r["levenshtein"]}
+                      for name, r in summary["per_task"].items()},
+        "accuracy": {k: 100 * summary["test"][k] for k in ("mean", "ci95")},
+        "levenshtein": {k: summary["levenshtein"][k] for k in ("mean", "ci95")},
+        "steps": summary["steps"],
+        "train_cpu_seconds": summary["train_cpu_seconds"] if summary.get("meta_trained", True) else None,
+        "machine": f"{machine.get('processor', '?')}, {machine.get('torch_threads', '?')} thread(s), "
+                   f"flags {' '.join(machine.get('cpu_flags', [])) or '-'}",
+        "command": train_command(config),
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    out = OUT / f"{config['algo']}.json"
+    out.write_text(json.dumps(row, indent=1) + "\n")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="sigmorphon2018 run folders")
+    for run_dir in parser.parse_args().runs:
+        print(f"wrote {record(run_dir)}")
+
+
+if __name__ == "__main__":
+    main()

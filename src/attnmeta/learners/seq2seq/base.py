@@ -1,0 +1,174 @@
+"""The contract of few-shot sequence-to-sequence learners: meta-train on tasks of pairs, then adapt to a new
+task's support pairs and generate its queries' targets.
+
+A learner owns a ``Seq2SeqTransformer`` (its parameters are the meta-parameters) and the ``Vocabulary``
+it was built with. Learners differ in how they produce the initialisation (meta-training); at test time they
+all adapt the same way by default, ``finetune_steps`` Adam steps on random batches of the task's support pairs
+(``adapt``), so that a comparison measures the initialisation (MAML can adapt with its own inner loop
+instead); generation with the adapted parameters is shared. Per task, symbols the vocabulary has not seen
+get spare ids (``Vocabulary.task_mapping``); in meta-training a random share of each task's characters is
+treated as new (``new_symbol_rate``), so that the model learns to pick up a new script from the support set.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from attnmeta.learners.base import MetaOutput
+from attnmeta.nn.seq2seq import Seq2SeqTransformer, beam_search, greedy_decode, sequence_loss, shift_right
+from attnmeta.tasks.seq2seq import Seq2SeqBatch, Seq2SeqTask, Sequence_, Vocabulary
+
+Params = dict[str, Tensor]
+
+
+@dataclass
+class EncodedTask:
+    """A task's pairs as token ids (``[n, L]``, ``PAD``-padded; targets end with ``EOS``)."""
+
+    support_source: Tensor
+    support_target: Tensor
+    query_source: Tensor
+    query_target: Tensor
+    mapping: dict[str, int]
+    unknown: int  # query-source symbols that became UNK
+
+
+class Seq2SeqLearner(nn.Module):
+    """Base class: subclasses implement ``adapt`` (and ``meta_loss`` when ``meta_trained``).
+
+    Args:
+        vocabulary: the symbols the model knows (plus spare ids).
+        dim / heads / layers / ff_dim / dropout / max_length: the ``Seq2SeqTransformer``'s size.
+        label_smoothing: of the token cross-entropy.
+        new_symbol_rate: share of a training task's single-character symbols treated as new (spare ids).
+        beam: beam size of ``generate`` (1: greedy).
+        finetune_steps / finetune_lr / finetune_batch: the test-time adaptation: Adam steps, their learning
+            rate and pairs per step (all support pairs when the support set is smaller).
+    """
+
+    name = "seq2seq"
+    #: False for a learner without meta-training (``scratch``): the trainer only tests it.
+    meta_trained = True
+
+    def __init__(self, vocabulary: Vocabulary, *, dim: int = 128, heads: int = 4, layers: int = 2,
+                 ff_dim: int = 256, dropout: float = 0.1, max_length: int = 100, label_smoothing: float = 0.1,
+                 new_symbol_rate: float = 0.0, beam: int = 1, finetune_steps: int = 100,
+                 finetune_lr: float = 5e-4, finetune_batch: int = 32) -> None:
+        super().__init__()
+        if finetune_steps < 0 or finetune_batch < 1 or finetune_lr <= 0:
+            raise ValueError("finetune_steps must be >= 0, finetune_batch >= 1 and finetune_lr > 0")
+        self.finetune_steps, self.finetune_lr = finetune_steps, finetune_lr
+        self.finetune_batch = finetune_batch
+        if not 0.0 <= new_symbol_rate <= 1.0:
+            raise ValueError(f"new_symbol_rate must be in [0, 1], got {new_symbol_rate}")
+        if beam < 1:
+            raise ValueError(f"beam must be >= 1, got {beam}")
+        self.vocabulary = vocabulary
+        self.model = Seq2SeqTransformer(vocabulary.size, dim=dim, heads=heads, layers=layers, ff_dim=ff_dim,
+                                        dropout=dropout, max_length=max_length)
+        self.label_smoothing, self.new_symbol_rate, self.beam = label_smoothing, new_symbol_rate, beam
+
+    # -- encoding ------------------------------------------------------------------------------------
+    def encode_task(self, task: Seq2SeqTask, generator: torch.Generator | None = None) -> EncodedTask:
+        """Token ids of ``task`` (``generator``: draws the characters treated as new in meta-training)."""
+        hidden: set[str] = set()
+        if self.training and self.new_symbol_rate > 0:
+            pairs = task.support_source + task.support_target
+            chars = sorted({s for seq in pairs for s in seq if len(s) == 1})
+            draws = torch.rand(len(chars), generator=generator)
+            hidden = {c for c, d in zip(chars, draws.tolist()) if d < self.new_symbol_rate}
+        mapping = self.vocabulary.task_mapping(task.support_source + task.support_target, hidden)
+        limit = self.model.max_length
+        enc = self.vocabulary.encode
+        query = enc(task.query_source, mapping, max_length=limit)
+        return EncodedTask(enc(task.support_source, mapping, max_length=limit).ids,
+                           enc(task.support_target, mapping, eos=True, max_length=limit).ids,
+                           query.ids, enc(task.query_target, mapping, eos=True, max_length=limit).ids,
+                           mapping, query.unknown)
+
+    # -- the loss of a set of pairs under given parameters ------------------------------------------
+    def params(self) -> Params:
+        return dict(self.model.named_parameters())
+
+    def pair_loss(self, params: Params, source: Tensor, target: Tensor) -> Tensor:
+        """Mean token cross-entropy of ``target`` ``[n, T]`` given ``source`` ``[n, S]`` under ``params``."""
+        logits = torch.func.functional_call(self.model, params, (source, shift_right(target)))
+        return sequence_loss(logits, target, self.label_smoothing)
+
+    def packed_forward(self, source_length: int) -> Callable[[Mapping[str, Tensor], Tensor], Tensor]:
+        """``forward(params, x)`` for ``adapt``: ``x`` is ``[n, S + T]``, the source then the target ids."""
+
+        def forward(params: Mapping[str, Tensor], packed: Tensor) -> Tensor:
+            source, target = packed[:, :source_length], packed[:, source_length:]
+            return torch.func.functional_call(self.model, dict(params), (source, shift_right(target)))
+
+        return forward
+
+    def task_loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        return sequence_loss(logits, target, self.label_smoothing)
+
+    # -- the contract --------------------------------------------------------------------------------
+    def meta_loss(self, batch: Seq2SeqBatch) -> MetaOutput:
+        """Differentiable outer loss of a meta-batch of tasks."""
+        raise NotImplementedError(f"{self.name} has nothing to meta-train")
+
+    def adapt(self, encoded: EncodedTask) -> Params:
+        """Parameters adapted to the task's support pairs (detached; never changes the learner):
+        ``finetune_steps`` Adam steps on random batches of the support pairs (seeded by the task, so an
+        evaluation is repeatable), in training mode (dropout on)."""
+        model = copy.deepcopy(self.model).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.finetune_lr)
+        n = encoded.support_source.shape[0]
+        generator = torch.Generator().manual_seed(n + int(encoded.support_target.sum()))
+        with torch.enable_grad():
+            for _ in range(self.finetune_steps):
+                rows = torch.randperm(n, generator=generator)[:self.finetune_batch]
+                loss = self.pair_loss(dict(model.named_parameters()), encoded.support_source[rows],
+                                      encoded.support_target[rows])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        return {name: p.detach() for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def generate_ids(self, params: Params, source: Tensor, beam: int | None = None,
+                     batch_size: int = 256) -> Tensor:
+        """Generated ids ``[n, L]`` (``EOS``-terminated) for ``source`` ``[n, S]`` under ``params``."""
+        model = copy.deepcopy(self.model).eval()
+        model.load_state_dict({k: v.detach() for k, v in params.items()}, strict=False)
+        beam = self.beam if beam is None else beam
+        rows = []
+        for start in range(0, source.shape[0], batch_size):
+            chunk = source[start:start + batch_size]
+            ids = greedy_decode(model, chunk) if beam == 1 else beam_search(model, chunk, beam)[0]
+            rows.extend(list(ids))
+        width = max((r.numel() for r in rows), default=1)
+        out = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, :r.numel()] = r
+        return out
+
+    def predict_task(self, task: Seq2SeqTask, beam: int | None = None) -> tuple[list[Sequence_], int]:
+        """Adapt to ``task``'s support pairs; its queries' generated targets and the count of query symbols
+        that became ``UNK`` (neither known nor in the support set)."""
+        was_training = self.training
+        self.eval()
+        try:
+            encoded = self.encode_task(task)
+            params = self.adapt(encoded)
+            ids = self.generate_ids(params, encoded.query_source, beam)
+        finally:
+            self.train(was_training)
+        return [self.vocabulary.decode(row, encoded.mapping) for row in ids], encoded.unknown
+
+
+def batch_output(losses: Sequence[Tensor], metrics: dict[str, float]) -> MetaOutput:
+    """``MetaOutput`` of per-task outer losses (their mean is the loss)."""
+    task_losses = torch.stack(list(losses))
+    loss = task_losses.mean()
+    return MetaOutput(loss, task_losses.detach(), {"loss": loss.item(), **metrics})
