@@ -17,12 +17,14 @@ from seq2seq_fixtures import TINY, affix_pairs, write_affix_tsv
 SPLIT = {"val_tasks": ["t9"], "test_tasks": ["t10", "t11"]}
 
 
-def _train_args(tsv: Path, run_dir: Path, *extra: str) -> list[str]:
+def _train_args(tsv: Path, run_dir: Path, *extra: str, algo: str = "maml") -> list[str]:
     options = [f"--set=algo_options.{k}={json.dumps(v)}" for k, v in TINY.items()]
-    return ["train", "parallel", "--root", str(tsv), "--algo", "maml", "--shots", "5", "--queries", "5",
+    if algo in ("maml", "reptile"):
+        options.append("--set=algo_options.eval_inner_steps=2")
+    return ["train", "parallel", "--root", str(tsv), "--algo", algo, "--shots", "5", "--queries", "5",
             "--meta-batch", "2", "--steps", "4", "--run-dir", str(run_dir), "--quiet",
             "--set", f"benchmark_options={json.dumps(SPLIT)}", "--set", "eval_every=2", "--set", "threads=1",
-            "--set", "algo_options.eval_inner_steps=2", *options, *extra]
+            *options, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +139,8 @@ def test_bad_train_requests_are_one_line(args: list[str], message: str, tmp_path
 def test_init_from_starts_from_another_runs_weights(files, tmp_path: Path, capsys):
     tsv, pretrained = files
     run_dir = tmp_path / "from-pretrained"
-    assert main(_train_args(tsv, run_dir, "--algo", "reptile", "--set", f"init_from={pretrained}",
-                            "--set", "algo_options.eval_inner_steps=null")) == 0
+    assert main(_train_args(tsv, run_dir, "--set", f"init_from={pretrained}", "--set",
+                            "algo_options.eval_inner_steps=null", algo="reptile")) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     best = json.loads((pretrained / "summary.json").read_text())["best"]["step"]
     assert summary["init_from"]["run"] == str(pretrained) and summary["init_from"]["step"] == best
@@ -151,3 +153,12 @@ def test_init_from_starts_from_another_runs_weights(files, tmp_path: Path, capsy
     assert error_of(["train", "omniglot", "--set", f"init_from={pretrained}"], capsys) == (
         2, "attnmeta train: error: config key 'init_from' is for the sequence-to-sequence benchmarks "
            "(sigmorphon2018, parallel), not 'omniglot'\n")
+
+
+def test_scratch_trains_nothing_and_tests_once(files, tmp_path: Path):
+    tsv, _ = files
+    run_dir = tmp_path / "scratch"
+    assert main(_train_args(tsv, run_dir, "--set", "algo_options.finetune_steps=3", algo="scratch")) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 0 and not summary["meta_trained"]
+    assert list(summary["per_task"]) == ["t10", "t11"]

@@ -67,9 +67,9 @@ def require_registered(algo: str, recorded_imports: list[str] | None = None) -> 
     ``recorded_imports`` are the modules a saved run names: they are never imported (a run folder must not
     execute code), only quoted so that the user can pass them explicitly if they trust them.
     """
-    from attnmeta.train.config import DETECTION_ALGOS, RL_ALGOS
+    from attnmeta.train.config import DETECTION_ALGOS, RL_ALGOS, SEQ2SEQ_ALGOS
 
-    if algo in learners.available() or algo in RL_ALGOS or algo in DETECTION_ALGOS:
+    if algo in learners.available() or algo in (*RL_ALGOS, *DETECTION_ALGOS, *SEQ2SEQ_ALGOS):
         return
     if recorded_imports:
         named = " ".join(f"--import {item}" for item in recorded_imports)
@@ -81,8 +81,8 @@ def require_registered(algo: str, recorded_imports: list[str] | None = None) -> 
         )
     raise UserError(
         f"unknown learner {algo!r}; choose one of: {', '.join(learners.available())} (meta-RL: "
-        f"{', '.join(RL_ALGOS)}; detection: {', '.join(DETECTION_ALGOS)}; a custom learner needs "
-        "--import MODULE_OR_FILE)"
+        f"{', '.join(RL_ALGOS)}; detection: {', '.join(DETECTION_ALGOS)}; sequence-to-sequence: "
+        f"{', '.join(SEQ2SEQ_ALGOS)}; a custom learner needs --import MODULE_OR_FILE)"
     )
 
 
