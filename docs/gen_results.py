@@ -250,7 +250,8 @@ def detection_table(folder: Path) -> str:
 SEQ2SEQ_DIR = Path("docs") / "results" / "seq2seq"
 SEQ2SEQ_PAGE = Path("docs") / "guides" / "seq2seq.md"
 SEQ2SEQ_START, SEQ2SEQ_END = "<!-- seq2seq:start -->", "<!-- seq2seq:end -->"
-SEQ2SEQ_ORDER = ("shared-task baseline", "scratch", "transfer", "reptile", "maml")
+SEQ2SEQ_ORDER = ("scratch", "pretrain", "transfer", "reptile", "maml")
+SEQ2SEQ_NOT_RUNS = ("shared-task-baseline", "published-low")
 META_LEARNERS = ("maml", "reptile")
 
 
@@ -272,9 +273,11 @@ def seq2seq_table(folder: Path) -> str:
     baseline = folder / "shared-task-baseline.json"
     if baseline.is_file():
         results["shared-task baseline"] = json.loads(baseline.read_text(encoding="utf-8"))
-    for name in SEQ2SEQ_ORDER[1:]:
-        if (folder / f"{name}.json").is_file():
-            results[name] = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+    runs = [p for p in folder.glob("*.json") if p.stem not in SEQ2SEQ_NOT_RUNS]
+    rank = {name: i for i, name in enumerate(SEQ2SEQ_ORDER)}
+    for path in sorted(runs, key=lambda p: (rank.get(p.stem, len(rank)), p.stem)):
+        row = json.loads(path.read_text(encoding="utf-8"))
+        results[row.get("label", path.stem)] = row
     if len(results) < 2:
         return "No sequence-to-sequence results are recorded yet."
     languages = list(results["shared-task baseline"]["languages"]) if baseline.is_file() else []
@@ -290,13 +293,15 @@ def seq2seq_table(folder: Path) -> str:
         lev = [r["languages"][lang]["levenshtein"] for lang in languages]
         means.append(f"**{sum(acc) / len(acc):.2f}** ({sum(lev) / len(lev):.3f})")
     lines.append("| **average** | " + " | ".join(means) + " |")
-    cpu = ["-" if not r.get("train_cpu_seconds") else f"{r['train_cpu_seconds'] / 60:.0f}"
+    cpu = ["-" if not r.get("train_cpu_seconds") else
+           f"{(r['train_cpu_seconds'] + (r.get('init_train_cpu_seconds') or 0)) / 60:.0f}"
            for r in results.values()]
-    lines.append("| training CPU-minutes | " + " | ".join(cpu) + " |")
+    lines.append("| training CPU-minutes (with pre-training) | " + " | ".join(cpu) + " |")
     lines += ["", "Paired differences in accuracy (points; mean over the languages and its 95% CI, "
               "Student's t):", ""]
-    for meta in (m for m in META_LEARNERS if m in results):
-        for other in (o for o in names if o != meta and o not in META_LEARNERS):
+    metas = [n for n in names if results[n].get("algo") in META_LEARNERS]
+    for meta in metas:
+        for other in (o for o in names if o not in metas):
             a = [results[meta]["languages"][lang]["accuracy"] for lang in languages]
             b = [results[other]["languages"][lang]["accuracy"] for lang in languages]
             mean, half = paired_difference(a, b)

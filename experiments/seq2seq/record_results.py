@@ -2,7 +2,8 @@
 
 For each run folder, its ``summary.json`` (the final test on the 20 held-out languages: per-language
 accuracy and Levenshtein distance, training CPU time, machine) becomes
-``docs/results/seq2seq/<learner>.json``; ``python docs/gen_results.py`` then rewrites the per-language table
+``docs/results/seq2seq/<name>.json`` (``<name>``: the recipe without its ``sigmorphon2018-`` prefix, else the
+learner); ``python docs/gen_results.py`` then rewrites the per-language table
 and the paired comparisons. The shared task's baseline comes from ``shared_task_baseline.py`` (its JSON is in
 the same folder). Nobody types a figure by hand.
 
@@ -27,14 +28,21 @@ def train_command(config: dict) -> str:
     return f"attnmeta train sigmorphon2018 --algo {config['algo']} --root DATA/text/sigmorphon2018"
 
 
+LABELS = {"pretrain": "transfer, 30 CPU-min", "transfer": "transfer, 60 CPU-min",
+          "maml": "MAML (30 + 30 CPU-min)", "scratch": "scratch"}
+
+
 def record(run_dir: Path) -> Path:
     summary = json.loads((run_dir / "summary.json").read_text())
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     if summary.get("benchmark") != "sigmorphon2018" or not summary.get("per_task"):
         raise SystemExit(f"{run_dir} is not a finished sigmorphon2018 run")
     machine = summary.get("machine") or {}
+    name = (config.get("recipe") or config["algo"]).removeprefix("sigmorphon2018-")
+    init = summary.get("init_from") or {}
     row = {
-        "algo": config["algo"], "recipe": config.get("recipe"),
+        "name": name, "label": LABELS.get(name, name), "algo": config["algo"], "recipe": config.get("recipe"),
+        "init_from": init.get("run"), "init_train_cpu_seconds": init.get("train_cpu_seconds"),
         "languages": {name: {"accuracy": 100 * r["accuracy"], "levenshtein": r["levenshtein"]}
                       for name, r in summary["per_task"].items()},
         "accuracy": {k: 100 * summary["test"][k] for k in ("mean", "ci95")},
@@ -46,7 +54,7 @@ def record(run_dir: Path) -> Path:
         "command": train_command(config),
     }
     OUT.mkdir(parents=True, exist_ok=True)
-    out = OUT / f"{config['algo']}.json"
+    out = OUT / f"{name}.json"
     out.write_text(json.dumps(row, indent=1) + "\n")
     return out
 

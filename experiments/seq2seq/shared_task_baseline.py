@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = Path("/work/shared/data/text/sigmorphon2018")
+DATA = ROOT.parent / "shared" / "data" / "text" / "sigmorphon2018"
 SPLIT_FILE = ROOT / "src/attnmeta/data/splits/sigmorphon2018.json"
 OUT_JSON = ROOT / "docs/results/seq2seq/shared-task-baseline.json"
 
@@ -103,8 +103,9 @@ def main() -> None:
     report = {
         "setting": "low",
         "split_file": str(SPLIT_FILE.relative_to(ROOT)),
-        "command": f"cd {DATA / 'baseline'} && python2 baseline.py -o -p <tmpdir>/  "
-        "(<tmpdir> = the 20 test languages' <lang>-train-low, and <lang>-dev = a copy of <lang>-test)",
+        "command": "python experiments/seq2seq/shared_task_baseline.py (runs: cd DATA/text/sigmorphon2018/"
+        "baseline && python2 baseline.py -o -p TMP/, TMP holding the 20 test languages' <lang>-train-low "
+        "and <lang>-dev = a copy of <lang>-test)",
         "python2": subprocess.run([python2, "--version"], capture_output=True, text=True).stderr.strip(),
         "scorer": "baseline/evalm.py",
         "eval_set": "official <lang>-test (1000 lines each), via evalm.py --task 1",
