@@ -130,6 +130,8 @@ def format_paper(row: dict[str, Any]) -> str:
 def format_task(row: dict[str, Any]) -> str:
     if row["test"]["metric"] == "return":
         return "return after 1 adaptation step"
+    if row.get("task"):
+        return str(row["task"])
     return f"{row['ways']}-way {row['shots']}-shot" if row.get("ways") else f"{row['shots']}-shot"
 
 

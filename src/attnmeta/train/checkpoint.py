@@ -348,3 +348,17 @@ class CheckpointManager:
             for p in self.directory.iterdir():
                 if p.name.startswith((".tmp-", ".old-")) and p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
+
+
+def run_checkpoint(run_dir: str | Path, which: str = "best", purpose: str = "to evaluate") -> Path:
+    """The checkpoint of a run folder that evaluation uses: the best by validation (``which="best"``; the
+    newest valid one when there is none) or the newest valid one (``which="latest"``). A folder without a
+    valid checkpoint is a one-line ``UserError`` ("... has no valid checkpoint ``purpose``")."""
+    from attnmeta.errors import UserError
+
+    manager = CheckpointManager(Path(run_dir) / "checkpoints")
+    path = manager.best_path() if which == "best" else None
+    path = path if path is not None and path.is_dir() else manager.latest_valid()
+    if path is None:
+        raise UserError(f"run folder {str(run_dir)!r} has no valid checkpoint {purpose}")
+    return path

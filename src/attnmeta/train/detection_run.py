@@ -20,7 +20,7 @@ from attnmeta.eval.detection import DetectionEvalResult, evaluate_detection
 from attnmeta.learners.detection.base import DetectionLearner
 from attnmeta.learners.detection.registry import build_detector
 from attnmeta.train.builders import BenchmarkParts, default_data_root, make_optimizer, resolve_device
-from attnmeta.train.run import Run
+from attnmeta.train.run import Run, summary_of
 
 #: Config keys of classification runs that detection runs do not use (refused unless neutral).
 NOT_FOR_DETECTION: dict[str, Any] = {
@@ -53,7 +53,7 @@ class DetectionRun(Run):
     def build(self, bench: Any) -> None:
         config = self.config
         self.require_own_benchmark(bench, "detection")
-        _refuse_classification_keys(config)
+        self.refuse_keys(NOT_FOR_DETECTION, "detection")
         self.bench = build_detection_benchmark(config)
         torch.manual_seed(config.seed)
         detector = build_detector(config.algo, self.bench.input_shape[0], config.algo_options)
@@ -89,7 +89,7 @@ class DetectionRun(Run):
         tasks = [t.to(self.device) for t in
                  self.bench.test.fixed_tasks(self.config.test_episodes, seed=self.config.test_seed)]
         result = evaluate_detection(self.learner, tasks, progress=not quiet)
-        self.detail = {"map": _summary(result.map), "ms_per_image": result.ms_per_image}
+        self.detail = {"map": summary_of(result.map), "ms_per_image": result.ms_per_image}
         return result.map50
 
     def summary(self, test: EvalResult | None) -> dict[str, Any]:
@@ -111,15 +111,6 @@ def build_detection_benchmark(config: Any, splits: tuple[str, ...] = ("train", "
     return BenchmarkParts(b.name, "detection", b.train, b.val, b.test, b.input_shape, b.preprocessing)
 
 
-def _summary(result: EvalResult) -> dict[str, Any]:
-    return {k: v for k, v in result.to_dict().items() if k != "per_episode"}
-
-
-def _refuse_classification_keys(config: Any) -> None:
-    for key, neutral in NOT_FOR_DETECTION.items():
-        if getattr(config, key) != neutral:
-            raise UserError(f"config key {key!r} is for classification runs; detection benchmark "
-                            f"{config.benchmark!r} does not use it: drop it")
 
 
 @dataclass
@@ -147,18 +138,14 @@ def evaluate_detection_run(run_dir: str | Path, config: Any, *, checkpoint: str 
     threads; writes ``eval-<ways>w<shots>s<queries>q-<episodes>ep-seed<seed>.json`` into the run folder."""
     import dataclasses
 
-    from attnmeta.train.checkpoint import CheckpointManager, load_checkpoint, load_weights, write_json_atomic
+    from attnmeta.train.checkpoint import load_checkpoint, load_weights, run_checkpoint, write_json_atomic
     from attnmeta.train.run_folder import check_writable
 
     run_dir = Path(run_dir)
     if episodes < 1:
         raise UserError(f"--episodes must be >= 1, got {episodes}")
     target = dataclasses.replace(config, **(changes or {})).resolved()
-    manager = CheckpointManager(run_dir / "checkpoints")
-    path = manager.best_path() if checkpoint == "best" else None
-    path = path if path is not None and path.is_dir() else manager.latest_valid()
-    if path is None:
-        raise UserError(f"run folder {str(run_dir)!r} has no valid checkpoint to evaluate")
+    path = run_checkpoint(run_dir, checkpoint)
     check_writable(run_dir, "the evaluation results")
     weights, state = load_checkpoint(path)
     if config.threads:

@@ -178,17 +178,13 @@ def evaluate_rl_run(run_dir: str | Path, config: Any, *, checkpoint: str = "best
                     seed: int = 0, adapt_steps: int = 3) -> RLEvalReport:
     """The run's best (or newest) checkpoint on ``tasks`` fixed test tasks of seed ``seed``; writes
     ``eval-rl-<tasks>tasks-<steps>steps-seed<seed>.json`` into the run folder."""
-    from attnmeta.train.checkpoint import CheckpointManager, load_checkpoint, load_weights, write_json_atomic
+    from attnmeta.train.checkpoint import load_checkpoint, load_weights, run_checkpoint, write_json_atomic
     from attnmeta.train.run_folder import check_writable
 
     run_dir = Path(run_dir)
     if tasks < 1 or adapt_steps < 1:
         raise UserError(f"--episodes (test tasks) and --adapt-steps must be >= 1, got {tasks}, {adapt_steps}")
-    manager = CheckpointManager(run_dir / "checkpoints")
-    path = manager.best_path() if checkpoint == "best" else None
-    path = path if path is not None and path.is_dir() else manager.latest_valid()
-    if path is None:
-        raise UserError(f"run folder {str(run_dir)!r} has no valid checkpoint to evaluate")
+    path = run_checkpoint(run_dir, checkpoint)
     check_writable(run_dir, "the evaluation results")
     weights, state = load_checkpoint(path)
     spec = rl_benchmark(config.benchmark)

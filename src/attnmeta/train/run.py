@@ -121,6 +121,13 @@ class Run:
         if self.ctx.enabled:
             raise UserError(f"{family} runs train in one process; run `attnmeta train` without torchrun")
 
+    def refuse_keys(self, neutral: dict[str, Any], family: str) -> None:
+        """Refuse config keys of classification runs that a ``family`` run does not use (unless neutral)."""
+        for key, value in neutral.items():
+            if getattr(self.config, key) != value:
+                raise UserError(f"config key {key!r} is for classification runs; {family} benchmark "
+                                f"{self.config.benchmark!r} does not use it: drop it")
+
     def averaged(self) -> contextlib.AbstractContextManager:
         """The averaged parameters in the learner while validating, testing and saving (if ``ema_decay``)."""
         return self.average.applied(self.learner) if self.average is not None else contextlib.nullcontext()
@@ -361,3 +368,8 @@ def _divergence_message(
         "learning rate, gradient clipping (--set grad_clip=1.0), a smaller inner learning rate or "
         f"--set dtype=float64: {then}"
     )
+
+
+def summary_of(result: EvalResult) -> dict[str, Any]:
+    """``result.to_dict()`` without the per-episode values (for ``summary.json``)."""
+    return {k: v for k, v in result.to_dict().items() if k != "per_episode"}

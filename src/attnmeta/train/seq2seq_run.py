@@ -26,7 +26,7 @@ from attnmeta.learners.seq2seq.registry import build_seq2seq
 from attnmeta.tasks.seq2seq import Vocabulary
 from attnmeta.train.builders import default_data_root, make_optimizer
 from attnmeta.train.detection_run import NothingToOptimize
-from attnmeta.train.run import Run
+from attnmeta.train.run import Run, summary_of
 
 #: Config keys of classification runs that sequence runs do not use (refused unless neutral).
 NOT_FOR_SEQ2SEQ: dict[str, Any] = {
@@ -45,7 +45,7 @@ class Seq2SeqRun(Run):
     def build(self, bench: Any) -> None:
         config = self.config
         self.require_own_benchmark(bench, "sequence-to-sequence")
-        _refuse_classification_keys(config)
+        self.refuse_keys(NOT_FOR_SEQ2SEQ, "sequence")
         if self.device.type != "cpu" and not torch.cuda.is_available():
             raise UserError("device cuda is not available here; use --device cpu")
         self.bench = build_seq2seq_benchmark(config)
@@ -81,7 +81,7 @@ class Seq2SeqRun(Run):
         self.load_best()
         tasks = self.bench.test.fixed_tasks(self.config.test_episodes, seed=self.config.test_seed)
         result = evaluate_seq2seq(self.learner, tasks, progress=not quiet)
-        self.detail = {"levenshtein": _summary(result.levenshtein), "per_task": result.per_task,
+        self.detail = {"levenshtein": summary_of(result.levenshtein), "per_task": result.per_task,
                        "beam": result.beam}
         return result.accuracy
 
@@ -94,14 +94,11 @@ class Seq2SeqRun(Run):
 def load_initial_weights(learner: Seq2SeqLearner, run_dir: str) -> dict[str, Any]:
     """The model weights of ``run_dir``'s best checkpoint (the newest without one) into ``learner``; returns
     ``{"run", "step", "train_cpu_seconds"}`` of that run for the summary (its CPU time counts in a budget)."""
-    from attnmeta.train.checkpoint import CheckpointManager, load_checkpoint
+    from attnmeta.train.checkpoint import load_checkpoint, run_checkpoint
 
-    manager = CheckpointManager(Path(run_dir) / "checkpoints")
-    path = manager.best_path() if (Path(run_dir) / "checkpoints").is_dir() else None
-    path = path if path is not None and path.is_dir() else manager.latest_valid()
-    if path is None:
-        raise UserError(f"init_from {run_dir!r} is not a run folder with a valid checkpoint")
-    weights, state = load_checkpoint(path)
+    if not (Path(run_dir) / "checkpoints").is_dir():
+        raise UserError(f"init_from {run_dir!r} is not a run folder (it has no checkpoints/)")
+    weights, state = load_checkpoint(run_checkpoint(run_dir, purpose="to start from"))
     theirs = (state.get("run") or {}).get("vocabulary")
     if theirs != learner.vocabulary.to_dict():
         raise UserError(f"init_from {run_dir!r} was trained with another vocabulary (another benchmark or "
@@ -124,15 +121,6 @@ def build_seq2seq_benchmark(config: Any, splits: tuple[str, ...] = ("train", "va
                                   seed=config.seed, splits=splits, **config.benchmark_options)
 
 
-def _summary(result: EvalResult) -> dict[str, Any]:
-    return {k: v for k, v in result.to_dict().items() if k != "per_episode"}
-
-
-def _refuse_classification_keys(config: Any) -> None:
-    for key, neutral in NOT_FOR_SEQ2SEQ.items():
-        if getattr(config, key) != neutral:
-            raise UserError(f"config key {key!r} is for classification runs; sequence benchmark "
-                            f"{config.benchmark!r} does not use it: drop it")
 
 
 @dataclass
@@ -159,7 +147,7 @@ def evaluate_seq2seq_run(run_dir: str | Path, config: Any, *, checkpoint: str = 
                          quiet: bool = False) -> Seq2SeqEvalReport:
     """The run's best (or newest) checkpoint on the first ``episodes`` test tasks with beam size ``beam``
     (default: the learner's), on the run's torch threads; writes ``eval-test-<n>tasks-beam<b>.json``."""
-    from attnmeta.train.checkpoint import CheckpointManager, load_checkpoint, load_weights, write_json_atomic
+    from attnmeta.train.checkpoint import load_checkpoint, load_weights, run_checkpoint, write_json_atomic
     from attnmeta.train.run_folder import check_writable
 
     run_dir = Path(run_dir)
@@ -167,11 +155,7 @@ def evaluate_seq2seq_run(run_dir: str | Path, config: Any, *, checkpoint: str = 
         raise UserError(f"--episodes must be >= 1, got {episodes}")
     if beam is not None and beam < 1:
         raise UserError(f"--beam must be >= 1, got {beam}")
-    manager = CheckpointManager(run_dir / "checkpoints")
-    path = manager.best_path() if checkpoint == "best" else None
-    path = path if path is not None and path.is_dir() else manager.latest_valid()
-    if path is None:
-        raise UserError(f"run folder {str(run_dir)!r} has no valid checkpoint to evaluate")
+    path = run_checkpoint(run_dir, checkpoint)
     check_writable(run_dir, "the evaluation results")
     weights, state = load_checkpoint(path)
     if config.threads:

@@ -132,9 +132,13 @@ def record(run_dir: str | Path, name: str | None = None, out_dir: str | Path = R
     }
     if summary.get("adaptation") is not None:  # meta-RL: the return over adaptation steps
         entry["adaptation"] = summary["adaptation"]
-    for key in ("map", "ms_per_image"):  # detection: COCO mAP@[.5:.95] and inference time
+    for key in ("map", "ms_per_image", "levenshtein"):  # detection: mAP@[.5:.95], time; seq2seq: distance
         if key in summary:
             entry[key] = summary[key]
+    if summary.get("per_task"):  # sequence runs: the test tasks are languages (or domains), not episodes
+        held_out = f"{len(summary['per_task'])} held-out " + (
+            "languages, low setting (100 pairs)" if summary["benchmark"] == "sigmorphon2018" else "tasks")
+        entry["task"] = held_out
     out = Path(out_dir) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(entry, indent=2) + "\n")
