@@ -268,6 +268,16 @@ def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
     return mean, float(stats.t.ppf(0.975, n - 1)) * sd / n ** 0.5 if n > 1 else float("nan")
 
 
+def decoding_line(path: Path) -> str:
+    """The decoding throughput ``benchmarks/bench_decode.py`` measured, as one sentence."""
+    if not path.is_file():
+        return "Decoding throughput: not measured yet (`python benchmarks/bench_decode.py RUN`)."
+    d = json.loads(path.read_text(encoding="utf-8"))
+    rates = ", ".join(f"{name} {row['words_per_cpu_second']:.0f}" for name, row in d["results"].items())
+    return (f"Decoding throughput (`benchmarks/bench_decode.py {d['run']}`, {d['words']} {d['task']} words, "
+            f"{d['threads']} thread, flags {' '.join(d['cpu_flags'])}): words per CPU-second, {rates}.")
+
+
 def seq2seq_table(folder: Path) -> str:
     """Per-language accuracy (Levenshtein) of every recorded learner beside the shared task's baseline, the
     averages, and the paired 95% CIs of the meta-learners' differences (``docs/results/seq2seq``)."""
@@ -311,6 +321,7 @@ def seq2seq_table(folder: Path) -> str:
             lines.append(f"- {meta} - {other}: {mean:+.2f} +/- {half:.2f} ({verdict})")
     machines = sorted({r["machine"] for r in results.values() if "machine" in r})
     commands = sorted({f"`{r['command']}`" for r in results.values() if "machine" in r})
+    lines += ["", decoding_line(folder.parents[2] / "benchmarks" / "results" / "bench_decode.json")]
     return "\n".join([*lines, "", f"Machine: {'; '.join(machines) or '-'}.", "", "Commands:", "",
                        *(f"- {c}" for c in commands),
                        f"- shared-task baseline: `{results['shared-task baseline']['command']}`"
