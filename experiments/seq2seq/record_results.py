@@ -29,7 +29,7 @@ def train_command(config: dict) -> str:
 
 
 LABELS = {"pretrain": "transfer, 30 CPU-min", "transfer": "transfer, 60 CPU-min",
-          "maml": "MAML (30 + 30 CPU-min)", "scratch": "scratch"}
+          "maml": "MAML, 30 CPU-min from pre-training", "scratch": "scratch"}
 
 
 def record(run_dir: Path) -> Path:
