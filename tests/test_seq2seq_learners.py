@@ -114,6 +114,15 @@ def test_meta_training_hides_characters_as_new_symbols():
     assert learner.encode_task(task).support_source.max() < vocab.first_spare  # evaluation: none
 
 
+def test_config_names_every_sequence_learner_and_benchmark():
+    from attnmeta.data.seq2seq_benchmarks import SOURCE_FORMATS
+    from attnmeta.learners.seq2seq.registry import SEQ2SEQ_LEARNERS
+    from attnmeta.train.config import SEQ2SEQ_ALGOS, SEQ2SEQ_BENCHMARKS
+
+    assert set(SEQ2SEQ_ALGOS) == set(SEQ2SEQ_LEARNERS)
+    assert set(SEQ2SEQ_BENCHMARKS) == set(SOURCE_FORMATS)
+
+
 def test_unknown_options_are_named_with_the_valid_ones():
     with pytest.raises(ValueError, match=r"^config key 'algo_options': transfer takes no option 'inner_lr'; "
                                          r"valid: beam, dim, dropout, ff_dim, finetune_batch, "):

@@ -217,8 +217,7 @@ class RunConfig:
                              "have no classes (set train_shots / train_queries)")
         if self.init_from is not None and self.task_type != "seq2seq":
             raise ValueError("config key 'init_from' is for the sequence-to-sequence benchmarks "
-                             "(sigmorphon2018, "
-                             f"parallel), not {self.benchmark!r}")
+                             f"({', '.join(SEQ2SEQ_BENCHMARKS)}), not {self.benchmark!r}")
         reserved = sorted({"model", "task_type", "ways"} & set(self.algo_options))
         if reserved:
             raise ValueError(f"config key 'algo_options' may not set {reserved}: the learner gets its model, "
