@@ -24,20 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from attnmeta.train.config_files import load_config_file, parse_overrides  # noqa: F401  (public here too)
+from attnmeta.train.families import (  # noqa: F401  (public here too)
+    DETECTION_ALGOS,
+    DETECTION_BENCHMARKS,
+    REGRESSION_BENCHMARKS,
+    RL_ALGOS,
+    RL_BENCHMARKS,
+    SEQ2SEQ_ALGOS,
+    SEQ2SEQ_BENCHMARKS,
+    check_family,
+    task_type_of,
+)
 
-REGRESSION_BENCHMARKS = ("sinusoid", "multimodal")
-#: Meta-RL benchmarks and learners (``attnmeta.rl.registry``; kept in step by a test).
-RL_BENCHMARKS = ("navigation", "halfcheetah-dir", "halfcheetah-vel")
-RL_ALGOS = ("maml-rl", "snail-rl")
-#: Few-shot detection benchmarks and detectors (``attnmeta.data.detection_benchmarks``,
-#: ``attnmeta.learners.detection.registry``; kept in step by a test).
-DETECTION_BENCHMARKS = ("omniglot-scenes", "coco")
-DETECTION_ALGOS = ("attention-detector", "protonet-windows", "template-matching")
-#: Few-shot sequence-to-sequence benchmarks and learners (``attnmeta.data.seq2seq_benchmarks``,
-#: ``attnmeta.learners.seq2seq.registry``; kept in step by a test). ``maml``, ``reptile`` and ``transfer``
-#: also name classification learners: the benchmark decides which one a run builds.
-SEQ2SEQ_BENCHMARKS = ("sigmorphon2018", "parallel")
-SEQ2SEQ_ALGOS = ("maml", "reptile", "transfer", "scratch")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
@@ -173,13 +171,7 @@ class RunConfig:
 
     @property
     def task_type(self) -> str:
-        if self.benchmark in RL_BENCHMARKS:
-            return "rl"
-        if self.benchmark in DETECTION_BENCHMARKS:
-            return "detection"
-        if self.benchmark in SEQ2SEQ_BENCHMARKS:
-            return "seq2seq"
-        return "regression" if self.benchmark in REGRESSION_BENCHMARKS else "classification"
+        return task_type_of(self.benchmark)
 
     def validate(self) -> None:
         """Type-check every field and its range; raise ``ValueError``/``TypeError`` naming the key."""
@@ -254,7 +246,7 @@ class RunConfig:
     def resolved(self) -> RunConfig:
         """A copy with the benchmark's defaults filled in (shots, queries, ways, run_dir); ``algo_options``
         are checked against the learner first (``check_learner_options``)."""
-        _check_family(self.benchmark, self.algo, self.task_type)
+        check_family(self.benchmark, self.algo, self.task_type)
         self.check_learner_options()
         c = dataclasses.replace(
             self,
@@ -435,24 +427,3 @@ def _storable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return f"<in-memory {type(value).__name__}: not stored>"
-
-
-def _check_family(benchmark: str, algo: str, task_type: str) -> None:
-    """Meta-RL benchmarks take meta-RL learners, detection benchmarks detectors, sequence benchmarks
-    sequence learners, the others none of these."""
-    if task_type == "seq2seq" and algo not in SEQ2SEQ_ALGOS:
-        raise ValueError(f"benchmark {benchmark!r} is sequence-to-sequence: choose --algo "
-                         f"{', '.join(SEQ2SEQ_ALGOS)} (not {algo!r})")
-    if task_type != "seq2seq" and algo == "scratch":
-        raise ValueError(f"learner 'scratch' is for the sequence-to-sequence benchmarks "
-                         f"({', '.join(SEQ2SEQ_BENCHMARKS)}), not {benchmark!r}; choose another --algo or "
-                         "benchmark")
-    for family, algos, benchmarks in (("rl", RL_ALGOS, RL_BENCHMARKS),
-                                      ("detection", DETECTION_ALGOS, DETECTION_BENCHMARKS)):
-        kind = "meta-RL" if family == "rl" else "detection"
-        if task_type == family and algo not in algos:
-            raise ValueError(f"benchmark {benchmark!r} is {kind}: choose --algo {' or '.join(algos)} "
-                             f"(not {algo!r})")
-        if task_type != family and algo in algos:
-            raise ValueError(f"learner {algo!r} is for the {kind} benchmarks ({', '.join(benchmarks)}), "
-                             f"not {benchmark!r}; choose another --algo or benchmark")
