@@ -31,6 +31,7 @@ return per task after adaptation) with two.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from collections.abc import Iterable
@@ -329,11 +330,23 @@ def seq2seq_table(folder: Path) -> str:
 
 
 def _between(path: Path, start_mark: str, end_mark: str, table: str) -> str:
-    text = path.read_text(encoding="utf-8")
+    return _between_text(path.read_text(encoding="utf-8"), path, start_mark, end_mark, table)
+
+
+def _between_text(text: str, path: Path, start_mark: str, end_mark: str, table: str) -> str:
     start, end = text.find(start_mark), text.find(end_mark)
     if start < 0 or end < start:
         raise ResultsError(f"{path} must contain {start_mark} ... {end_mark}")
     return text[: start + len(start_mark)] + "\n" + table + "\n" + text[end:]
+
+
+def _performance_module() -> Any:
+    path = Path(__file__).with_name("gen_performance.py")
+    spec = importlib.util.spec_from_file_location("gen_performance", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def generate(root: Path = ROOT, *, check: bool = False, readme: bool = True) -> list[Path]:
@@ -357,7 +370,12 @@ def generate(root: Path = ROOT, *, check: bool = False, readme: bool = True) -> 
                                                 seq2seq_table(root / SEQ2SEQ_DIR))
     if readme:
         path = root / "README.md"
-        targets[path] = replace_between_markers(path.read_text(encoding="utf-8"), readme_table(rows))
+        text = replace_between_markers(path.read_text(encoding="utf-8"), readme_table(rows))
+        perf = _performance_module()
+        if perf.PERFORMANCE_START in text:
+            text = _between_text(text, path, perf.PERFORMANCE_START, perf.PERFORMANCE_END,
+                                 perf.performance_table(root / perf.PERFORMANCE_JSON))
+        targets[path] = text
     stale = []
     for path, text in targets.items():
         old = path.read_text(encoding="utf-8") if path.exists() else None

@@ -126,22 +126,29 @@ def test_fast_block_is_used_only_where_it_is_exact():
     assert not can_use_fast_block(conv, relu, nn.AvgPool2d(2))
 
 
-def test_bf16_mode_runs_under_both_strategies_and_stays_close_to_fp32():
-    """Mixed precision (autocast bf16; batch norm, losses, updates in fp32): here the second-order
-    meta-gradient points the same way as fp32 (cosine > 0.9 per tensor; measured >= 0.96). Not a general
-    bound: with batch norm over few examples bf16 rounding is amplified (cosine 0.2-0.9 measured on tinier
-    or other Conv-4 settings), so bf16 accuracy must be checked per task (benchmarks/bench_meta_step.py)."""
+@pytest.mark.parametrize("strategy", ["accumulate", "vmap"])
+def test_bf16_mode_keeps_the_inner_loop_in_fp32_and_the_meta_gradient_close_to_float64(strategy):
+    """``precision="bf16"`` runs only the query pass in bf16: the inner loop's support losses are fp32's
+    exactly, and the meta-gradient's cosine to float64 is >= 0.99 (the issue's bound; a bf16 inner loop gave
+    0.983 on the benchmark's Conv-4-64)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # "emulated bf16" on CPUs without bf16
-        fp32 = _meta_gradients(True, "loop", torch.float32, hidden=16, steps=1)
-        for strategy in ("loop", "vmap"):
-            bf16 = _meta_gradients(True, strategy, torch.float32, hidden=16, steps=1, precision="bf16")
-            for name in fp32:
-                assert bf16[name].dtype == torch.float32
-                if name.endswith("conv.bias"):
-                    continue
-                cosine = F.cosine_similarity(bf16[name].flatten(), fp32[name].flatten(), dim=0).item()
-                assert cosine > 0.9, (strategy, name, cosine)
+        learners = {}
+        for name, dtype, precision in (("fp64", torch.float64, "fp32"), ("fp32", torch.float32, "fp32"),
+                                       ("bf16", torch.float32, "bf16")):
+            torch.manual_seed(0)
+            model = Conv4((1, 16, 16), hidden=16, out_features=3).to(dtype)
+            learners[name] = MAML(model, "classification", inner_lr=0.4, inner_steps=2, strategy=strategy,
+                                  precision=precision)
+        grads = {name: learner.meta_gradient(_omniglot_like_batch(next(learner.parameters()).dtype))[1]
+                 for name, learner in learners.items()}
+    torch.testing.assert_close(learners["bf16"].last_trace["support_loss"],
+                               learners["fp32"].last_trace["support_loss"], rtol=0, atol=0)
+    flat = {name: torch.cat([g.flatten().double() for g in grad.values()]) for name, grad in grads.items()}
+    assert all(g.dtype == torch.float32 for g in grads["bf16"].values())
+    cosine = F.cosine_similarity(flat["bf16"], flat["fp64"], dim=0).item()
+    assert 0.99 <= cosine < 1 - 1e-9, cosine  # close, and bf16 really ran (not bit-equal to fp32)
+    assert F.cosine_similarity(flat["fp32"], flat["fp64"], dim=0).item() > 0.99999
 
 
 def test_bf16_mode_bad_value_and_cpu_warning():

@@ -1,4 +1,5 @@
-"""Loop and vmap strategies give the same meta-gradient; buffers, dropout and torch BN in user models."""
+"""The strategies (loop, accumulate, vmap, threads) give the same meta-gradient; buffers, dropout and torch BN
+in user models; accumulate keeps one task's graph at a time."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from torch import nn
 
 from attnmeta.learners import build
 from attnmeta.learners.maml import MAML
+from attnmeta.nn.backbones import MLP
 from attnmeta.nn.norm import MetaBatchNorm2d
 from attnmeta.tasks.episode import TaskBatch
 
@@ -61,102 +63,75 @@ def test_loop_and_vmap_give_the_same_meta_gradient(name, dtype, tol):
     assert sum(g.abs().sum() for g in loop.values()) > 1e-3
 
 
-def test_auto_strategy_is_loop_on_cpu():
+def test_auto_strategy_is_accumulate_on_cpu_and_loop_where_a_learner_needs_every_graph():
     learner = MAML(ScaledConvNet(), "classification")
-    assert learner.resolved_strategy() == "loop"
+    assert learner.resolved_strategy() == "accumulate"
     assert MAML(ScaledConvNet(), "classification", strategy="vmap").resolved_strategy() == "vmap"
+    from attnmeta.learners.attention_maml import AttentionMAML
+    from attnmeta.learners.task_attention import MetaBatchWeighting
+
+    def mlp() -> nn.Module:
+        return MLP(4, (8,), 3)
+
+    weighted = AttentionMAML(mlp(), "classification", ways=3, in_shape=(4,),
+                             task_attention=MetaBatchWeighting())
+    assert weighted.resolved_strategy() == "loop"
+    assert AttentionMAML(mlp(), "classification", ways=3, in_shape=(4,),
+                         feature_attention=True).resolved_strategy() == "accumulate"
+    forced = AttentionMAML(mlp(), "classification", ways=3, in_shape=(4,),
+                           task_attention=MetaBatchWeighting(), strategy="accumulate")
+    labels = torch.arange(3).repeat(2, 1)
+    vectors = TaskBatch(torch.randn(2, 3, 4), labels, torch.randn(2, 3, 4), labels, labels)
+    with pytest.raises(ValueError, match="strategy='accumulate' is not available for AttentionMAML with "
+                                         "these options; use strategy='loop'"):
+        forced.meta_loss(vectors)
 
 
-@pytest.mark.parametrize("strategy", ["loop", "vmap"])
-def test_dropout_randomness_differs_per_task(strategy):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 1))
-    learner = MAML(model, "regression", inner_lr=0.01, inner_steps=1, strategy=strategy)
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(1, 8, 2, generator=g), torch.randn(1, 8, 1, generator=g)
-    same = TaskBatch(x.repeat(6, 1, 1), y.repeat(6, 1, 1), x.repeat(6, 1, 1), y.repeat(6, 1, 1),
-                     torch.empty(6, 0, dtype=torch.long))
-    losses = learner.meta_loss(same).task_losses.detach()
-    assert losses.unique().numel() == 6  # six identical tasks, six different dropout masks
-    learner.eval()  # no dropout: identical tasks give identical losses
-    losses = learner.meta_loss(same).task_losses.detach()
-    torch.testing.assert_close(losses, losses[:1].expand(6))
-
-
-def test_torch_batch_norm_in_a_user_model_is_converted_and_strategies_agree():
-    def learner(strategy):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
-                              nn.Linear(3 * 4 * 4, 3)).double()
-        return MAML(model, "classification", inner_lr=0.5, strategy=strategy)
-
-    loop, vmapped = learner("loop"), learner("vmap")
-    assert isinstance(loop.model[1], MetaBatchNorm2d)
-    g_loop = loop.meta_gradient(_batch(torch.float64))[1]
-    g_vmap = vmapped.meta_gradient(_batch(torch.float64))[1]
-    for key in g_loop:
-        torch.testing.assert_close(g_vmap[key], g_loop[key], rtol=1e-10, atol=1e-12)
-
-
-def test_vmap_refuses_torch_batch_norm_with_running_statistics_with_a_clear_message():
-    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
-    learner = MAML(model, "classification", strategy="vmap", convert_bn=False)
-    with pytest.raises(ValueError, match="'1' is a torch BatchNorm with running statistics"):
-        learner.meta_loss(_batch(torch.float32))
-
-
-@pytest.mark.parametrize("name", LEARNERS)
-@pytest.mark.parametrize("workers", [1, 2, 3])
-def test_threads_strategy_gives_the_loop_meta_gradient(name, workers):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(workers)
-    try:
-        losses_threads, threaded = _grads(name, "threads", torch.float64)
-        assert torch.get_num_threads() == workers  # restored after the worker threads
-    finally:
-        torch.set_num_threads(previous)
+@pytest.mark.parametrize("name", LEARNERS + ["reptile"])
+def test_accumulate_strategy_gives_the_loop_meta_gradient(name):
     losses_loop, loop = _grads(name, "loop", torch.float64)
-    torch.testing.assert_close(losses_threads, losses_loop, rtol=1e-12, atol=1e-12)
-    assert loop.keys() == threaded.keys()
+    losses_acc, accumulated = _grads(name, "accumulate", torch.float64)
+    torch.testing.assert_close(losses_acc, losses_loop, rtol=1e-12, atol=1e-12)
+    assert loop.keys() == accumulated.keys()
     for key in loop:
-        torch.testing.assert_close(threaded[key], loop[key], rtol=1e-10, atol=1e-12, msg=key)
+        torch.testing.assert_close(accumulated[key], loop[key], rtol=1e-10, atol=1e-12, msg=key)
     assert sum(g.abs().sum() for g in loop.values()) > 1e-3
 
 
-def test_threads_strategy_task_weights_and_backward():
-    """Per-task losses carry their own gradients: any weighting of them backpropagates correctly."""
-    weights = torch.tensor([0.1, 0.5, 0.0, 2.0], dtype=torch.float64)
+@pytest.mark.parametrize("head_init", ["shared", "zero"])
+def test_accumulate_strategy_with_a_head_built_from_the_meta_parameters(head_init):
     grads = {}
-    for strategy in ("loop", "threads"):
+    for strategy in ("loop", "accumulate"):
         torch.manual_seed(0)
-        learner = MAML(ScaledConvNet().double(), "classification", ways=3, inner_lr=0.4, strategy=strategy)
-        learner.meta_loss(_batch(torch.float64), task_weights=weights).loss.backward()
-        grads[strategy] = {n: p.grad.clone() for n, p in learner.named_parameters()}
+        learner = MAML(ScaledConvNet().double(), "classification", ways=3, inner_lr=0.4, head_init=head_init,
+                       strategy=strategy)
+        grads[strategy] = learner.meta_gradient(_batch(torch.float64))[1]
     for key, value in grads["loop"].items():
-        torch.testing.assert_close(grads["threads"][key], value, rtol=1e-10, atol=1e-12, msg=key)
+        torch.testing.assert_close(grads["accumulate"][key], value, rtol=1e-10, atol=1e-12, msg=key)
 
 
-def test_threads_strategy_refuses_what_it_cannot_do():
-    learner = MAML(ScaledConvNet().double(), "classification", ways=3, strategy="threads")
-    loss = learner.meta_loss(_batch(torch.float64)).loss
-    with pytest.raises(RuntimeError, match="first derivatives only"):
-        torch.autograd.grad(loss, list(learner.parameters()), create_graph=True)
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(32, 3))
-    torch_bn = MAML(model.double(), "classification", ways=3, strategy="threads", convert_bn=False)
-    with pytest.raises(ValueError, match="running statistics.*parallel threads"):
-        torch_bn.meta_loss(_batch(torch.float64))
-    from attnmeta.learners.attention_maml import AttentionMAML
+def _peak_saved_bytes(strategy: str, tasks: int) -> int:
+    """Peak bytes of tensors saved for backward and alive at once during ``meta_loss``."""
+    alive, peak = [0], [0]
 
-    attention = AttentionMAML(ScaledConvNet(), "classification", ways=3, strategy="threads")
-    with pytest.raises(ValueError, match="not available for AttentionMAML"):
-        attention.meta_loss(_batch(torch.float32))
+    class Saved:
+        def __init__(self, tensor: torch.Tensor) -> None:
+            self.tensor, self.size = tensor, tensor.numel() * tensor.element_size()
+            alive[0] += self.size
+            peak[0] = max(peak[0], alive[0])
+
+        def __del__(self) -> None:
+            alive[0] -= self.size
+
+    torch.manual_seed(0)
+    learner = MAML(ScaledConvNet().double(), "classification", ways=3, inner_lr=0.4, strategy=strategy)
+    with torch.autograd.graph.saved_tensors_hooks(Saved, lambda saved: saved.tensor):
+        out = learner.meta_loss(_batch(torch.float64, tasks=tasks))
+    out.loss.backward()
+    return peak[0]
 
 
-def test_threads_strategy_without_grad_mode_only_evaluates():
-    learner = MAML(ScaledConvNet().double(), "classification", ways=3, inner_lr=0.4, strategy="threads")
-    reference = MAML(ScaledConvNet().double(), "classification", ways=3, inner_lr=0.4, strategy="loop")
-    reference.load_state_dict(learner.state_dict())
-    with torch.no_grad():
-        out = learner.meta_loss(_batch(torch.float64))
-    assert not out.loss.requires_grad
-    torch.testing.assert_close(out.loss, reference.meta_loss(_batch(torch.float64)).loss.detach())
+def test_accumulate_strategy_holds_one_task_graph_at_a_time():
+    one = _peak_saved_bytes("accumulate", tasks=1)
+    assert _peak_saved_bytes("accumulate", tasks=8) == one
+    assert _peak_saved_bytes("loop", tasks=8) >= 7 * one

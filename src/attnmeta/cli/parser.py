@@ -16,8 +16,9 @@ from attnmeta.cli.commands import (  # noqa: F401  (TRAIN_FLAGS: re-exported)
 )
 from attnmeta.cli.detection import cmd_detect
 
-BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet", "clinc150", "imagefolder", "navigation",
-              "halfcheetah-dir", "halfcheetah-vel", "omniglot-scenes", "coco", "sigmorphon2018", "parallel")
+BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet", "clinc150", "imagefolder", "cifar-fs",
+              "fc100", "navigation", "halfcheetah-dir", "halfcheetah-vel", "omniglot-scenes", "coco",
+              "sigmorphon2018", "parallel")
 
 def parse_budget(text: str) -> float:
     """``20m`` / ``1.5h`` / ``90s`` / ``20`` (minutes) -> minutes."""
@@ -100,12 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", help="adam, adamw (decoupled weight decay) or sgd")
     t.add_argument("--schedule", help="constant, cosine or step")
     t.add_argument("--backbone", help="conv4, resnet12 or mlp (default: the benchmark's)")
-    t.add_argument("--root", help="data folder (default: $ATTNMETA_DATA/<omniglot|miniimagenet|"
-                   "text/clinc150> when ATTNMETA_DATA is set); imagefolder: your folder of class folders of "
-                   "images (class split: --set benchmark_options.split_file=SPLIT.json)")
+    t.add_argument("--root", help="data folder (default: $ATTNMETA_DATA/<omniglot|miniimagenet|cifar100|"
+                   "text/clinc150> when ATTNMETA_DATA is set); cifar-fs, fc100: the folder of "
+                   "cifar-100-binary/ or cifar-100-binary.tar.gz; imagefolder: your folder of class folders "
+                   "of images (class split: --set benchmark_options.split_file=SPLIT.json)")
     t.add_argument("--download", action="store_const", const=True,
                    help="download the official archives (checksum-verified) into --root if missing "
-                   "(Omniglot)")
+                   "(Omniglot, CIFAR-100 for cifar-fs and fc100)")
     t.add_argument("--budget", type=parse_budget, metavar="TIME",
                    help="stop after this much training time, e.g. 20m, 1.5h, 90s (CPU time unless "
                    "--budget-clock wall); the cosine schedule ends at the budget")

@@ -34,7 +34,8 @@ from attnmeta.tasks.sampler import EpisodeSampler
 
 __all__ = ["Benchmark", "make_benchmark", "BENCHMARKS", "NormalizedSource"]
 
-BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet", "clinc150", "imagefolder")
+BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet", "clinc150", "imagefolder", "cifar-fs",
+              "fc100")
 
 
 @dataclass
@@ -113,22 +114,24 @@ def make_benchmark(name: str, *, root: str | Path | None = None, ways: int | Non
     """Build a named benchmark.
 
     Args:
-        name: ``"sinusoid"``, ``"multimodal"``, ``"omniglot"``, ``"miniimagenet"``, ``"clinc150"`` or
-            ``"imagefolder"``.
+        name: ``"sinusoid"``, ``"multimodal"``, ``"omniglot"``, ``"miniimagenet"``, ``"clinc150"``,
+            ``"imagefolder"``, ``"cifar-fs"`` or ``"fc100"``.
         root: data folder (Omniglot archives; miniImageNet CSVs and images or caches). Unused for regression.
         ways, shots, queries: episode shape (``ways`` is ignored for regression, where it may be ``None``).
         split: see the module docstring (Omniglot ``"default"``/``"vinyals"``/``"maml"``; miniImageNet
             ``"default"`` = Ravi & Larochelle).
         seed: seeds the samplers' own generators (train ``seed``, val ``seed + 1``, test ``seed + 2``) and the
             MAML character split.
-        image_size: image side in pixels (Omniglot 28, miniImageNet and imagefolder 84 by default).
+        image_size: image side in pixels (Omniglot 28, miniImageNet and imagefolder 84, CIFAR-FS and FC100
+            32 by default).
         train_ways, train_shots, train_queries: another episode shape for the training source only
             (``None``: ``ways`` / ``shots`` / ``queries``), e.g. 150-way training episodes for a 5-way test,
             the Prototypical Networks recipe; validation and test keep ``ways`` / ``shots`` / ``queries``.
         options: Omniglot: ``download``, ``cache_dir``, ``split_dir``, ``rotations`` (train rotation classes,
             default True), ``train_characters`` (MAML split, 1200), ``data`` (a pre-loaded
             ``(background, evaluation)`` pair of ``Omniglot``). miniImageNet: ``cache_dir``, ``csv_dir``.
-            imagefolder: ``split_file`` (JSON class split), ``channels`` (1 or 3).
+            imagefolder: ``split_file`` (JSON class split), ``channels`` (1 or 3). CIFAR-FS / FC100
+            (``attnmeta.data.cifar``): ``download``, ``cache``, ``cache_dir``, ``data``.
             Regression: keyword arguments of the task family (``noise_std``, ...).
     """
     if name not in BENCHMARKS:
@@ -148,6 +151,10 @@ def make_benchmark(name: str, *, root: str | Path | None = None, ways: int | Non
         return _clinc150(root, shapes, split, seed, options)
     if name == "imagefolder":
         return _imagefolder(root, shapes, split, seed, image_size or 84, options)
+    if name in ("cifar-fs", "fc100"):
+        from attnmeta.data.cifar import cifar_benchmark
+
+        return cifar_benchmark(name, root, shapes, split, seed, image_size or 32, options)
     return _miniimagenet(root, shapes, split, seed, image_size or 84, options)
 
 

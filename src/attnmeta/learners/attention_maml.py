@@ -109,6 +109,10 @@ class AttentionMAML(MAML):
         self.last_selected: Tensor | None = None
         self.heldout = weighting.heldout_tasks() if weighting is not None else None
 
+    def accumulates(self) -> bool:
+        """Task weighting (``MetaBatchWeighting``) needs every task's differentiable trace at once."""
+        return self.task_weighting is None
+
     @property
     def param_attention(self) -> bool:
         """Whether the step rule is parameter attention."""
@@ -119,9 +123,9 @@ class AttentionMAML(MAML):
         return self.task_encoder(support_x, support_y) if self.task_encoder is not None else None
 
     def _conditioned_forward(self, buffers: Mapping[str, Tensor], ways: int,
-                             embedding: Tensor | None) -> Forward:
+                             embedding: Tensor | None, *, outer: bool = False) -> Forward:
         if not self.feature_attention:
-            return self._forward_fn(buffers, ways)
+            return self._forward_fn(buffers, ways, outer=outer)
         model, classify = self.model, self.task_type == "classification"
 
         def forward(params: Mapping[str, Tensor], x: Tensor) -> Tensor:
@@ -142,7 +146,7 @@ class AttentionMAML(MAML):
                                rule=self.rule, steps=steps, adapt_names=self.adapt_names,
                                first_order=first_order, query=query,
                                inner_grad=getattr(self, "_inner_grad", "func"))
-        outputs = forward(adapted, query_x)
+        outputs = self._conditioned_forward(buffers, ways, embedding, outer=True)(adapted, query_x)
         loss = self.task_loss(outputs, query_y)
         if msl_weights is not None:
             loss = (msl_weights.to(loss.dtype) * trace["query_loss"]).sum()
@@ -305,7 +309,8 @@ class AttentionMAML(MAML):
             adapted, _ = adapt(forward, params, task.support_x, task.support_y, loss_fn=self.task_loss,
                                rule=self.rule, steps=steps, adapt_names=self.adapt_names, first_order=True,
                                inner_grad="autograd")
-            return forward(adapted, task.query_x)
+            return self._conditioned_forward(dict(self.model.named_buffers()), self._ways_of(task), embedding,
+                                             outer=True)(adapted, task.query_x)
 
 
 def _subset(batch: TaskBatch, index: Tensor) -> TaskBatch:

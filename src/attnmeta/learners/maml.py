@@ -13,12 +13,14 @@ All variants are the same inner loop (``attnmeta.learners.inner.adapt``) with di
 Any of them can start each task's output layer from zero (``head_init="zero"``, Kao et al. 2022) or from one
 meta-learned row shared by every class (``head_init="shared"``, UnicornMAML, Ye & Chao 2022).
 
-Three execution strategies compute the same meta-gradient: ``"loop"`` (a Python loop over the tasks of a
-meta-batch; the reference), ``"vmap"`` (``torch.func.vmap`` over tasks, for GPUs) and ``"threads"`` (CPU:
-the tasks split over ``torch.get_num_threads()`` Python threads, each with its own copy of the model's
-module structure and one intra-op thread, each task's meta-gradient computed in its thread; on 2 cores
-0.91-1.16x the loop's speed depending on the meta-batch, see the README). ``"auto"`` picks the loop on CPU
-and vmap on CUDA.
+Four execution strategies compute the same meta-gradient: ``"loop"`` (a Python loop over the tasks of a
+meta-batch keeping the whole meta-batch's graph; the reference, and the only one whose outer loss can be
+differentiated twice), ``"accumulate"`` (the same loop, but each task's meta-gradient is taken as soon as its
+loss exists and its graph freed: peak memory of one task), ``"vmap"`` (``torch.func.vmap`` over tasks, for
+GPUs) and ``"threads"`` (CPU: the tasks split over ``torch.get_num_threads()`` Python threads, each with its
+own copy of the model's module structure and one intra-op thread, each task's meta-gradient computed in its
+thread). ``"auto"`` picks vmap on CUDA and accumulate elsewhere (loop where a learner's outer loss needs the
+graphs of all tasks at once); ``benchmarks/bench_meta_step.py`` measures them against learn2learn.
 """
 
 from __future__ import annotations
@@ -44,11 +46,11 @@ from attnmeta.learners.inner import (
     select_names,
 )
 from attnmeta.learners.registry import register
-from attnmeta.learners.threads import threaded_outer_losses
+from attnmeta.learners.task_gradients import accumulated_outer_losses, threaded_outer_losses
 from attnmeta.nn.norm import convert_batch_norm
 from attnmeta.tasks.episode import Task, TaskBatch
 
-STRATEGIES = ("auto", "loop", "vmap", "threads")
+STRATEGIES = ("auto", "loop", "accumulate", "vmap", "threads")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -85,11 +87,13 @@ class MAML(Learner):
             parameters): ``"learned"`` (MAML: a meta-learned head), ``"zero"`` (a zero head, not meta-learned:
             the zeroing trick of Kao et al. 2022) or ``"shared"`` (one meta-learned row copied to every class:
             UnicornMAML, Ye & Chao 2022); see ``inner.initialise_head``. The head must adapt.
-        precision: ``"fp32"`` (default) or ``"bf16"``: opt-in mixed precision; every model call (inner
-            and outer, forward and its derivatives) runs under ``torch.autocast(dtype=torch.bfloat16)``
-            (matmuls and convolutions in bf16), while parameters, inner updates and losses stay in the
-            model's dtype. Pays off on GPUs and on CPUs with native bf16 (AVX512-BF16 / AMX); on other
-            CPUs bf16 is emulated and much slower (a warning says so).
+        precision: ``"fp32"`` (default) or ``"bf16"``: opt-in mixed precision for the outer pass: the query
+            forward (and its derivatives) runs under ``torch.autocast(dtype=torch.bfloat16)`` (matmuls and
+            convolutions in bf16), while the inner loop, parameters, updates and losses stay in the model's
+            dtype (the inner loop's second-order terms are what rounding hurts: a bf16 inner loop moved the
+            meta-gradient's cosine to float64 from 0.99995 to 0.983 on Omniglot Conv-4, and was no faster).
+            Pays off on GPUs and on CPUs with native bf16 (AVX512-BF16 / AMX); on other CPUs bf16 is
+            emulated and much slower (a warning says so).
     """
 
     name = "maml"
@@ -170,10 +174,18 @@ class MAML(Learner):
         return initialise_head(self.model_params(), self.head_names, self.head_init)
 
     def resolved_strategy(self) -> str:
-        """``"loop"`` or ``"vmap"`` (``"auto"``: vmap on CUDA, loop elsewhere)."""
+        """The strategy in use (``"auto"``: vmap on CUDA, else accumulate where ``accumulates()``, else
+        loop)."""
         if self.strategy != "auto":
             return self.strategy
-        return "vmap" if next(self.model.parameters()).is_cuda else "loop"
+        if next(self.model.parameters()).is_cuda:
+            return "vmap"
+        return "accumulate" if self.accumulates() else "loop"
+
+    def accumulates(self) -> bool:
+        """Can each task's meta-gradient be taken alone (``strategy="accumulate"``)? False in subclasses whose
+        outer loss needs more of a task than its loss (e.g. a differentiable trace)."""
+        return True
 
     def current_first_order(self) -> bool:
         """First order now? (``first_order``, or annealing still within ``first_order_until`` meta-steps)."""
@@ -195,11 +207,11 @@ class MAML(Learner):
                 weights[-1] = min(1.0 / steps + t * (steps - 1) * decay, 1.0 - (steps - 1) * floor)
         return weights
 
-    def _forward_fn(self, buffers: Mapping[str, Tensor], ways: int,
-                    model: nn.Module | None = None) -> Forward:
+    def _forward_fn(self, buffers: Mapping[str, Tensor], ways: int, model: nn.Module | None = None, *,
+                    outer: bool = False) -> Forward:
+        """``forward(params, x)`` of the model; ``outer=True`` for the query pass (bf16 by ``precision``)."""
         model, classify = model if model is not None else self.model, self.task_type == "classification"
-
-        bf16 = self.precision == "bf16"
+        bf16 = outer and self.precision == "bf16"
 
         def forward(params: Mapping[str, Tensor], x: Tensor) -> Tensor:
             if bf16:
@@ -263,7 +275,7 @@ class MAML(Learner):
         adapted, trace = adapt(forward, params, support_x, support_y, loss_fn=self.task_loss,
                                rule=self.rule, steps=steps, adapt_names=self.adapt_names,
                                first_order=first_order, query=query, inner_grad=self._inner_grad)
-        outputs = forward(adapted, query_x)
+        outputs = self._forward_fn(buffers, ways, model, outer=True)(adapted, query_x)
         loss = self.task_loss(outputs, query_y)
         if msl_weights is not None:
             loss = (msl_weights.to(loss.dtype) * trace["query_loss"]).sum()
@@ -294,6 +306,13 @@ class MAML(Learner):
         kwargs: dict[str, Any] = dict(ways=ways, steps=steps, first_order=first_order, msl_weights=msl)
         if self.resolved_strategy() == "threads":
             return self._threaded_outer_losses(batch, params, buffers, kwargs)
+        if self.resolved_strategy() == "accumulate":
+            if not self.accumulates():
+                raise ValueError(f"strategy='accumulate' is not available for {type(self).__name__} with "
+                                 "these options; use strategy='loop'")
+            if torch.is_grad_enabled():
+                self._inner_grad = "autograd"
+                return accumulated_outer_losses(self, batch, buffers, kwargs)
         vectorized = self.resolved_strategy() == "vmap"
         if vectorized and self.training:
             self._check_no_running_stats("under vmap")
@@ -369,13 +388,14 @@ class MAML(Learner):
         steps = self.eval_inner_steps if inner_steps is None else _check_int("inner_steps", inner_steps, 0)
         self._check_targets(task.support_y, task.query_y, task.support_x)
         ways = self._ways_of(task)
-        forward = self._forward_fn(dict(self.model.named_buffers()), ways)
+        buffers = dict(self.model.named_buffers())
+        forward = self._forward_fn(buffers, ways)
         with torch.no_grad():
             params = {n: p.detach() for n, p in self.initial_params().items()}
             adapted, trace = adapt(forward, params, task.support_x, task.support_y, loss_fn=self.task_loss,
                                    rule=self.rule, steps=steps, adapt_names=self.adapt_names,
                                    first_order=True, inner_grad="autograd")
-            out = forward(adapted, task.query_x)
+            out = self._forward_fn(buffers, ways, outer=True)(adapted, task.query_x)
         if not bool(torch.isfinite(out).all()):
             losses = trace.get("support_loss", torch.zeros(0)).tolist()
             warnings.warn(f"the inner loop diverged: non-finite predictions after {steps} inner steps "

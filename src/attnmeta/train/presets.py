@@ -73,6 +73,11 @@ BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
     # by analogy with Omniglot, not measured (84 x 84 images: ~9x the CPU of Omniglot per image)
     "miniimagenet": {**_IMAGE_PRESET, "budget_minutes": 5, "eval_every": 100, "eval_episodes": 100,
                      "checkpoint_every": 100, "channels_last": True},
+    # CIFAR-FS / FC100 (32 x 32 RGB), as miniImageNet, not measured
+    "cifar-fs": {**_IMAGE_PRESET, "budget_minutes": 5, "eval_every": 100, "eval_episodes": 100,
+                 "checkpoint_every": 100, "channels_last": True},
+    "fc100": {**_IMAGE_PRESET, "budget_minutes": 5, "eval_every": 100, "eval_episodes": 100,
+              "checkpoint_every": 100, "channels_last": True},
 }
 
 _MAML: dict[str, Any] = {
@@ -151,7 +156,7 @@ CHEETAH: dict[str, dict[str, Any]] = {"maml-rl": {"algo_options": {"episodes": 1
 PER_LEARNER: dict[str, dict[str, dict[str, Any]]] = {
     "omniglot": OMNIGLOT, "miniimagenet": MINIIMAGENET, "halfcheetah-dir": CHEETAH,
     "halfcheetah-vel": CHEETAH, "omniglot-scenes": DETECTION, "coco": DETECTION, "sigmorphon2018": SEQ2SEQ,
-    "parallel": SEQ2SEQ}
+    "parallel": SEQ2SEQ, "cifar-fs": MINIIMAGENET, "fc100": MINIIMAGENET}
 
 #: Learner options added on CLINC150: cosine prototypes (TF-IDF nearest centroid before meta-training) and
 #: MAML on the zero-initialised head with a large inner step (the lexical features have norm 4).
