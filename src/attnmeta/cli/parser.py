@@ -18,7 +18,8 @@ from attnmeta.cli.detection import cmd_detect
 
 BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet", "clinc150", "imagefolder", "cifar-fs",
               "fc100", "navigation", "halfcheetah-dir", "halfcheetah-vel", "omniglot-scenes", "coco",
-              "sigmorphon2018", "parallel")
+              "sigmorphon2018", "parallel", "cub", "aircraft", "flowers", "dtd", "quickdraw",
+              "tiered-imagenet")
 
 def parse_budget(text: str) -> float:
     """``20m`` / ``1.5h`` / ``90s`` / ``20`` (minutes) -> minutes."""
@@ -104,10 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--root", help="data folder (default: $ATTNMETA_DATA/<omniglot|miniimagenet|cifar100|"
                    "text/clinc150> when ATTNMETA_DATA is set); cifar-fs, fc100: the folder of "
                    "cifar-100-binary/ or cifar-100-binary.tar.gz; imagefolder: your folder of class folders "
-                   "of images (class split: --set benchmark_options.split_file=SPLIT.json)")
+                   "of images (class split: --set benchmark_options.split_file=SPLIT.json); cub, aircraft, "
+                   "flowers, dtd: the folder of the extracted release or its archive; quickdraw: the folder "
+                   "of the <class>.npy numpy bitmaps; tiered-imagenet: the ImageNet folder holding "
+                   "train/<wnid>/*.JPEG")
     t.add_argument("--download", action="store_const", const=True,
                    help="download the official archives (checksum-verified) into --root if missing "
-                   "(Omniglot, CIFAR-100 for cifar-fs and fc100)")
+                   "(Omniglot, CIFAR-100 for cifar-fs and fc100, cub, flowers, dtd)")
     t.add_argument("--budget", type=parse_budget, metavar="TIME",
                    help="stop after this much training time, e.g. 20m, 1.5h, 90s (CPU time unless "
                    "--budget-clock wall); the cosine schedule ends at the budget")

@@ -35,7 +35,7 @@ from attnmeta.tasks.sampler import EpisodeSampler
 __all__ = ["Benchmark", "make_benchmark", "BENCHMARKS", "NormalizedSource"]
 
 BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet", "clinc150", "imagefolder", "cifar-fs",
-              "fc100")
+              "fc100", "cub", "aircraft", "flowers", "dtd", "quickdraw", "tiered-imagenet")
 
 
 @dataclass
@@ -131,7 +131,11 @@ def make_benchmark(name: str, *, root: str | Path | None = None, ways: int | Non
             default True), ``train_characters`` (MAML split, 1200), ``data`` (a pre-loaded
             ``(background, evaluation)`` pair of ``Omniglot``). miniImageNet: ``cache_dir``, ``csv_dir``.
             imagefolder: ``split_file`` (JSON class split), ``channels`` (1 or 3). CIFAR-FS / FC100
-            (``attnmeta.data.cifar``): ``download``, ``cache``, ``cache_dir``, ``data``.
+            (``attnmeta.data.cifar``): ``download``, ``cache``, ``cache_dir``, ``data``. cub, aircraft,
+            flowers, dtd (``attnmeta.data.fine_grained``, 84 px by default): the same, and ``crop``
+            (aircraft). quickdraw (``attnmeta.data.quickdraw``, 28 px): ``max_per_class``, ``split_file``.
+            tiered-imagenet (``attnmeta.data.tiered_imagenet``, 84 px): ``max_per_class``, ``select_seed``,
+            ``cache``, ``cache_dir``, ``split_file``.
             Regression: keyword arguments of the task family (``noise_std``, ...).
     """
     if name not in BENCHMARKS:
@@ -155,6 +159,18 @@ def make_benchmark(name: str, *, root: str | Path | None = None, ways: int | Non
         from attnmeta.data.cifar import cifar_benchmark
 
         return cifar_benchmark(name, root, shapes, split, seed, image_size or 32, options)
+    if name in ("cub", "aircraft", "flowers", "dtd"):
+        from attnmeta.data.fine_grained import fine_grained_benchmark
+
+        return fine_grained_benchmark(name, root, shapes, split, seed, image_size or 84, options)
+    if name == "quickdraw":
+        from attnmeta.data.quickdraw import quickdraw_benchmark
+
+        return quickdraw_benchmark(root, shapes, split, seed, image_size or 28, options)
+    if name == "tiered-imagenet":
+        from attnmeta.data.tiered_imagenet import tiered_benchmark
+
+        return tiered_benchmark(root, shapes, split, seed, image_size or 84, options)
     return _miniimagenet(root, shapes, split, seed, image_size or 84, options)
 
 

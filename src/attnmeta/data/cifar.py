@@ -175,8 +175,8 @@ def _read_archive(archive: Path) -> list[bytes]:
 
 
 def _resize(images: Tensor, size: int, chunk: int = 2048) -> Tensor:
-    """uint8 ``[n, 3, 32, 32]`` -> uint8 ``[n, 3, size, size]`` (antialiased bilinear, as miniImageNet)."""
-    out = torch.empty(images.shape[0], 3, size, size, dtype=torch.uint8)
+    """uint8 ``[n, c, h, w]`` -> uint8 ``[n, c, size, size]`` (antialiased bilinear, as miniImageNet)."""
+    out = torch.empty(images.shape[0], images.shape[1], size, size, dtype=torch.uint8)
     for start in range(0, images.shape[0], chunk):
         part = torch.nn.functional.interpolate(images[start:start + chunk].float(), size=(size, size),
                                                mode="bilinear", antialias=True, align_corners=False)

@@ -87,3 +87,40 @@ def safe_extract_zip(archive: str | Path, target_dir: str | Path) -> Path:
         for member in members:
             zf.extract(member, target)
     return target
+
+
+def safe_extract_tar(archive: str | Path, target_dir: str | Path, chunk_bytes: int = 1 << 20) -> Path:
+    """Extract a (gzip-compressed or plain) tar ``archive`` into ``target_dir``: regular files and folders
+    only.
+
+    Every member is checked before anything is written: an absolute path, a ``..`` component, a link
+    (symbolic or hard), a device or any other special member raises ``ValueError``, so a crafted archive
+    cannot write outside ``target_dir``. Files are written by copying their bytes (no owner, mode or time
+    taken from the archive); an unreadable archive raises ``tarfile.TarError`` / ``OSError`` / ``EOFError``.
+    """
+    import tarfile
+
+    target = Path(target_dir).resolve()
+    with tarfile.open(archive, "r:*") as tar:
+        members = tar.getmembers()
+        for member in members:
+            name = member.name
+            destination = (target / name).resolve()
+            if (name.startswith(("/", "\\")) or ".." in Path(name).parts or ":" in name
+                    or not (member.isfile() or member.isdir()) or not destination.is_relative_to(target)):
+                raise ValueError(
+                    f"refusing to extract {archive}: member {name!r} would be written outside {target} or "
+                    "is a link or special file (absolute path, '..', link, device); the archive is not a "
+                    "genuine data archive, delete it")
+        target.mkdir(parents=True, exist_ok=True)
+        for member in members:
+            destination = target / member.name
+            if member.isdir():
+                destination.mkdir(parents=True, exist_ok=True)
+                continue
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(member)
+            assert source is not None, "regular members have contents"
+            with source, open(destination, "wb") as out:
+                shutil.copyfileobj(source, out, chunk_bytes)
+    return target

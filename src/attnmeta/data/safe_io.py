@@ -86,11 +86,14 @@ def _image_problem(error: BaseException) -> str:
 
 
 def decode_image(content: bytes, where: str, mode: str, size: int, resample: Image.Resampling,
-                 fix: str) -> np.ndarray:
-    """Decode image bytes to a ``mode`` (``"L"``/``"RGB"``) uint8 array resized to ``size`` x ``size``."""
+                 fix: str, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Decode image bytes to a ``mode`` (``"L"``/``"RGB"``) uint8 array resized to ``size`` x ``size``
+    (after cropping to ``box``, ``(left, upper, right, lower)`` pixels as ``PIL.Image.crop``, when given)."""
     try:
         with Image.open(io.BytesIO(content)) as image:
             converted = image.convert(mode)
+            if box is not None:
+                converted = converted.crop(box)
             if converted.size != (size, size):
                 converted = converted.resize((size, size), resample)
             return np.asarray(converted, dtype=np.uint8)

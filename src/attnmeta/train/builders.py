@@ -127,7 +127,9 @@ def build_benchmark(config: RunConfig) -> BenchmarkParts:
 #: Where each benchmark's data lives below ``$ATTNMETA_DATA`` (the layout of the project's shared data).
 DATA_SUBFOLDERS = {"omniglot": "omniglot", "omniglot-scenes": "omniglot", "miniimagenet": "miniimagenet",
                    "clinc150": "text/clinc150", "sigmorphon2018": "text/sigmorphon2018",
-                   "cifar-fs": "cifar100", "fc100": "cifar100"}
+                   "cifar-fs": "cifar100", "fc100": "cifar100", "cub": "cub", "aircraft": "aircraft",
+                   "flowers": "flowers", "dtd": "dtd", "quickdraw": "quickdraw",
+                   "tiered-imagenet": "imagenet"}
 
 
 def default_data_root(benchmark: str) -> str | None:

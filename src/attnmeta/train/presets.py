@@ -78,6 +78,16 @@ BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
                  "checkpoint_every": 100, "channels_last": True},
     "fc100": {**_IMAGE_PRESET, "budget_minutes": 5, "eval_every": 100, "eval_episodes": 100,
               "checkpoint_every": 100, "channels_last": True},
+    # fine-grained / textures (84 x 84 RGB, attnmeta.data.fine_grained), as miniImageNet, not measured
+    **{name: {**_IMAGE_PRESET, "budget_minutes": 5, "eval_every": 100, "eval_episodes": 100,
+              "checkpoint_every": 100, "channels_last": True}
+       for name in ("cub", "aircraft", "flowers", "dtd")},
+    # Quick, Draw! (28 x 28 drawings, attnmeta.data.quickdraw): as Omniglot, not measured
+    "quickdraw": {**_IMAGE_PRESET, "budget_minutes": 3, "eval_episodes": 200, "channels_last": True,
+                  "backbone_options": {"norm": "fused"}},
+    # tieredImageNet (84 x 84 RGB, attnmeta.data.tiered_imagenet): as miniImageNet, not measured
+    "tiered-imagenet": {**_IMAGE_PRESET, "budget_minutes": 5, "eval_every": 100, "eval_episodes": 100,
+                        "checkpoint_every": 100, "channels_last": True},
 }
 
 _MAML: dict[str, Any] = {
@@ -156,7 +166,9 @@ CHEETAH: dict[str, dict[str, Any]] = {"maml-rl": {"algo_options": {"episodes": 1
 PER_LEARNER: dict[str, dict[str, dict[str, Any]]] = {
     "omniglot": OMNIGLOT, "miniimagenet": MINIIMAGENET, "halfcheetah-dir": CHEETAH,
     "halfcheetah-vel": CHEETAH, "omniglot-scenes": DETECTION, "coco": DETECTION, "sigmorphon2018": SEQ2SEQ,
-    "parallel": SEQ2SEQ, "cifar-fs": MINIIMAGENET, "fc100": MINIIMAGENET}
+    "parallel": SEQ2SEQ, "cifar-fs": MINIIMAGENET, "fc100": MINIIMAGENET,
+    **{name: MINIIMAGENET for name in ("cub", "aircraft", "flowers", "dtd")},
+    "quickdraw": OMNIGLOT, "tiered-imagenet": MINIIMAGENET}
 
 #: Learner options added on CLINC150: cosine prototypes (TF-IDF nearest centroid before meta-training) and
 #: MAML on the zero-initialised head with a large inner step (the lexical features have norm 4).
