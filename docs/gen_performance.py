@@ -1,7 +1,8 @@
 """The README's performance table, generated from ``benchmarks/results/bench_meta_step.json``.
 
-``docs/gen_results.py`` writes it between ``<!-- performance:start -->`` and ``<!-- performance:end -->``;
-the JSON is written by ``benchmarks/bench_meta_step.py`` (one interleaved run of every variant).
+``docs/gen_results.py`` writes it between ``<!-- performance:start -->`` and ``<!-- performance:end -->``
+in the README and ``docs/guides/performance.md``; the JSON is written by ``benchmarks/bench_meta_step.py``
+(one interleaved run of every variant).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 PERFORMANCE_START, PERFORMANCE_END = "<!-- performance:start -->", "<!-- performance:end -->"
 PERFORMANCE_JSON = "benchmarks/results/bench_meta_step.json"
+PERFORMANCE_PAGE = "docs/guides/performance.md"
 #: the variants the README shows, in order (the JSON may hold more)
 LABELS = {"learn2learn": "learn2learn 0.2.0", "higher": "higher 0.2.1",
           "attnmeta": "**attnmeta** (default: `accumulate`)",

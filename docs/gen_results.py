@@ -371,11 +371,13 @@ def generate(root: Path = ROOT, *, check: bool = False, readme: bool = True) -> 
     if readme:
         path = root / "README.md"
         text = replace_between_markers(path.read_text(encoding="utf-8"), readme_table(rows))
-        perf = _performance_module()
-        if perf.PERFORMANCE_START in text:
-            text = _between_text(text, path, perf.PERFORMANCE_START, perf.PERFORMANCE_END,
-                                 perf.performance_table(root / perf.PERFORMANCE_JSON))
         targets[path] = text
+    perf = _performance_module()
+    for path in [root / "README.md"] * readme + [root / perf.PERFORMANCE_PAGE]:
+        text = targets.get(path) or (path.read_text(encoding="utf-8") if path.is_file() else "")
+        if perf.PERFORMANCE_START in text:
+            targets[path] = _between_text(text, path, perf.PERFORMANCE_START, perf.PERFORMANCE_END,
+                                          perf.performance_table(root / perf.PERFORMANCE_JSON))
     stale = []
     for path, text in targets.items():
         old = path.read_text(encoding="utf-8") if path.exists() else None

@@ -29,8 +29,6 @@ Model inputs are ``(x / 255 - CIFAR100_MEAN) / CIFAR100_STD`` per channel (MetaO
 from __future__ import annotations
 
 import tarfile
-import warnings
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +38,9 @@ from torch import Tensor
 
 from attnmeta.data.benchmarks import Benchmark, NormalizedSource
 from attnmeta.data.download import download_file
-from attnmeta.data.safe_io import MissingDataError
-from attnmeta.errors import ENVIRONMENT_ERRNOS, DataError, UserError
+from attnmeta.data.safe_io import MissingDataError, tar_read_errors
+from attnmeta.data.tensor_cache import load_tensor_cache, save_tensor_cache
+from attnmeta.errors import DataError, UserError
 from attnmeta.tasks.sampler import EpisodeSampler
 
 __all__ = ["CIFAR100", "CIFAR100_URL", "CIFAR100_MD5", "CIFAR100_MEAN", "CIFAR100_STD", "CIFAR100_COARSE",
@@ -113,6 +112,7 @@ SPLITS = ("train", "val", "test")
 _GET = f"get {ARCHIVE} from {CIFAR100_URL} (md5 {CIFAR100_MD5})"
 _REDOWNLOAD = f"delete it and download the archive again (--download, or from {CIFAR100_URL})"
 _CACHE_FORMAT = "attnmeta-cifar100-v1"
+_CACHE_KEYS = ("images", "fine", "coarse")
 
 
 def decode_records(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -144,29 +144,20 @@ def _read_archive(archive: Path) -> list[bytes]:
     wanted = {f"{FOLDER}/{name}": name for name in FILES}
     found: dict[str, bytes] = {}
     unreadable = f"{archive} is not a readable .tar.gz archive (truncated or damaged); {_REDOWNLOAD}"
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            for member in tar:
-                name = wanted.get(member.name.removeprefix("./"))
-                if name is None or name in found:
-                    continue
-                if not member.isfile():
-                    raise DataError(f"{archive}: member {member.name} is a link or not a regular file; the "
-                                    f"archive is not the official one: {_REDOWNLOAD}")
-                if member.size > MAX_MEMBER_BYTES:
-                    raise DataError(f"{archive}: member {member.name} declares {member.size} bytes, more "
-                                    f"than the {MAX_MEMBER_BYTES} accepted; {_REDOWNLOAD}")
-                handle = tar.extractfile(member)
-                assert handle is not None, "regular members have contents"
-                found[name] = handle.read()
-    except DataError:
-        raise
-    except OSError as error:  # gzip.BadGzipFile, a truncated stream, ... (environment errors pass)
-        if error.errno in ENVIRONMENT_ERRNOS:
-            raise
-        raise DataError(unreadable) from None
-    except (tarfile.TarError, EOFError, zlib.error):
-        raise DataError(unreadable) from None
+    with tar_read_errors(unreadable), tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            name = wanted.get(member.name.removeprefix("./"))
+            if name is None or name in found:
+                continue
+            if not member.isfile():
+                raise DataError(f"{archive}: member {member.name} is a link or not a regular file; the "
+                                f"archive is not the official one: {_REDOWNLOAD}")
+            if member.size > MAX_MEMBER_BYTES:
+                raise DataError(f"{archive}: member {member.name} declares {member.size} bytes, more "
+                                f"than the {MAX_MEMBER_BYTES} accepted; {_REDOWNLOAD}")
+            handle = tar.extractfile(member)
+            assert handle is not None, "regular members have contents"
+            found[name] = handle.read()
     missing = [f"{FOLDER}/{name}" for name in FILES if name not in found]
     if missing:
         raise DataError(f"{archive} has no member {missing[0]}; it is not CIFAR-100's binary release: "
@@ -228,8 +219,14 @@ class CIFAR100:
         use_cache = cache and (self.source == archive or image_size != 32)
         cache_folder = Path(cache_dir) if cache_dir is not None else root
         self.cache_file = cache_folder / f"cifar100-{image_size}px.safetensors" if use_cache else None
-        if self.cache_file is not None and self._load_cache(self.cache_file, stamp):
-            return
+        if self.cache_file is not None:
+            loaded = load_tensor_cache(self.cache_file, _CACHE_FORMAT, stamp, "CIFAR-100", str(self.source),
+                                       lambda stored, _: _cache_problem(stored, image_size), _CACHE_KEYS)
+            if loaded is not None:
+                stored = loaded[0]
+                self.images = stored["images"]
+                self.fine_labels, self.coarse_labels = stored["fine"].long(), stored["coarse"].long()
+                return
         if self.source == archive:
             raws, names = _read_archive(archive), [f"{archive} (member {FOLDER}/{f})" for f in FILES]
         else:
@@ -240,57 +237,11 @@ class CIFAR100:
         self.fine_labels = torch.from_numpy(np.concatenate([p[1] for p in parts]).astype(np.int64))
         self.coarse_labels = torch.from_numpy(np.concatenate([p[2] for p in parts]).astype(np.int64))
         if self.cache_file is not None:
-            self._save_cache(self.cache_file, stamp)
-
-    def _load_cache(self, path: Path, stamp: str) -> bool:
-        """Load ``path`` if it is a valid cache of this source; ``False`` (rebuild) otherwise."""
-        if not path.is_file():
-            return False
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-                if meta.get("source") != stamp or meta.get("format") != _CACHE_FORMAT:
-                    return False  # made from other source files: rebuilt without a warning
-                stored = {key: handle.get_tensor(key) for key in ("images", "fine", "coarse")}
-        except Exception as error:  # whatever a damaged safetensors file makes the reader raise
-            if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
-                raise
-            problem: str | None = "it is truncated or damaged"
-        else:
-            problem = _cache_problem(stored, self.image_size)
-        if problem is not None:
-            warnings.warn(f"cache file {path} is not a valid CIFAR-100 cache ({problem}); rebuilding it from "
-                          f"{self.source}", stacklevel=3)
-            return False
-        self.images = stored["images"]
-        self.fine_labels, self.coarse_labels = stored["fine"].long(), stored["coarse"].long()
-        return True
-
-    def _save_cache(self, path: Path, stamp: str) -> None:
-        """Write the cache atomically (temporary file, then rename); an unwritable folder only warns."""
-        import os
-        import tempfile
-
-        from safetensors.torch import save_file
-
-        tensors = {"images": self.images.contiguous(), "fine": self.fine_labels.to(torch.uint8),
-                   "coarse": self.coarse_labels.to(torch.uint8)}
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-            os.close(fd)
-            save_file(tensors, tmp, metadata={"format": _CACHE_FORMAT, "source": stamp})
-            os.replace(tmp, path)
-        except OSError as error:
-            warnings.warn(f"could not write the CIFAR-100 cache {path} ({error.strerror or error}); "
-                          "continuing without it (pass cache_dir= to put it elsewhere)", stacklevel=3)
-            self.cache_file = None
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.remove(tmp)
+            tensors = {"images": self.images, "fine": self.fine_labels.to(torch.uint8),
+                       "coarse": self.coarse_labels.to(torch.uint8)}
+            if not save_tensor_cache(self.cache_file, tensors, {"format": _CACHE_FORMAT, "source": stamp},
+                                     "CIFAR-100"):
+                self.cache_file = None
 
     def __len__(self) -> int:
         return int(self.fine_labels.numel())
@@ -304,7 +255,7 @@ class CIFAR100:
 
 
 def _cache_problem(stored: dict[str, Tensor], size: int) -> str | None:
-    """What is wrong with a loaded cache (``None`` when it is what ``_save_cache`` writes)."""
+    """What is wrong with a loaded cache (``None`` when it is what ``CIFAR100`` writes)."""
     images, fine, coarse = stored["images"], stored["fine"], stored["coarse"]
     n = fine.shape[0] if fine.ndim == 1 else -1
     if images.dtype != torch.uint8 or tuple(images.shape) != (n, 3, size, size) or n < 1:

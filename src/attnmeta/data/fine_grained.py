@@ -31,11 +31,6 @@ that is damaged or does not hold what the files give is rebuilt with a warning; 
 from __future__ import annotations
 
 import hashlib
-import os
-import tarfile
-import tempfile
-import warnings
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,8 +51,9 @@ from attnmeta.data.fine_grained_files import (
     list_flowers,
     read_split,
 )
-from attnmeta.data.safe_io import MAX_MEMBER_BYTES, MissingDataError, decode_image
-from attnmeta.errors import ENVIRONMENT_ERRNOS, DataError, UserError
+from attnmeta.data.safe_io import MAX_MEMBER_BYTES, MissingDataError, decode_image, tar_read_errors
+from attnmeta.data.tensor_cache import load_tensor_cache, save_tensor_cache
+from attnmeta.errors import DataError, UserError
 from attnmeta.tasks.sampler import EpisodeSampler
 
 __all__ = ["FINE_GRAINED", "RELEASES", "Release", "FineGrained", "IMAGENET_MEAN", "IMAGENET_STD",
@@ -157,16 +153,11 @@ def _locate(name: str, root: Path, download: bool) -> Path:
 def _extract(archive: Path, root: Path, release: Release) -> None:
     unreadable = (f"{archive} is not a readable .tar.gz archive (truncated or damaged); delete it and "
                   f"download it again (--download, or from {release.url})")
-    try:
-        safe_extract_tar(archive, root)
-    except OSError as error:  # gzip.BadGzipFile, a truncated stream, ... (environment errors pass)
-        if error.errno in ENVIRONMENT_ERRNOS:
-            raise
-        raise DataError(unreadable) from None
-    except (tarfile.TarError, EOFError, zlib.error):
-        raise DataError(unreadable) from None
-    except ValueError as error:
-        raise DataError(str(error)) from None
+    with tar_read_errors(unreadable):
+        try:
+            safe_extract_tar(archive, root)
+        except ValueError as error:  # a link, special file or path out of root (download.safe_extract_tar)
+            raise DataError(str(error)) from None
 
 
 class FineGrained:
@@ -199,8 +190,12 @@ class FineGrained:
         folder = Path(cache_dir) if cache_dir is not None else root
         suffix = "" if name != "aircraft" or self.crop else "-uncropped"
         self.cache_file = folder / f"{name}-{image_size}px{suffix}.safetensors" if cache else None
-        if self.cache_file is not None and self._load_cache(self.cache_file, stamp):
-            return
+        if self.cache_file is not None:
+            loaded = load_tensor_cache(self.cache_file, _CACHE_FORMAT, stamp, name, str(self.source),
+                                       self._cache_problem, ("images", "labels"))
+            if loaded is not None:
+                self.images = loaded[0]["images"]
+                return
         fix = f"the file is damaged: extract it again from {release.archive} ({release.url})"
         images = np.empty((len(entries), 3, image_size, image_size), dtype=np.uint8)
         for i, (_, path, box) in enumerate(entries):
@@ -208,8 +203,10 @@ class FineGrained:
                                   Image.Resampling.BILINEAR, fix, box)
             images[i] = np.moveaxis(pixels, -1, 0)
         self.images = torch.from_numpy(images)
-        if self.cache_file is not None:
-            self._save_cache(self.cache_file, stamp)
+        if self.cache_file is not None and not save_tensor_cache(
+                self.cache_file, {"images": self.images, "labels": self.labels},
+                {"format": _CACHE_FORMAT, "source": stamp}, name):
+            self.cache_file = None
 
     def _entries(self, release: Release) -> list[Entry]:
         """The release's images, checked against the split file (every class in it, no other class)."""
@@ -236,55 +233,14 @@ class FineGrained:
                             f"incomplete: {_get(release)}")
         return entries
 
-    def _load_cache(self, path: Path, stamp: str) -> bool:
-        """Load ``path`` if it is a valid cache of these files; ``False`` (rebuild) otherwise."""
-        if not path.is_file():
-            return False
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-                if meta.get("source") != stamp or meta.get("format") != _CACHE_FORMAT:
-                    return False  # made from other files: rebuilt without a warning
-                images, labels = handle.get_tensor("images"), handle.get_tensor("labels")
-        except Exception as error:  # whatever a damaged safetensors file makes the reader raise
-            if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
-                raise
-            problem: str | None = "it is truncated or damaged"
-        else:
-            size, n = self.image_size, len(self.labels)
-            problem = None
-            if images.dtype != torch.uint8 or tuple(images.shape) != (n, 3, size, size):
-                problem = f"images are not uint8 [{n}, 3, {size}, {size}]"
-            elif labels.dtype != torch.int64 or not torch.equal(labels, self.labels):
-                problem = "its labels are not those of the files"
-        if problem is not None:
-            warnings.warn(f"cache file {path} is not a valid {self.name} cache ({problem}); rebuilding it "
-                          f"from {self.source}", stacklevel=3)
-            return False
-        self.images = images
-        return True
-
-    def _save_cache(self, path: Path, stamp: str) -> None:
-        """Write the cache atomically (temporary file, then rename); an unwritable folder only warns."""
-        from safetensors.torch import save_file
-
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-            os.close(fd)
-            save_file({"images": self.images.contiguous(), "labels": self.labels}, tmp,
-                      metadata={"format": _CACHE_FORMAT, "source": stamp})
-            os.replace(tmp, path)
-        except OSError as error:
-            warnings.warn(f"could not write the {self.name} cache {path} ({error.strerror or error}); "
-                          "continuing without it (pass cache_dir= to put it elsewhere)", stacklevel=3)
-            self.cache_file = None
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.remove(tmp)
+    def _cache_problem(self, stored: dict[str, torch.Tensor], meta: dict[str, str]) -> str | None:
+        """What is wrong with a loaded cache of these files (``None``: nothing)."""
+        images, labels, size, n = stored["images"], stored["labels"], self.image_size, len(self.labels)
+        if images.dtype != torch.uint8 or tuple(images.shape) != (n, 3, size, size):
+            return f"images are not uint8 [{n}, 3, {size}, {size}]"
+        if labels.dtype != torch.int64 or not torch.equal(labels, self.labels):
+            return "its labels are not those of the files"
+        return None
 
     def __len__(self) -> int:
         return int(self.labels.numel())

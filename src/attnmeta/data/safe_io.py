@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import io
 import os
+import tarfile
 import tempfile
 import warnings
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,22 @@ def decode_image(content: bytes, where: str, mode: str, size: int, resample: Ima
         raise DataError(f"{where}: cannot decode the image ({_image_problem(error)}); {fix}") from None
 
 
+@contextmanager
+def tar_read_errors(unreadable: str) -> Iterator[None]:
+    """Reading a ``.tar.gz`` archive inside: a damaged one (``gzip.BadGzipFile``, a truncated stream, a
+    ``tarfile`` error) raises ``DataError(unreadable)``; ``DataError`` and errors of the environment pass."""
+    try:
+        yield
+    except DataError:
+        raise
+    except OSError as error:
+        if error.errno in ENVIRONMENT_ERRNOS:
+            raise
+        raise DataError(unreadable) from None
+    except (tarfile.TarError, EOFError, zlib.error):
+        raise DataError(unreadable) from None
+
+
 def read_text(path: Path, what: str = "the file") -> str:
     """A UTF-8 text file (an optional BOM is dropped); invalid UTF-8 raises ``DataError`` with its line."""
     content = path.read_bytes()
@@ -179,18 +197,24 @@ def download_verified(url: str, destination: Path, checksums: dict[str, str], fi
 SPLIT_PARTS = ("train", "val", "test")
 
 
-def read_split_json(path: Path, fix: str, missing: str) -> dict[str, Any]:
-    """The JSON object of a class-split file ``{"train": [...], "val": [...], "test": [...]}`` (exactly
-    those keys; their entries are checked by the caller). A missing file is a ``MissingDataError``
-    (``missing``: what to pass instead), invalid JSON or other keys a ``DataError`` ending in ``fix``."""
+def parse_split_file(path: Path, fix: str, missing: str) -> Any:
+    """The JSON value of a class-split file, not yet checked. A missing file is a ``MissingDataError``
+    (``missing``: what to pass instead), invalid JSON a ``DataError`` ending in ``fix``."""
     import json
 
     if not path.is_file():
         raise MissingDataError(f"split file {str(path)!r} does not exist; {missing}")
     try:
-        stored = json.loads(read_text(path, "the split file"))
+        return json.loads(read_text(path, "the split file"))
     except json.JSONDecodeError as error:
         raise DataError(f"{path}:{error.lineno}: invalid JSON ({error.msg}); {fix}") from None
+
+
+def read_split_json(path: Path, fix: str, missing: str) -> dict[str, Any]:
+    """The JSON object of a class-split file ``{"train": [...], "val": [...], "test": [...]}`` (exactly
+    those keys; their entries are checked by the caller). A missing file is a ``MissingDataError``
+    (``missing``: what to pass instead), invalid JSON or other keys a ``DataError`` ending in ``fix``."""
+    stored = parse_split_file(path, fix, missing)
     if not isinstance(stored, dict) or sorted(stored) != sorted(SPLIT_PARTS):
         keys = sorted(stored) if isinstance(stored, dict) else type(stored).__name__
         raise DataError(f"split file {str(path)!r} holds {keys}; {fix}")

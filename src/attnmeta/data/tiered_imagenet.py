@@ -41,12 +41,11 @@ from attnmeta.data.fixed_split import (
     SPLITS,
     check_episode_shapes,
     check_split_names,
-    load_tensor_cache,
     read_split_object,
-    save_tensor_cache,
 )
 from attnmeta.data.imagefolder import _read_bytes
 from attnmeta.data.safe_io import MissingDataError, decode_image
+from attnmeta.data.tensor_cache import load_tensor_cache, save_tensor_cache
 from attnmeta.errors import DataError, UserError
 from attnmeta.tasks.sampler import EpisodeSampler
 
