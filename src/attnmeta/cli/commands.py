@@ -73,6 +73,18 @@ def _result_row(config: RunConfig, result: Any) -> dict[str, Any]:
     }
 
 
+def _source_rows(config: RunConfig, row: dict[str, Any], groups: dict[str, Any]) -> list[dict[str, Any]]:
+    """``row``, then one row per episode source (``groups``: mean, ci95, n of the multi-domain benchmarks'
+    sources, ``attnmeta.data.multi_domain``, whose ways and shots columns show ranges)."""
+    if config.benchmark.startswith("multi:"):
+        from attnmeta.data.multi_domain import shape_columns
+
+        row = {**row, **shape_columns(config.benchmark_options, row["shots"])}
+    return [row, *({**row, "benchmark": f"  {name}", "episodes": g["n"],
+                    "result": f"{100 * g['mean']:.2f}% +/- {100 * g['ci95']:.2f}"}
+                   for name, g in groups.items())]
+
+
 def _note(command: str) -> Any:
     """A ``report`` callback printing one note line to stderr."""
     return lambda line: print(f"attnmeta {command}: note: {line}", file=sys.stderr)
@@ -172,7 +184,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.test is not None:
         assert result.config is not None  # train() returns the resolved config
         print()
-        print(_results_table([_result_row(result.config, result.test)]))
+        row = _result_row(result.config, result.test)
+        print(_results_table(_source_rows(result.config, row, result.summary.get("test_per_source", {}))))
         print(
             f"\nrun folder: {result.run_dir}  (train time {result.summary['train_seconds']:.1f} s; "
             f"best validation {result.best['metric']} {result.best['value']:.4g} "
@@ -281,7 +294,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _eval_oos(args, target, bench, learner, episodes, ckpt, state["step"])
     result = evaluate(learner, episodes, device=device, progress=not args.quiet, desc="eval")
     algo = f"{trained.algo}+{method}" if method else trained.algo
-    print(_results_table([_result_row(dataclasses.replace(target, algo=algo), result)]))
+    from attnmeta.eval import group_results
+
+    groups = {name: {"mean": g.mean, "ci95": g.ci95, "n": g.n}
+              for name, g in group_results(result, episodes).items()}
+    row = _result_row(dataclasses.replace(target, algo=algo), result)
+    print(_results_table(_source_rows(target, row, groups)))
     suffix = "-rotation-ensemble" if args.rotation_ensemble else ""
     suffix += f"-{method}" if method else ""
     out = (

@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--recipe omniglot-protonet --root DATA/omniglot. " + _preset_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    t.add_argument("benchmark", nargs="?", help=f"one of {', '.join(BENCHMARKS)} (default sinusoid)")
+    t.add_argument("benchmark", nargs="?", help=f"one of {', '.join(BENCHMARKS)} (default sinusoid), or "
+                   "multi:NAME,NAME,... for multi-domain episodes over several image benchmarks (variable "
+                   "ways and shots; docs/guides/own-data.md)")
     t.add_argument("--recipe", help="start from a named recipe (`attnmeta recipes` lists them); --config, "
                    "flags and --set apply on top")
     t.add_argument("--algo", help=f"learner: {', '.join(_learner_names())} (default maml); meta-RL "

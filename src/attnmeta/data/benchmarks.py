@@ -138,8 +138,16 @@ def make_benchmark(name: str, *, root: str | Path | None = None, ways: int | Non
             ``cache``, ``cache_dir``, ``split_file``.
             Regression: keyword arguments of the task family (``noise_std``, ...).
     """
+    if name.startswith("multi:"):  # Meta-Dataset-style episodes over several sources
+        from attnmeta.data.multi_domain import multi_domain_benchmark
+
+        shape = (ways or 0, shots, queries)
+        train = (shape[0] if train_ways is None else train_ways, train_shots or shots,
+                 train_queries or queries)
+        return multi_domain_benchmark(name, root, (train, shape, shape), split, seed, image_size, options)
     if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}")
+        raise ValueError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)} "
+                         "(or multi:NAME,NAME,... for multi-domain episodes)")
     if ways is None:
         if name not in ("sinusoid", "multimodal"):
             raise ValueError(f"benchmark {name!r} needs ways= (classes per episode)")

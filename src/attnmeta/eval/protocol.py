@@ -78,3 +78,14 @@ def evaluate(learner: Learner, episodes: Iterable[Task] | Sequence[Task], *,
     elapsed = time.perf_counter() - start
     metric = "accuracy" if learner.task_type == "classification" else "mse"
     return EvalResult(metric, values, elapsed / len(episodes))
+
+
+def group_results(result: EvalResult, episodes: Sequence[Task], key: str = "source") -> dict[str, MeanCI]:
+    """``result``'s per-episode values grouped by ``episode.info[key]`` (mean and 95% CI per group), e.g. the
+    test accuracy per source of multi-domain episodes; episodes without ``key`` are left out (empty: none has
+    it). ``episodes``: the episodes ``result`` was evaluated on, in order."""
+    groups: dict[str, list[float]] = {}
+    for task, value in zip(episodes, result.per_episode):
+        if key in task.info:
+            groups.setdefault(str(task.info[key]), []).append(value)
+    return {name: mean_ci95(values) for name, values in sorted(groups.items())}

@@ -153,6 +153,17 @@ class EpisodeSampler:
         """Size of the class pool."""
         return int(self.classes.numel())
 
+    def class_examples(self, pool_classes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """For pool class positions ``[...]``: their example indices ``[..., width]`` (padded), a mask
+        ``[..., width]`` (False on padding) and their variants ``[...]`` (e.g. rotations), for samplers of
+        other episode shapes built on this one (``attnmeta.data.multi_domain``); ``examples`` loads them."""
+        rows = self._pool_row[pool_classes]
+        return self._table[rows], self._valid[rows], self._pool_variant[pool_classes]
+
+    def examples(self, index: Tensor, variant: Tensor) -> Tensor:
+        """Examples ``[T, m, ...]`` (augmented, as in episodes) for data indices and variants ``[T, m]``."""
+        return self._examples(index, variant)
+
     def __repr__(self) -> str:
         path = f"tensor {tuple(self.data.shape)}" if self.data is not None else type(self.dataset).__name__
         return (

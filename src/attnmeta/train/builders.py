@@ -171,6 +171,10 @@ def build_learner(config: RunConfig, bench: BenchmarkParts) -> Learner:
     options = {**data_options(config, bench), **config.algo_options}
     learner = learners.build(config.algo, model=model, task_type=bench.task_type, ways=config.ways, **options)
     _give_selector_targets(learner, config, bench)
+    if config.benchmark.startswith("multi:"):  # variable-way episodes (attnmeta.data.multi_domain)
+        from attnmeta.data.multi_domain import check_learner
+
+        check_learner(config.algo, learner, config.ways, bench.test)
     if config.train_ways is not None and config.train_ways != config.ways:
         if learners.spec(config.algo).head:
             raise ValueError(

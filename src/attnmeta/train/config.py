@@ -267,7 +267,8 @@ class RunConfig:
             c.queries = (15 if c.task_type == "classification" else 4) if c.queries is None else c.queries
         if c.run_dir is None:
             shape = f"{c.shots}shot" if c.task_type == "regression" else f"{c.ways}w{c.shots}s"
-            name = f"{c.benchmark}-{c.algo}" + ("" if c.task_type in ("rl", "seq2seq") else f"-{shape}")
+            bench = c.benchmark.replace(":", "-").replace(",", "+")  # multi:a,b -> multi-a+b
+            name = f"{bench}-{c.algo}" + ("" if c.task_type in ("rl", "seq2seq") else f"-{shape}")
             c.run_dir = str(Path("runs") / name)
         return c
 

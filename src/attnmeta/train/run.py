@@ -18,7 +18,7 @@ from torch import nn
 
 from attnmeta import learners
 from attnmeta.errors import UserError
-from attnmeta.eval import EvalResult, evaluate, with_rotation_ensemble
+from attnmeta.eval import EvalResult, evaluate, group_results, with_rotation_ensemble
 from attnmeta.train.averaging import ParameterAverage
 from attnmeta.train.builders import (
     BenchmarkParts,
@@ -70,6 +70,7 @@ class Run:
         self.step, self.wall, self.cpu = 0, 0.0, 0.0
         self.best: dict[str, Any] | None = None
         self.history: list[list[float]] = []  # [step, value, wall seconds, cpu seconds] per validation
+        self.test_groups: dict[str, Any] = {}  # test results per episode source (multi-domain benchmarks)
         self.build(bench)
 
     def build(self, bench: Any) -> None:
@@ -287,7 +288,10 @@ class Run:
             t.to(self.device, self.dtype)
             for t in self.bench.test.fixed_tasks(self.config.test_episodes, seed=self.config.test_seed)
         ]
-        return evaluate(self.evaluated, tasks, device=self.device, progress=not quiet, desc="test")
+        result = evaluate(self.evaluated, tasks, device=self.device, progress=not quiet, desc="test")
+        self.test_groups = {name: {"mean": s.mean, "ci95": s.ci95, "n": s.n}
+                            for name, s in group_results(result, tasks, "source").items()}
+        return result
 
     def summary(self, test: EvalResult | None) -> dict[str, Any]:
         c = self.config
@@ -308,6 +312,7 @@ class Run:
             "best": self.best,
             "time_to": time_to_targets(self.history, self.metric),
             "test": None if test is None else {k: v for k, v in test.to_dict().items() if k != "per_episode"},
+            **({"test_per_source": self.test_groups} if self.test_groups else {}),
             "test_rotation_ensemble": c.test_rotation_ensemble,
             "device": self.device.type,
             "machine": machine_info(),
