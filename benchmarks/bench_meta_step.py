@@ -211,14 +211,19 @@ def count_gflop(variant: str, meta_batch: int, device: str) -> float:
     return counter.get_total_flops() * meta_batch / 1e9
 
 
-def peak_memory(variant: str, meta_batch: int, device: str, steps: int = 2) -> dict:
-    """RSS after setup and peak RSS (MiB) over ``steps`` meta-steps, in this (fresh) process."""
-    step, _ = step_fn(variant, meta_batch, device)
+def _status_mib(field: str) -> float:
     status = Path("/proc/self/status").read_text()
-    setup = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(field + ":"))) / 1024
+
+
+def peak_memory(variant: str, meta_batch: int, device: str, steps: int = 2) -> dict:
+    """RSS after setup and peak RSS (MiB) over ``steps`` meta-steps, in this (fresh) process. The peak is
+    ``VmHWM`` (this process image's high-water mark); ``ru_maxrss`` would carry the parent's RSS at fork."""
+    step, _ = step_fn(variant, meta_batch, device)
+    setup = _status_mib("VmRSS")
     for _ in range(steps):
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mib("VmHWM")
     return {"setup_mib": setup, "peak_mib": peak, "over_setup_mib": max(0.0, peak - setup)}
 
 

@@ -42,7 +42,7 @@ def performance_table(path: Path) -> str:
                   for b in batches]
         cosine = (big or {}).get("gradient", {}).get("cosine")
         cells += [f"+{big['over_setup_mib']:.0f} MiB" if big else "–",
-                  f"{big['gflop_per_s']:.0f}" if big else "–", "–" if cosine is None else f"{cosine:.4f}"]
+                  f"{big['gflop_per_s']:.0f}" if big else "–", "–" if cosine is None else f"{cosine:.5f}"]
         lines.append("| " + " | ".join(cells) + " |")
     clock = "wall" if setting["threads"] > 1 else "CPU"
     flags = " ".join(setting["flags"])
