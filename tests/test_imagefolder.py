@@ -197,3 +197,24 @@ def test_cli_train_and_predictor(data_root, tmp_path, capsys):
     row = folder.files.index(data_root / "class10" / "img0.png")
     prepared = clf._prepare_images([data_root / "class10" / "img0.png"], "support")
     assert torch.allclose(prepared[0], folder.images[row].float() / 255)
+
+
+def test_eval_with_more_ways_than_the_validation_split_holds(data_root, tmp_path, capsys):
+    """``attnmeta eval --ways N`` builds only the test episodes with N ways: training and validation keep the
+    trained shape (validation has 2 classes here, the test split 4)."""
+    run = tmp_path / "run"
+    split = _write(tmp_path, json.dumps({"train": CLASSES[:6], "val": CLASSES[6:8], "test": CLASSES[8:]}))
+    code = main(["train", "imagefolder", "--root", str(data_root), "--algo", "protonet", "--steps", "2",
+                 "--ways", "2", "--shots", "1", "--queries", "2", "--meta-batch", "1", "--image-size", "16",
+                 "--eval-every", "2", "--eval-episodes", "2", "--test-episodes", "2", "--threads", "1",
+                 "--set", "backbone_options.hidden=8", "--set", f"benchmark_options.split_file={split}",
+                 "--set", "plot=false", "--run-dir", str(run), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["eval", str(run), "--ways", "4", "--episodes", "3", "--quiet"]) == 0, capsys.readouterr().err
+    assert "imagefolder  protonet  4" in capsys.readouterr().out
+    assert (run / "eval-4w1s-3ep-seed0.json").is_file()
+    assert main(["eval", str(run), "--ways", "5", "--episodes", "3", "--quiet"]) == 2
+    assert capsys.readouterr().err == ("attnmeta eval: error: the imagefolder test split has 4 classes, "
+                                       "fewer than ways = 5; lower --ways or give that split more classes "
+                                       "(split_file=)\n")

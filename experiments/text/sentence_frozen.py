@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--ways", type=int, default=5, help="45: every intent of the held-out domains")
     parser.add_argument("--queries", type=int, default=10)
     parser.add_argument("--recall", type=float, default=0.9)
     parser.add_argument("--out", default=str(ROOT / "experiments" / "text" / "results" /
@@ -48,14 +49,14 @@ def main() -> None:
     protonet = learners.build("protonet", model=encoder, task_type="classification", distance="cosine")
     rows = []
     for shots in args.shots:
-        bench = make_benchmark("clinc150", root=args.root, ways=5, shots=shots, queries=args.queries,
-                               inputs="utf8")
+        bench = make_benchmark("clinc150", root=args.root, ways=args.ways, shots=shots, queries=args.queries,
+                               train_ways=5, val_ways=5, inputs="utf8")  # only the test split is used
         episodes = bench.test.fixed_tasks(args.episodes, seed=0)
         start = time.process_time()
         result = evaluate(protonet, episodes)
         oos_inputs = text_inputs(clinc150_oos_texts(args.root), bench.preprocessing)
         oos = evaluate_oos(protonet, episodes, oos_inputs, recall=args.recall, seed=0)
-        rows.append({"ways": 5, "shots": shots, "queries": args.queries, "episodes": args.episodes,
+        rows.append({"ways": args.ways, "shots": shots, "queries": args.queries, "episodes": args.episodes,
                      "accuracy": result.summary.mean, "ci95": result.summary.ci95, "oos": oos.to_dict(),
                      "cpu_seconds": time.process_time() - start, "encoded_texts": encoder.encoded_texts})
         print(f"5-way {shots}-shot: {100 * result.summary.mean:.2f} +/- {100 * result.summary.ci95:.2f}%")

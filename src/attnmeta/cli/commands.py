@@ -254,7 +254,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"run folder {args.run_dir!r} has no valid checkpoint to evaluate")
     check_writable(Path(args.run_dir), "the evaluation results")
     weights, state = load_checkpoint(ckpt)
-    bench = build_benchmark(target)
+    if target.task_type == "classification" and target.ways != trained.ways:
+        # the test episodes take the new shape; training and validation keep the trained one, whose splits
+        # may hold fewer classes than the test split (every CLINC150 test intent: 45-way; validation has 15)
+        bench = build_benchmark(dataclasses.replace(target, train_ways=trained.train_ways or trained.ways),
+                                val_ways=trained.ways)
+    else:
+        bench = build_benchmark(target)
     learner = build_learner(dataclasses.replace(trained, device=target.device), bench)
     load_weights(learner, weights, ckpt)
     if (

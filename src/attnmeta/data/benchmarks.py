@@ -110,7 +110,8 @@ def uint8_to_unit(x: Tensor) -> Tensor:
 def make_benchmark(name: str, *, root: str | Path | None = None, ways: int | None, shots: int, queries: int,
                    split: str = "default", seed: int = 0, image_size: int | None = None,
                    train_ways: int | None = None, train_shots: int | None = None,
-                   train_queries: int | None = None, **options: Any) -> Benchmark:
+                   train_queries: int | None = None, val_ways: int | None = None,
+                   **options: Any) -> Benchmark:
     """Build a named benchmark.
 
     Args:
@@ -127,6 +128,8 @@ def make_benchmark(name: str, *, root: str | Path | None = None, ways: int | Non
         train_ways, train_shots, train_queries: another episode shape for the training source only
             (``None``: ``ways`` / ``shots`` / ``queries``), e.g. 150-way training episodes for a 5-way test,
             the Prototypical Networks recipe; validation and test keep ``ways`` / ``shots`` / ``queries``.
+        val_ways: another number of ways for the validation source (``attnmeta eval`` keeps the trained one
+            there, so the test split may hold more classes than validation, e.g. every CLINC150 test intent).
         options: Omniglot: ``download``, ``cache_dir``, ``split_dir``, ``rotations`` (train rotation classes,
             default True), ``train_characters`` (MAML split, 1200), ``data`` (a pre-loaded
             ``(background, evaluation)`` pair of ``Omniglot``). miniImageNet: ``cache_dir``, ``csv_dir``.
@@ -154,7 +157,7 @@ def make_benchmark(name: str, *, root: str | Path | None = None, ways: int | Non
         ways = 0  # regression tasks have no classes: ignored
     train_shape = (ways if train_ways is None else train_ways, shots if train_shots is None else train_shots,
                    queries if train_queries is None else train_queries)
-    shapes = (train_shape, (ways, shots, queries), (ways, shots, queries))
+    shapes = (train_shape, (ways if val_ways is None else val_ways, shots, queries), (ways, shots, queries))
     if name in ("sinusoid", "multimodal"):
         return _regression(name, shapes, seed, options)
     if name == "omniglot":

@@ -86,8 +86,9 @@ def require_registered(algo: str, recorded_imports: list[str] | None = None) -> 
     )
 
 
-def build_benchmark(config: RunConfig) -> BenchmarkParts:
-    """Task sources of ``config.benchmark`` from ``attnmeta.data.benchmarks.make_benchmark``."""
+def build_benchmark(config: RunConfig, val_ways: int | None = None) -> BenchmarkParts:
+    """Task sources of ``config.benchmark`` from ``attnmeta.data.benchmarks.make_benchmark`` (``val_ways``:
+    another number of ways for the validation split)."""
     from attnmeta.data.benchmarks import make_benchmark
 
     options = dict(config.benchmark_options)
@@ -107,6 +108,7 @@ def build_benchmark(config: RunConfig) -> BenchmarkParts:
         train_ways=config.train_ways,
         train_shots=config.train_shots,
         train_queries=config.train_queries,
+        **({} if val_ways is None else {"val_ways": val_ways}),
         split=config.split,
         seed=config.seed,
         image_size=config.image_size,
