@@ -170,15 +170,20 @@ def test_bad_inputs_are_one_line_errors(data_root, tmp_path):
         f"split file {str(tmp_path / 'nope.json')!r} does not exist")
 
 
+def _train(data_root: Path, split: Path, run: Path, steps: int, episodes: int) -> int:
+    """A tiny 2-way 1-shot ProtoNets run through the CLI on ``data_root`` with the class split ``split``."""
+    return main(["train", "imagefolder", "--root", str(data_root), "--algo", "protonet",
+                 "--steps", str(steps), "--ways", "2", "--shots", "1", "--queries", "2", "--meta-batch", "1",
+                 "--image-size", "16", "--eval-every", str(steps), "--eval-episodes", str(episodes),
+                 "--test-episodes", str(episodes), "--threads", "1", "--set", "backbone_options.hidden=8",
+                 "--set", f"benchmark_options.split_file={split}", "--set", "plot=false",
+                 "--run-dir", str(run), "--quiet"])
+
+
 def test_cli_train_and_predictor(data_root, tmp_path, capsys):
     run = tmp_path / "run"
     split = _write(tmp_path, json.dumps({"train": CLASSES[:8], "val": CLASSES[8:10], "test": CLASSES[10:]}))
-    code = main(["train", "imagefolder", "--root", str(data_root), "--algo", "protonet", "--steps", "3",
-                 "--ways", "2", "--shots", "1", "--queries", "2", "--meta-batch", "1", "--image-size", "16",
-                 "--eval-every", "3", "--eval-episodes", "4", "--test-episodes", "4", "--threads", "1",
-                 "--set", "backbone_options.hidden=8", "--set", f"benchmark_options.split_file={split}",
-                 "--set", "plot=false", "--run-dir", str(run), "--quiet"])
-    assert code == 0, capsys.readouterr().err
+    assert _train(data_root, split, run, steps=3, episodes=4) == 0, capsys.readouterr().err
     assert main(["eval", str(run), "--episodes", "4", "--quiet"]) == 0  # rebuilt from the recorded config
     # a bad input through the CLI: one line, exit status 2
     assert main(["train", "imagefolder", "--root", str(tmp_path / "missing"), "--algo", "protonet",
@@ -204,12 +209,7 @@ def test_eval_with_more_ways_than_the_validation_split_holds(data_root, tmp_path
     trained shape (validation has 2 classes here, the test split 4)."""
     run = tmp_path / "run"
     split = _write(tmp_path, json.dumps({"train": CLASSES[:6], "val": CLASSES[6:8], "test": CLASSES[8:]}))
-    code = main(["train", "imagefolder", "--root", str(data_root), "--algo", "protonet", "--steps", "2",
-                 "--ways", "2", "--shots", "1", "--queries", "2", "--meta-batch", "1", "--image-size", "16",
-                 "--eval-every", "2", "--eval-episodes", "2", "--test-episodes", "2", "--threads", "1",
-                 "--set", "backbone_options.hidden=8", "--set", f"benchmark_options.split_file={split}",
-                 "--set", "plot=false", "--run-dir", str(run), "--quiet"])
-    assert code == 0, capsys.readouterr().err
+    assert _train(data_root, split, run, steps=2, episodes=2) == 0, capsys.readouterr().err
     capsys.readouterr()
     assert main(["eval", str(run), "--ways", "4", "--episodes", "3", "--quiet"]) == 0, capsys.readouterr().err
     assert "imagefolder  protonet  4" in capsys.readouterr().out

@@ -135,3 +135,23 @@ def test_accumulate_strategy_holds_one_task_graph_at_a_time():
     one = _peak_saved_bytes("accumulate", tasks=1)
     assert _peak_saved_bytes("accumulate", tasks=8) == one
     assert _peak_saved_bytes("loop", tasks=8) >= 7 * one
+
+
+def test_accumulate_strategy_runs_as_the_loop_when_the_inputs_need_gradients():
+    """A meta-loss differentiated w.r.t. its input images (e.g. a learned augmentation upstream) gets the
+    loop's exact input gradient: precomputed per-task gradients only cover the learner's parameters."""
+    grads = {}
+    for strategy in ("loop", "accumulate"):
+        torch.manual_seed(0)
+        learner = MAML(ScaledConvNet().double(), "classification", ways=3, inner_lr=0.4, strategy=strategy)
+        batch = _batch(torch.float64)
+        query_x = batch.query_x.clone().requires_grad_(True)
+        batch = TaskBatch(batch.support_x, batch.support_y, query_x, batch.query_y, batch.classes)
+        (grads[strategy],) = torch.autograd.grad(learner.meta_loss(batch).loss, [query_x])
+    torch.testing.assert_close(grads["accumulate"], grads["loop"], rtol=1e-12, atol=1e-14)
+    assert grads["loop"].abs().sum() > 0
+    threaded = MAML(ScaledConvNet().double(), "classification", ways=3, strategy="threads")
+    with pytest.raises(ValueError, match="^strategy='threads' takes gradients for the learner's parameters "
+                                         "only, but the batch's tensors require grad; use strategy='loop' "
+                                         "or 'accumulate'$"):
+        threaded.meta_loss(batch)

@@ -78,9 +78,10 @@ class MAML(Learner):
         multi_step_loss: MAML++ multi-step loss: weighted query loss after every inner step.
         msl_anneal_steps: meta-steps over which the multi-step weights anneal to the last step only.
         first_order_until: use first order for the first this many meta-steps, then second order (MAML++).
-        strategy: ``"auto"``, ``"loop"``, ``"vmap"`` or ``"threads"`` (CPU; see the module docstring: the
-            outer loss it returns carries each task's precomputed meta-gradient, so it supports first
-            derivatives w.r.t. the learner's parameters, not ``create_graph=True`` or other inputs).
+        strategy: ``"auto"``, ``"loop"``, ``"accumulate"``, ``"vmap"`` or ``"threads"`` (see the module
+            docstring; the outer loss of accumulate and threads carries each task's precomputed
+            meta-gradient, so it supports first derivatives w.r.t. the learner's parameters, not
+            ``create_graph=True``; accumulate runs as the loop when the batch's tensors require grad).
         convert_bn: replace ``nn.BatchNorm1d/2d`` in ``model`` by batch-statistics batch norm
             (``attnmeta.nn.norm``), whose second-order gradients are correct under vmap.
         head_init: where each task's inner loop starts for the output layer (the last module with
@@ -310,7 +311,8 @@ class MAML(Learner):
             if not self.accumulates():
                 raise ValueError(f"strategy='accumulate' is not available for {type(self).__name__} with "
                                  "these options; use strategy='loop'")
-            if torch.is_grad_enabled():
+            differentiable_inputs = any(t.requires_grad for t in (batch.support_x, batch.query_x))
+            if torch.is_grad_enabled() and not differentiable_inputs:  # else the loop: gradients reach them
                 self._inner_grad = "autograd"
                 return accumulated_outer_losses(self, batch, buffers, kwargs)
         vectorized = self.resolved_strategy() == "vmap"
@@ -343,6 +345,9 @@ class MAML(Learner):
             raise ValueError("strategy='threads' is for CPU tensors; use strategy='vmap' on a GPU")
         if self.training:
             self._check_no_running_stats("in parallel threads")
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (batch.support_x, batch.query_x)):
+            raise ValueError("strategy='threads' takes gradients for the learner's parameters only, but the "
+                             "batch's tensors require grad; use strategy='loop' or 'accumulate'")
         self._inner_grad = "autograd"
         return threaded_outer_losses(self, batch, params, buffers, kwargs)
 
