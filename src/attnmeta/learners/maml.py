@@ -45,7 +45,6 @@ from attnmeta.learners.inner import (
     make_rule,
     select_names,
 )
-from attnmeta.learners.registry import register
 from attnmeta.learners.task_gradients import accumulated_outer_losses, threaded_outer_losses
 from attnmeta.nn.norm import convert_batch_norm
 from attnmeta.tasks.episode import Task, TaskBatch
@@ -416,41 +415,3 @@ def _warn_if_bf16_is_emulated(device: torch.device) -> None:
         warnings.warn("precision='bf16' on a CPU without native bf16 instructions (AVX512-BF16 / AMX): "
                       "bf16 convolutions and matrix products are emulated and several times slower than "
                       "fp32 here; use it on a GPU or a bf16-capable CPU", RuntimeWarning, stacklevel=3)
-
-
-def _build(model: nn.Module, task_type: str, ways: int | None, defaults: dict[str, Any],
-           options: dict[str, Any], name: str) -> MAML:
-    learner = MAML(model, task_type, ways=ways, **{**defaults, **options})
-    learner.name = name
-    return learner
-
-
-@register("maml", head=True, description="MAML (Finn et al. 2017), second order")
-def build_maml(model: nn.Module, task_type: str = "classification", ways: int | None = None,
-               **options: Any) -> MAML:
-    return _build(model, task_type, ways, {}, options, "maml")
-
-
-@register("fomaml", head=True, description="first-order MAML")
-def build_fomaml(model: nn.Module, task_type: str = "classification", ways: int | None = None,
-                 **options: Any) -> MAML:
-    return _build(model, task_type, ways, {"first_order": True}, options, "fomaml")
-
-
-@register("meta-sgd", head=True, description="Meta-SGD (Li et al. 2017): learnable per-parameter inner LRs")
-def build_meta_sgd(model: nn.Module, task_type: str = "classification", ways: int | None = None,
-                   **options: Any) -> MAML:
-    return _build(model, task_type, ways, {"rule": "meta-sgd"}, options, "meta-sgd")
-
-
-@register("anil", head=True, description="ANIL (Raghu et al. 2020): only the head adapts")
-def build_anil(model: nn.Module, task_type: str = "classification", ways: int | None = None,
-               **options: Any) -> MAML:
-    return _build(model, task_type, ways, {"adapt": "head"}, options, "anil")
-
-
-@register("maml++", head=True, description="MAML++ (Antoniou et al. 2019): LSLR, multi-step loss, annealing")
-def build_maml_plus_plus(model: nn.Module, task_type: str = "classification", ways: int | None = None,
-                         **options: Any) -> MAML:
-    defaults = {"rule": "lslr", "multi_step_loss": True, "msl_anneal_steps": 10000, "first_order_until": 5000}
-    return _build(model, task_type, ways, defaults, options, "maml++")

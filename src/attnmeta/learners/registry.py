@@ -182,7 +182,7 @@ def _fixed_by_builder(builder: Callable[..., Any]) -> set[str]:
     return {k.arg for call in calls for k in call.keywords if k.arg is not None}
 
 
-_BUILTIN_MODULES = ("maml", "protonet", "matching", "snail", "meta_lstm", "feat", "transfer",
+_BUILTIN_MODULES = ("maml_family", "protonet", "matching", "snail", "meta_lstm", "feat", "transfer",
                     "attention_maml", "reptile", "relationnet", "simpleshot", "r2d2", "metaoptnet_svm")
 
 
