@@ -14,13 +14,14 @@ Any of them can start each task's output layer from zero (``head_init="zero"``, 
 meta-learned row shared by every class (``head_init="shared"``, UnicornMAML, Ye & Chao 2022).
 
 Four execution strategies compute the same meta-gradient: ``"loop"`` (a Python loop over the tasks of a
-meta-batch keeping the whole meta-batch's graph; the reference, and the only one whose outer loss can be
-differentiated twice), ``"accumulate"`` (the same loop, but each task's meta-gradient is taken as soon as its
-loss exists and its graph freed: peak memory of one task), ``"vmap"`` (``torch.func.vmap`` over tasks, for
-GPUs) and ``"threads"`` (CPU: the tasks split over ``torch.get_num_threads()`` Python threads, each with its
-own copy of the model's module structure and one intra-op thread, each task's meta-gradient computed in its
-thread). ``"auto"`` picks vmap on CUDA and accumulate elsewhere (loop where a learner's outer loss needs the
-graphs of all tasks at once); ``benchmarks/bench_meta_step.py`` measures them against learn2learn.
+meta-batch keeping the whole meta-batch's graph; the reference, whose outer loss can be differentiated again),
+``"accumulate"`` (the same loop, but each task's meta-gradient is taken as soon as its loss exists and its
+graph freed: peak memory of one task; first derivatives of the outer loss only), ``"vmap"``
+(``torch.func.vmap`` over tasks, for GPUs) and ``"threads"`` (CPU: the tasks split over
+``torch.get_num_threads()`` Python threads, each with its own copy of the model's module structure and one
+intra-op thread, each task's meta-gradient computed in its thread). ``"auto"`` picks vmap on CUDA and
+accumulate elsewhere (loop where a learner's outer loss needs the graphs of all tasks at once);
+``benchmarks/bench_meta_step.py`` measures them against learn2learn.
 """
 
 from __future__ import annotations
