@@ -1,8 +1,21 @@
-"""Small synthetic data sets for tests that must not need ../shared/data."""
+"""Small synthetic data sets for tests that must not need ../shared/data, and a one-line-error helper."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import pytest
 import torch
+
+
+def one_line_error(kind: type[BaseException], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
+    """The message of the ``kind`` error ``fn(*args, **kwargs)`` raises, checked to be one line."""
+    with pytest.raises(kind) as info:
+        fn(*args, **kwargs)
+    text = str(info.value)
+    assert "\n" not in text
+    return text
 
 
 def synthetic_omniglot(characters: int, seed: int) -> dict:

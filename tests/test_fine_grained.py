@@ -22,6 +22,7 @@ from attnmeta.data.download import safe_extract_tar
 from attnmeta.data.fine_grained import IMAGENET_MEAN, IMAGENET_STD, FineGrained, fine_grained_split
 from attnmeta.data.fine_grained_files import SPLIT_DIR, read_mat_vector
 from attnmeta.errors import DataError, UserError
+from synthetic import one_line_error
 
 PER_CLASS = 2
 NAMES = ("cub", "aircraft", "flowers", "dtd")
@@ -261,11 +262,7 @@ def test_archive_is_extracted_safely(roots, tmp_path):
 
 
 def _message(kind, *args, **kwargs) -> str:
-    with pytest.raises(kind) as info:
-        FineGrained(*args, **kwargs)
-    text = str(info.value)
-    assert "\n" not in text
-    return text
+    return one_line_error(kind, FineGrained, *args, **kwargs)
 
 
 def test_missing_data_and_refused_download(tmp_path):

@@ -15,6 +15,7 @@ from attnmeta.cli import main
 from attnmeta.data import make_benchmark
 from attnmeta.data.quickdraw import QUICKDRAW_SPLIT_FILE, QuickDraw, quickdraw_split, read_bitmaps
 from attnmeta.errors import DataError, UserError
+from synthetic import one_line_error
 
 SPLIT = {"train": ["cat", "The Eiffel Tower", "apple", "dog"], "val": ["ant", "bus", "eye"],
          "test": ["axe", "bee", "yoga"]}
@@ -107,11 +108,7 @@ def test_episodes_from_the_split(data_root):
 
 
 def _error(kind, root: Path, **kwargs) -> str:
-    with pytest.raises(kind) as info:
-        _bench(root, **kwargs)
-    text = str(info.value)
-    assert "\n" not in text
-    return text
+    return one_line_error(kind, _bench, root, **kwargs)
 
 
 def test_missing_data(tmp_path, data_root):
