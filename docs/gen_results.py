@@ -170,8 +170,10 @@ def readme_table(rows: Iterable[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def results_page(rows: Iterable[dict[str, Any]]) -> str:
+def results_page(rows: Iterable[dict[str, Any]], sections: dict[str, str] | None = None) -> str:
+    """The results page: per benchmark, its recipes' table and commands, then ``sections[benchmark]``."""
     rows = list(rows)
+    sections = sections or {}
     parts = [RESULTS_PAGE_HEAD]
     if not rows:
         parts.append(f"\n{EMPTY}\n")
@@ -195,6 +197,7 @@ def results_page(rows: Iterable[dict[str, Any]]) -> str:
         parts.append("\nCommands:\n\n")
         for r in group:
             parts.append(f"- `{_cell(r['recipe'])}`: `{_cell(r['command'])}`\n")
+        parts.append(sections.get(benchmark, ""))
     return "".join(parts)
 
 
@@ -203,24 +206,6 @@ def replace_between_markers(text: str, table: str) -> str:
     if start < 0 or end < start:
         raise ResultsError(f"README.md must contain {START} ... {END}")
     return text[: start + len(START)] + "\n" + table + "\n" + text[end:]
-
-
-PRESETS_DIR = Path("docs") / "results" / "presets"
-PRESETS_START, PRESETS_END = "<!-- presets:start -->", "<!-- presets:end -->"
-
-
-def presets_table(folder: Path) -> str:
-    """One row per ``omniglot-<algo>.json`` of the measured presets (the whole ``attnmeta train`` command)."""
-    lines = ["| learner | total wall min | test accuracy % (95% CI) | steps | train CPU min | max RSS MiB | "
-             "load at start |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
-    for run in sorted(runs, key=lambda r: -r["summary"]["test"]["mean"]):
-        summary, test = run["summary"], run["summary"]["test"]
-        lines.append(
-            f"| {run['algo']} | {run['total_wall_seconds'] / 60:.1f} | {100 * test['mean']:.2f} +/- "
-            f"{100 * test['ci95']:.2f} | {summary['steps']:,} | {summary['train_cpu_seconds'] / 60:.1f} | "
-            f"{run['max_rss_mib']:.0f} | {run['load_average_before_after'][0].split()[0]} |")
-    return "\n".join(lines)
 
 
 DETECTION_DIR = Path("docs") / "results" / "detection"
@@ -340,9 +325,10 @@ def _between_text(text: str, path: Path, start_mark: str, end_mark: str, table: 
     return text[: start + len(start_mark)] + "\n" + table + "\n" + text[end:]
 
 
-def _performance_module() -> Any:
-    path = Path(__file__).with_name("gen_performance.py")
-    spec = importlib.util.spec_from_file_location("gen_performance", path)
+def _sibling_module(name: str) -> Any:
+    """``docs/<name>.py`` (the docs folder is not a package)."""
+    path = Path(__file__).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -353,15 +339,18 @@ def generate(root: Path = ROOT, *, check: bool = False, readme: bool = True) -> 
     """Write (or, with ``check``, compare) README.md, docs/results.md and the presets' table; return the
     stale files."""
     rows = load_results(*(root / d for d in RESULTS_DIRS))
-    targets = {root / "docs" / "results.md": results_page(rows)}
-    presets = root / PRESETS_DIR
-    if (presets / "README.md").is_file():
-        text = (presets / "README.md").read_text(encoding="utf-8")
-        start, end = text.find(PRESETS_START), text.find(PRESETS_END)
-        if start < 0 or end < start:
-            raise ResultsError(f"{presets / 'README.md'} must contain {PRESETS_START} ... {PRESETS_END}")
-        targets[presets / "README.md"] = (text[: start + len(PRESETS_START)] + "\n" + presets_table(presets)
-                                          + "\n" + text[end:])
+    methods = _sibling_module("gen_methods")
+    omniglot = (methods.learners_section(root / methods.PRESETS_DIR)
+                + methods.transductive_section(root / methods.TRANSDUCTIVE_JSON))
+    targets = {root / "docs" / "results.md": results_page(rows, {"omniglot": omniglot})}
+    presets = root / methods.PRESETS_DIR / "README.md"
+    if presets.is_file():
+        targets[presets] = _between(presets, methods.PRESETS_START, methods.PRESETS_END,
+                                    methods.presets_table(presets.parent))
+    if (root / methods.TRANSDUCTIVE_PAGE).is_file():
+        targets[root / methods.TRANSDUCTIVE_PAGE] = _between(
+            root / methods.TRANSDUCTIVE_PAGE, methods.TRANSDUCTIVE_START, methods.TRANSDUCTIVE_END,
+            methods.transductive_table(root / methods.TRANSDUCTIVE_JSON))
     if (root / DETECTION_PAGE).is_file():
         targets[root / DETECTION_PAGE] = _between(root / DETECTION_PAGE, DETECTION_START, DETECTION_END,
                                                   detection_table(root / DETECTION_DIR))
@@ -372,7 +361,7 @@ def generate(root: Path = ROOT, *, check: bool = False, readme: bool = True) -> 
         path = root / "README.md"
         text = replace_between_markers(path.read_text(encoding="utf-8"), readme_table(rows))
         targets[path] = text
-    perf = _performance_module()
+    perf = _sibling_module("gen_performance")
     for path in [root / "README.md"] * readme + [root / perf.PERFORMANCE_PAGE]:
         text = targets.get(path) or (path.read_text(encoding="utf-8") if path.is_file() else "")
         if perf.PERFORMANCE_START in text:

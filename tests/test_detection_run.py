@@ -205,10 +205,10 @@ def test_eval_with_no_valid_episodes_is_one_line(run: Path, capsys):
 @pytest.mark.parametrize(("args", "message"), [
     (["train", "coco", "--algo", "protonet"],
      "benchmark 'coco' is detection: choose --algo attention-detector or protonet-windows or "
-     "template-matching (not 'protonet')"),
+     "template-matching or transfer-detector (not 'protonet')"),
     (["train", "omniglot-scenes", "--algo", "protonet"],
      "benchmark 'omniglot-scenes' is detection: choose --algo attention-detector or protonet-windows or "
-     "template-matching (not 'protonet')"),
+     "template-matching or transfer-detector (not 'protonet')"),
     (["train", "omniglot", "--algo", "attention-detector"],
      "learner 'attention-detector' is for the detection benchmarks (omniglot-scenes, coco), not 'omniglot'; "
      "choose another --algo or benchmark"),

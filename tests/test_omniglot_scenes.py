@@ -89,6 +89,27 @@ def test_single_target_box_is_tight_ink_box(data: Omniglot) -> None:
             assert int((image > 0).sum()) > 0 and float(image.max()) <= 1.0
 
 
+def test_distractor_boxes_cover_the_ink_no_target_box_holds() -> None:
+    """``info["other_boxes"]``: with no clutter, every inked pixel (> 0.5) lies in a target or a distractor
+    box, and each distractor box is tight around ink of its own."""
+    data = synthetic_omniglot()
+    options = SceneOptions(distractors=(2, 3), clutter=(0, 0), noise=0.0)
+    count = 0
+    for task in source(data, options=options).fixed_tasks(3, seed=2):
+        assert len(task.info["other_boxes"]) == len(task.query_boxes)
+        for image, boxes, others in zip(task.query_x, task.query_boxes, task.info["other_boxes"]):
+            assert others.dtype == torch.float32 and others.shape[1] == 4
+            covered = torch.zeros(128, 128, dtype=torch.bool)
+            for x0, y0, x1, y1 in torch.cat([boxes, others]).long().tolist():
+                covered[y0:y1, x0:x1] = True
+            assert not bool(((image[0] > 0.5) & ~covered).any())  # boxes are tight around ink > 0.5
+            for x0, y0, x1, y1 in others.long().tolist():
+                count += 1
+                inside = image[0, y0:y1, x0:x1] > 0.5
+                assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+    assert count >= 12
+
+
 def test_render_without_rotation_is_area_resizing(data: Omniglot) -> None:
     drawing = data.float_images()[5]
     for size in (20, 37, 56):

@@ -30,7 +30,10 @@ def train_command(config: dict) -> str:
         recipe_options = config.get("algo_options") or {}
         extra = "" if recipe_options.get("template_prior") else " --set algo_options.template_prior=0"
         return f"attnmeta train --recipe {config['recipe']} --root DATA/omniglot{extra}"
-    command = f"attnmeta train {config['benchmark']} --algo {config['algo']} --root DATA/omniglot {options}"
+    budget = (f"--budget {config['budget_minutes']:g}m --budget-clock {config.get('budget_clock', 'wall')} "
+              if config.get("budget_minutes") and config["algo"] != "template-matching" else "")
+    command = (f"attnmeta train {config['benchmark']} --algo {config['algo']} --root DATA/omniglot "
+               f"{budget}{options}")
     return command.strip()
 
 

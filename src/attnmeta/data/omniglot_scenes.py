@@ -5,7 +5,8 @@ small rotations: instances of the episode's target classes (drawings the support
 distractors (other characters, from the target characters' alphabets where possible), plus optional
 clutter (random pen strokes and salt noise). Ink is 1, background 0. The ground-truth box of an instance is
 the tight box around its ink. Support crops are whole single-character drawings (with their margins),
-resized to ``support_size``.
+resized to ``support_size``. ``task.info["other_boxes"]`` holds each query scene's distractor boxes
+``[D, 4]`` (background for the episode; a detector may use them in training, e.g. as objects of no class).
 
 Splits (``omniglot_scene_sources``): training scenes use background-set alphabets except
 ``VAL_ALPHABETS`` (validation); test scenes use only the evaluation set (20 alphabets, never seen in
@@ -126,8 +127,9 @@ class OmniglotScenes:
         support_x = self.support_images[torch.cat(support)]
         support_y = torch.arange(self.ways).repeat_interleave(self.shots)
         scenes = [self._scene(classes, scene_pool, g) for _ in range(self.queries)]
-        images, boxes, labels = zip(*scenes)
-        return DetectionTask(support_x, support_y, torch.stack(images), list(boxes), list(labels), classes)
+        images, boxes, labels, others = zip(*scenes)
+        return DetectionTask(support_x, support_y, torch.stack(images), list(boxes), list(labels), classes,
+                             {"other_boxes": list(others)})
 
     def sample_batch(self, meta_batch: int, generator: torch.Generator | None = None) -> DetectionBatch:
         return DetectionBatch([self.sample(generator) for _ in range(meta_batch)])
@@ -152,8 +154,9 @@ class OmniglotScenes:
 
     # -- one scene -----------------------------------------------------------------------------------
     def _scene(self, classes: Tensor, pools: list[Tensor], g: torch.Generator
-               ) -> tuple[Tensor, Tensor, Tensor]:
-        """One query scene: ``[1, canvas, canvas]``, boxes ``[M, 4]``, labels ``[M]``."""
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One query scene: ``[1, canvas, canvas]``, target boxes ``[M, 4]``, labels ``[M]``, and the
+        distractors' boxes ``[D, 4]``."""
         o = self.options
         canvas = torch.zeros(1, o.canvas, o.canvas)
         squares: list[tuple[int, int, int]] = []
@@ -165,12 +168,16 @@ class OmniglotScenes:
             if box is not None:
                 boxes.append(box)
                 labels.append(label)
+        others = []
         for character in self._distractors(classes, g):
             drawings = self.by_character[character]
-            self._paste(canvas, int(drawings[_randint(0, len(drawings) - 1, g)]), squares, g)
+            box = self._paste(canvas, int(drawings[_randint(0, len(drawings) - 1, g)]), squares, g)
+            if box is not None:
+                others.append(box)
         _clutter(canvas, _randint(*o.clutter, g), o.noise, g)
         box_tensor = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-        return canvas, box_tensor, torch.tensor(labels, dtype=torch.long)
+        other_tensor = torch.tensor(others, dtype=torch.float32).reshape(-1, 4)
+        return canvas, box_tensor, torch.tensor(labels, dtype=torch.long), other_tensor
 
     def _target_labels(self, g: torch.Generator) -> list[int]:
         count = _randint(*self.options.targets, g)

@@ -2,8 +2,10 @@
 
 ``attention-detector`` (``AttentionDetector``: support-query attention and a CenterNet head, meta-trained),
 ``protonet-windows`` (``WindowProtoNet``: sliding windows classified by a ProtoNets embedding meta-trained on
-the same episodes) and ``template-matching`` (``TemplateMatching``: multi-scale normalised cross-correlation,
-nothing to train). ``build_detector(algo, in_channels, options)`` takes a config's ``algo_options``.
+the same episodes), ``template-matching`` (``TemplateMatching``: multi-scale normalised cross-correlation,
+nothing to train) and ``transfer-detector`` (``TransferDetector``: base training, then a class head fine-tuned
+on each episode's support crops). ``build_detector(algo, in_channels, options)`` takes a config's
+``algo_options``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ DETECTORS: dict[str, DetectorSpec] = {
     "template-matching": DetectorSpec(
         "template_matching", "TemplateMatching",
         "multi-scale normalised cross-correlation with the support crops (baseline, nothing to train)"),
+    "transfer-detector": DetectorSpec(
+        "transfer_detector", "TransferDetector",
+        "base-trained CenterNet, a new class head fine-tuned on the support crops (TFA-style baseline)"),
 }
 #: Constructor arguments that come from the data, not from ``algo_options``.
 DATA_OPTIONS = ("in_channels",)

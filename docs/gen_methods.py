@@ -1,0 +1,137 @@
+"""Tables of every Omniglot learner and transductive method, generated from committed measurements.
+
+``docs/gen_results.py`` calls these for the presets page (``docs/results/presets/README.md``), the results
+page's Omniglot section and the transductive guide. The JSON files are written by
+``experiments/omniglot/record_methods.py`` from the run folders and ``attnmeta eval`` files of
+``experiments/omniglot/measure_methods.sh``:
+
+* ``docs/results/presets/omniglot-<algo>.json``: ``{"algo", "command", "total_wall_seconds", "max_rss_mib",
+  "user_seconds", "system_seconds", "load_average_before_after", "summary"}`` (the run's summary.json and
+  ``/usr/bin/time -v`` of the whole command), optionally ``"eval_20way": {"mean", "ci95", "n",
+  "seconds_per_task", "command"}`` (``attnmeta eval RUN --ways 20`` of the same checkpoint);
+* ``docs/results/transductive/omniglot-protonet.json``: ``{"train_command", "steps", "best_step", "machine",
+  "rows": [{"ways", "shots", "method", "mean", "ci95", "n", "seconds_per_task", "command"}]}``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+PRESETS_DIR = Path("docs") / "results" / "presets"
+PRESETS_START, PRESETS_END = "<!-- presets:start -->", "<!-- presets:end -->"
+TRANSDUCTIVE_JSON = Path("docs") / "results" / "transductive" / "omniglot-protonet.json"
+TRANSDUCTIVE_PAGE = Path("docs") / "guides" / "transductive.md"
+TRANSDUCTIVE_START, TRANSDUCTIVE_END = "<!-- transductive:start -->", "<!-- transductive:end -->"
+FIXED_HEAD_NOTE = ("-: the learner classifies with a fixed 5-output head (the MAML family, Reptile, "
+                   "Meta-LSTM, SNAIL), so `attnmeta eval --ways 20` refuses it; a 20-way figure needs a "
+                   "20-way training run.")
+METHOD_ORDER = ("inductive", "bd-cspn", "laplacianshot", "pt-map", "tim", "finetune")
+
+
+def _percent(entry: dict[str, Any] | None, episodes: int | None = None) -> str:
+    """``mean +/- ci95`` in percent, with the number of episodes where it is not ``episodes``."""
+    if not entry:
+        return "-"
+    n = "" if episodes is None or entry["n"] == episodes else f" ({entry['n']} episodes)"
+    return f"{100 * entry['mean']:.2f} +/- {100 * entry['ci95']:.2f}{n}"
+
+
+def load_presets(folder: Path) -> list[dict[str, Any]]:
+    """Every ``omniglot-<algo>.json`` of ``folder``, best 5-way accuracy first."""
+    runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("omniglot-*.json"))]
+    return sorted(runs, key=lambda r: -r["summary"]["test"]["mean"])
+
+
+def presets_table(folder: Path) -> str:
+    """One row per measured preset: the whole ``attnmeta train`` command's cost and both test figures."""
+    lines = ["| learner | 5-way 1-shot % (95% CI) | 20-way 1-shot % (95% CI) | steps | train CPU min | "
+             "total wall min | max RSS MiB | load at start |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for run in load_presets(folder):
+        summary = run["summary"]
+        lines.append(
+            f"| {run['algo']} | {_percent(summary['test'])} | {_percent(run.get('eval_20way'))} | "
+            f"{summary['steps']:,} | {summary['train_cpu_seconds'] / 60:.1f} | "
+            f"{run['total_wall_seconds'] / 60:.1f} | {run['max_rss_mib']:.0f} | "
+            f"{run['load_average_before_after'][0].split()[0]} |")
+    return "\n".join([*lines, "", FIXED_HEAD_NOTE])
+
+
+def _data_relative(command: str) -> str:
+    """A measured command as users type it: the data folder as ``DATA``, without the run folder options."""
+    words = command.split()
+    out, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        if word == "--run-dir":
+            skip = True
+            continue
+        if word == "--quiet":
+            continue
+        out.append(word.replace("/work/shared/data", "DATA"))
+    return " ".join(out)
+
+
+def learners_section(folder: Path) -> str:
+    """The results page's Omniglot subsection: every learner's preset at 5-way and 20-way 1-shot."""
+    runs = load_presets(folder)
+    if not runs:
+        return ""
+    lines = ["", "### Every learner's preset (a 3-minute budget)", "",
+             "Each learner's `attnmeta train omniglot --algo NAME` preset for 3 minutes of training (CPU "
+             "or wall clock, as its command says), tested on the 600 fixed 5-way 1-shot episodes of the run "
+             "and, with "
+             "`attnmeta eval RUN --ways 20 --episodes 600`, on 600 fixed 20-way 1-shot episodes of the same "
+             "checkpoint. These say how far each method gets on a small budget, not what it reaches; the "
+             "[presets page](results/presets/README.md) adds memory and wall time.", "",
+             "| learner | 5-way 1-shot % (95% CI) | 20-way 1-shot % (95% CI) | steps | train CPU min |",
+             "| --- | --- | --- | --- | --- |"]
+    for run in runs:
+        summary = run["summary"]
+        lines.append(f"| {run['algo']} | {_percent(summary['test'])} | {_percent(run.get('eval_20way'))} | "
+                     f"{summary['steps']:,} | {summary['train_cpu_seconds'] / 60:.1f} |")
+    lines += ["", FIXED_HEAD_NOTE, "",
+              "Commands (then `attnmeta eval RUN --ways 20 --episodes 600` for the 20-way column):", ""]
+    lines += [f"- `{run['algo']}`: `{_data_relative(run['command'])}`" for run in runs]
+    return "\n".join(lines) + "\n"
+
+
+def transductive_table(path: Path) -> str:
+    """Inductive vs transductive accuracy of one ProtoNets checkpoint, 5-way and 20-way 1-shot."""
+    if not path.is_file():
+        return "No transductive measurement is committed yet."
+    data = json.loads(path.read_text(encoding="utf-8"))
+    cells: dict[tuple[str, int], dict[str, Any]] = {(r["method"], r["ways"]): r for r in data["rows"]}
+    ways = sorted({w for _, w in cells})
+    methods = [m for m in METHOD_ORDER if any((m, w) in cells for w in ways)]
+    head = " | ".join(f"{w}-way 1-shot % (95% CI) | s per episode" for w in ways)
+    lines = [f"| method | {head} |", "| --- |" + " --- | --- |" * len(ways)]
+    for method in methods:
+        row = []
+        for w in ways:
+            r = cells.get((method, w))
+            row.append(f"{_percent(r, 600)} | {r['seconds_per_task']:.3f}" if r else "not measured | -")
+        name = "inductive (nearest prototype)" if method == "inductive" else f"`{method}`"
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    lines += ["", f"One checkpoint ({data['steps']} training steps, best validation at step "
+              f"{data['best_step']}), 600 fixed test episodes (seed 0, 15 queries per class) per column, or "
+              "the first N of them where a cell says N episodes (the slowest methods); machine: "
+              f"{data['machine']}. Seconds per episode are `evaluate`'s wall clock (embedding included), on "
+              "one thread while other jobs shared the two cores, so they are rough.", "", "Commands:", "",
+              f"- training: `{_data_relative(data['train_command'])}`"]
+    lines += sorted({f"- `{r['command']}`" for r in data["rows"]})
+    return "\n".join(lines)
+
+
+def transductive_section(path: Path) -> str:
+    """The results page's Omniglot subsection on transductive inference."""
+    if not path.is_file():
+        return ""
+    return ("\n### Transductive inference on one ProtoNets embedding\n\n"
+            "`attnmeta eval RUN --transductive METHOD` (see the "
+            "[transductive guide](guides/transductive.md)):\n\n"
+            + transductive_table(path) + "\n")
