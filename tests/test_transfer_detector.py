@@ -74,6 +74,8 @@ def test_meta_loss_trains_every_parameter_and_bad_ids_are_one_line() -> None:
     assert one_line_error(ValueError, TransferDetector(**SMALL).task_loss, task) == (
         f"class id {largest} >= base_classes=8; set algo_options.base_classes above the data set's largest "
         "class id")
+    assert one_line_error(ValueError, TransferDetector, hidden=24) == (
+        "hidden must be a multiple of 16 (group norms of 8 groups over hidden // 2 channels), got 24")
     assert one_line_error(ValueError, TransferDetector, objects=(2, 1)) == (
         "need 1 <= objects[0] <= objects[1] and 4 <= sizes[0] <= sizes[1], got objects=[2, 1], "
         "sizes=[20, 56]")

@@ -49,6 +49,9 @@ class DetectionTrunk(nn.Module):
 
     def __init__(self, in_channels: int = 1, hidden: int = 64) -> None:
         super().__init__()
+        if hidden < 16 or hidden % 16:
+            raise ValueError(f"hidden must be a multiple of 16 (group norms of 8 groups over hidden // 2 "
+                             f"channels), got {hidden}")
         self.layers = nn.Sequential(
             conv_gn_relu(in_channels, hidden // 2), nn.MaxPool2d(2),
             conv_gn_relu(hidden // 2, hidden), nn.MaxPool2d(2),
