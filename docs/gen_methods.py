@@ -52,8 +52,9 @@ def presets_table(folder: Path) -> str:
     for run in load_presets(folder):
         summary = run["summary"]
         lines.append(
-            f"| {run['algo']} | {_percent(summary['test'])} | {_percent(run.get('eval_20way'))} | "
-            f"{summary['steps']:,} | {summary['train_cpu_seconds'] / 60:.1f} | "
+            f"| {run.get('label', run['algo'])} | {_percent(summary['test'])} | "
+            f"{_percent(run.get('eval_20way'))} | {summary['steps']:,} | "
+            f"{summary['train_cpu_seconds'] / 60:.1f} | "
             f"{run['total_wall_seconds'] / 60:.1f} | {run['max_rss_mib']:.0f} | "
             f"{run['load_average_before_after'][0].split()[0]} |")
     return "\n".join([*lines, "", FIXED_HEAD_NOTE])
@@ -92,11 +93,12 @@ def learners_section(folder: Path) -> str:
              "| --- | --- | --- | --- | --- |"]
     for run in runs:
         summary = run["summary"]
-        lines.append(f"| {run['algo']} | {_percent(summary['test'])} | {_percent(run.get('eval_20way'))} | "
+        lines.append(f"| {run.get('label', run['algo'])} | {_percent(summary['test'])} | "
+                     f"{_percent(run.get('eval_20way'))} | "
                      f"{summary['steps']:,} | {summary['train_cpu_seconds'] / 60:.1f} |")
     lines += ["", FIXED_HEAD_NOTE, "",
               "Commands (then `attnmeta eval RUN --ways 20 --episodes 600` for the 20-way column):", ""]
-    lines += [f"- `{run['algo']}`: `{_data_relative(run['command'])}`" for run in runs]
+    lines += [f"- `{run.get('label', run['algo'])}`: `{_data_relative(run['command'])}`" for run in runs]
     return "\n".join(lines) + "\n"
 
 

@@ -6,10 +6,10 @@
 
 ``--preset-runs``: for each run folder (``attnmeta train omniglot --algo A ...``) reads its 20-way 1-shot
 evaluation (``eval-20w1s-600ep-seed0.json``, written by ``attnmeta eval RUN --ways 20 --episodes 600 --seed
-0``) into ``docs/results/presets/omniglot-A.json`` as ``eval_20way`` (that file, the run's summary and
-``/usr/bin/time -v``, is written by ``measure_methods.sh``). ``--transductive-run``: every
-``eval-<W>w1s-<E>ep-seed0[-METHOD].json`` of one run (the most episodes per cell) into
-``docs/results/transductive/omniglot-protonet.json``.
+0``) into the ``docs/results/presets/omniglot-*.json`` that records the run, as ``eval_20way``
+(that file, the run's summary and ``/usr/bin/time -v``, is written by ``measure_methods.sh``).
+``--transductive-run``: every ``eval-<W>w1s-<E>ep-seed0[-METHOD].json`` of one run (the most episodes per
+cell) into ``docs/results/transductive/omniglot-protonet.json``.
 Then ``python docs/gen_results.py`` regenerates the tables.
 """
 
@@ -36,14 +36,15 @@ def _eval_entry(path: Path, command: str) -> dict:
 
 
 def record_presets(runs: list[Path]) -> None:
+    records = {path: json.loads(path.read_text(encoding="utf-8"))
+               for path in PRESETS.glob("omniglot-*.json")}
     for run in runs:
-        algo = json.loads((run / "summary.json").read_text(encoding="utf-8"))["algo"]
-        target = PRESETS / f"omniglot-{algo}.json"
-        if not target.is_file():
-            raise SystemExit(f"{target} is missing: measure the preset first (measure_methods.sh)")
-        record = json.loads(target.read_text(encoding="utf-8"))
-        if record["summary"]["run_dir"] != str(run):
-            raise SystemExit(f"{target} records the run {record['summary']['run_dir']}, not {run}")
+        found = [path for path, record in records.items() if record["summary"]["run_dir"] == str(run)]
+        if not found:
+            raise SystemExit(f"no file of {PRESETS} records the run {run}: measure it with "
+                             "measure_methods.sh")
+        target, record = found[0], records[found[0]]
+        algo = record.get("label", record["algo"])
         record["eval_20way"] = _eval_entry(run / "eval-20w1s-600ep-seed0.json",
                                            "attnmeta eval RUN --ways 20 --episodes 600 --seed 0")
         target.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
