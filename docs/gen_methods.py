@@ -1,4 +1,5 @@
-"""Tables of every Omniglot learner and transductive method, generated from committed measurements.
+"""Tables of every Omniglot learner, the transductive methods and the frozen-text baselines, generated from
+committed measurements.
 
 ``docs/gen_results.py`` calls these for the presets page (``docs/results/presets/README.md``), the results
 page's Omniglot section and the transductive guide. The JSON files are written by
@@ -137,3 +138,24 @@ def transductive_section(path: Path) -> str:
             "`attnmeta eval RUN --transductive METHOD` (see the "
             "[transductive guide](guides/transductive.md)):\n\n"
             + transductive_table(path) + "\n")
+
+
+TEXT_TRANSFORMS_JSON = Path("experiments") / "text" / "results" / "frozen_transforms.json"
+TEXT_PAGE = Path("docs") / "guides" / "text.md"
+TEXT_START, TEXT_END = "<!-- text-transforms:start -->", "<!-- text-transforms:end -->"
+
+
+def text_transforms_table(path: Path) -> str:
+    """Training-free classifiers on frozen sentence embeddings (``experiments/text/frozen_transforms.py``)."""
+    if not path.is_file():
+        return "Not measured yet (`python experiments/text/frozen_transforms.py`)."
+    rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
+    shapes = list(dict.fromkeys((r["ways"], r["shots"], r["episodes"]) for r in rows))
+    cells = {(r["method"], r["ways"], r["shots"]): r for r in rows}
+    head = " | ".join(f"{w}-way {s}-shot ({e} episodes)" for w, s, e in shapes)
+    lines = [f"| frozen MiniLM + | {head} |", "| --- |" + " --- |" * len(shapes)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        values = [cells.get((method, w, s)) for w, s, _ in shapes]
+        shown = ("-" if v is None else f"{100 * v['accuracy']:.2f} +/- {100 * v['ci95']:.2f}" for v in values)
+        lines.append(f"| {method} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)

@@ -351,6 +351,10 @@ def generate(root: Path = ROOT, *, check: bool = False, readme: bool = True) -> 
         targets[root / methods.TRANSDUCTIVE_PAGE] = _between(
             root / methods.TRANSDUCTIVE_PAGE, methods.TRANSDUCTIVE_START, methods.TRANSDUCTIVE_END,
             methods.transductive_table(root / methods.TRANSDUCTIVE_JSON))
+    text_page = root / methods.TEXT_PAGE
+    if text_page.is_file():
+        targets[text_page] = _between(text_page, methods.TEXT_START, methods.TEXT_END,
+                                      methods.text_transforms_table(root / methods.TEXT_TRANSFORMS_JSON))
     if (root / DETECTION_PAGE).is_file():
         targets[root / DETECTION_PAGE] = _between(root / DETECTION_PAGE, DETECTION_START, DETECTION_END,
                                                   detection_table(root / DETECTION_DIR))

@@ -11,7 +11,8 @@ from torch import Tensor
 
 from attnmeta.eval.detection import evaluate_detection
 from attnmeta.learners.detection.attention_detector import AttentionDetector, check_support
-from attnmeta.tasks.detection import DetectionBatch
+from attnmeta.learners.detection.centernet import centre_targets
+from attnmeta.tasks.detection import DetectionBatch, DetectionTask
 from detection_fixtures import DEVICES, glyph_episode, one_thread  # noqa: F401 (an autouse fixture)
 
 SMALL = {"hidden": 16, "head_hidden": 16, "heads": 2, "key_size": 8}
@@ -214,8 +215,6 @@ def test_normalized_correlation_finds_an_even_template_where_it_was_pasted() -> 
 def test_match_loss_is_the_cross_entropy_of_centres_and_hard_negatives() -> None:
     """The matching loss: each object's class, and "none" at the best-correlated cells away from the
     objects, from the best-scale correlations (a loop-by-loop reference)."""
-    from attnmeta.learners.detection.centernet import centre_targets
-
     torch.manual_seed(0)
     model = AttentionDetector(**SMALL, hard_negatives=5)
     task = episodes(1, seed=3)[0]
@@ -236,12 +235,38 @@ def test_match_loss_is_the_cross_entropy_of_centres_and_hard_negatives() -> None
         for _, r, c in cells:
             rows.append(best[q, :, r, c])
             labels.append(task.ways)
-    logits = torch.cat([model.similarity_scale * torch.stack(rows),
-                        model.none_logit.expand(len(rows), 1)], 1)
-    expected = torch.nn.functional.cross_entropy(logits, torch.tensor(labels))
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and 0 <= accuracy <= 1
+    def reference(rows: list[Tensor], labels: list[int]) -> float:
+        logits = torch.cat([model.similarity_scale * torch.stack(rows),
+                            model.none_logit.expand(len(rows), 1)], 1)
+        return torch.nn.functional.cross_entropy(logits, torch.tensor(labels)).item()
+
+    assert loss.item() == pytest.approx(reference(rows, labels), rel=1e-5) and 0 <= accuracy <= 1
     without = AttentionDetector(**SMALL, match_weight=0.0).meta_loss(DetectionBatch([task]))
     assert "match_loss" not in without.metrics
+    # distractor negatives: "none" at the given (image, row, column) cells as well
+    distractors = torch.tensor([[0, 3, 4], [1, 10, 2]])
+    with_distractors, _ = model._match_loss(similarity, targets, distractors)
+    extra = [best[q, :, r, c] for q, r, c in distractors.tolist()]
+    assert with_distractors.item() == pytest.approx(
+        reference(rows + extra, labels + [task.ways] * 2), rel=1e-5)
+
+
+def test_distractor_negatives_come_from_the_other_boxes() -> None:
+    torch.manual_seed(0)
+    task = episodes(1, seed=3)[0]
+    others = [torch.tensor([[0.0, 0.0, 16.0, 16.0]]), torch.zeros(0, 4)]
+    task = DetectionTask(task.support_x, task.support_y, task.query_x, task.query_boxes, task.query_labels,
+                         task.classes, {"other_boxes": others})
+    plain = AttentionDetector(**SMALL).task_loss(task)[1]["match_loss"]
+    torch.manual_seed(0)
+    model = AttentionDetector(**SMALL, distractor_negatives=True)
+    support = model.class_features(task.support_x, task.support_y, task.ways)
+    _, _, similarity = model._maps(task.query_x, support)
+    targets = centre_targets(task.query_boxes, task.query_labels, task.ways, similarity.shape[-2],
+                             similarity.shape[-1], model.stride)
+    expected, _ = model._match_loss(similarity, targets, torch.tensor([[0, 2, 2]]))  # the box's centre cell
+    assert model.task_loss(task)[1]["match_loss"] == pytest.approx(expected.item(), rel=1e-6)
+    assert expected.item() != pytest.approx(plain, rel=1e-6)
 
 
 def test_template_prior_adds_the_pixel_correlation_to_the_heat_logits() -> None:

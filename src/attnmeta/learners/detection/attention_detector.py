@@ -80,6 +80,8 @@ class AttentionDetector(DetectionLearner):
         match_weight / hard_negatives: weight of the matching loss beside the CenterNet losses (each object's
             class from the correlations at its centre, and "none" at the ``hard_negatives`` best-correlated
             cells of each image away from the objects; cross-entropy); 0 leaves it out.
+        distractor_negatives: also "none" at the centre cell of every box of ``task.info["other_boxes"]``
+            (objects of no episode class: Omniglot scenes' distractors), the negatives most like the targets.
         template_prior: initial weight (learned) of a skip connection adding the support crops' normalised
             cross-correlation with the image's pixels (best support scale, best in each cell: template
             matching's score) to the heat-map logits, so that meta-training starts from template matching
@@ -91,8 +93,10 @@ class AttentionDetector(DetectionLearner):
     def __init__(self, in_channels: int = 1, hidden: int = 64, head_hidden: int = 32, heads: int = 4,
                  key_size: int = 16, offset_weight: float = 1.0, size_weight: float = 1.0,
                  support_scales: Sequence[int] = (22, 34, 50), support_canvas: int = 64,
-                 match_weight: float = 1.0, hard_negatives: int = 16, template_prior: float = 0.0) -> None:
+                 match_weight: float = 1.0, hard_negatives: int = 16, template_prior: float = 0.0,
+                 distractor_negatives: bool = False) -> None:
         super().__init__()
+        self.distractor_negatives = distractor_negatives
         self.template_prior = nn.Parameter(torch.tensor(float(template_prior))) if template_prior else None
         self.match_weight, self.hard_negatives = match_weight, hard_negatives
         self.none_logit = nn.Parameter(torch.tensor(0.0))
@@ -209,16 +213,22 @@ class AttentionDetector(DetectionLearner):
         logs = {"heat_loss": heat_loss.item(), "offset_loss": offset_loss.item(),
                 "size_loss": size_loss.item()}
         if self.match_weight and similarity is not None and targets.index.numel():
-            match_loss, match_accuracy = self._match_loss(similarity, targets)
+            others = task.info.get("other_boxes") if self.distractor_negatives else None
+            distractors = None if others is None else centre_targets(
+                others, [torch.zeros(len(b), dtype=torch.long) for b in others], 1, heat.shape[2],
+                heat.shape[3], self.stride).index
+            match_loss, match_accuracy = self._match_loss(similarity, targets, distractors)
             loss = loss + self.match_weight * match_loss
             logs.update(match_loss=match_loss.item(), match_accuracy=match_accuracy)
         return loss, logs
 
-    def _match_loss(self, similarity: Tensor, targets: CentreTargets) -> tuple[Tensor, float]:
+    def _match_loss(self, similarity: Tensor, targets: CentreTargets,
+                    distractors: Tensor | None = None) -> tuple[Tensor, float]:
         """Cross-entropy over the episode's classes and "none" (a learned logit) of the correlations (best
         scale) at each object's centre cell, and at the ``hard_negatives`` best-correlated cells of each
-        image away from every object (distractors, clutter): a direct metric-learning signal for the
-        features, which the heat-map's focal loss gives only weakly."""
+        image away from every object (distractors, clutter), and at the ``distractors`` cells ``[D, 3]``
+        (image, row, column): a direct metric-learning signal for the features, which the heat-map's focal
+        loss gives only weakly."""
         q, r, c = targets.index.to(similarity.device).unbind(1)
         best = similarity.amax(2)  # [Q, N, H, W]
         positives = best[q, :, r, c]  # [M, N]
@@ -231,9 +241,13 @@ class AttentionDetector(DetectionLearner):
         negatives = best.flatten(2).gather(2, cells[:, None, :].expand(-1, best.shape[1], -1))  # [Q, N, k]
         negatives = negatives.transpose(1, 2).reshape(-1, best.shape[1])
         keep = away.flatten(1).gather(1, cells).flatten()  # cells that really lie away from the objects
-        logits = self.similarity_scale * torch.cat([positives, negatives[keep]])
+        negatives = negatives[keep]
+        if distractors is not None and distractors.numel():
+            dq, dr, dc = distractors.to(similarity.device).unbind(1)
+            negatives = torch.cat([negatives, best[dq, :, dr, dc]])
+        logits = self.similarity_scale * torch.cat([positives, negatives])
         logits = torch.cat([logits, self.none_logit.expand(len(logits), 1)], 1)
-        all_labels = torch.cat([labels, labels.new_full((int(keep.sum()),), best.shape[1])])
+        all_labels = torch.cat([labels, labels.new_full((len(negatives),), best.shape[1])])
         loss = F.cross_entropy(logits, all_labels)
         return loss, (logits[: len(labels)].argmax(1) == labels).float().mean().item()
 
