@@ -36,6 +36,8 @@ def test_support_scenes_paste_every_crop_inside_its_box() -> None:
     assert bool(ink.any()) and not bool((ink & ~inside).any())  # every inked pixel lies in a box
     again = model.support_scenes(task.support_x, task.support_y, 3, 64, 80)
     assert torch.equal(images, again[0])  # seeded: detect is deterministic
+    small, small_boxes, _ = model.support_scenes(task.support_x, task.support_y, 3, 12, 40)
+    assert small.shape == (12, 1, 12, 40) and all(bool((b[:, 3] <= 12).all()) for b in small_boxes)
 
 
 def test_whole_crop_boxes_for_photographs() -> None:

@@ -127,8 +127,8 @@ class TransferDetector(DetectionLearner):
             count = int(torch.randint(self.objects[0], self.objects[1] + 1, (), generator=g))
             for _ in range(count):
                 crop = int(order[turn % len(order)])
-                largest = min(self.sizes[1], height, width)
-                side = int(torch.randint(self.sizes[0], largest + 1, (), generator=g))
+                largest = min(self.sizes[1], height, width)  # small images: smaller crops
+                side = int(torch.randint(min(self.sizes[0], largest), largest + 1, (), generator=g))
                 for _ in range(20):  # a free place (overlap <= 0.1 with the crops already pasted)
                     x = int(torch.randint(0, width - side + 1, (), generator=g))
                     y = int(torch.randint(0, height - side + 1, (), generator=g))
