@@ -29,8 +29,11 @@ def train_command(config: dict) -> str:
     if config.get("recipe"):
         recipe_options = config.get("algo_options") or {}
         extra = "" if recipe_options.get("template_prior") else " --set algo_options.template_prior=0"
+        if recipe_options.get("distractor_negatives"):
+            extra += " --set algo_options.distractor_negatives=true"
         return f"attnmeta train --recipe {config['recipe']} --root DATA/omniglot{extra}"
     budget = (f"--budget {config['budget_minutes']:g}m --budget-clock {config.get('budget_clock', 'wall')} "
+              f"--threads {config.get('threads', 1)} "
               if config.get("budget_minutes") and config["algo"] != "template-matching" else "")
     command = (f"attnmeta train {config['benchmark']} --algo {config['algo']} --root DATA/omniglot "
                f"{budget}{options}")
@@ -42,7 +45,8 @@ def label(config: dict) -> str:
     options = config.get("algo_options") or {}
     if config["algo"] == "attention-detector":
         prior = options.get("template_prior")
-        return "attention-detector" + (f" + template prior {prior:g}" if prior else " (learned only)")
+        name = "attention-detector" + (f" + template prior {prior:g}" if prior else " (learned only)")
+        return name + (" + distractor negatives" if options.get("distractor_negatives") else "")
     return config["algo"]
 
 
