@@ -127,7 +127,8 @@ def test_task_weighting_starts_uniform_and_its_objective_trains_only_its_module(
     expected, got = plain.meta_loss(batch), weighted.meta_loss(batch)
     assert got.metrics["loss"] == pytest.approx(expected.metrics["loss"], rel=1e-6)
     assert got.metrics["task_weight_min"] == pytest.approx(1.0) == got.metrics["task_weight_max"]
-    assert got.loss.item() == pytest.approx(got.metrics["loss"] + got.metrics["weighting_objective"], rel=1e-6)
+    total = got.metrics["loss"] + got.metrics["weighting_objective"]
+    assert got.loss.item() == pytest.approx(total, rel=1e-6)
     expected.loss.backward()
     got.loss.backward()
     for (name, p), (_, q) in zip(plain.model.named_parameters(), weighted.model.named_parameters()):
@@ -140,8 +141,8 @@ def test_task_weighting_options_are_one_line_errors():
     vocab = Vocabulary(SYMBOLS, spare=0)
     with pytest.raises(ValueError) as error:
         build_seq2seq("maml", vocab, {**TINY, "task_weighting": {"heldout": []}})
-    assert str(error.value) == ("task_weighting takes no option 'heldout'; valid: temperature, entropy, mode, "
-                                "standardize")
+    assert str(error.value) == ("task_weighting takes no option 'heldout'; valid: temperature, entropy, "
+                                "mode, standardize")
     with pytest.raises(ValueError) as error:
         build_seq2seq("maml", vocab, {**TINY, "task_weighting": "yes"})
     assert str(error.value) == "task_weighting must be true, false or a mapping of options, got 'yes'"

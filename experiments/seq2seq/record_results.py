@@ -22,9 +22,20 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "results" / "seq2seq"
 
 
+def recipe_changes(config: dict) -> dict:
+    """The learner options a recipe run set beyond its recipe's (``--set algo_options.K=V``)."""
+    if not config.get("recipe"):
+        return {}
+    from attnmeta.train import recipes
+
+    own = recipes.load(config["recipe"]).config.get("algo_options") or {}
+    return {k: v for k, v in (config.get("algo_options") or {}).items() if own.get(k, None) != v}
+
+
 def train_command(config: dict) -> str:
     if config.get("recipe"):
-        return f"attnmeta train --recipe {config['recipe']} --root DATA/text/sigmorphon2018"
+        sets = "".join(f" --set algo_options.{k}={v}" for k, v in recipe_changes(config).items())
+        return f"attnmeta train --recipe {config['recipe']} --root DATA/text/sigmorphon2018{sets}"
     return f"attnmeta train sigmorphon2018 --algo {config['algo']} --root DATA/text/sigmorphon2018"
 
 
@@ -39,9 +50,12 @@ def record(run_dir: Path) -> Path:
         raise SystemExit(f"{run_dir} is not a finished sigmorphon2018 run")
     machine = summary.get("machine") or {}
     name = (config.get("recipe") or config["algo"]).removeprefix("sigmorphon2018-")
+    changes = recipe_changes(config)
+    label = LABELS.get(name, name) + "".join(f", {k}={v}" for k, v in changes.items())
+    name += "".join(f"-{k.replace('_', '-')}-{v}" for k, v in changes.items())
     init = summary.get("init_from") or {}
     row = {
-        "name": name, "label": LABELS.get(name, name), "algo": config["algo"], "recipe": config.get("recipe"),
+        "name": name, "label": label, "algo": config["algo"], "recipe": config.get("recipe"),
         "init_from": init.get("run"), "init_train_cpu_seconds": init.get("train_cpu_seconds"),
         "languages": {name: {"accuracy": 100 * r["accuracy"], "levenshtein": r["levenshtein"]}
                       for name, r in summary["per_task"].items()},
