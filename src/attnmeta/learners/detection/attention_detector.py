@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnmeta.learners.base import MetaOutput
 from attnmeta.learners.detection.base import DetectionLearner
 from attnmeta.learners.detection.centernet import (
     CentreTargets,
@@ -31,7 +30,7 @@ from attnmeta.learners.detection.centernet import (
     focal_loss,
 )
 from attnmeta.nn.attention import scaled_dot_product_attention
-from attnmeta.tasks.detection import DetectionBatch, Detections, DetectionTask
+from attnmeta.tasks.detection import Detections, DetectionTask
 
 
 def conv_gn_relu(in_channels: int, out_channels: int, dilation: int = 1) -> nn.Sequential:
@@ -250,15 +249,6 @@ class AttentionDetector(DetectionLearner):
         all_labels = torch.cat([labels, labels.new_full((len(negatives),), best.shape[1])])
         loss = F.cross_entropy(logits, all_labels)
         return loss, (logits[: len(labels)].argmax(1) == labels).float().mean().item()
-
-    def meta_loss(self, batch: DetectionBatch) -> MetaOutput:
-        losses, logs = zip(*(self.task_loss(task) for task in batch))
-        task_losses = torch.stack(list(losses))
-        loss = task_losses.mean()
-        keys = dict.fromkeys(key for log in logs for key in log)
-        metrics = {key: sum(log[key] for log in logs if key in log) / sum(key in log for log in logs)
-                   for key in keys}
-        return MetaOutput(loss, task_losses.detach(), {"loss": loss.item(), **metrics})
 
     @torch.no_grad()
     def detect(self, support_x: Tensor, support_y: Tensor, ways: int, images: Tensor,

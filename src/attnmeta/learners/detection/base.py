@@ -1,11 +1,13 @@
 """The contract of few-shot detectors: meta-train on detection episodes, detect from a support set.
 
 A detector is an ``nn.Module`` (its parameters are the meta-parameters; a training-free baseline has none).
-The trainer needs ``meta_loss(batch)``; evaluation, the CLI and the predictor need ``detect``.
+The trainer needs ``meta_loss(batch)`` (by default the mean of ``task_loss(task) -> (loss, logs)`` over the
+episodes); evaluation, the CLI and the predictor need ``detect``.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from attnmeta.learners.base import MetaOutput
@@ -23,8 +25,18 @@ class DetectionLearner(nn.Module):
     trainable: bool = True
 
     def meta_loss(self, batch: DetectionBatch) -> MetaOutput:
-        """Differentiable outer loss of a meta-batch of episodes (``MetaOutput.metrics`` for logging)."""
-        raise NotImplementedError(f"{self.name} has nothing to meta-train")
+        """Differentiable outer loss of a meta-batch of episodes (``MetaOutput.metrics`` for logging);
+        by default the mean of ``task_loss`` over the episodes."""
+        task_loss = getattr(self, "task_loss", None)
+        if task_loss is None:
+            raise NotImplementedError(f"{self.name} has nothing to meta-train")
+        losses, logs = zip(*(task_loss(task) for task in batch))
+        task_losses = torch.stack(list(losses))
+        loss = task_losses.mean()
+        keys = dict.fromkeys(key for log in logs for key in log)  # each mean over the episodes having it
+        metrics = {key: sum(log[key] for log in logs if key in log) / sum(key in log for log in logs)
+                   for key in keys}
+        return MetaOutput(loss, task_losses.detach(), {"loss": loss.item(), **metrics})
 
     def detect(self, support_x: Tensor, support_y: Tensor, ways: int, images: Tensor,
                max_detections: int = 100) -> list[Detections]:

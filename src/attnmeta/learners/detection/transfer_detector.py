@@ -18,12 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnmeta.learners.base import MetaOutput
 from attnmeta.learners.detection.attention_detector import DetectionTrunk, check_support, resized
 from attnmeta.learners.detection.base import DetectionLearner
 from attnmeta.learners.detection.centernet import box_loss, centre_targets, decode, focal_loss
 from attnmeta.learners.detection.window_protonet import ink_boxes
-from attnmeta.tasks.detection import DetectionBatch, Detections, DetectionTask
+from attnmeta.tasks.detection import Detections, DetectionTask
 
 
 class TransferDetector(DetectionLearner):
@@ -101,14 +100,6 @@ class TransferDetector(DetectionLearner):
             logs.update(class_loss=class_loss.item(),
                         class_accuracy=(logits.argmax(1) == classes).float().mean().item())
         return loss, logs
-
-    def meta_loss(self, batch: DetectionBatch) -> MetaOutput:
-        losses, logs = zip(*(self.task_loss(task) for task in batch))
-        task_losses = torch.stack(list(losses))
-        loss = task_losses.mean()
-        metrics = {key: sum(log[key] for log in logs if key in log) / sum(key in log for log in logs)
-                   for key in dict.fromkeys(k for log in logs for k in log)}
-        return MetaOutput(loss, task_losses.detach(), {"loss": loss.item(), **metrics})
 
     # -- fine-tuning on the support set ----------------------------------------------------------------------
     def support_scenes(self, support_x: Tensor, support_y: Tensor, ways: int, height: int, width: int
