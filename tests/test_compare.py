@@ -355,6 +355,8 @@ BACKWARD_ALLOWED = {
                                                  "weights (TIM), not meta-training",
     "src/attnmeta/learners/seq2seq/base.py": "test-time fine-tuning of a copy of the sequence model on a "
                                              "task's support pairs (adaptation inside predict_task)",
+    "src/attnmeta/learners/detection/transfer_detector.py": "test-time fitting of a fresh class head on an "
+                                                            "episode's support scenes (inside detect)",
     "src/attnmeta/rl/maml_rl.py": "meta-RL: the policy-gradient outer updates (PPO epochs, the "
                                   "task-attention module's Adam step) on sampled trajectories",
     "src/attnmeta/rl/snail_policy.py": "meta-RL: SNAIL's PPO epochs on sampled trials",
