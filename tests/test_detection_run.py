@@ -138,6 +138,18 @@ def test_transfer_detector_trains_and_the_predictor_fine_tunes_it(coco_root: Pat
     assert all(label in ("a", "b") for boxes in found for label, _, _ in boxes)
 
 
+def test_prototype_detector_trains_and_the_predictor_detects_by_attention(coco_root: Path, tmp_path: Path):
+    options = {"hidden": 16, "train_scenes": 2, "scenes": 4, "sizes": [10, 24]}
+    result = train(coco_config(coco_root, tmp_path / "pd", algo="prototype-detector", algo_options=options,
+                               steps=2), quiet=True)
+    assert result.summary["trained"] is True and result.summary["steps"] == 2
+    detector = attnmeta.load(tmp_path / "pd", score_threshold=0.0, max_detections=2)
+    detector.fit([draw_crop(0), draw_crop(3)], ["a", "b"])
+    found = detector.detect([draw_scene([(0, 4, 4, 18)]), draw_scene([(3, 10, 40, 16)], size=(80, 70))])
+    assert [len(boxes) for boxes in found] == [2, 2]
+    assert all(label in ("a", "b") and 0 < score < 1 for boxes in found for label, score, _ in boxes)
+
+
 def test_one_way_episodes_are_allowed_for_detection(coco_root: Path, tmp_path: Path):
     result = train(coco_config(coco_root, tmp_path / "one", ways=1, steps=1, eval_episodes=1,
                                test_episodes=1), quiet=True)
@@ -217,10 +229,10 @@ def test_eval_with_no_valid_episodes_is_one_line(run: Path, capsys):
 @pytest.mark.parametrize(("args", "message"), [
     (["train", "coco", "--algo", "protonet"],
      "benchmark 'coco' is detection: choose --algo attention-detector or protonet-windows or "
-     "template-matching or transfer-detector (not 'protonet')"),
+     "template-matching or transfer-detector or prototype-detector (not 'protonet')"),
     (["train", "omniglot-scenes", "--algo", "protonet"],
      "benchmark 'omniglot-scenes' is detection: choose --algo attention-detector or protonet-windows or "
-     "template-matching or transfer-detector (not 'protonet')"),
+     "template-matching or transfer-detector or prototype-detector (not 'protonet')"),
     (["train", "omniglot", "--algo", "attention-detector"],
      "learner 'attention-detector' is for the detection benchmarks (omniglot-scenes, coco), not 'omniglot'; "
      "choose another --algo or benchmark"),

@@ -49,9 +49,9 @@ def small_version(name: str, tmp_path: Path, data, shared_root: Path | None) -> 
         if shared_root is None:
             pytest.skip("Omniglot is in ../shared/data/omniglot, absent here")
         values["root"] = str(shared_root / "omniglot")
-        small = ({"hidden": 16, "finetune_steps": 2, "finetune_scenes": 2}
-                 if values["algo"] == "transfer-detector" else
-                 {"hidden": 16, "head_hidden": 16, "heads": 2, "key_size": 8})
+        small = {"transfer-detector": {"hidden": 16, "finetune_steps": 2, "finetune_scenes": 2},
+                 "prototype-detector": {"hidden": 16, "train_scenes": 1, "scenes": 2}}.get(
+                     values["algo"], {"hidden": 16, "head_hidden": 16, "heads": 2, "key_size": 8})
         values["algo_options"] = {**values.get("algo_options", {}), **small}
     if values["benchmark"] == "clinc150":
         if shared_root is None:

@@ -26,11 +26,13 @@ EVAL_FILE = re.compile(r"eval-(\d+)w(\d+)s(\d+)q-(\d+)ep-seed(\d+)\.json")
 def train_command(config: dict) -> str:
     options = " ".join(f"--set algo_options.{k}={v}" for k, v in (config.get("algo_options") or {}).items()
                        if config.get("recipe") is None)
-    if config.get("recipe"):
-        recipe_options = config.get("algo_options") or {}
-        extra = "" if recipe_options.get("template_prior") else " --set algo_options.template_prior=0"
-        if recipe_options.get("distractor_negatives"):
-            extra += " --set algo_options.distractor_negatives=true"
+    if config.get("recipe"):  # the options the run changed from its recipe's
+        from attnmeta.train import recipes
+
+        recipe_options = recipes.load(config["recipe"]).config.get("algo_options") or {}
+        changed = {k: v for k, v in (config.get("algo_options") or {}).items() if recipe_options.get(k) != v}
+        changed.update({k: None for k in recipe_options if k not in (config.get("algo_options") or {})})
+        extra = "".join(f" --set algo_options.{k}={json.dumps(v)}" for k, v in changed.items())
         return f"attnmeta train --recipe {config['recipe']} --root DATA/omniglot{extra}"
     budget = (f"--budget {config['budget_minutes']:g}m --budget-clock {config.get('budget_clock', 'wall')} "
               f"--threads {config.get('threads', 1)} "

@@ -7,6 +7,13 @@ padded with ``PAD``; targets are ``[B, T]``, ``EOS``-terminated then ``PAD``-pad
 The model is pre-LayerNorm (``layers`` encoder and ``layers`` decoder blocks, a final LayerNorm on each
 side), with **learned** position embeddings (``max_length`` of them, shared by encoder and decoder) and one
 token embedding shared by the source, the target and the output projection (tied, plus an output bias).
+With ``copy=True`` the output is a pointer-generator mixture (See et al., ACL 2017; the copy mechanism of
+low-resource inflection systems): ``p(w) = g p_vocab(w) + (1 - g) sum_{s: source_s = w} a_s``, with ``a`` the
+last decoder layer's cross-attention averaged over heads and ``g`` a learned gate, so that a character can
+be written by copying it from the source even when its output embedding has never been trained (a new
+script). The model then returns log-probabilities where it would return logits; every consumer here
+(``sequence_loss``, ``log_softmax``) treats both alike, as ``log_softmax`` of log-probabilities is the
+identity.
 Every attention is the library's ``MultiHeadAttention`` on its explicit (non-fused) path: torch's fused CPU
 kernel has no double backward, and MAML's second-order inner loop needs one. The forward pass is purely
 functional (no state changes), so it can run under ``torch.func.functional_call`` / ``torch.func.grad``.
@@ -32,7 +39,7 @@ from attnmeta.nn.attention import MultiHeadAttention, scaled_dot_product_attenti
 from attnmeta.tasks.seq2seq import BOS, EOS, PAD
 
 __all__ = ["Seq2SeqTransformer", "shift_right", "sequence_loss", "greedy_decode", "beam_search",
-           "sequence_log_prob"]
+           "sequence_log_prob", "copy_log_probs"]
 
 
 def _attend(attention: MultiHeadAttention, query: Tensor, key: Tensor, mask: Tensor | None) -> Tensor:
@@ -78,11 +85,14 @@ class _DecoderLayer(nn.Module):
         self.ff = _FeedForward(dim, ff_dim, dropout)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, y: Tensor, memory: Tensor, source_mask: Tensor) -> Tensor:
+    def forward(self, y: Tensor, memory: Tensor, source_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``(y [B, T, D], cross-attention weights [B, heads, T, S])``."""
         h = self.norm1(y)
         y = y + self.dropout(_attend(self.self_attention, h, h, None))
-        y = y + self.dropout(_attend(self.cross_attention, self.norm2(y), memory, source_mask))
-        return y + self.dropout(self.ff(self.norm3(y)))
+        context, weights = self.cross_attention(self.norm2(y), memory, memory, source_mask,
+                                                return_weights=True)
+        y = y + self.dropout(context)
+        return y + self.dropout(self.ff(self.norm3(y))), weights
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -95,10 +105,12 @@ class Seq2SeqTransformer(nn.Module):
         ff_dim: hidden size of the feed-forward sublayers.
         dropout: dropout on embeddings, attention weights and residual branches (training mode only).
         max_length: longest source and decoder input (number of learned positions).
+        copy: pointer-generator output (log-probabilities of the mixture of generating and copying a
+            source token) instead of logits.
     """
 
     def __init__(self, vocab_size: int, dim: int = 128, heads: int = 4, layers: int = 2, ff_dim: int = 256,
-                 dropout: float = 0.1, max_length: int = 64) -> None:
+                 dropout: float = 0.1, max_length: int = 64, copy: bool = False) -> None:
         super().__init__()
         if vocab_size <= max(PAD, BOS, EOS):
             raise ValueError(f"vocab_size must include the special ids (> {max(PAD, BOS, EOS)}), "
@@ -114,6 +126,7 @@ class Seq2SeqTransformer(nn.Module):
         self.decoder_layers = nn.ModuleList(_DecoderLayer(dim, heads, ff_dim, dropout) for _ in range(layers))
         self.encoder_norm, self.decoder_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.output_bias = nn.Parameter(torch.zeros(vocab_size))
+        self.copy_gate = nn.Linear(dim, 1) if copy else None
         self.dropout = nn.Dropout(dropout)
 
     def _embed(self, ids: Tensor, what: str) -> Tensor:
@@ -134,20 +147,38 @@ class Seq2SeqTransformer(nn.Module):
             x = layer(x, mask)
         return self.encoder_norm(x), mask
 
-    def decode(self, memory: Tensor, source_mask: Tensor, target_in: Tensor) -> Tensor:
-        """Decoder inputs ``target_in [B, T]`` (starting with ``BOS``) -> logits ``[B, T, V]``.
+    def decode(self, memory: Tensor, source_mask: Tensor, target_in: Tensor, source: Tensor) -> Tensor:
+        """Decoder inputs ``target_in [B, T]`` (starting with ``BOS``) -> logits ``[B, T, V]`` (with ``copy``:
+        log-probabilities; ``source [B, S]`` gives the tokens to copy).
 
         Causal self-attention (position ``t`` sees inputs ``<= t``) and cross-attention to ``memory``.
         """
         y = self._embed(target_in, "target_in")
         for layer in self.decoder_layers:
-            y = layer(y, memory, source_mask)
-        return self.decoder_norm(y) @ self.embedding.weight.t() + self.output_bias
+            y, weights = layer(y, memory, source_mask)
+        return self.output(self.decoder_norm(y), weights, source)
+
+    def output(self, hidden: Tensor, cross_weights: Tensor, source: Tensor) -> Tensor:
+        """Final decoder states ``[B, T, D]`` and the last layer's cross-attention ``[B, heads, T, S]`` ->
+        logits ``[B, T, V]``, or the pointer-generator's log-probabilities with ``copy``."""
+        logits = hidden @ self.embedding.weight.t() + self.output_bias
+        if self.copy_gate is None:
+            return logits
+        return copy_log_probs(logits, torch.sigmoid(self.copy_gate(hidden)), cross_weights.mean(1), source)
 
     def forward(self, source: Tensor, target_in: Tensor) -> Tensor:
         """Teacher forcing: ``source [B, S]``, ``target_in [B, T]`` -> logits ``[B, T, V]``."""
         memory, mask = self.encode(source)
-        return self.decode(memory, mask, target_in)
+        return self.decode(memory, mask, target_in, source)
+
+
+def copy_log_probs(logits: Tensor, gate: Tensor, attention: Tensor, source: Tensor) -> Tensor:
+    """Pointer-generator log-probabilities ``[B, T, V]``: ``log(g softmax(logits) + (1 - g) copy)``, where
+    ``copy[b, t, w]`` sums the attention ``[B, T, S]`` over the source positions holding token ``w``
+    (``source [B, S]``), ``gate`` ``g [B, T, 1]`` in (0, 1). Twice differentiable."""
+    copied = torch.zeros_like(logits).scatter_add(-1, source.unsqueeze(1).expand_as(attention), attention)
+    mixture = gate * torch.softmax(logits, dim=-1) + (1 - gate) * copied
+    return torch.log(mixture + 1e-10)  # an epsilon, not a clamp: every token keeps a gradient
 
 
 def shift_right(target: Tensor) -> Tensor:
@@ -192,8 +223,10 @@ class _IncrementalDecoder:
     returns the next-token log-probabilities ``[N, V]`` (what ``decode`` gives at the last position of the
     prefix); ``reorder(rows)`` keeps the cached states of ``rows`` (beam search)."""
 
-    def __init__(self, model: Seq2SeqTransformer, memory: Tensor, source_mask: Tensor) -> None:
+    def __init__(self, model: Seq2SeqTransformer, memory: Tensor, source_mask: Tensor,
+                 source: Tensor) -> None:
         self.model, self.mask, self.length = model, source_mask.unsqueeze(-3), 0  # mask [N, 1, 1, S]
+        self.source = source
         self.layers = [cast(_DecoderLayer, layer) for layer in model.decoder_layers]
         self.cross = [(layer.cross_attention._split(layer.cross_attention.k_proj(memory)),
                        layer.cross_attention._split(layer.cross_attention.v_proj(memory)))
@@ -201,11 +234,11 @@ class _IncrementalDecoder:
         self.cached: list[tuple[Tensor, Tensor] | None] = [None] * len(self.cross)
 
     def _attention(self, attention: MultiHeadAttention, query: Tensor, k: Tensor, v: Tensor,
-                   mask: Tensor | None) -> Tensor:
+                   mask: Tensor | None) -> tuple[Tensor, Tensor]:
         dropout = attention.dropout if attention.training else 0.0
-        out, _ = scaled_dot_product_attention(attention._split(attention.q_proj(query)), k, v, mask,
-                                              dropout=dropout, return_weights=True)
-        return attention._merge(out, query)
+        out, weights = scaled_dot_product_attention(attention._split(attention.q_proj(query)), k, v, mask,
+                                                    dropout=dropout, return_weights=True)
+        return attention._merge(out, query), weights
 
     def step(self, token: Tensor) -> Tensor:
         model = self.model
@@ -218,17 +251,19 @@ class _IncrementalDecoder:
             if cached is not None:  # the new token attends to every earlier one: no causal mask needed
                 k, v = torch.cat([cached[0], k], dim=2), torch.cat([cached[1], v], dim=2)
             self.cached[i] = (k, v)
-            y = y + layer.dropout(self._attention(sa, h, k, v, None))
+            y = y + layer.dropout(self._attention(sa, h, k, v, None)[0])
             cross_k, cross_v = self.cross[i]
-            y = y + layer.dropout(self._attention(layer.cross_attention, layer.norm2(y), cross_k, cross_v,
-                                                  self.mask))
+            context, weights = self._attention(layer.cross_attention, layer.norm2(y), cross_k, cross_v,
+                                               self.mask)
+            y = y + layer.dropout(context)
             y = y + layer.dropout(layer.ff(layer.norm3(y)))
         self.length += 1
-        logits = model.decoder_norm(y[:, 0]) @ model.embedding.weight.t() + model.output_bias
-        return torch.log_softmax(logits, dim=-1)
+        out = model.output(model.decoder_norm(y), weights, self.source)
+        return torch.log_softmax(out[:, 0], dim=-1)
 
     def reorder(self, rows: Tensor) -> None:
         self.cached = [None if c is None else (c[0][rows], c[1][rows]) for c in self.cached]
+        self.source = self.source[rows]
 
 
 def _selectable(logp: Tensor, last: bool) -> Tensor:
@@ -250,7 +285,7 @@ def greedy_decode(model: Seq2SeqTransformer, source: Tensor, max_length: int | N
     Runs in the model's current mode (call ``model.eval()``)."""
     length = _check_decoding(model, max_length)
     memory, mask = model.encode(source)
-    decoder = _IncrementalDecoder(model, memory, mask)
+    decoder = _IncrementalDecoder(model, memory, mask, source)
     inputs = torch.full((source.shape[0], 1), BOS, dtype=torch.long, device=source.device)
     finished = torch.zeros(source.shape[0], dtype=torch.bool, device=source.device)
     for step in range(length):
@@ -280,7 +315,8 @@ def beam_search(model: Seq2SeqTransformer, source: Tensor, beam: int = 5,
     length = _check_decoding(model, max_length)
     b, device = source.shape[0], source.device
     memory, mask = model.encode(source)
-    decoder = _IncrementalDecoder(model, memory.repeat_interleave(beam, 0), mask.repeat_interleave(beam, 0))
+    decoder = _IncrementalDecoder(model, memory.repeat_interleave(beam, 0), mask.repeat_interleave(beam, 0),
+                                  source.repeat_interleave(beam, 0))
     inputs = torch.full((b * beam, 1), BOS, dtype=torch.long, device=device)
     scores = torch.full((b, beam), float("-inf"), dtype=memory.dtype, device=device)
     scores[:, 0] = 0.0  # one live empty hypothesis per row; the copies start dead

@@ -11,7 +11,8 @@ RL_ALGOS = ("maml-rl", "snail-rl")
 #: Few-shot detection benchmarks and detectors (``attnmeta.data.detection_benchmarks``,
 #: ``attnmeta.learners.detection.registry``; kept in step by a test).
 DETECTION_BENCHMARKS = ("omniglot-scenes", "coco")
-DETECTION_ALGOS = ("attention-detector", "protonet-windows", "template-matching", "transfer-detector")
+DETECTION_ALGOS = ("attention-detector", "protonet-windows", "template-matching", "transfer-detector",
+                  "prototype-detector")
 #: Few-shot sequence-to-sequence benchmarks and learners (``attnmeta.data.seq2seq_benchmarks``,
 #: ``attnmeta.learners.seq2seq.registry``; kept in step by a test). ``maml``, ``reptile`` and ``transfer``
 #: also name classification learners: the benchmark decides which one a run builds.

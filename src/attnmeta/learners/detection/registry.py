@@ -3,9 +3,10 @@
 ``attention-detector`` (``AttentionDetector``: support-query attention and a CenterNet head, meta-trained),
 ``protonet-windows`` (``WindowProtoNet``: sliding windows classified by a ProtoNets embedding meta-trained on
 the same episodes), ``template-matching`` (``TemplateMatching``: multi-scale normalised cross-correlation,
-nothing to train) and ``transfer-detector`` (``TransferDetector``: base training, then a class head fine-tuned
-on each episode's support crops). ``build_detector(algo, in_channels, options)`` takes a config's
-``algo_options``.
+nothing to train), ``transfer-detector`` (``TransferDetector``: base training, then a class head fine-tuned
+on each episode's support crops) and ``prototype-detector`` (``PrototypeDetector``: the same base training
+plus an episodic loss; support classes by attention over their prototypes).
+``build_detector(algo, in_channels, options)`` takes a config's ``algo_options``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ DETECTORS: dict[str, DetectorSpec] = {
     "transfer-detector": DetectorSpec(
         "transfer_detector", "TransferDetector",
         "base-trained CenterNet, a new class head fine-tuned on the support crops (TFA-style baseline)"),
+    "prototype-detector": DetectorSpec(
+        "prototype_detector", "PrototypeDetector",
+        "base-trained CenterNet, support classes by attention over their prototypes, meta-trained"),
 }
 #: Constructor arguments that come from the data, not from ``algo_options``.
 DATA_OPTIONS = ("in_channels",)

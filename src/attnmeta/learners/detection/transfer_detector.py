@@ -75,7 +75,12 @@ class TransferDetector(DetectionLearner):
 
     # -- base training ---------------------------------------------------------------------------------------
     def task_loss(self, task: DetectionTask) -> tuple[Tensor, dict[str, float]]:
-        feats, objectness, box = self.maps(task.query_x)
+        return self.base_loss(task, *self.maps(task.query_x))
+
+    def base_loss(self, task: DetectionTask, feats: Tensor, objectness: Tensor, box: Tensor
+                  ) -> tuple[Tensor, dict[str, float]]:
+        """Detection losses (objectness of every object, boxes) and the base classifier's loss, from the
+        query images' ``maps``."""
         others = task.info.get("other_boxes") or [torch.zeros(0, 4)] * len(task.query_boxes)
         boxes = [torch.cat([b.cpu(), o.cpu()]) for b, o in zip(task.query_boxes, others)]
         agnostic = [torch.zeros(len(b), dtype=torch.long) for b in boxes]
@@ -102,16 +107,19 @@ class TransferDetector(DetectionLearner):
         return loss, logs
 
     # -- fine-tuning on the support set ----------------------------------------------------------------------
-    def support_scenes(self, support_x: Tensor, support_y: Tensor, ways: int, height: int, width: int
+    def support_scenes(self, support_x: Tensor, support_y: Tensor, ways: int, height: int, width: int,
+                       scenes: int | None = None, generator: torch.Generator | None = None
                        ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-        """``finetune_scenes`` blank ``height x width`` canvases with pasted support crops: images
-        ``[S, C, H, W]``, boxes and labels per scene. Every crop is used in turn (classes balanced)."""
-        g = torch.Generator().manual_seed(self.seed)
+        """``scenes`` (default ``finetune_scenes``) blank ``height x width`` canvases with pasted support
+        crops: images ``[S, C, H, W]``, boxes and labels per scene. Every crop is used in turn (classes
+        balanced). The draws come from ``generator``, by default one seeded with ``seed``."""
+        g = generator if generator is not None else torch.Generator().manual_seed(self.seed)
+        scenes = self.finetune_scenes if scenes is None else scenes
         relative = ink_boxes(support_x) if self.tight_boxes else None
-        images = support_x.new_zeros(self.finetune_scenes, support_x.shape[1], height, width)
+        images = support_x.new_zeros(scenes, support_x.shape[1], height, width)
         all_boxes, all_labels, turn = [], [], 0
         order = torch.randperm(len(support_x), generator=g)
-        for scene in range(self.finetune_scenes):
+        for scene in range(scenes):
             boxes: list[list[float]] = []
             squares: list[list[float]] = []
             labels: list[int] = []

@@ -44,6 +44,7 @@ class Seq2SeqLearner(nn.Module):
     Args:
         vocabulary: the symbols the model knows (plus spare ids).
         dim / heads / layers / ff_dim / dropout / max_length: the ``Seq2SeqTransformer``'s size.
+        copy: the model's pointer-generator output (copying source characters, new scripts' included).
         label_smoothing: of the token cross-entropy.
         new_symbol_rate: share of a training task's single-character symbols treated as new (spare ids).
         beam: beam size of ``generate`` (1: greedy).
@@ -56,7 +57,8 @@ class Seq2SeqLearner(nn.Module):
     meta_trained = True
 
     def __init__(self, vocabulary: Vocabulary, *, dim: int = 128, heads: int = 4, layers: int = 2,
-                 ff_dim: int = 256, dropout: float = 0.1, max_length: int = 100, label_smoothing: float = 0.1,
+                 ff_dim: int = 256, dropout: float = 0.1, max_length: int = 100, copy: bool = False,
+                 label_smoothing: float = 0.1,
                  new_symbol_rate: float = 0.0, beam: int = 1, finetune_steps: int = 100,
                  finetune_lr: float = 5e-4, finetune_batch: int = 32) -> None:
         super().__init__()
@@ -70,7 +72,7 @@ class Seq2SeqLearner(nn.Module):
             raise ValueError(f"beam must be >= 1, got {beam}")
         self.vocabulary = vocabulary
         self.model = Seq2SeqTransformer(vocabulary.size, dim=dim, heads=heads, layers=layers, ff_dim=ff_dim,
-                                        dropout=dropout, max_length=max_length)
+                                        dropout=dropout, max_length=max_length, copy=copy)
         self.label_smoothing, self.new_symbol_rate, self.beam = label_smoothing, new_symbol_rate, beam
 
     # -- encoding ------------------------------------------------------------------------------------
