@@ -176,12 +176,12 @@ def test_cli_trains_a_coco_run_and_evaluates_it(coco_root: Path, tmp_path: Path,
             "--meta-batch", "1", "--image-size", "64", "--threads", "1", "--run-dir", str(run_dir),
             "--set", f"benchmark_options.split_file={coco_root / 'split.json'}",
             "--set", "benchmark_options.support_size=16", "--set", "benchmark_options.mode=RGB",
-            *[f"--set=algo_options.{k}={v}" for k, v in TINY_DETECTOR.items()],
-            "--set", "plot=false", "--quiet"]
-    assert main(args) == 0  # no --algo: attention-detector is the detection benchmarks' default
+            "--set", "algo_options.hidden=16", "--set", "algo_options.scenes=2", "--set", "plot=false",
+            "--quiet"]
+    assert main(args) == 0  # no --algo: prototype-detector is the detection benchmarks' default
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("coco"))
-    assert row.split()[:6] == ["coco", "attention-detector", "2", "1", "2", "map50"]
+    assert row.split()[:6] == ["coco", "prototype-detector", "2", "1", "2", "map50"]
     assert json.loads((run_dir / "run.json").read_text())["input_shape"] == [3, 64, 64]
 
     assert main(["eval", str(run_dir), "--episodes", "2", "--shots", "1", "--quiet"]) == 0
@@ -199,7 +199,7 @@ def test_cli_trains_a_coco_run_and_evaluates_it(coco_root: Path, tmp_path: Path,
 def test_cli_default_learner_of_detection_benchmarks():
     for benchmark in ("coco", "omniglot-scenes"):
         args = build_parser().parse_args(["train", benchmark])
-        assert _train_config(args).algo == "attention-detector"
+        assert _train_config(args).algo == "prototype-detector"
 
 
 @pytest.mark.parametrize("flags, shown", [
@@ -242,8 +242,8 @@ def test_eval_with_no_valid_episodes_is_one_line(run: Path, capsys):
      "learner 'maml-rl' is for the meta-RL benchmarks (navigation, halfcheetah-dir, halfcheetah-vel), not "
      "'coco'; choose another --algo or benchmark"),
     (["train", "coco", "--set", "algo_options.bogus=1"],
-     "config key 'algo_options': attention-detector takes no option 'bogus'; valid: "
-     + ", ".join(valid_detector_options("attention-detector"))),
+     "config key 'algo_options': prototype-detector takes no option 'bogus'; valid: "
+     + ", ".join(valid_detector_options("prototype-detector"))),
     (["train", "coco", "--algo", "template-matching", "--set", "algo_options.hidden=8"],
      "config key 'algo_options': template-matching takes no option 'hidden'; valid: "
      + ", ".join(valid_detector_options("template-matching"))),

@@ -23,6 +23,16 @@ OUT = ROOT / "docs" / "results" / "detection"
 EVAL_FILE = re.compile(r"eval-(\d+)w(\d+)s(\d+)q-(\d+)ep-seed(\d+)\.json")
 
 
+def learner_defaults(algo: str) -> dict:
+    """The constructor defaults of detector ``algo`` (the options a run's config leaves out)."""
+    import inspect
+
+    from attnmeta.learners.detection.registry import DETECTORS
+
+    parameters = inspect.signature(DETECTORS[algo].load().__init__).parameters
+    return {k: p.default for k, p in parameters.items() if p.default is not inspect.Parameter.empty}
+
+
 def train_command(config: dict) -> str:
     options = " ".join(f"--set algo_options.{k}={v}" for k, v in (config.get("algo_options") or {}).items()
                        if config.get("recipe") is None)
@@ -30,8 +40,10 @@ def train_command(config: dict) -> str:
         from attnmeta.train import recipes
 
         recipe_options = recipes.load(config["recipe"]).config.get("algo_options") or {}
-        changed = {k: v for k, v in (config.get("algo_options") or {}).items() if recipe_options.get(k) != v}
-        changed.update({k: None for k in recipe_options if k not in (config.get("algo_options") or {})})
+        own = config.get("algo_options") or {}
+        options = {**learner_defaults(config["algo"]), **own}
+        changed = {k: v for k, v in options.items() if k in recipe_options and recipe_options[k] != v}
+        changed.update({k: v for k, v in own.items() if k not in recipe_options})
         extra = "".join(f" --set algo_options.{k}={json.dumps(v)}" for k, v in changed.items())
         return f"attnmeta train --recipe {config['recipe']} --root DATA/omniglot{extra}"
     budget = (f"--budget {config['budget_minutes']:g}m --budget-clock {config.get('budget_clock', 'wall')} "
@@ -49,6 +61,9 @@ def label(config: dict) -> str:
         prior = options.get("template_prior")
         name = "attention-detector" + (f" + template prior {prior:g}" if prior else " (learned only)")
         return name + (" + distractor negatives" if options.get("distractor_negatives") else "")
+    if config["algo"] == "prototype-detector":
+        weight = options.get("episode_weight", 1.0)
+        return "prototype-detector" + (f" + episodic loss {weight:g}" if weight else " (base training only)")
     return config["algo"]
 
 

@@ -33,10 +33,19 @@ def recipe_changes(config: dict) -> dict:
 
 
 def train_command(config: dict) -> str:
-    if config.get("recipe"):
-        sets = "".join(f" --set algo_options.{k}={v}" for k, v in recipe_changes(config).items())
-        return f"attnmeta train --recipe {config['recipe']} --root DATA/text/sigmorphon2018{sets}"
-    return f"attnmeta train sigmorphon2018 --algo {config['algo']} --root DATA/text/sigmorphon2018"
+    """The command of the run; a run started from another run than its recipe's ``init_from`` is preceded
+    by that run's command (``--run-dir runs/start``)."""
+    if not config.get("recipe"):
+        return f"attnmeta train sigmorphon2018 --algo {config['algo']} --root DATA/text/sigmorphon2018"
+    from attnmeta.train import recipes
+
+    sets = "".join(f" --set algo_options.{k}={v}" for k, v in recipe_changes(config).items())
+    command = f"attnmeta train --recipe {config['recipe']} --root DATA/text/sigmorphon2018{sets}"
+    start = config.get("init_from")
+    if start and start != recipes.load(config["recipe"]).config.get("init_from"):
+        start_config = yaml.safe_load((Path(start) / "config.yaml").read_text())
+        command = f"{train_command(start_config)} --run-dir runs/start; {command} --set init_from=runs/start"
+    return command
 
 
 LABELS = {"pretrain": "transfer, 30 CPU-min", "transfer": "transfer, 60 CPU-min",

@@ -1,7 +1,7 @@
 """Use a trained few-shot detection run: ``attnmeta.load``, ``fit`` (support crops), ``detect`` (images).
 
 ```python
-det = attnmeta.load("runs/omniglot-scenes-attention-detector-5w1s")
+det = attnmeta.load("runs/omniglot-scenes-prototype-detector-5w1s")
 det.fit(support_images, labels)        # one object per image: PIL images, file paths, arrays, tensors
 det.detect(images)                     # per image: [(label, score, (x0, y0, x1, y1)), ...] in its pixels
 ```

@@ -92,7 +92,7 @@ def _note(command: str) -> Any:
 
 # -- train ------------------------------------------------------------------------------------------
 #: The default learner of the task families whose learners are not the classification ones.
-DEFAULT_ALGOS = {"rl": "maml-rl", "detection": "attention-detector"}
+DEFAULT_ALGOS = {"rl": "maml-rl", "detection": "prototype-detector"}
 
 
 def _train_config(args: argparse.Namespace) -> RunConfig:

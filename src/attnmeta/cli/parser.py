@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--algo", help=f"learner: {', '.join(_learner_names())} (default maml); meta-RL "
                    f"(navigation, halfcheetah-*): {', '.join(_rl_learner_names())} (default maml-rl); "
                    f"detection (omniglot-scenes, coco): {', '.join(_detector_names())} (default "
-                   "attention-detector); sequence-to-sequence (sigmorphon2018, parallel): maml, reptile, "
+                   "prototype-detector); sequence-to-sequence (sigmorphon2018, parallel): maml, reptile, "
                    "transfer, scratch (default maml)")
     t.add_argument("--ways", type=int, help="N classes per task (classification; default 5)")
     t.add_argument("--shots", type=int, help="K support examples per class (regression: per task)")
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         "label; the same number of crops in each) and find those classes in every image of --images. Writes "
         "detections.json (per image: label, score, box [x0, y0, x1, y1] in pixels) and one PNG per image "
         "with the boxes drawn into --out (a new or empty folder). Example: attnmeta detect "
-        "runs/omniglot-scenes-attention-detector-5w1s --support crops/ --images scenes/ --out found/",
+        "runs/omniglot-scenes-prototype-detector-5w1s --support crops/ --images scenes/ --out found/",
     )
     d.add_argument("run_dir", help="detection run folder or checkpoint folder")
     d.add_argument("--support", required=True, help="folder with one subfolder of crops per class")

@@ -153,8 +153,10 @@ MINIIMAGENET: dict[str, dict[str, Any]] = {
 }
 #: Detection per learner: the attention detector starts from template matching's score (template_prior);
 #: template matching has nothing to train (one validation, then the test); the sliding-window ProtoNets
-#: baseline learns its embedding in 5 CPU-minutes.
+#: baseline learns its embedding in 5 CPU-minutes; the prototype detector trains without its episodic loss
+#: (at equal CPU time the base training's extra steps were worth more: docs/guides/detection.md).
 DETECTION: dict[str, dict[str, Any]] = {"attention-detector": {"algo_options": {"template_prior": 8.0}},
+                                        "prototype-detector": {"algo_options": {"episode_weight": 0.0}},
                                         "template-matching": {"threads": 1},
                                         "protonet-windows": {"budget_minutes": 5}}
 #: Sequence-to-sequence per learner: MAML's inner loop is 3 Adam steps on the support pairs and the test
