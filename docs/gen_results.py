@@ -273,9 +273,11 @@ def seq2seq_table(folder: Path) -> str:
         results["shared-task baseline"] = json.loads(baseline.read_text(encoding="utf-8"))
     runs = [p for p in folder.glob("*.json") if p.stem not in SEQ2SEQ_NOT_RUNS]
     rank = {name: i for i, name in enumerate(SEQ2SEQ_ORDER)}
+    label_of = {"shared-task-baseline": "shared-task baseline"}
     for path in sorted(runs, key=lambda p: (rank.get(p.stem, len(rank)), p.stem)):
         row = json.loads(path.read_text(encoding="utf-8"))
-        results[row.get("label", path.stem)] = row
+        label_of[path.stem] = row.get("label", path.stem)
+        results[label_of[path.stem]] = row
     if len(results) < 2:
         return "No sequence-to-sequence results are recorded yet."
     languages = list(results["shared-task baseline"]["languages"]) if baseline.is_file() else []
@@ -296,10 +298,12 @@ def seq2seq_table(folder: Path) -> str:
            for r in results.values()]
     lines.append("| training CPU-minutes (with pre-training) | " + " | ".join(cpu) + " |")
     lines += ["", "Paired differences in accuracy (points; mean over the languages and its 95% CI, "
-              "Student's t):", ""]
+              "Student's t) of each meta-learner against the issue's three baselines and against the "
+              "pre-training it started from:", ""]
     metas = [n for n in names if results[n].get("algo") in META_LEARNERS]
     for meta in metas:
-        for other in (o for o in names if o not in metas):
+        against = ("shared-task-baseline", "scratch", "transfer", results[meta].get("start", "pretrain"))
+        for other in dict.fromkeys(label_of[o] for o in against if o in label_of):
             a = [results[meta]["languages"][lang]["accuracy"] for lang in languages]
             b = [results[other]["languages"][lang]["accuracy"] for lang in languages]
             mean, half = paired_difference(a, b)

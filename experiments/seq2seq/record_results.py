@@ -52,20 +52,27 @@ LABELS = {"pretrain": "transfer, 30 CPU-min", "transfer": "transfer, 60 CPU-min"
           "maml": "MAML, 30 CPU-min from pre-training", "scratch": "scratch"}
 
 
+def names(config: dict) -> tuple[str, str]:
+    """The file name and the table label of a run (its recipe and the options it changed)."""
+    name = (config.get("recipe") or config["algo"]).removeprefix("sigmorphon2018-")
+    changes = recipe_changes(config)
+    label = LABELS.get(name, name) + "".join(f", {k}={v}" for k, v in changes.items())
+    return name + "".join(f"-{k.replace('_', '-')}-{v}" for k, v in changes.items()), label
+
+
 def record(run_dir: Path) -> Path:
     summary = json.loads((run_dir / "summary.json").read_text())
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     if summary.get("benchmark") != "sigmorphon2018" or not summary.get("per_task"):
         raise SystemExit(f"{run_dir} is not a finished sigmorphon2018 run")
     machine = summary.get("machine") or {}
-    name = (config.get("recipe") or config["algo"]).removeprefix("sigmorphon2018-")
-    changes = recipe_changes(config)
-    label = LABELS.get(name, name) + "".join(f", {k}={v}" for k, v in changes.items())
-    name += "".join(f"-{k.replace('_', '-')}-{v}" for k, v in changes.items())
+    name, label = names(config)
     init = summary.get("init_from") or {}
     row = {
         "name": name, "label": label, "algo": config["algo"], "recipe": config.get("recipe"),
         "init_from": init.get("run"), "init_train_cpu_seconds": init.get("train_cpu_seconds"),
+        "start": names(yaml.safe_load((Path(init["run"]) / "config.yaml").read_text()))[0]
+        if init.get("run") and (Path(init["run"]) / "config.yaml").is_file() else None,
         "languages": {name: {"accuracy": 100 * r["accuracy"], "levenshtein": r["levenshtein"]}
                       for name, r in summary["per_task"].items()},
         "accuracy": {k: 100 * summary["test"][k] for k in ("mean", "ci95")},
