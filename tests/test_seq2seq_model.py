@@ -354,3 +354,15 @@ def test_copy_writes_tokens_whose_embeddings_were_never_trained(one_thread) -> N
         correct[copy] = sum(out[i, :int(lengths[i])].tolist() == src[i, :int(lengths[i])].tolist()
                             and int(out[i, int(lengths[i])]) == EOS for i in range(32)) / 32
     assert correct[True] >= 0.6 and correct[False] == 0.0, correct
+
+
+def test_a_copying_model_needs_the_source_to_decode() -> None:
+    model = tiny(copy=True)
+    src, tgt = random_pairs(2, 0)
+    memory, mask = model.encode(src)
+    with pytest.raises(ValueError, match=r"^a copying model \(copy=True\) needs the source ids: "
+                                         r"decode\(memory, source_mask, target_in, source\)$"):
+        model.decode(memory, mask, shift_right(tgt))
+    plain = tiny()
+    target_in = shift_right(tgt)
+    torch.testing.assert_close(plain.decode(*plain.encode(src), target_in), plain(src, target_in))

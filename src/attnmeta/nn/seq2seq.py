@@ -147,9 +147,10 @@ class Seq2SeqTransformer(nn.Module):
             x = layer(x, mask)
         return self.encoder_norm(x), mask
 
-    def decode(self, memory: Tensor, source_mask: Tensor, target_in: Tensor, source: Tensor) -> Tensor:
+    def decode(self, memory: Tensor, source_mask: Tensor, target_in: Tensor,
+               source: Tensor | None = None) -> Tensor:
         """Decoder inputs ``target_in [B, T]`` (starting with ``BOS``) -> logits ``[B, T, V]`` (with ``copy``:
-        log-probabilities; ``source [B, S]`` gives the tokens to copy).
+        log-probabilities; ``source [B, S]``, the tokens to copy, is then required).
 
         Causal self-attention (position ``t`` sees inputs ``<= t``) and cross-attention to ``memory``.
         """
@@ -158,12 +159,15 @@ class Seq2SeqTransformer(nn.Module):
             y, weights = layer(y, memory, source_mask)
         return self.output(self.decoder_norm(y), weights, source)
 
-    def output(self, hidden: Tensor, cross_weights: Tensor, source: Tensor) -> Tensor:
+    def output(self, hidden: Tensor, cross_weights: Tensor, source: Tensor | None) -> Tensor:
         """Final decoder states ``[B, T, D]`` and the last layer's cross-attention ``[B, heads, T, S]`` ->
         logits ``[B, T, V]``, or the pointer-generator's log-probabilities with ``copy``."""
         logits = hidden @ self.embedding.weight.t() + self.output_bias
         if self.copy_gate is None:
             return logits
+        if source is None:
+            raise ValueError("a copying model (copy=True) needs the source ids: decode(memory, source_mask, "
+                             "target_in, source)")
         return copy_log_probs(logits, torch.sigmoid(self.copy_gate(hidden)), cross_weights.mean(1), source)
 
     def forward(self, source: Tensor, target_in: Tensor) -> Tensor:
