@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attnmeta.data.omniglot import Omniglot
-from attnmeta.tasks.detection import DetectionTask
+from attnmeta.tasks.detection import DetectionBatch, DetectionTask
 
 Segments = list[tuple[float, float, float, float]]
 # strokes (x0, y0, x1, y1) in a unit square with margins, like an Omniglot character image
@@ -92,6 +92,19 @@ def glyph_episode(rng: np.random.Generator, *, glyphs: tuple[Segments, ...] = GL
         support_x=torch.tensor(np.stack(support), dtype=torch.float32)[:, None],
         support_y=torch.arange(ways), query_x=torch.tensor(np.stack(images), dtype=torch.float32)[:, None],
         query_boxes=boxes, query_labels=labels, classes=torch.tensor(chosen, dtype=torch.long))
+
+
+def meta_train(model: torch.nn.Module, steps: int, lr: float = 3e-3, episodes: int = 2,
+               seed: int = 0) -> None:
+    """``steps`` Adam steps of ``model.meta_loss`` on meta-batches of ``episodes`` fresh 2-way glyph
+    episodes (numpy seed ``seed``)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        out = model.meta_loss(DetectionBatch([glyph_episode(rng) for _ in range(episodes)]))
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
 
 
 @pytest.fixture(autouse=True)

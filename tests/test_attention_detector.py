@@ -13,7 +13,7 @@ from attnmeta.eval.detection import evaluate_detection
 from attnmeta.learners.detection.attention_detector import AttentionDetector, check_support
 from attnmeta.learners.detection.centernet import centre_targets
 from attnmeta.tasks.detection import DetectionBatch, DetectionTask
-from detection_fixtures import DEVICES, glyph_episode, one_thread  # noqa: F401 (an autouse fixture)
+from detection_fixtures import DEVICES, glyph_episode, meta_train, one_thread  # noqa: F401 (an autouse fixture)
 
 SMALL = {"hidden": 16, "head_hidden": 16, "heads": 2, "key_size": 8}
 
@@ -159,13 +159,7 @@ def test_learns_a_tiny_detection_problem() -> None:
     model = AttentionDetector(**SMALL)
     before = evaluate_detection(model, held_out).map50.mean
     assert before < 0.05
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    rng = np.random.default_rng(0)
-    for _ in range(120):
-        out = model.meta_loss(DetectionBatch([glyph_episode(rng) for _ in range(2)]))
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
+    meta_train(model, 120)
     assert model.training  # evaluate_detection restores the mode
     after = evaluate_detection(model, held_out).map50.mean
     assert after > 0.6, (before, after)

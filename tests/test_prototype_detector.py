@@ -12,7 +12,7 @@ from attnmeta.learners.detection.centernet import centre_targets
 from attnmeta.learners.detection.prototype_detector import PrototypeDetector
 from attnmeta.learners.detection.transfer_detector import TransferDetector
 from attnmeta.tasks.detection import DetectionBatch, DetectionTask
-from detection_fixtures import DEVICES, glyph_episode, one_thread  # noqa: F401 (an autouse fixture)
+from detection_fixtures import DEVICES, glyph_episode, meta_train, one_thread  # noqa: F401 (an autouse fixture)
 from synthetic import one_line_error
 
 SMALL = {"hidden": 16, "base_classes": 8, "train_scenes": 2, "scenes": 4, "sizes": (18, 28)}
@@ -118,13 +118,7 @@ def test_learns_a_tiny_detection_problem_from_the_support_crops_alone() -> None:
     torch.manual_seed(0)
     model = PrototypeDetector(**SMALL)
     assert evaluate_detection(model, held_out).map50.mean < 0.05
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    rng = np.random.default_rng(0)
-    for _ in range(150):
-        out = model.meta_loss(DetectionBatch([glyph_episode(rng) for _ in range(2)]))
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
+    meta_train(model, 150)
     trained = evaluate_detection(model, held_out).map50.mean
     assert trained > 0.9, trained
 

@@ -9,7 +9,7 @@ import torch
 from attnmeta.eval.detection import evaluate_detection
 from attnmeta.learners.detection.transfer_detector import TransferDetector
 from attnmeta.tasks.detection import DetectionBatch, DetectionTask
-from detection_fixtures import DEVICES, glyph_episode, one_thread  # noqa: F401 (an autouse fixture)
+from detection_fixtures import DEVICES, glyph_episode, meta_train, one_thread  # noqa: F401 (an autouse fixture)
 from synthetic import one_line_error
 
 SMALL = {"hidden": 16, "base_classes": 8, "finetune_steps": 30, "finetune_scenes": 6, "sizes": (18, 28)}
@@ -105,13 +105,7 @@ def test_learns_a_tiny_detection_problem_and_fine_tuning_is_what_tells_classes_a
     torch.manual_seed(0)
     model = TransferDetector(**SMALL)
     assert evaluate_detection(model, held_out).map50.mean < 0.05
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    rng = np.random.default_rng(0)
-    for _ in range(150):
-        out = model.meta_loss(DetectionBatch([glyph_episode(rng) for _ in range(2)]))
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
+    meta_train(model, 150)
     tuned = evaluate_detection(model, held_out).map50.mean
     model.finetune_steps = 0
     untuned = evaluate_detection(model, held_out).map50.mean
