@@ -37,14 +37,11 @@ def train_command(config: dict) -> str:
     by that run's command (``--run-dir runs/start``)."""
     if not config.get("recipe"):
         return f"attnmeta train sigmorphon2018 --algo {config['algo']} --root DATA/text/sigmorphon2018"
-    from attnmeta.train import recipes
-
     sets = "".join(f" --set algo_options.{k}={v}" for k, v in recipe_changes(config).items())
     command = f"attnmeta train --recipe {config['recipe']} --root DATA/text/sigmorphon2018{sets}"
-    start = config.get("init_from")
-    if start and start != recipes.load(config["recipe"]).config.get("init_from"):
-        start_config = yaml.safe_load((Path(start) / "config.yaml").read_text())
-        command = f"{train_command(start_config)} --run-dir runs/start; {command} --set init_from=runs/start"
+    start = start_config(config)
+    if start is not None:
+        command = f"{train_command(start)} --run-dir runs/start; {command} --set init_from=runs/start"
     return command
 
 
@@ -53,11 +50,32 @@ LABELS = {"pretrain": "transfer, 30 CPU-min", "transfer": "transfer, 60 CPU-min"
 
 
 def names(config: dict) -> tuple[str, str]:
-    """The file name and the table label of a run (its recipe and the options it changed)."""
+    """The file name and the table label of a run (its recipe and the options it changed; a run started
+    from another pre-training than its recipe's, made with the same options, says "both stages")."""
     name = (config.get("recipe") or config["algo"]).removeprefix("sigmorphon2018-")
     changes = recipe_changes(config)
     label = LABELS.get(name, name) + "".join(f", {k}={v}" for k, v in changes.items())
-    return name + "".join(f"-{k.replace('_', '-')}-{v}" for k, v in changes.items()), label
+    name += "".join(f"-{k.replace('_', '-')}-{v}" for k, v in changes.items())
+    start = start_config(config)
+    if start is not None:
+        same = recipe_changes(start) == changes
+        start_name = names(start)[0]
+        name += "-both-stages" if same else f"-from-{start_name}"
+        label += " (both stages)" if same else f", from {start_name}"
+    return name, label
+
+
+def start_config(config: dict) -> dict | None:
+    """The config of the run a recipe run started from, when it is not its recipe's ``init_from``."""
+    from attnmeta.train import recipes
+
+    start = config.get("init_from")
+    if not config.get("recipe") or not start:
+        return None
+    if start == recipes.load(config["recipe"]).config.get("init_from"):
+        return None
+    path = Path(start) / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
 def record(run_dir: Path) -> Path:
@@ -71,8 +89,7 @@ def record(run_dir: Path) -> Path:
     row = {
         "name": name, "label": label, "algo": config["algo"], "recipe": config.get("recipe"),
         "init_from": init.get("run"), "init_train_cpu_seconds": init.get("train_cpu_seconds"),
-        "start": names(yaml.safe_load((Path(init["run"]) / "config.yaml").read_text()))[0]
-        if init.get("run") and (Path(init["run"]) / "config.yaml").is_file() else None,
+        "start": names(start)[0] if (start := start_config(config)) is not None else None,
         "languages": {name: {"accuracy": 100 * r["accuracy"], "levenshtein": r["levenshtein"]}
                       for name, r in summary["per_task"].items()},
         "accuracy": {k: 100 * summary["test"][k] for k in ("mean", "ci95")},
