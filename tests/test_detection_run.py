@@ -126,24 +126,16 @@ def test_protonet_windows_trains_a_couple_of_steps(coco_root: Path, tmp_path: Pa
     assert np.isfinite(float(train_rows[-1]["loss"]))
 
 
-def test_transfer_detector_trains_and_the_predictor_fine_tunes_it(coco_root: Path, tmp_path: Path):
-    options = {"hidden": 16, "finetune_steps": 5, "finetune_scenes": 4, "sizes": [10, 24]}
-    result = train(coco_config(coco_root, tmp_path / "td", algo="transfer-detector", algo_options=options,
-                               steps=2), quiet=True)
+@pytest.mark.parametrize(("algo", "options"), [
+    ("transfer-detector", {"hidden": 16, "finetune_steps": 5, "finetune_scenes": 4, "sizes": [10, 24]}),
+    ("prototype-detector", {"hidden": 16, "train_scenes": 2, "scenes": 4, "sizes": [10, 24]}),
+])
+def test_base_trained_detectors_train_and_the_predictor_uses_them(coco_root: Path, tmp_path: Path, algo: str,
+                                                                  options: dict):
+    config = coco_config(coco_root, tmp_path / algo, algo=algo, algo_options=options, steps=2)
+    result = train(config, quiet=True)
     assert result.summary["trained"] is True and result.summary["steps"] == 2
-    detector = attnmeta.load(tmp_path / "td", score_threshold=0.0, max_detections=2)
-    detector.fit([draw_crop(0), draw_crop(3)], ["a", "b"])
-    found = detector.detect([draw_scene([(0, 4, 4, 18)]), draw_scene([(3, 10, 40, 16)], size=(80, 70))])
-    assert [len(boxes) for boxes in found] == [2, 2]
-    assert all(label in ("a", "b") for boxes in found for label, _, _ in boxes)
-
-
-def test_prototype_detector_trains_and_the_predictor_detects_by_attention(coco_root: Path, tmp_path: Path):
-    options = {"hidden": 16, "train_scenes": 2, "scenes": 4, "sizes": [10, 24]}
-    result = train(coco_config(coco_root, tmp_path / "pd", algo="prototype-detector", algo_options=options,
-                               steps=2), quiet=True)
-    assert result.summary["trained"] is True and result.summary["steps"] == 2
-    detector = attnmeta.load(tmp_path / "pd", score_threshold=0.0, max_detections=2)
+    detector = attnmeta.load(tmp_path / algo, score_threshold=0.0, max_detections=2)
     detector.fit([draw_crop(0), draw_crop(3)], ["a", "b"])
     found = detector.detect([draw_scene([(0, 4, 4, 18)]), draw_scene([(3, 10, 40, 16)], size=(80, 70))])
     assert [len(boxes) for boxes in found] == [2, 2]
