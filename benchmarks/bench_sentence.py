@@ -4,7 +4,10 @@ Encodes ``--texts`` CLINC150 utterances (the first ones of the held-out test dom
 all-MiniLM-L6-v2 (the packaged weights, offline) at 1 and 2 threads, ``--batch-size`` texts per call: the
 sentences per second of cold encoding (no cache; median of ``--repeats`` passes, each on a fresh in-memory
 cache), of cache hits (the second call on the same texts), the process CPU seconds, and the peak resident
-memory (``ru_maxrss``) after loading the model and after encoding.
+memory (``ru_maxrss``) after loading the model and after encoding. With ``--finetune-layers K`` (default 2)
+it also measures, at one thread, what ``finetune_layers=K`` costs: encoding the token states entering the
+last ``K`` layers (cold, sentences per second), their cached size per text, and the trainable layers' forward
+(evaluation) and forward + backward (a training step) in sentences per second, batches of 150.
 
     OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 python benchmarks/bench_sentence.py --root ../shared/data/text/clinc150
 
@@ -32,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from attnmeta.data.text import CLINC150_DOMAINS_DEFAULT_SPLIT, load_clinc150  # noqa: E402
-from attnmeta.nn.sentence import EmbeddingCache, SentenceEncoder, encode_utf8  # noqa: E402
+from attnmeta.nn.sentence import EmbeddingCache, SentenceEncoder, decode_utf8, encode_utf8  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -49,6 +52,39 @@ def cpu_model() -> str:
     return platform.processor()
 
 
+def finetune_costs(rows: torch.Tensor, layers: int, batch_size: int, repeats: int) -> dict:
+    """Token-state encoding and the trainable top's speed at one thread (``finetune_layers=layers``)."""
+    torch.set_num_threads(1)
+    encoder = SentenceEncoder(adapter="none", batch_size=batch_size, finetune_layers=layers)
+    wall = time.perf_counter()
+    encoder.cached_rows([r.encode("utf-8") for r in decode_utf8(rows)])   # cold: every text's token states
+    encode_s = time.perf_counter() - wall
+    rss_states = peak_rss_mib()
+    state_bytes = [r.nbytes for r in encoder.cache.rows.values()]
+    timings: dict[str, list[float]] = {"forward": [], "forward_backward": []}
+    for _ in range(repeats):
+        for i in range(0, len(rows) - 149, 150):
+            batch = rows[i:i + 150]
+            wall = time.perf_counter()
+            with torch.no_grad():
+                encoder.eval()(batch)
+            timings["forward"].append(time.perf_counter() - wall)
+            wall = time.perf_counter()
+            encoder.train()(batch).sum().backward()
+            timings["forward_backward"].append(time.perf_counter() - wall)
+    row = {"layers": layers, "texts": len(rows), "state_encoding_sentences_per_s": len(rows) / encode_s,
+           "state_bytes_per_text": statistics.mean(state_bytes),
+           "forward_sentences_per_s": 150 / statistics.median(timings["forward"]),
+           "train_sentences_per_s": 150 / statistics.median(timings["forward_backward"]),
+           "peak_rss_mib": {"after_state_encoding": rss_states, "after_steps": peak_rss_mib()}}
+    print(f"finetune_layers={layers}, 1 thread: token states {row['state_encoding_sentences_per_s']:.0f} "
+          f"sentences/s cold, {row['state_bytes_per_text'] / 1024:.1f} KiB per text cached; trainable layers "
+          f"{row['forward_sentences_per_s']:.0f} sentences/s forward, {row['train_sentences_per_s']:.0f}/s "
+          f"forward + backward; peak RSS {rss_states:.0f} MiB after encoding the states, "
+          f"{peak_rss_mib():.0f} MiB after the steps")
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "text" / "clinc150"))
@@ -56,6 +92,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--finetune-layers", type=int, default=2, help="0: skip the fine-tuning costs")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_sentence.json"))
     args = parser.parse_args()
 
@@ -95,6 +132,8 @@ def main() -> None:
               "load_seconds": load_seconds, "peak_rss_mib": {"start": rss_start, "model_loaded": rss_model,
                                                               "after_encoding": peak_rss_mib()},
               "embedding_bytes_per_text": 4 * encoder.out_features, "results": results}
+    if args.finetune_layers:
+        report["finetune"] = finetune_costs(rows, args.finetune_layers, args.batch_size, args.repeats)
     print(f"model load {load_seconds:.1f} s; peak RSS {rss_start:.0f} MiB at start, {rss_model:.0f} MiB "
           f"with the model, {peak_rss_mib():.0f} MiB after encoding; CPU {report['cpu']}")
     Path(args.out).write_text(json.dumps(report, indent=2))

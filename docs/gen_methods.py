@@ -159,3 +159,77 @@ def text_transforms_table(path: Path) -> str:
         shown = ("-" if v is None else f"{100 * v['accuracy']:.2f} +/- {100 * v['ci95']:.2f}" for v in values)
         lines.append(f"| {method} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
+
+
+TEXT_RUNS_DIR = Path("experiments") / "text" / "results" / "encoder_runs"
+TEXT_RUNS_START, TEXT_RUNS_END = "<!-- text-encoder-runs:start -->", "<!-- text-encoder-runs:end -->"
+TEXT_SHAPES = ((5, 1, 600), (5, 5, 600), (45, 10, 200))
+
+
+def _eval_file(folder: Path, ways: int, shots: int, episodes: int, kind: str = "",
+               suffix: str = "") -> dict[str, Any] | None:
+    path = folder / f"eval-{kind}{ways}w{shots}s-{episodes}ep-seed0{suffix}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def text_encoder_runs_table(folder: Path, paired_difference: Any) -> str:
+    """Accuracy of each text run (a sub-folder of ``attnmeta eval`` files, listed in ``runs.json`` with its
+    label and command) on the same fixed CLINC150 test episodes, each run's paired difference with the
+    ``baseline`` run (``paired_difference(a, b) -> (mean, half-width)``), the OOS AUROC of its
+    nearest-prototype distance and its transductive PT-MAP accuracy."""
+    manifest = folder / "runs.json"
+    if not manifest.is_file():
+        return "Not measured yet (`experiments/text/results/encoder_runs/runs.json`)."
+    runs = json.loads(manifest.read_text(encoding="utf-8"))
+    head = " | ".join(f"{w}-way {s}-shot" for w, s, _ in TEXT_SHAPES)
+    lines = [f"| run | {head} | OOS AUROC 1-shot / 5-shot (distance) | PT-MAP 1-shot / 5-shot |",
+             "| --- |" + " --- |" * 5]
+    base = {shape: _eval_file(folder / runs["baseline"], *shape) for shape in TEXT_SHAPES}
+    for run in runs["runs"]:
+        cells = []
+        for shape in TEXT_SHAPES:
+            result, reference = _eval_file(folder / run["folder"], *shape), base[shape]
+            if result is None:
+                cells.append("-")
+                continue
+            cell = f"{100 * result['mean']:.2f} +/- {100 * result['ci95']:.2f}"
+            if run["folder"] != runs["baseline"] and reference and "per_episode" in result:
+                diff, half = paired_difference(result["per_episode"], reference["per_episode"])
+                cell += f" ({100 * diff:+.2f} +/- {100 * half:.2f})"
+            cells.append(cell)
+        oos = [_eval_file(folder / run["folder"], w, s, e, "oos-") for w, s, e in TEXT_SHAPES[:2]]
+        aurocs = " / ".join("-" if o is None else f"{100 * o['scores']['distance']['auroc']:.2f}"
+                            for o in oos)
+        pt_map = [_eval_file(folder / run["folder"], w, s, e, suffix="-pt-map")
+                  for w, s, e in TEXT_SHAPES[:2]]
+        transductive = " / ".join("-" if t is None else f"{100 * t['mean']:.2f} +/- {100 * t['ci95']:.2f}"
+                                  for t in pt_map)
+        lines.append(f"| {run['label']} | " + " | ".join(cells) + f" | {aurocs} | {transductive} |")
+    lines += ["", "In brackets: the paired difference with the first row on the same episodes (mean +/- 95% "
+              "CI). PT-MAP: `attnmeta eval RUN --transductive pt-map`, the episode's queries labelled "
+              "together (transductive)."]
+    lines += ["", "Commands:", "", "```bash"] + [c for run in runs["runs"] for c in run["commands"]] + ["```"]
+    return "\n".join(lines)
+
+
+TEXT_BENCH_JSON = Path("benchmarks") / "results" / "bench_sentence_finetune.json"
+TEXT_BENCH_START, TEXT_BENCH_END = "<!-- text-finetune-bench:start -->", "<!-- text-finetune-bench:end -->"
+
+
+def text_finetune_bench_line(path: Path) -> str:
+    """What ``finetune_layers`` costs, as measured by ``benchmarks/bench_sentence.py``."""
+    if not path.is_file():
+        return f"Not measured yet (`python benchmarks/bench_sentence.py --out {path}`)."
+    report = json.loads(path.read_text(encoding="utf-8"))
+    frozen, tuned = report["results"][0], report["finetune"]
+    return (f"On {tuned['texts']:,} held-out utterances, one thread ({report['cpu']}, torch "
+            f"{report['torch']}): pooled embeddings encode at {frozen['sentences_per_s']:.0f} sentences/s "
+            "and "
+            f"the token states entering the last {tuned['layers']} layers at "
+            f"{tuned['state_encoding_sentences_per_s']:.0f}/s; a cached text's states take "
+            f"{tuned['state_bytes_per_text'] / 1024:.1f} KiB (its embedding 1.5 KiB); the trainable layers "
+            f"run at {tuned['forward_sentences_per_s']:.0f} sentences/s forward and "
+            f"{tuned['train_sentences_per_s']:.0f}/s forward and backward (batches of 150). Peak resident "
+            f"memory: {report['peak_rss_mib']['model_loaded']:.0f} MiB with the model, "
+            f"{tuned['peak_rss_mib']['after_state_encoding']:.0f} MiB after encoding the states, "
+            f"{tuned['peak_rss_mib']['after_steps']:.0f} MiB after the training steps.")

@@ -359,6 +359,12 @@ def generate(root: Path = ROOT, *, check: bool = False, readme: bool = True) -> 
     if text_page.is_file():
         targets[text_page] = _between(text_page, methods.TEXT_START, methods.TEXT_END,
                                       methods.text_transforms_table(root / methods.TEXT_TRANSFORMS_JSON))
+        targets[text_page] = _between_text(targets[text_page], text_page, methods.TEXT_RUNS_START,
+                                           methods.TEXT_RUNS_END, methods.text_encoder_runs_table(
+                                               root / methods.TEXT_RUNS_DIR, paired_difference))
+        targets[text_page] = _between_text(targets[text_page], text_page, methods.TEXT_BENCH_START,
+                                           methods.TEXT_BENCH_END,
+                                           methods.text_finetune_bench_line(root / methods.TEXT_BENCH_JSON))
     if (root / DETECTION_PAGE).is_file():
         targets[root / DETECTION_PAGE] = _between(root / DETECTION_PAGE, DETECTION_START, DETECTION_END,
                                                   detection_table(root / DETECTION_DIR))

@@ -366,6 +366,8 @@ BACKWARD_ALLOWED = {
                                     "distance kernel",
     "benchmarks/bench_fold.py": "speed benchmark: times one meta-step (forward + backward), folded or not",
     "benchmarks/bench_meta_step.py": "speed benchmark: times one meta-step (forward + backward) per strategy",
+    "benchmarks/bench_sentence.py": "speed benchmark: times the sentence encoder's trainable layers "
+                                    "(forward + backward)",
     "benchmarks/gpu_check.py": "speed/correctness check: times meta-steps (forward + backward) on a GPU",
 }
 #: Scripts that still call ``.backward()`` themselves, to convert to ``attnmeta.train`` (issue 30): none left.

