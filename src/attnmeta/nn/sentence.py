@@ -291,8 +291,9 @@ class SentenceEncoder(nn.Module):
         return [self.cache.rows[key] for key in keys]
 
     def embed_raw(self, raw: Sequence[bytes]) -> Tensor:
-        """Embeddings ``[n, D]`` (float32, CPU) of UTF-8 byte strings before the adapter: the frozen ones
-        through the cache, or with ``finetune_layers`` the trainable layers' output on the cached states."""
+        """Embeddings ``[n, D]`` of UTF-8 byte strings before the adapter: the frozen ones through the cache
+        (float32, CPU), or with ``finetune_layers`` the trainable layers' output on the cached states (on
+        the module's device and dtype)."""
         rows = self.cached_rows(raw)
         if not rows:
             return torch.zeros(0, self.out_features)
