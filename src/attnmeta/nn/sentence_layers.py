@@ -11,7 +11,7 @@ embeddings up to the float16 rounding of the cached states.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,16 @@ def _mean_pooling(st: Any) -> bool:
     return False
 
 
+def _run_layers(layers: Iterable[nn.Module], h: Tensor, mask: Tensor) -> Tensor:
+    """Token states ``h [n, L, D]`` through BERT layers, padding (``mask [n, L]`` False) masked out."""
+    additive = torch.zeros(mask.shape[0], 1, 1, mask.shape[1], dtype=h.dtype, device=h.device)
+    additive.masked_fill_(~mask[:, None, None, :], torch.finfo(h.dtype).min)
+    for layer in layers:
+        out = layer(h, attention_mask=additive)
+        h = out[0] if isinstance(out, tuple) else out
+    return h
+
+
 class TrainableTop(nn.Module):
     """Copies of the last ``layers`` transformer layers of ``st`` (a ``SentenceTransformer``), then mean
     pooling over the tokens and, when ``st`` ends in a ``Normalize`` module, L2 normalisation.
@@ -65,12 +75,7 @@ class TrainableTop(nn.Module):
         self.normalize = any(type(module).__name__ == "Normalize" for module in st)
 
     def forward(self, states: Tensor, mask: Tensor) -> Tensor:
-        additive = torch.zeros(mask.shape[0], 1, 1, mask.shape[1], dtype=states.dtype, device=states.device)
-        additive.masked_fill_(~mask[:, None, None, :], torch.finfo(states.dtype).min)
-        h = states
-        for layer in self.layers:
-            out = layer(h, attention_mask=additive)
-            h = out[0] if isinstance(out, tuple) else out
+        h = _run_layers(self.layers, states, mask)
         weights = mask.unsqueeze(-1).to(h.dtype)
         pooled = (h * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
@@ -79,15 +84,17 @@ class TrainableTop(nn.Module):
 def token_states(st: Any, texts: Sequence[str], start: int, batch_size: int) -> list[np.ndarray]:
     """The frozen token states entering layer ``start`` of ``st`` for each text: float16 ``[L_i, D]`` (the
     text's tokens, padding removed; truncated at the model's ``max_seq_length``)."""
-    transformer = st[0]
+    transformer, below = st[0], _blocks(st)[:start]   # the layers above ``start`` are not run
     rows: list[np.ndarray] = []
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
             encoded = transformer.tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
                                             max_length=st.max_seq_length, return_tensors="pt")
-            out = transformer.auto_model(**encoded, output_hidden_states=True)
-            for row, keep in zip(out.hidden_states[start], encoded["attention_mask"].bool()):
-                rows.append(row[keep].numpy().astype(np.float16))
+            keep = encoded["attention_mask"].bool()
+            h = transformer.auto_model.embeddings(input_ids=encoded["input_ids"],
+                                                  token_type_ids=encoded.get("token_type_ids"))
+            for row, kept in zip(_run_layers(below, h, keep), keep):
+                rows.append(row[kept].numpy().astype(np.float16))
     return rows
 
 
