@@ -163,7 +163,7 @@ def text_transforms_table(path: Path) -> str:
 
 TEXT_RUNS_DIR = Path("experiments") / "text" / "results" / "encoder_runs"
 TEXT_RUNS_START, TEXT_RUNS_END = "<!-- text-encoder-runs:start -->", "<!-- text-encoder-runs:end -->"
-TEXT_SHAPES = ((5, 1, 600), (5, 5, 600), (45, 10, 200))
+TEXT_SHAPES = ((5, 1, 600), (5, 5, 600), (5, 5, 2000), (45, 10, 200))
 
 
 def _eval_file(folder: Path, ways: int, shots: int, episodes: int, kind: str = "",
@@ -181,9 +181,10 @@ def text_encoder_runs_table(folder: Path, paired_difference: Any) -> str:
     if not manifest.is_file():
         return "Not measured yet (`experiments/text/results/encoder_runs/runs.json`)."
     runs = json.loads(manifest.read_text(encoding="utf-8"))
-    head = " | ".join(f"{w}-way {s}-shot" for w, s, _ in TEXT_SHAPES)
+    head = " | ".join(f"{w}-way {s}-shot" + (f", {e:,} episodes" if e != 600 and w == 5 else "")
+                      for w, s, e in TEXT_SHAPES)
     lines = [f"| run | {head} | OOS AUROC 1-shot / 5-shot (distance) | PT-MAP 1-shot / 5-shot |",
-             "| --- |" + " --- |" * 5]
+             "| --- |" + " --- |" * (len(TEXT_SHAPES) + 2)]
     base = {shape: _eval_file(folder / runs["baseline"], *shape) for shape in TEXT_SHAPES}
     for run in runs["runs"]:
         cells = []

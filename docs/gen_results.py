@@ -264,58 +264,87 @@ def decoding_line(path: Path) -> str:
             f"{d['threads']} thread, flags {' '.join(d['cpu_flags'])}): words per CPU-second, {rates}.")
 
 
-def seq2seq_table(folder: Path) -> str:
-    """Per-language accuracy (Levenshtein) of every recorded learner beside the shared task's baseline, the
-    averages, and the paired 95% CIs of the meta-learners' differences (``docs/results/seq2seq``)."""
+def _seq2seq_results(folder: Path) -> tuple[dict[str, dict], list[str]]:
+    """Recorded rows by file name (the shared task's baseline first, then ``SEQ2SEQ_ORDER``) and the
+    languages (the baseline's order)."""
     results: dict[str, dict] = {}
     baseline = folder / "shared-task-baseline.json"
     if baseline.is_file():
-        results["shared-task baseline"] = json.loads(baseline.read_text(encoding="utf-8"))
+        results["shared-task-baseline"] = {"label": "shared-task baseline",
+                                           **json.loads(baseline.read_text(encoding="utf-8"))}
     runs = [p for p in folder.glob("*.json") if p.stem not in SEQ2SEQ_NOT_RUNS]
     rank = {name: i for i, name in enumerate(SEQ2SEQ_ORDER)}
-    label_of = {"shared-task-baseline": "shared-task baseline"}
     for path in sorted(runs, key=lambda p: (rank.get(p.stem, len(rank)), p.stem)):
         row = json.loads(path.read_text(encoding="utf-8"))
-        label_of[path.stem] = row.get("label", path.stem)
-        results[label_of[path.stem]] = row
-    if len(results) < 2:
+        results[path.stem] = {"label": path.stem, **row}
+    languages = list(results["shared-task-baseline"]["languages"]) if baseline.is_file() else []
+    return results, languages
+
+
+def _seq2seq_against(name: str, results: dict[str, dict]) -> list[str]:
+    """What a meta-learner's run is compared with: the issue's three baselines (transfer: the run of the same
+    start and test-time options when one is recorded, the 60-minute transfer otherwise) and its start."""
+    row = results[name]
+    test_time, start = row.get("test_time") or {}, row.get("start")
+    same = [n for n, r in results.items() if r.get("algo") == "transfer" and start is not None
+            and r.get("start") == start and (r.get("test_time") or {}) == test_time]
+    own_start = [n for n, r in results.items() if test_time and r.get("run") == start
+                 and (r.get("test_time") or {}) == test_time]
+    against = ["shared-task-baseline", "scratch", *(same or ["transfer"]), *(own_start or [start or "pretrain"])]
+    return [n for n in dict.fromkeys(against) if n in results]
+
+
+def seq2seq_table(folder: Path) -> str:
+    """Every recorded learner's average, the per-language accuracy (Levenshtein) of the baselines and the best
+    transfer and meta-learning runs, and the paired 95% CIs of the meta-learners' differences
+    (``docs/results/seq2seq``)."""
+    results, languages = _seq2seq_results(folder)
+    if len(results) < 2 or not languages:
         return "No sequence-to-sequence results are recorded yet."
-    languages = list(results["shared-task baseline"]["languages"]) if baseline.is_file() else []
-    names = list(results)
-    lines = ["| language | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+
+    def mean(row: dict, key: str) -> float:
+        return sum(row["languages"][lang][key] for lang in languages) / len(languages)
+
+    def cpu(row: dict) -> str:
+        seconds = row.get("train_cpu_seconds")
+        return "-" if not seconds else f"{(seconds + (row.get('init_train_cpu_seconds') or 0)) / 60:.0f}"
+
+    lines = ["| run | accuracy % (95% CI over languages) | Levenshtein | training CPU-minutes (with "
+             "pre-training) |", "| --- | --- | --- | --- |"]
+    for row in results.values():
+        ci = row.get("accuracy", {}).get("ci95")
+        lines.append(f"| {row['label']} | {mean(row, 'accuracy'):.2f}"
+                     + (f" +/- {ci:.2f}" if ci is not None else "") + f" | {mean(row, 'levenshtein'):.3f} | "
+                     f"{cpu(row)} |")
+    best = {algo: max((n for n, r in results.items() if r.get("algo") == algo),
+                      key=lambda n: mean(results[n], "accuracy"), default=None)
+            for algo in ("transfer", *META_LEARNERS)}
+    shown = [n for n in ("shared-task-baseline", "scratch", *best.values()) if n in results]
+    lines += ["", "Per language, accuracy % (mean Levenshtein distance), the baselines and the best run of each "
+              "kind:", "", "| language | " + " | ".join(results[n]["label"] for n in shown) + " |",
+              "| --- |" + " --- |" * len(shown)]
     for lang in languages:
-        cells = [f"{r['languages'][lang]['accuracy']:.1f} ({r['languages'][lang]['levenshtein']:.2f})"
-                 for r in results.values()]
+        cells = [f"{results[n]['languages'][lang]['accuracy']:.1f} "
+                 f"({results[n]['languages'][lang]['levenshtein']:.2f})" for n in shown]
         lines.append(f"| {lang} | " + " | ".join(cells) + " |")
-    means = []
-    for r in results.values():
-        acc = [r["languages"][lang]["accuracy"] for lang in languages]
-        lev = [r["languages"][lang]["levenshtein"] for lang in languages]
-        means.append(f"**{sum(acc) / len(acc):.2f}** ({sum(lev) / len(lev):.3f})")
-    lines.append("| **average** | " + " | ".join(means) + " |")
-    cpu = ["-" if not r.get("train_cpu_seconds") else
-           f"{(r['train_cpu_seconds'] + (r.get('init_train_cpu_seconds') or 0)) / 60:.0f}"
-           for r in results.values()]
-    lines.append("| training CPU-minutes (with pre-training) | " + " | ".join(cpu) + " |")
     lines += ["", "Paired differences in accuracy (points; mean over the languages and its 95% CI, "
               "Student's t) of each meta-learner against the issue's three baselines and against the "
               "pre-training it started from:", ""]
-    metas = [n for n in names if results[n].get("algo") in META_LEARNERS]
-    for meta in metas:
-        against = ("shared-task-baseline", "scratch", "transfer", results[meta].get("start", "pretrain"))
-        for other in dict.fromkeys(label_of[o] for o in against if o in label_of):
-            a = [results[meta]["languages"][lang]["accuracy"] for lang in languages]
+    for name in [n for n, r in results.items() if r.get("algo") in META_LEARNERS]:
+        for other in _seq2seq_against(name, results):
+            a = [results[name]["languages"][lang]["accuracy"] for lang in languages]
             b = [results[other]["languages"][lang]["accuracy"] for lang in languages]
-            mean, half = paired_difference(a, b)
-            verdict = "excludes 0" if abs(mean) > half else "includes 0"
-            lines.append(f"- {meta} - {other}: {mean:+.2f} +/- {half:.2f} ({verdict})")
+            diff, half = paired_difference(a, b)
+            verdict = "excludes 0" if abs(diff) > half else "includes 0"
+            lines.append(f"- {results[name]['label']} - {results[other]['label']}: {diff:+.2f} +/- {half:.2f} "
+                         f"({verdict})")
     machines = sorted({r["machine"] for r in results.values() if "machine" in r})
     commands = sorted({f"`{r['command']}`" for r in results.values() if "machine" in r})
     lines += ["", decoding_line(folder.parents[2] / "benchmarks" / "results" / "bench_decode.json")]
+    baseline = results.get("shared-task-baseline")
     return "\n".join([*lines, "", f"Machine: {'; '.join(machines) or '-'}.", "", "Commands:", "",
                        *(f"- {c}" for c in commands),
-                       f"- shared-task baseline: `{results['shared-task baseline']['command']}`"
-                       if baseline.is_file() else ""])
+                       f"- shared-task baseline: `{baseline['command']}`" if baseline else ""])
 
 
 def _between(path: Path, start_mark: str, end_mark: str, table: str) -> str:

@@ -79,6 +79,9 @@ def test_train_prints_results_table_then_eval_other_shots(tmp_path, capsys):
     assert row.split()[:6] == ["sinusoid", "ridge", "-", "5", "12", "mse"]
     result = json.loads((run / "eval-0w5s-12ep-seed0.json").read_text())
     assert result["shots"] == 5 and len(result["per_episode"]) == 12
+    assert main(["eval", str(run), "--beam", "2", "--hallucinate", "5"]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"--beam, --hallucinate apply only to sequence-to-sequence runs; {run} is a regression run\n")
 
     # Resume of a finished run is a no-op that still reports; extra settings with --resume are an error.
     assert main(["train", "--resume", str(run), "--quiet"]) == 0

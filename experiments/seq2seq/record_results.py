@@ -8,6 +8,7 @@ and the paired comparisons. The shared task's baseline comes from ``shared_task_
 the same folder). Nobody types a figure by hand.
 
     python experiments/seq2seq/record_results.py runs/sigmorphon2018-maml runs/sigmorphon2018-transfer ...
+    python experiments/seq2seq/record_results.py RUN --eval RUN/eval-test-20tasks-beam1-hallucinate1000.json
 """
 
 from __future__ import annotations
@@ -78,16 +79,39 @@ def start_config(config: dict) -> dict | None:
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
-def record(run_dir: Path) -> Path:
+TEST_TIME = ("finetune_steps", "hallucinate")
+
+
+def with_evaluation(summary: dict, evaluation: dict) -> tuple[dict, dict]:
+    """The run's summary with its test replaced by an ``attnmeta eval`` file's, and the test-time options
+    that file was made with (``--finetune-steps``, ``--hallucinate``)."""
+    options = {k: evaluation[k] for k in TEST_TIME if k in evaluation}
+    summary = {**summary, "per_task": evaluation["per_task"], "test": evaluation["accuracy"],
+               "levenshtein": evaluation["levenshtein"]}
+    return summary, options
+
+
+def record(run_dir: Path, evaluation: Path | None = None) -> Path:
     summary = json.loads((run_dir / "summary.json").read_text())
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     if summary.get("benchmark") != "sigmorphon2018" or not summary.get("per_task"):
         raise SystemExit(f"{run_dir} is not a finished sigmorphon2018 run")
+    options: dict = {}
+    if evaluation is not None:
+        summary, options = with_evaluation(summary, json.loads(evaluation.read_text()))
     machine = summary.get("machine") or {}
     name, label = names(config)
+    base = name
+    learner_options = config.get("algo_options") or {}
+    test_time = {k: learner_options[k] for k in TEST_TIME if k in learner_options}
+    test_time.update(options)
+    if options:
+        name += "-test" + "".join(f"-{k.replace('_', '-')}-{v}" for k, v in options.items())
+        label += ", test-time " + ", ".join(f"{k}={v}" for k, v in options.items())
     init = summary.get("init_from") or {}
     row = {
-        "name": name, "label": label, "algo": config["algo"], "recipe": config.get("recipe"),
+        "name": name, "run": base, "label": label, "algo": config["algo"], "recipe": config.get("recipe"),
+        "test_time": test_time,
         "init_from": init.get("run"), "init_train_cpu_seconds": init.get("train_cpu_seconds"),
         "start": names(start)[0] if (start := start_config(config)) is not None else None,
         "languages": {name: {"accuracy": 100 * r["accuracy"], "levenshtein": r["levenshtein"]}
@@ -98,7 +122,9 @@ def record(run_dir: Path) -> Path:
         "train_cpu_seconds": summary["train_cpu_seconds"] if summary.get("meta_trained", True) else None,
         "machine": f"{machine.get('processor', '?')}, {machine.get('torch_threads', '?')} thread(s), "
                    f"flags {' '.join(machine.get('cpu_flags', [])) or '-'}",
-        "command": train_command(config),
+        "command": train_command(config) + (
+            "; attnmeta eval RUN" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in options.items())
+            if options else ""),
     }
     OUT.mkdir(parents=True, exist_ok=True)
     out = OUT / f"{name}.json"
@@ -109,8 +135,13 @@ def record(run_dir: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="sigmorphon2018 run folders")
-    for run_dir in parser.parse_args().runs:
-        print(f"wrote {record(run_dir)}")
+    parser.add_argument("--eval", type=Path, help="an `attnmeta eval` file of the (one) run to record instead "
+                        "of its final test (test-time options such as --hallucinate)")
+    args = parser.parse_args()
+    if args.eval is not None and len(args.runs) != 1:
+        raise SystemExit("--eval records one run: name one run folder")
+    for run_dir in args.runs:
+        print(f"wrote {record(run_dir, args.eval)}")
 
 
 if __name__ == "__main__":

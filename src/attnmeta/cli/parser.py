@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "log-probabilities of one adaptation per view for other classification learners")
     e.add_argument("--transductive", choices=("bd-cspn", "tim", "pt-map", "laplacianshot", "finetune"),
                    help="classify each episode's queries jointly on the run's embedding "
-                   "(attnmeta.eval.transductive; protonet, matching, feat, transfer, baseline++)")
+                   "(attnmeta.eval.transductive; protonet, matching, feat, transfer, baseline++, simpleshot, "
+                   "contrastive)")
     e.add_argument("--oos", action="store_true",
                    help="clinc150: out-of-scope detection with CLINC150's oos utterances as extra queries "
                    "(AUROC of max-softmax and nearest-prototype scores; attnmeta.eval.oos)")
@@ -181,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --oos: report in-scope accuracy at this OOS recall (default 0.9)")
     e.add_argument("--beam", type=int,
                    help="sequence-to-sequence runs: beam size of decoding (default: the run's; 1 = greedy)")
+    e.add_argument("--finetune-steps", type=int,
+                   help="sequence-to-sequence runs: Adam steps of the test-time adaptation (default: the run's)")
+    e.add_argument("--hallucinate", type=int,
+                   help="sequence-to-sequence runs: hallucinated pairs added to each test task's support set "
+                   "(stems replaced by random letters; default: the run's, 0)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_import_flag(e, "import a module or .py file first (a custom learner the run needs; a run folder's "
                      "own imports are never executed; repeatable)")

@@ -39,7 +39,7 @@ FEATURE_METHODS: dict[str, TransductiveMethod] = {
 #: Every method name (``"finetune"`` also fine-tunes the embedding network).
 METHODS = (*FEATURE_METHODS, "finetune")
 #: Learners whose ``model`` attribute is an embedding network ``[n, *input_shape] -> [n, ...]``.
-EMBEDDING_LEARNERS = ("protonet", "matching", "feat", "transfer", "baseline++", "simpleshot")
+EMBEDDING_LEARNERS = ("protonet", "matching", "feat", "transfer", "baseline++", "simpleshot", "contrastive")
 
 
 def embedding_network(learner: Learner) -> nn.Module:

@@ -183,7 +183,8 @@ def _fixed_by_builder(builder: Callable[..., Any]) -> set[str]:
 
 
 _BUILTIN_MODULES = ("maml_family", "protonet", "matching", "snail", "meta_lstm", "feat", "transfer",
-                    "attention_maml", "reptile", "relationnet", "simpleshot", "r2d2", "metaoptnet_svm")
+                    "attention_maml", "reptile", "relationnet", "simpleshot", "r2d2", "metaoptnet_svm",
+                    "contrastive")
 
 
 def _load_builtin() -> None:

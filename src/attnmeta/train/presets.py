@@ -115,6 +115,7 @@ OMNIGLOT: dict[str, dict[str, Any]] = {
                                          "msl_anneal_steps": 200, "first_order_until": 0}},
     "attention-maml": {**_MAML, "algo_options": {**_MAML["algo_options"], "feature_attention": True}},
     "protonet": _PROTONET,
+    "contrastive": {k: v for k, v in _PROTONET.items() if k != "algo_options"},
     "matching": {"train_ways": 200, "train_shots": 1, "train_queries": 2, "meta_batch": 1, "lr": 6e-3,
                  "eval_every": 50, "checkpoint_every": 100},
     "feat": {"train_ways": 60, "train_shots": 1, "train_queries": 3, "meta_batch": 1, "lr": 2e-3,

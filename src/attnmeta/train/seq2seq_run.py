@@ -143,10 +143,12 @@ def load_seq2seq_learner(run_info: dict[str, Any], config: Any) -> Seq2SeqLearne
 
 
 def evaluate_seq2seq_run(run_dir: str | Path, config: Any, *, checkpoint: str = "best",
-                         episodes: int = 100, beam: int | None = None,
-                         quiet: bool = False) -> Seq2SeqEvalReport:
+                         episodes: int = 100, beam: int | None = None, quiet: bool = False,
+                         adaptation: dict[str, int] | None = None) -> Seq2SeqEvalReport:
     """The run's best (or newest) checkpoint on the first ``episodes`` test tasks with beam size ``beam``
-    (default: the learner's), on the run's torch threads; writes ``eval-test-<n>tasks-beam<b>.json``."""
+    (default: the learner's), on the run's torch threads; writes ``eval-test-<n>tasks-beam<b>.json``.
+    ``adaptation``: test-time options that replace the run's (``finetune_steps``, ``hallucinate``); the file
+    name then ends with them (``-finetune_steps300-hallucinate1000``)."""
     from attnmeta.train.checkpoint import load_checkpoint, load_weights, run_checkpoint, write_json_atomic
     from attnmeta.train.run_folder import check_writable
 
@@ -163,8 +165,12 @@ def evaluate_seq2seq_run(run_dir: str | Path, config: Any, *, checkpoint: str = 
     bench = build_seq2seq_benchmark(config.resolved(), splits=("test",))
     learner = load_seq2seq_learner(state["run"], config)
     load_weights(learner, weights, path)
+    adaptation = dict(adaptation or {})
+    for key, value in adaptation.items():
+        setattr(learner, key, value)
     tasks = bench.test.fixed_tasks(episodes, seed=config.test_seed)
     result = evaluate_seq2seq(learner, tasks, beam=beam, progress=not quiet)
-    out = run_dir / f"eval-test-{len(tasks)}tasks-beam{result.beam}.json"
-    write_json_atomic(out, {"checkpoint": str(path), "step": state["step"], **result.to_dict()})
+    suffix = "".join(f"-{key}{value}" for key, value in sorted(adaptation.items()))
+    out = run_dir / f"eval-test-{len(tasks)}tasks-beam{result.beam}{suffix}.json"
+    write_json_atomic(out, {"checkpoint": str(path), "step": state["step"], **adaptation, **result.to_dict()})
     return Seq2SeqEvalReport(result, path, state["step"], out)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from attnmeta.learners.base import MetaOutput
 from attnmeta.nn.seq2seq import Seq2SeqTransformer, beam_search, greedy_decode, sequence_loss, shift_right
 from attnmeta.tasks.seq2seq import Seq2SeqBatch, Seq2SeqTask, Sequence_, Vocabulary
+from attnmeta.tasks.seq2seq_augment import hallucinate_task
 
 Params = dict[str, Tensor]
 
@@ -50,6 +51,10 @@ class Seq2SeqLearner(nn.Module):
         beam: beam size of ``generate`` (1: greedy).
         finetune_steps / finetune_lr / finetune_batch: the test-time adaptation: Adam steps, their learning
             rate and pairs per step (all support pairs when the support set is smaller).
+        hallucinate: hallucinated pairs added to a new task's support set before it is adapted to (stems
+            replaced by random letters, ``attnmeta.tasks.seq2seq_augment``); 0: none.
+        meta_hallucinate: the same in meta-training: hallucinated pairs added to each training task's
+            support set (drawn anew each time the task is sampled).
     """
 
     name = "seq2seq"
@@ -60,10 +65,15 @@ class Seq2SeqLearner(nn.Module):
                  ff_dim: int = 256, dropout: float = 0.1, max_length: int = 100, copy: bool = False,
                  label_smoothing: float = 0.1,
                  new_symbol_rate: float = 0.0, beam: int = 1, finetune_steps: int = 100,
-                 finetune_lr: float = 5e-4, finetune_batch: int = 32) -> None:
+                 finetune_lr: float = 5e-4, finetune_batch: int = 32, hallucinate: int = 0,
+                 meta_hallucinate: int = 0) -> None:
         super().__init__()
         if finetune_steps < 0 or finetune_batch < 1 or finetune_lr <= 0:
             raise ValueError("finetune_steps must be >= 0, finetune_batch >= 1 and finetune_lr > 0")
+        if hallucinate < 0 or meta_hallucinate < 0:
+            raise ValueError(f"hallucinate and meta_hallucinate must be >= 0 (hallucinated pairs per task), got "
+                             f"{hallucinate} and {meta_hallucinate}")
+        self.hallucinate, self.meta_hallucinate = hallucinate, meta_hallucinate
         self.finetune_steps, self.finetune_lr = finetune_steps, finetune_lr
         self.finetune_batch = finetune_batch
         if not 0.0 <= new_symbol_rate <= 1.0:
@@ -77,7 +87,14 @@ class Seq2SeqLearner(nn.Module):
 
     # -- encoding ------------------------------------------------------------------------------------
     def encode_task(self, task: Seq2SeqTask, generator: torch.Generator | None = None) -> EncodedTask:
-        """Token ids of ``task`` (``generator``: draws the characters treated as new in meta-training)."""
+        """Token ids of ``task`` (``generator``: draws the characters treated as new and the hallucinated pairs
+        in meta-training), with ``hallucinate`` (in training ``meta_hallucinate``) hallucinated pairs appended
+        to the support set."""
+        if not self.training and self.hallucinate:
+            task = hallucinate_task(task, self.hallucinate)
+        elif self.training and self.meta_hallucinate:
+            seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+            task = hallucinate_task(task, self.meta_hallucinate, seed=seed)
         hidden: set[str] = set()
         if self.training and self.new_symbol_rate > 0:
             pairs = task.support_source + task.support_target
