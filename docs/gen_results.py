@@ -290,7 +290,8 @@ def _seq2seq_against(name: str, results: dict[str, dict]) -> list[str]:
             and r.get("start") == start and (r.get("test_time") or {}) == test_time]
     own_start = [n for n, r in results.items() if test_time and r.get("run") == start
                  and (r.get("test_time") or {}) == test_time]
-    against = ["shared-task-baseline", "scratch", *(same or ["transfer"]), *(own_start or [start or "pretrain"])]
+    against = ["shared-task-baseline", "scratch", *(same or ["transfer"]),
+               *(own_start or [start or "pretrain"])]
     return [n for n in dict.fromkeys(against) if n in results]
 
 
@@ -320,8 +321,8 @@ def seq2seq_table(folder: Path) -> str:
                       key=lambda n: mean(results[n], "accuracy"), default=None)
             for algo in ("transfer", *META_LEARNERS)}
     shown = [n for n in ("shared-task-baseline", "scratch", *best.values()) if n in results]
-    lines += ["", "Per language, accuracy % (mean Levenshtein distance), the baselines and the best run of each "
-              "kind:", "", "| language | " + " | ".join(results[n]["label"] for n in shown) + " |",
+    lines += ["", "Per language, accuracy % (mean Levenshtein distance), the baselines and the best run of "
+              "each kind:", "", "| language | " + " | ".join(results[n]["label"] for n in shown) + " |",
               "| --- |" + " --- |" * len(shown)]
     for lang in languages:
         cells = [f"{results[n]['languages'][lang]['accuracy']:.1f} "
@@ -336,8 +337,8 @@ def seq2seq_table(folder: Path) -> str:
             b = [results[other]["languages"][lang]["accuracy"] for lang in languages]
             diff, half = paired_difference(a, b)
             verdict = "excludes 0" if abs(diff) > half else "includes 0"
-            lines.append(f"- {results[name]['label']} - {results[other]['label']}: {diff:+.2f} +/- {half:.2f} "
-                         f"({verdict})")
+            lines.append(f"- {results[name]['label']} - {results[other]['label']}: {diff:+.2f} +/- "
+                         f"{half:.2f} ({verdict})")
     machines = sorted({r["machine"] for r in results.values() if "machine" in r})
     commands = sorted({f"`{r['command']}`" for r in results.values() if "machine" in r})
     lines += ["", decoding_line(folder.parents[2] / "benchmarks" / "results" / "bench_decode.json")]

@@ -135,8 +135,8 @@ def record(run_dir: Path, evaluation: Path | None = None) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="sigmorphon2018 run folders")
-    parser.add_argument("--eval", type=Path, help="an `attnmeta eval` file of the (one) run to record instead "
-                        "of its final test (test-time options such as --hallucinate)")
+    parser.add_argument("--eval", type=Path, help="an `attnmeta eval` file of the (one) run to record "
+                        "instead of its final test (test-time options such as --hallucinate)")
     args = parser.parse_args()
     if args.eval is not None and len(args.runs) != 1:
         raise SystemExit("--eval records one run: name one run folder")

@@ -226,8 +226,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from attnmeta.train.trainer import build_benchmark, build_learner, import_plugins, load_run_config
 
     trained = load_run_config(args.run_dir, report=_note("eval"))
-    sequence_only = [flag for flag, value in (("--beam", args.beam), ("--finetune-steps", args.finetune_steps),
-                                              ("--hallucinate", args.hallucinate)) if value is not None]
+    sequence_flags = (("--beam", args.beam), ("--finetune-steps", args.finetune_steps),
+                      ("--hallucinate", args.hallucinate))
+    sequence_only = [flag for flag, value in sequence_flags if value is not None]
     if sequence_only and trained.task_type != "seq2seq":
         raise ValueError(f"{', '.join(sequence_only)} apply only to sequence-to-sequence runs; "
                          f"{args.run_dir} is a {trained.task_type} run")

@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--beam", type=int,
                    help="sequence-to-sequence runs: beam size of decoding (default: the run's; 1 = greedy)")
     e.add_argument("--finetune-steps", type=int,
-                   help="sequence-to-sequence runs: Adam steps of the test-time adaptation (default: the run's)")
+                   help="sequence-to-sequence runs: Adam steps of the test-time adaptation (default: the "
+                   "run's)")
     e.add_argument("--hallucinate", type=int,
                    help="sequence-to-sequence runs: hallucinated pairs added to each test task's support set "
                    "(stems replaced by random letters; default: the run's, 0)")

@@ -71,8 +71,8 @@ class Seq2SeqLearner(nn.Module):
         if finetune_steps < 0 or finetune_batch < 1 or finetune_lr <= 0:
             raise ValueError("finetune_steps must be >= 0, finetune_batch >= 1 and finetune_lr > 0")
         if hallucinate < 0 or meta_hallucinate < 0:
-            raise ValueError(f"hallucinate and meta_hallucinate must be >= 0 (hallucinated pairs per task), got "
-                             f"{hallucinate} and {meta_hallucinate}")
+            raise ValueError(f"hallucinate and meta_hallucinate must be >= 0 (hallucinated pairs per task), "
+                             f"got {hallucinate} and {meta_hallucinate}")
         self.hallucinate, self.meta_hallucinate = hallucinate, meta_hallucinate
         self.finetune_steps, self.finetune_lr = finetune_steps, finetune_lr
         self.finetune_batch = finetune_batch
@@ -87,8 +87,8 @@ class Seq2SeqLearner(nn.Module):
 
     # -- encoding ------------------------------------------------------------------------------------
     def encode_task(self, task: Seq2SeqTask, generator: torch.Generator | None = None) -> EncodedTask:
-        """Token ids of ``task`` (``generator``: draws the characters treated as new and the hallucinated pairs
-        in meta-training), with ``hallucinate`` (in training ``meta_hallucinate``) hallucinated pairs appended
+        """Token ids of ``task`` (``generator``: draws the characters treated as new and the hallucinated
+        pairs in meta-training), with ``hallucinate`` (in training ``meta_hallucinate``) hallucinated pairs appended
         to the support set."""
         if not self.training and self.hallucinate:
             task = hallucinate_task(task, self.hallucinate)
