@@ -88,8 +88,8 @@ class Seq2SeqLearner(nn.Module):
     # -- encoding ------------------------------------------------------------------------------------
     def encode_task(self, task: Seq2SeqTask, generator: torch.Generator | None = None) -> EncodedTask:
         """Token ids of ``task`` (``generator``: draws the characters treated as new and the hallucinated
-        pairs in meta-training), with ``hallucinate`` (in training ``meta_hallucinate``) hallucinated pairs appended
-        to the support set."""
+        pairs in meta-training), with ``hallucinate`` (in training ``meta_hallucinate``) hallucinated pairs
+        appended to the support set."""
         if not self.training and self.hallucinate:
             task = hallucinate_task(task, self.hallucinate)
         elif self.training and self.meta_hallucinate:
