@@ -33,12 +33,22 @@ def recipe_changes(config: dict) -> dict:
     return {k: v for k, v in (config.get("algo_options") or {}).items() if own.get(k, None) != v}
 
 
+def setting_changes(config: dict) -> dict:
+    """The run settings (other than the learner's options, the data and the folders) a recipe run changed."""
+    from attnmeta.train import recipes
+
+    own = recipes.load(config["recipe"]).config
+    skip = {"algo_options", "init_from", "run_dir", "root", "recipe"}
+    return {k: config[k] for k in own if k not in skip and k in config and config[k] != own[k]}
+
+
 def train_command(config: dict) -> str:
     """The command of the run; a run started from another run than its recipe's ``init_from`` is preceded
     by that run's command (``--run-dir runs/start``)."""
     if not config.get("recipe"):
         return f"attnmeta train sigmorphon2018 --algo {config['algo']} --root DATA/text/sigmorphon2018"
     sets = "".join(f" --set algo_options.{k}={v}" for k, v in recipe_changes(config).items())
+    sets += "".join(f" --set {k}={v}" for k, v in setting_changes(config).items())
     command = f"attnmeta train --recipe {config['recipe']} --root DATA/text/sigmorphon2018{sets}"
     start = start_config(config)
     if start is not None:
