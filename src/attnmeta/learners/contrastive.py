@@ -34,8 +34,8 @@ def cosine_pair_loss(embeddings: Tensor, labels: Tensor) -> Tensor:
     cosine = unit @ unit.transpose(-1, -2)  # [T, n, n]
     n = labels.shape[-1]
     upper = torch.ones(n, n, dtype=torch.bool, device=labels.device).triu(1)
-    same = (labels.unsqueeze(-1) == labels.unsqueeze(-2)) & upper
-    other = ~(labels.unsqueeze(-1) == labels.unsqueeze(-2)) & upper
+    equal = labels.unsqueeze(-1) == labels.unsqueeze(-2)  # [T, n, n]
+    same, other = equal & upper, ~equal & upper
     positive = ((cosine - 1).pow(2) * same).sum((-1, -2)) / same.sum((-1, -2)).clamp_min(1)
     negative = (cosine.pow(2) * other).sum((-1, -2)) / other.sum((-1, -2)).clamp_min(1)
     return (positive + negative) / 2
