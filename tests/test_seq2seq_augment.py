@@ -80,3 +80,30 @@ def test_learner_hallucinates_only_when_adapting_to_a_new_task():
     with pytest.raises(ValueError, match=re.escape("hallucinate and meta_hallucinate must be >= 0 "
                                                    "(hallucinated pairs per task), got -1 and 0")):
         build_seq2seq("transfer", vocab, {**TINY, "hallucinate": -1})
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 1.0])
+def test_fine_tuning_batches_hold_the_hallucinated_share(share):
+    vocab = Vocabulary(sorted(set("walkedjump")), spare=4)
+    learner = build_seq2seq("transfer", vocab, {**TINY, "finetune_batch": 8, "hallucinated_share": share})
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        rows = learner.batch_rows(30, 10, generator)
+        assert len(rows) == 8 and len(set(rows.tolist())) == 8 and int(rows.max()) < 30
+        assert int((rows >= 10).sum()) == round(share * 8)  # rows 10.. are the hallucinated pairs
+    assert len(learner.batch_rows(12, 10, generator)) == 8  # only 2 hallucinated: the rest real
+    assert int((learner.batch_rows(30, 2, generator) < 2).sum()) <= 2
+
+
+def test_fine_tuning_batches_are_uniform_without_a_share():
+    vocab = Vocabulary(sorted(set("walkedjump")), spare=4)
+    learner = build_seq2seq("transfer", vocab, {**TINY, "finetune_batch": 8})
+    rows = learner.batch_rows(30, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(rows, torch.randperm(30, generator=torch.Generator().manual_seed(0))[:8])
+    task = Seq2SeqTask([tuple("walk"), tuple("jump")], [tuple("walked"), tuple("jumped")], [tuple("walk")],
+                       [tuple("walked")])
+    hallucinating = build_seq2seq("transfer", vocab, {**TINY, "hallucinate": 30}).eval()
+    assert hallucinating.encode_task(task).real_support == 2
+    with pytest.raises(ValueError, match=re.escape("hallucinated_share must be in [0, 1] (or null: uniform "
+                                                   "over all support pairs), got 1.5")):
+        build_seq2seq("transfer", vocab, {**TINY, "hallucinated_share": 1.5})

@@ -74,9 +74,11 @@ def test_eval_refuses_classification_flags(files, capsys):
     _, run_dir = files
     assert error_of(["eval", str(run_dir), "--ways", "5"], capsys) == (
         2, "attnmeta eval: error: --ways do not apply to sequence-to-sequence runs; use --episodes (test "
-           "tasks), --beam, --finetune-steps, --hallucinate and --root\n")
+           "tasks), --beam, --finetune-steps, --hallucinate, --hallucinated-share and --root\n")
     assert error_of(["eval", str(run_dir), "--hallucinate", "-1"], capsys) == (
         2, "attnmeta eval: error: --hallucinate must be >= 0, got -1\n")
+    assert error_of(["eval", str(run_dir), "--hallucinated-share", "1.5"], capsys) == (
+        2, "attnmeta eval: error: --hallucinated-share must be in [0, 1], got 1.5\n")
 
 
 def test_eval_with_other_test_time_adaptation_writes_its_own_file(files):
@@ -84,6 +86,10 @@ def test_eval_with_other_test_time_adaptation_writes_its_own_file(files):
     assert main(["eval", str(run_dir), "--hallucinate", "20", "--finetune-steps", "3", "--quiet"]) == 0
     result = json.loads((run_dir / "eval-test-2tasks-beam1-finetune_steps3-hallucinate20.json").read_text())
     assert result["hallucinate"] == 20 and result["finetune_steps"] == 3 and len(result["per_task"]) == 2
+    assert main(["eval", str(run_dir), "--hallucinate", "20", "--finetune-steps", "3", "--hallucinated-share",
+                 "0.75", "--quiet"]) == 0
+    shared = run_dir / "eval-test-2tasks-beam1-finetune_steps3-hallucinate20-hallucinated_share0.75.json"
+    assert json.loads(shared.read_text())["hallucinated_share"] == 0.75
 
 
 def test_predictor_fits_pairs_and_generates(files):

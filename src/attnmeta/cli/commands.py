@@ -227,7 +227,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     trained = load_run_config(args.run_dir, report=_note("eval"))
     sequence_flags = (("--beam", args.beam), ("--finetune-steps", args.finetune_steps),
-                      ("--hallucinate", args.hallucinate))
+                      ("--hallucinate", args.hallucinate),
+                      ("--hallucinated-share", args.hallucinated_share))
     sequence_only = [flag for flag, value in sequence_flags if value is not None]
     if sequence_only and trained.task_type != "seq2seq":
         raise ValueError(f"{', '.join(sequence_only)} apply only to sequence-to-sequence runs; "

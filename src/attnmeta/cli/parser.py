@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--hallucinate", type=int,
                    help="sequence-to-sequence runs: hallucinated pairs added to each test task's support set "
                    "(stems replaced by random letters; default: the run's, 0)")
+    e.add_argument("--hallucinated-share", type=float,
+                   help="sequence-to-sequence runs: share of each test-time fine-tuning batch drawn from the "
+                   "hallucinated pairs, in [0, 1] (default: the run's; none = uniform over all pairs)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_import_flag(e, "import a module or .py file first (a custom learner the run needs; a run folder's "
                      "own imports are never executed; repeatable)")

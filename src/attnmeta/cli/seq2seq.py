@@ -20,14 +20,19 @@ def eval_seq2seq(args: argparse.Namespace, trained: Any) -> int:
     refused = [flag for flag, value in given.items() if value]
     if refused:
         raise UserError(f"{', '.join(refused)} do not apply to sequence-to-sequence runs; use --episodes "
-                        "(test tasks), --beam, --finetune-steps, --hallucinate and --root")
+                        "(test tasks), --beam, --finetune-steps, --hallucinate, --hallucinated-share and "
+                        "--root")
     if args.root is not None:
         trained.root = args.root
     adaptation = {key: value for key, value in (("finetune_steps", args.finetune_steps),
-                                                ("hallucinate", args.hallucinate)) if value is not None}
+                                                ("hallucinate", args.hallucinate),
+                                                ("hallucinated_share", args.hallucinated_share))
+                  if value is not None}
     for key, value in adaptation.items():
         if value < 0:
             raise UserError(f"--{key.replace('_', '-')} must be >= 0, got {value}")
+    if adaptation.get("hallucinated_share", 0) > 1:
+        raise UserError(f"--hallucinated-share must be in [0, 1], got {args.hallucinated_share}")
     report = evaluate_seq2seq_run(args.run_dir, trained, checkpoint=args.checkpoint,
                                   episodes=100 if args.episodes is None else args.episodes, beam=args.beam,
                                   quiet=args.quiet, adaptation=adaptation)

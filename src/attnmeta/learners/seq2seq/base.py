@@ -37,6 +37,7 @@ class EncodedTask:
     query_target: Tensor
     mapping: dict[str, int]
     unknown: int  # query-source symbols that became UNK
+    real_support: int | None = None  # the first rows of the support set are real pairs, the rest hallucinated
 
 
 class Seq2SeqLearner(nn.Module):
@@ -55,6 +56,9 @@ class Seq2SeqLearner(nn.Module):
             replaced by random letters, ``attnmeta.tasks.seq2seq_augment``); 0: none.
         meta_hallucinate: the same in meta-training: hallucinated pairs added to each training task's
             support set (drawn anew each time the task is sampled).
+        hallucinated_share: the share of each test-time fine-tuning batch drawn from the hallucinated pairs
+            (the rest from the real ones); ``None``: batches drawn uniformly from all support pairs, so that
+            with 1000 hallucinated and 100 real pairs 9% of a batch is real.
     """
 
     name = "seq2seq"
@@ -66,14 +70,18 @@ class Seq2SeqLearner(nn.Module):
                  label_smoothing: float = 0.1,
                  new_symbol_rate: float = 0.0, beam: int = 1, finetune_steps: int = 100,
                  finetune_lr: float = 5e-4, finetune_batch: int = 32, hallucinate: int = 0,
-                 meta_hallucinate: int = 0) -> None:
+                 meta_hallucinate: int = 0, hallucinated_share: float | None = None) -> None:
         super().__init__()
         if finetune_steps < 0 or finetune_batch < 1 or finetune_lr <= 0:
             raise ValueError("finetune_steps must be >= 0, finetune_batch >= 1 and finetune_lr > 0")
         if hallucinate < 0 or meta_hallucinate < 0:
             raise ValueError(f"hallucinate and meta_hallucinate must be >= 0 (hallucinated pairs per task), "
                              f"got {hallucinate} and {meta_hallucinate}")
+        if hallucinated_share is not None and not 0.0 <= hallucinated_share <= 1.0:
+            raise ValueError("hallucinated_share must be in [0, 1] (or null: uniform over all support "
+                             f"pairs), got {hallucinated_share}")
         self.hallucinate, self.meta_hallucinate = hallucinate, meta_hallucinate
+        self.hallucinated_share = hallucinated_share
         self.finetune_steps, self.finetune_lr = finetune_steps, finetune_lr
         self.finetune_batch = finetune_batch
         if not 0.0 <= new_symbol_rate <= 1.0:
@@ -90,6 +98,7 @@ class Seq2SeqLearner(nn.Module):
         """Token ids of ``task`` (``generator``: draws the characters treated as new and the hallucinated
         pairs in meta-training), with ``hallucinate`` (in training ``meta_hallucinate``) hallucinated pairs
         appended to the support set."""
+        real = len(task.support_source)
         if not self.training and self.hallucinate:
             task = hallucinate_task(task, self.hallucinate)
         elif self.training and self.meta_hallucinate:
@@ -108,7 +117,7 @@ class Seq2SeqLearner(nn.Module):
         return EncodedTask(enc(task.support_source, mapping, max_length=limit).ids,
                            enc(task.support_target, mapping, eos=True, max_length=limit).ids,
                            query.ids, enc(task.query_target, mapping, eos=True, max_length=limit).ids,
-                           mapping, query.unknown)
+                           mapping, query.unknown, real)
 
     # -- the loss of a set of pairs under given parameters ------------------------------------------
     def params(self) -> Params:
@@ -146,13 +155,22 @@ class Seq2SeqLearner(nn.Module):
         generator = torch.Generator().manual_seed(n + int(encoded.support_target.sum()))
         with torch.enable_grad():
             for _ in range(self.finetune_steps):
-                rows = torch.randperm(n, generator=generator)[:self.finetune_batch]
+                rows = self.batch_rows(n, encoded.real_support, generator)
                 loss = self.pair_loss(dict(model.named_parameters()), encoded.support_source[rows],
                                       encoded.support_target[rows])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
         return {name: p.detach() for name, p in model.named_parameters()}
+
+    def batch_rows(self, n: int, real: int | None, generator: torch.Generator) -> Tensor:
+        """Rows of one fine-tuning batch of a support set of ``n`` pairs whose first ``real`` are real:
+        uniform over all rows, or ``hallucinated_share`` of the batch from the hallucinated rows."""
+        if self.hallucinated_share is None or real is None or real >= n:
+            return torch.randperm(n, generator=generator)[:self.finetune_batch]
+        fake = min(round(self.hallucinated_share * self.finetune_batch), n - real)
+        real_rows = torch.randperm(real, generator=generator)[:self.finetune_batch - fake]
+        return torch.cat([real_rows, real + torch.randperm(n - real, generator=generator)[:fake]])
 
     @torch.no_grad()
     def generate_ids(self, params: Params, source: Tensor, beam: int | None = None,
