@@ -7,9 +7,11 @@ to fail but are fine (bool / integer arrays, image paths, ``1e-3`` floats) are c
 from __future__ import annotations
 
 import inspect
+import io
 import math
 import shutil
 import typing
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +159,20 @@ def test_bad_image_file_names_the_file(clf, tmp_path, name, message):
     if name in ("garbage.png", "truncated.png", "missing.png"):
         with pytest.raises(DataError):
             clf.fit([str(path), _image()], ["a", "b"])
+
+
+def test_a_file_pil_warns_about_is_still_one_line(clf, tmp_path):
+    # a TIFF cut after its header: PIL warns "Corrupt EXIF data" before it fails; the warnings would print
+    # extra lines above `attnmeta predict`'s one-line error
+    buffer = io.BytesIO()
+    Image.new("I", (11, 7)).save(buffer, format="TIFF")
+    (tmp_path / "cut.tif").write_bytes(buffer.getvalue()[:8])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        error = _raises(ValueError, clf.fit, [tmp_path / "cut.tif", _image()], ["a", "b"])
+    assert error == (f"support[0]: cannot read image file '{tmp_path}/cut.tif' (not an image format PIL can "
+                     "read); replace or remove it")
+    assert not caught
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ Labels: one per support image, hashable, not missing (``None`` / NaN).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,11 @@ def read_image(path: str | Path, what: str | None = None) -> Any:
         state = "is not a file" if path.exists() else "does not exist"
         raise DataError(f"{where}image file {str(path)!r} {state}")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
+        with warnings.catch_warnings():  # PIL warns (e.g. "Corrupt EXIF data") before it fails or recovers
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+            with Image.open(path) as image:
+                image.load()
+                return image.copy()
     except Exception as error:  # noqa: BLE001 - PIL raises many types for bad files (OSError, SyntaxError, ...)
         reason = ("not an image format PIL can read" if isinstance(error, Image.UnidentifiedImageError)
                   else " ".join(str(error).split()) or type(error).__name__)
