@@ -220,3 +220,40 @@ def test_generator_rejects_bad_files(fake_repo):
     (fake_repo / "results" / "bad.json").unlink()
     with pytest.raises(gen.ResultsError, match="results:start"):
         gen.generate(fake_repo)
+
+
+def _gen_seq2seq():
+    spec = importlib.util.spec_from_file_location("gen_seq2seq", ROOT / "docs" / "gen_seq2seq.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _language_row(label, algo, accuracies, **extra):
+    languages = {lang: {"accuracy": a, "levenshtein": 1.0} for lang, a in zip(("x", "y", "z"), accuracies)}
+    return {"label": label, "algo": algo, "languages": languages, "machine": "cpu",
+            "command": f"train {label}", **extra}
+
+
+def test_seq2seq_tables_compare_with_the_baselines_and_keep_history_apart(tmp_path):
+    gen = _gen_seq2seq()
+    main = tmp_path / "docs" / "results" / "seq2seq"
+    history = main / "history"
+    history.mkdir(parents=True)
+    baseline = {"languages": _language_row("b", None, (10, 20, 30))["languages"], "command": "baseline.py"}
+    rows = {main / "shared-task-baseline.json": baseline,
+            main / "scratch.json": _language_row("scratch", "scratch", (1, 2, 3)),
+            main / "pretrain.json": _language_row("pre", "transfer", (10, 20, 31)),
+            main / "transfer.json": _language_row("tr", "transfer", (12, 22, 32)),
+            main / "maml.json": _language_row("ml", "maml", (13, 23, 34)),
+            history / "maml.json": _language_row("old", "maml", (5, 6, 7))}
+    for path, row in rows.items():
+        path.write_text(json.dumps(row))
+    table = gen.seq2seq_table(main)
+    assert "| ml | 23.33 | 1.000 | - |" in table
+    assert "- ml - tr: +1.33 +/- 1.43 (includes 0)" in table and "- ml - pre: +3.00 +/- 0.00" in table
+    assert "- ml - scratch: +21.33" in table and "- ml - shared-task baseline: +3.33" in table
+    assert "old" not in table and "Decoding throughput" in table
+    old = gen.seq2seq_table(history)  # the baseline and scratch rows come from the main folder
+    assert "| shared-task baseline | 20.00 |" in old and "| scratch | 2.00 |" in old
+    assert "- old - scratch: +4.00" in old and "| ml |" not in old and "Decoding throughput" not in old

@@ -15,29 +15,39 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "results" / "seq2seq"
+#: ``--recipes-at COMMIT``: the run used the recipes of that commit (the row goes to ``OUT / "history"``).
+RECIPES_AT: str | None = None
+
+
+def recipe_config(name: str) -> dict:
+    """A recipe's config as it is now, or as it was at ``RECIPES_AT``."""
+    if RECIPES_AT is None:
+        from attnmeta.train import recipes
+
+        return recipes.load(name).config
+    path = f"{RECIPES_AT}:src/attnmeta/train/recipes/{name}.yaml"
+    shown = subprocess.run(["git", "show", path], cwd=ROOT, capture_output=True, text=True, check=True)
+    return yaml.safe_load(shown.stdout)["config"]
 
 
 def recipe_changes(config: dict) -> dict:
     """The learner options a recipe run set beyond its recipe's (``--set algo_options.K=V``)."""
     if not config.get("recipe"):
         return {}
-    from attnmeta.train import recipes
-
-    own = recipes.load(config["recipe"]).config.get("algo_options") or {}
+    own = recipe_config(config["recipe"]).get("algo_options") or {}
     return {k: v for k, v in (config.get("algo_options") or {}).items() if own.get(k, None) != v}
 
 
 def setting_changes(config: dict) -> dict:
     """The run settings (other than the learner's options, the data and the folders) a recipe run changed."""
-    from attnmeta.train import recipes
-
-    own = recipes.load(config["recipe"]).config
+    own = recipe_config(config["recipe"])
     skip = {"algo_options", "init_from", "run_dir", "root", "recipe"}
     return {k: config[k] for k in own if k not in skip and k in config and config[k] != own[k]}
 
@@ -47,7 +57,11 @@ def train_command(config: dict) -> str:
     by that run's command (``--run-dir runs/start``)."""
     if not config.get("recipe"):
         return f"attnmeta train sigmorphon2018 --algo {config['algo']} --root DATA/text/sigmorphon2018"
-    sets = "".join(f" --set algo_options.{k}={v}" for k, v in recipe_changes(config).items())
+    options = config.get("algo_options") or {}
+    if set(recipe_config(config["recipe"]).get("algo_options") or {}) - set(options):  # options removed
+        sets = " --set 'algo_options={" + ", ".join(f"{k}: {v}" for k, v in options.items()) + "}'"
+    else:
+        sets = "".join(f" --set algo_options.{k}={v}" for k, v in recipe_changes(config).items())
     sets += "".join(f" --set {k}={v}" for k, v in setting_changes(config).items())
     command = f"attnmeta train --recipe {config['recipe']} --root DATA/text/sigmorphon2018{sets}"
     start = start_config(config)
@@ -56,16 +70,23 @@ def train_command(config: dict) -> str:
     return command
 
 
-LABELS = {"pretrain": "transfer, 30 CPU-min", "transfer": "transfer, 60 CPU-min",
-          "maml": "MAML, 30 CPU-min from pre-training", "scratch": "scratch"}
+LABELS = {"pretrain": "transfer, 30 CPU-min", "transfer": "transfer, 30 CPU-min from pre-training",
+          "maml": "MAML, 30 CPU-min from pre-training", "reptile": "Reptile, 30 CPU-min from pre-training",
+          "scratch": "scratch"}
+#: Up to commit fa949ea the transfer recipe was 60 CPU-minutes from a random start.
+OLD_LABELS = {**LABELS, "transfer": "transfer, 60 CPU-min"}
 
 
 def names(config: dict) -> tuple[str, str]:
     """The file name and the table label of a run (its recipe and the options it changed; a run started
     from another pre-training than its recipe's, made with the same options, says "both stages")."""
-    name = (config.get("recipe") or config["algo"]).removeprefix("sigmorphon2018-")
+    recipe = config.get("recipe")
+    name = (recipe or config["algo"]).removeprefix("sigmorphon2018-")
+    if recipe and config["algo"] != recipe_config(recipe).get("algo"):  # another learner on its settings
+        name = config["algo"]
     changes = recipe_changes(config)
-    label = LABELS.get(name, name) + "".join(f", {k}={v}" for k, v in changes.items())
+    labels = LABELS if RECIPES_AT is None else OLD_LABELS
+    label = labels.get(name, name) + "".join(f", {k}={v}" for k, v in changes.items())
     name += "".join(f"-{k.replace('_', '-')}-{v}" for k, v in changes.items())
     start = start_config(config)
     if start is not None:
@@ -78,23 +99,21 @@ def names(config: dict) -> tuple[str, str]:
 
 def start_config(config: dict) -> dict | None:
     """The config of the run a recipe run started from, when it is not its recipe's ``init_from``."""
-    from attnmeta.train import recipes
-
     start = config.get("init_from")
     if not config.get("recipe") or not start:
         return None
-    if start == recipes.load(config["recipe"]).config.get("init_from"):
+    if start == recipe_config(config["recipe"]).get("init_from"):
         return None
     path = Path(start) / "config.yaml"
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
-TEST_TIME = ("finetune_steps", "hallucinate")
+TEST_TIME = ("finetune_steps", "hallucinate", "hallucinated_share")
 
 
 def with_evaluation(summary: dict, evaluation: dict) -> tuple[dict, dict]:
     """The run's summary with its test replaced by an ``attnmeta eval`` file's, and the test-time options
-    that file was made with (``--finetune-steps``, ``--hallucinate``)."""
+    that file was made with (``--finetune-steps``, ``--hallucinate``, ``--hallucinated-share``)."""
     options = {k: evaluation[k] for k in TEST_TIME if k in evaluation}
     summary = {**summary, "per_task": evaluation["per_task"], "test": evaluation["accuracy"],
                "levenshtein": evaluation["levenshtein"]}
@@ -136,8 +155,9 @@ def record(run_dir: Path, evaluation: Path | None = None) -> Path:
             "; attnmeta eval RUN" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in options.items())
             if options else ""),
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    out = OUT / f"{name}.json"
+    folder = OUT if RECIPES_AT is None else OUT / "history"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{name}.json"
     out.write_text(json.dumps(row, indent=1) + "\n")
     return out
 
@@ -147,7 +167,11 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="sigmorphon2018 run folders")
     parser.add_argument("--eval", type=Path, help="an `attnmeta eval` file of the (one) run to record "
                         "instead of its final test (test-time options such as --hallucinate)")
+    parser.add_argument("--recipes-at", metavar="COMMIT", help="the runs used the recipes of this commit: "
+                        "names and commands are relative to them, rows go to docs/results/seq2seq/history")
     args = parser.parse_args()
+    global RECIPES_AT
+    RECIPES_AT = args.recipes_at
     if args.eval is not None and len(args.runs) != 1:
         raise SystemExit("--eval records one run: name one run folder")
     for run_dir in args.runs:

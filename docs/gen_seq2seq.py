@@ -1,0 +1,133 @@
+"""The SIGMORPHON 2018 tables of ``docs/guides/seq2seq.md``, from ``docs/results/seq2seq/*.json``.
+
+``docs/gen_results.py`` writes ``seq2seq_table(SEQ2SEQ_DIR)`` between ``<!-- seq2seq:start -->`` and
+``<!-- seq2seq:end -->`` (the current recipes' runs, written by ``experiments/seq2seq/record_results.py``)
+and ``seq2seq_table(SEQ2SEQ_DIR / "history")`` between ``<!-- seq2seq-history:start -->`` and
+``<!-- seq2seq-history:end -->`` (runs recorded before the recipes last changed; their commands name the
+recipes of the commit in ``history/README.md``). The shared task's baseline and scratch training do not
+depend on a recipe: both tables compare with the main folder's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SEQ2SEQ_DIR = Path("docs") / "results" / "seq2seq"
+SEQ2SEQ_PAGE = Path("docs") / "guides" / "seq2seq.md"
+SEQ2SEQ_START, SEQ2SEQ_END = "<!-- seq2seq:start -->", "<!-- seq2seq:end -->"
+HISTORY_START, HISTORY_END = "<!-- seq2seq-history:start -->", "<!-- seq2seq-history:end -->"
+#: Rows that do not depend on a recipe, read from the main folder by the history table too.
+SHARED_ROWS = ("shared-task-baseline", "scratch")
+SEQ2SEQ_ORDER = ("scratch", "pretrain", "transfer", "reptile", "maml")
+SEQ2SEQ_NOT_RUNS = ("shared-task-baseline", "published-low")
+META_LEARNERS = ("maml", "reptile")
+
+
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of ``a - b`` over paired values and the half-width of its 95% CI (Student's t, n - 1 df)."""
+    from scipy import stats
+
+    diffs = [x - y for x, y in zip(a, b)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5 if n > 1 else float("nan")
+    return mean, float(stats.t.ppf(0.975, n - 1)) * sd / n ** 0.5 if n > 1 else float("nan")
+
+
+def decoding_line(path: Path) -> str:
+    """The decoding throughput ``benchmarks/bench_decode.py`` measured, as one sentence."""
+    if not path.is_file():
+        return "Decoding throughput: not measured yet (`python benchmarks/bench_decode.py RUN`)."
+    d = json.loads(path.read_text(encoding="utf-8"))
+    rates = ", ".join(f"{name} {row['words_per_cpu_second']:.0f}" for name, row in d["results"].items())
+    return (f"Decoding throughput (`benchmarks/bench_decode.py {d['run']}`, {d['words']} {d['task']} words, "
+            f"{d['threads']} thread, flags {' '.join(d['cpu_flags'])}): words per CPU-second, {rates}.")
+
+
+def _seq2seq_results(folder: Path) -> tuple[dict[str, dict], list[str]]:
+    """Recorded rows by file name (the shared task's baseline first, then ``SEQ2SEQ_ORDER``) and the
+    languages (the baseline's order); a folder without the baseline (``history``) takes the baseline and
+    scratch rows of its parent."""
+    results: dict[str, dict] = {}
+    main = folder if (folder / "shared-task-baseline.json").is_file() else folder.parent
+    baseline = main / "shared-task-baseline.json"
+    if baseline.is_file():
+        results["shared-task-baseline"] = {"label": "shared-task baseline",
+                                           **json.loads(baseline.read_text(encoding="utf-8"))}
+    runs = [p for p in folder.glob("*.json") if p.stem not in SEQ2SEQ_NOT_RUNS]
+    runs += [main / f"{n}.json" for n in SHARED_ROWS[1:] if main != folder and (main / f"{n}.json").is_file()]
+    rank = {name: i for i, name in enumerate(SEQ2SEQ_ORDER)}
+    for path in sorted(runs, key=lambda p: (rank.get(p.stem, len(rank)), p.stem)):
+        row = json.loads(path.read_text(encoding="utf-8"))
+        results[path.stem] = {"label": path.stem, **row}
+    languages = list(results["shared-task-baseline"]["languages"]) if baseline.is_file() else []
+    return results, languages
+
+
+def _seq2seq_against(name: str, results: dict[str, dict]) -> list[str]:
+    """What a meta-learner's run is compared with: the issue's three baselines (transfer: the run of the same
+    start and test-time options when one is recorded, the 60-minute transfer otherwise) and its start."""
+    row = results[name]
+    test_time, start = row.get("test_time") or {}, row.get("start")
+    same = [n for n, r in results.items() if r.get("algo") == "transfer" and start is not None
+            and r.get("start") == start and (r.get("test_time") or {}) == test_time]
+    own_start = [n for n, r in results.items() if test_time and r.get("run") == start
+                 and (r.get("test_time") or {}) == test_time]
+    against = ["shared-task-baseline", "scratch", *(same or ["transfer"]),
+               *(own_start or [start or "pretrain"])]
+    return [n for n in dict.fromkeys(against) if n in results]
+
+
+def seq2seq_table(folder: Path) -> str:
+    """Every recorded learner's average, the per-language accuracy (Levenshtein) of the baselines and the best
+    transfer and meta-learning runs, and the paired 95% CIs of the meta-learners' differences
+    (``docs/results/seq2seq``)."""
+    results, languages = _seq2seq_results(folder)
+    if len(results) < 2 or not languages:
+        return "No sequence-to-sequence results are recorded yet."
+
+    def mean(row: dict, key: str) -> float:
+        return sum(row["languages"][lang][key] for lang in languages) / len(languages)
+
+    def cpu(row: dict) -> str:
+        seconds = row.get("train_cpu_seconds")
+        return "-" if not seconds else f"{(seconds + (row.get('init_train_cpu_seconds') or 0)) / 60:.0f}"
+
+    lines = ["| run | accuracy % (95% CI over languages) | Levenshtein | training CPU-minutes (with "
+             "pre-training) |", "| --- | --- | --- | --- |"]
+    for row in results.values():
+        ci = row.get("accuracy", {}).get("ci95")
+        lines.append(f"| {row['label']} | {mean(row, 'accuracy'):.2f}"
+                     + (f" +/- {ci:.2f}" if ci is not None else "") + f" | {mean(row, 'levenshtein'):.3f} | "
+                     f"{cpu(row)} |")
+    best = {algo: max((n for n, r in results.items() if r.get("algo") == algo),
+                      key=lambda n: mean(results[n], "accuracy"), default=None)
+            for algo in ("transfer", *META_LEARNERS)}
+    shown = [n for n in ("shared-task-baseline", "scratch", *best.values()) if n in results]
+    lines += ["", "Per language, accuracy % (mean Levenshtein distance), the baselines and the best run of "
+              "each kind:", "", "| language | " + " | ".join(results[n]["label"] for n in shown) + " |",
+              "| --- |" + " --- |" * len(shown)]
+    for lang in languages:
+        cells = [f"{results[n]['languages'][lang]['accuracy']:.1f} "
+                 f"({results[n]['languages'][lang]['levenshtein']:.2f})" for n in shown]
+        lines.append(f"| {lang} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences in accuracy (points; mean over the languages and its 95% CI, "
+              "Student's t) of each meta-learner against the issue's three baselines and against the "
+              "pre-training it started from:", ""]
+    for name in [n for n, r in results.items() if r.get("algo") in META_LEARNERS]:
+        for other in _seq2seq_against(name, results):
+            a = [results[name]["languages"][lang]["accuracy"] for lang in languages]
+            b = [results[other]["languages"][lang]["accuracy"] for lang in languages]
+            diff, half = paired_difference(a, b)
+            verdict = "excludes 0" if abs(diff) > half else "includes 0"
+            lines.append(f"- {results[name]['label']} - {results[other]['label']}: {diff:+.2f} +/- "
+                         f"{half:.2f} ({verdict})")
+    machines = sorted({r["machine"] for r in results.values() if "machine" in r})
+    commands = sorted({f"`{r['command']}`" for r in results.values() if "machine" in r})
+    if (folder / "shared-task-baseline.json").is_file():
+        lines += ["", decoding_line(folder.parents[2] / "benchmarks" / "results" / "bench_decode.json")]
+    baseline = results.get("shared-task-baseline")
+    return "\n".join([*lines, "", f"Machine: {'; '.join(machines) or '-'}.", "", "Commands:", "",
+                       *(f"- {c}" for c in commands),
+                       f"- shared-task baseline: `{baseline['command']}`" if baseline else ""])
