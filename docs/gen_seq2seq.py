@@ -67,7 +67,7 @@ def _seq2seq_results(folder: Path) -> tuple[dict[str, dict], list[str]]:
 
 def _seq2seq_against(name: str, results: dict[str, dict]) -> list[str]:
     """What a meta-learner's run is compared with: the issue's three baselines (transfer: the run of the same
-    start and test-time options when one is recorded, the 60-minute transfer otherwise) and its start."""
+    start and test-time options when one is recorded, the row named `transfer` otherwise) and its start."""
     row = results[name]
     test_time, start = row.get("test_time") or {}, row.get("start")
     same = [n for n, r in results.items() if r.get("algo") == "transfer" and start is not None
