@@ -9,6 +9,7 @@ the same folder). Nobody types a figure by hand.
 
     python experiments/seq2seq/record_results.py runs/sigmorphon2018-maml runs/sigmorphon2018-transfer ...
     python experiments/seq2seq/record_results.py RUN --eval RUN/eval-test-20tasks-beam1-hallucinate1000.json
+    python experiments/seq2seq/record_results.py RUN --recipes-at fa949ea   # a run of older recipes: history/
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ TEST_TIME = ("finetune_steps", "hallucinate", "hallucinated_share")
 def with_evaluation(summary: dict, evaluation: dict) -> tuple[dict, dict]:
     """The run's summary with its test replaced by an ``attnmeta eval`` file's, and the test-time options
     that file was made with (``--finetune-steps``, ``--hallucinate``, ``--hallucinated-share``)."""
+    if evaluation.get("beam", 1) != 1:
+        raise SystemExit("the tables are greedy: --eval takes an evaluation with --beam 1")
     options = {k: evaluation[k] for k in TEST_TIME if k in evaluation}
     summary = {**summary, "per_task": evaluation["per_task"], "test": evaluation["accuracy"],
                "levenshtein": evaluation["levenshtein"]}
