@@ -107,3 +107,17 @@ def test_fine_tuning_batches_are_uniform_without_a_share():
     with pytest.raises(ValueError, match=re.escape("hallucinated_share must be in [0, 1] (or null: uniform "
                                                    "over all support pairs), got 1.5")):
         build_seq2seq("transfer", vocab, {**TINY, "hallucinated_share": 1.5})
+
+
+def test_adaptation_draws_its_batches_knowing_which_pairs_are_real(monkeypatch):
+    vocab = Vocabulary(sorted(set("walkedjump")), spare=4)
+    learner = build_seq2seq("transfer", vocab, {**TINY, "hallucinate": 30, "hallucinated_share": 0.5,
+                                                "finetune_steps": 3}).eval()
+    task = Seq2SeqTask([tuple("walk"), tuple("jump")], [tuple("walked"), tuple("jumped")], [tuple("walk")],
+                       [tuple("walked")])
+    calls = []
+    draw = learner.batch_rows
+    monkeypatch.setattr(learner, "batch_rows", lambda n, real, g: calls.append((n, real)) or draw(n, real, g))
+    learner.adapt(learner.encode_task(task))
+    assert calls == [(32, 2)] * 3  # 2 real pairs first, then 30 hallucinated ones
+

@@ -77,8 +77,9 @@ def test_eval_refuses_classification_flags(files, capsys):
            "tasks), --beam, --finetune-steps, --hallucinate, --hallucinated-share and --root\n")
     assert error_of(["eval", str(run_dir), "--hallucinate", "-1"], capsys) == (
         2, "attnmeta eval: error: --hallucinate must be >= 0, got -1\n")
-    assert error_of(["eval", str(run_dir), "--hallucinated-share", "1.5"], capsys) == (
-        2, "attnmeta eval: error: --hallucinated-share must be in [0, 1], got 1.5\n")
+    for share in ("1.5", "-0.5"):
+        assert error_of(["eval", str(run_dir), "--hallucinated-share", share], capsys) == (
+            2, f"attnmeta eval: error: --hallucinated-share must be in [0, 1], got {share}\n")
 
 
 def test_eval_with_other_test_time_adaptation_writes_its_own_file(files):

@@ -28,11 +28,11 @@ def eval_seq2seq(args: argparse.Namespace, trained: Any) -> int:
                                                 ("hallucinate", args.hallucinate),
                                                 ("hallucinated_share", args.hallucinated_share))
                   if value is not None}
+    if not 0 <= adaptation.get("hallucinated_share", 0) <= 1:
+        raise UserError(f"--hallucinated-share must be in [0, 1], got {args.hallucinated_share}")
     for key, value in adaptation.items():
         if value < 0:
             raise UserError(f"--{key.replace('_', '-')} must be >= 0, got {value}")
-    if adaptation.get("hallucinated_share", 0) > 1:
-        raise UserError(f"--hallucinated-share must be in [0, 1], got {args.hallucinated_share}")
     report = evaluate_seq2seq_run(args.run_dir, trained, checkpoint=args.checkpoint,
                                   episodes=100 if args.episodes is None else args.episodes, beam=args.beam,
                                   quiet=args.quiet, adaptation=adaptation)
