@@ -19,9 +19,9 @@ SEQ2SEQ_START, SEQ2SEQ_END = "<!-- seq2seq:start -->", "<!-- seq2seq:end -->"
 HISTORY_START, HISTORY_END = "<!-- seq2seq-history:start -->", "<!-- seq2seq-history:end -->"
 #: Rows that do not depend on a recipe, read from the main folder by the history table too.
 SHARED_ROWS = ("shared-task-baseline", "scratch")
-SEQ2SEQ_ORDER = ("scratch", "pretrain", "transfer", "reptile", "maml")
+SEQ2SEQ_ORDER = ("scratch", "pretrain", "transfer", "reptile", "maml", "context")
 SEQ2SEQ_NOT_RUNS = ("shared-task-baseline", "published-low")
-META_LEARNERS = ("maml", "reptile")
+META_LEARNERS = ("maml", "reptile", "context")
 
 
 def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:

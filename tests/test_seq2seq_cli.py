@@ -134,7 +134,7 @@ def test_predict_cli_prints_source_and_generated_target(files, tmp_path: Path, c
 @pytest.mark.parametrize(("args", "message"), [
     (["train", "sigmorphon2018", "--algo", "protonet", "--root", "x"],
      "attnmeta train: error: benchmark 'sigmorphon2018' is sequence-to-sequence: choose --algo maml, "
-     "reptile, transfer, scratch (not 'protonet')\n"),
+     "reptile, context, transfer, scratch (not 'protonet')\n"),
     (["train", "omniglot", "--algo", "scratch"],
      "attnmeta train: error: learner 'scratch' is for the sequence-to-sequence benchmarks (sigmorphon2018, "
      "parallel), not 'omniglot'; choose another --algo or benchmark\n"),
@@ -169,6 +169,23 @@ def test_init_from_starts_from_another_runs_weights(files, tmp_path: Path, capsy
     assert error_of(["train", "omniglot", "--set", f"init_from={pretrained}"], capsys) == (
         2, "attnmeta train: error: config key 'init_from' is for the sequence-to-sequence benchmarks "
            "(sigmorphon2018, parallel), not 'omniglot'\n")
+
+
+def test_the_context_learner_starts_from_a_run_without_a_task_vector_and_predicts(files, tmp_path: Path):
+    """``init_from`` a MAML run (no ``task_context``): the model's weights are that run's, the task vector
+    starts at zero; the trained run then evaluates and its predictor adapts with the support pairs' vector."""
+    tsv, pretrained = files
+    run_dir = tmp_path / "context"
+    assert main(_train_args(tsv, run_dir, "--set", f"init_from={pretrained}", "--set",
+                            "algo_options.task_dim=16", algo="context")) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["algo"] == "context" and summary["steps"] == 4
+    assert summary["init_from"]["run"] == str(pretrained)
+    model = attnmeta.load(run_dir)
+    pairs = affix_pairs(10, 8, seed=5)
+    model.fit([s for s, _ in pairs[:5]], [t for _, t in pairs[:5]])
+    outputs = model.generate([s for s, _ in pairs[5:]])
+    assert len(outputs) == 3 and all(isinstance(o, str) for o in outputs)
 
 
 def test_scratch_trains_nothing_and_tests_once(files, tmp_path: Path):

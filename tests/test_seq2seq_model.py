@@ -321,15 +321,6 @@ def test_copy_log_probs_mix_generation_and_the_attention_over_source_tokens() ->
     assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-8)
 
 
-@pytest.fixture
-def one_thread():
-    """The copy test's figures are for one torch thread (faster for this tiny model, and repeatable)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_copy_writes_tokens_whose_embeddings_were_never_trained(one_thread) -> None:
     """Trained to copy strings of tokens 4-7 (vocabulary 12), tested on strings of tokens 8-11 it never saw
     (untrained embeddings, as input and as output): the pointer-generator copies most of them whole

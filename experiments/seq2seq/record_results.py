@@ -73,7 +73,7 @@ def train_command(config: dict) -> str:
 
 LABELS = {"pretrain": "transfer, 30 CPU-min", "transfer": "transfer, 30 CPU-min from pre-training",
           "maml": "MAML, 30 CPU-min from pre-training", "reptile": "Reptile, 30 CPU-min from pre-training",
-          "scratch": "scratch"}
+          "context": "task vector (context), 30 CPU-min from pre-training", "scratch": "scratch"}
 #: Up to commit fa949ea the transfer recipe was 60 CPU-minutes from a random start.
 OLD_LABELS = {**LABELS, "transfer": "transfer, 60 CPU-min"}
 

@@ -107,10 +107,14 @@ class Seq2SeqTransformer(nn.Module):
         max_length: longest source and decoder input (number of learned positions).
         copy: pointer-generator output (log-probabilities of the mixture of generating and copying a
             source token) instead of logits.
+        task_context: a parameter ``task_context [dim]`` (zeros) added to every source and decoder input
+            embedding: a language (task) vector that a learner sets per task (``attnmeta.learners.seq2seq.
+            context``); without it the model has no such parameter.
     """
 
     def __init__(self, vocab_size: int, dim: int = 128, heads: int = 4, layers: int = 2, ff_dim: int = 256,
-                 dropout: float = 0.1, max_length: int = 64, copy: bool = False) -> None:
+                 dropout: float = 0.1, max_length: int = 64, copy: bool = False,
+                 task_context: bool = False) -> None:
         super().__init__()
         if vocab_size <= max(PAD, BOS, EOS):
             raise ValueError(f"vocab_size must include the special ids (> {max(PAD, BOS, EOS)}), "
@@ -127,7 +131,13 @@ class Seq2SeqTransformer(nn.Module):
         self.encoder_norm, self.decoder_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.output_bias = nn.Parameter(torch.zeros(vocab_size))
         self.copy_gate = nn.Linear(dim, 1) if copy else None
+        self.task_context = nn.Parameter(torch.zeros(dim)) if task_context else None
         self.dropout = nn.Dropout(dropout)
+
+    def embed_tokens(self, ids: Tensor, positions: Tensor) -> Tensor:
+        """Scaled token embeddings plus ``positions`` (and ``task_context``), before dropout."""
+        x = self.embedding(ids) * math.sqrt(self.dim) + positions
+        return x if self.task_context is None else x + self.task_context
 
     def _embed(self, ids: Tensor, what: str) -> Tensor:
         """``ids [B, L]`` -> ``[B, L, D]``: scaled token embedding plus learned positions."""
@@ -135,8 +145,7 @@ class Seq2SeqTransformer(nn.Module):
             raise ValueError(f"{what} must be token ids of shape [batch, length], got {tuple(ids.shape)}")
         if ids.shape[1] > self.max_length:
             raise ValueError(f"{what} length {ids.shape[1]} exceeds the model's max_length {self.max_length}")
-        positions = self.positions.weight[: ids.shape[1]]
-        return self.dropout(self.embedding(ids) * math.sqrt(self.dim) + positions)
+        return self.dropout(self.embed_tokens(ids, self.positions.weight[: ids.shape[1]]))
 
     def encode(self, source: Tensor) -> tuple[Tensor, Tensor]:
         """``source`` int64 ``[B, S]`` (``PAD``-padded) -> ``(memory [B, S, D], source_mask [B, 1, S])``
@@ -247,7 +256,7 @@ class _IncrementalDecoder:
     def step(self, token: Tensor) -> Tensor:
         model = self.model
         position = model.positions.weight[self.length]
-        y = model.dropout(model.embedding(token.unsqueeze(1)) * math.sqrt(model.dim) + position)
+        y = model.dropout(model.embed_tokens(token.unsqueeze(1), position))
         for i, layer in enumerate(self.layers):
             h, sa = layer.norm1(y), layer.self_attention
             k, v = sa._split(sa.k_proj(h)), sa._split(sa.v_proj(h))

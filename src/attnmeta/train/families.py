@@ -17,7 +17,7 @@ DETECTION_ALGOS = ("attention-detector", "protonet-windows", "template-matching"
 #: ``attnmeta.learners.seq2seq.registry``; kept in step by a test). ``maml``, ``reptile`` and ``transfer``
 #: also name classification learners: the benchmark decides which one a run builds.
 SEQ2SEQ_BENCHMARKS = ("sigmorphon2018", "parallel")
-SEQ2SEQ_ALGOS = ("maml", "reptile", "transfer", "scratch")
+SEQ2SEQ_ALGOS = ("maml", "reptile", "context", "transfer", "scratch")
 
 
 def task_type_of(benchmark: str) -> str:

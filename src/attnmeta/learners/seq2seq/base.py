@@ -64,6 +64,8 @@ class Seq2SeqLearner(nn.Module):
     name = "seq2seq"
     #: False for a learner without meta-training (``scratch``): the trainer only tests it.
     meta_trained = True
+    #: The model has a ``task_context`` vector the learner sets per task (``Seq2SeqTransformer``).
+    uses_task_context = False
 
     def __init__(self, vocabulary: Vocabulary, *, dim: int = 128, heads: int = 4, layers: int = 2,
                  ff_dim: int = 256, dropout: float = 0.1, max_length: int = 100, copy: bool = False,
@@ -90,7 +92,8 @@ class Seq2SeqLearner(nn.Module):
             raise ValueError(f"beam must be >= 1, got {beam}")
         self.vocabulary = vocabulary
         self.model = Seq2SeqTransformer(vocabulary.size, dim=dim, heads=heads, layers=layers, ff_dim=ff_dim,
-                                        dropout=dropout, max_length=max_length, copy=copy)
+                                        dropout=dropout, max_length=max_length, copy=copy,
+                                        task_context=self.uses_task_context)
         self.label_smoothing, self.new_symbol_rate, self.beam = label_smoothing, new_symbol_rate, beam
 
     # -- encoding ------------------------------------------------------------------------------------
@@ -149,7 +152,7 @@ class Seq2SeqLearner(nn.Module):
         """Parameters adapted to the task's support pairs (detached; never changes the learner):
         ``finetune_steps`` Adam steps on random batches of the support pairs (seeded by the task, so an
         evaluation is repeatable), in training mode (dropout on)."""
-        model = copy.deepcopy(self.model).train()
+        model = self.task_model(encoded).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=self.finetune_lr)
         n = encoded.support_source.shape[0]
         generator = torch.Generator().manual_seed(n + int(encoded.support_target.sum()))
@@ -162,6 +165,10 @@ class Seq2SeqLearner(nn.Module):
                 loss.backward()
                 optimizer.step()
         return {name: p.detach() for name, p in model.named_parameters()}
+
+    def task_model(self, encoded: EncodedTask) -> nn.Module:
+        """The copy of the model that ``adapt`` fine-tunes (a learner may prepare it for ``encoded``)."""
+        return copy.deepcopy(self.model)
 
     def batch_rows(self, n: int, real: int | None, generator: torch.Generator) -> Tensor:
         """Rows of one fine-tuning batch of a support set of ``n`` pairs whose first ``real`` are real:

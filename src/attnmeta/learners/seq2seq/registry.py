@@ -1,7 +1,8 @@
 """Few-shot sequence-to-sequence learners by name, built from a config's ``algo_options``.
 
 ``maml`` (``Seq2SeqMAML``: the inner loop on the support pairs, first order by default), ``reptile``
-(``Seq2SeqReptile``), ``transfer`` (``MultilingualTransfer``: pooled pre-training, then fine-tuning) and
+(``Seq2SeqReptile``), ``context`` (``Seq2SeqTaskContext``: a task vector read from the support pairs),
+``transfer`` (``MultilingualTransfer``: pooled pre-training, then fine-tuning) and
 ``scratch`` (``Scratch``: fine-tuning from the initialisation, nothing meta-trained).
 """
 
@@ -29,6 +30,8 @@ class Seq2SeqSpec:
 SEQ2SEQ_LEARNERS: dict[str, Seq2SeqSpec] = {
     "maml": Seq2SeqSpec("maml", "Seq2SeqMAML", "MAML through the one inner loop (first order by default)"),
     "reptile": Seq2SeqSpec("maml", "Seq2SeqReptile", "Reptile: Adam inner loop, towards adapted weights"),
+    "context": Seq2SeqSpec("context", "Seq2SeqTaskContext",
+                           "a task vector read from the support pairs by set attention, then fine-tuning"),
     "transfer": Seq2SeqSpec("transfer", "MultilingualTransfer",
                             "pooled multilingual pre-training, then fine-tuning (baseline)"),
     "scratch": Seq2SeqSpec("transfer", "Scratch", "the network trained on the support pairs only (baseline)"),
