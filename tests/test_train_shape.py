@@ -75,8 +75,20 @@ def test_learners_that_cannot_train_on_other_ways_say_so_before_training(tmp_pat
     build_learner(same, build_benchmark(same))  # equal ways: fine for any learner
 
 
-@pytest.mark.parametrize("algo, options", [("protonet", "{}")])  # snail-variants: tests/experiments/
-def test_trains_on_larger_episodes_and_tests_on_ways(tmp_path, algo, options):
+@pytest.mark.parametrize("head_init", ["shared", "zero"])
+def test_maml_whose_classes_share_a_head_row_trains_on_more_ways(tmp_path, tiny_omniglot, head_init):
+    """A shared or zero head starts every class from the same row: the model gets ``train_ways`` outputs,
+    training episodes use all of them, test episodes the first ``ways``."""
+    config = omniglot_config(tmp_path, tiny_omniglot, algo="maml", train_ways=10,
+                             algo_options={"head_init": head_init})
+    learner = build_learner(config, build_benchmark(config))
+    assert learner.head_rows_shared and learner.model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    result = train(config, quiet=True)
+    assert result.steps == 2 and result.test is not None and len(result.test.per_episode) == 3
+
+
+@pytest.mark.parametrize("algo, options", [("protonet", "{}"), ("maml", '{"head_init": "shared"}')])
+def test_trains_on_larger_episodes_and_tests_on_ways(tmp_path, algo, options):  # snail-variants: experiments/
     from test_omniglot import _fake_archive
 
     _fake_archive(tmp_path / "images_background.zip", alphabets=2, characters=4, drawings=3)
@@ -91,6 +103,9 @@ def test_trains_on_larger_episodes_and_tests_on_ways(tmp_path, algo, options):
     assert (saved.train_ways, saved.ways) == (12, 5)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["test"]["n"] == 3
+    # more ways than the 5 of the run: any learner for protonet, up to the head's 12 outputs for shared MAML
+    assert cli_main(["eval", str(run), "--ways", "6", "--episodes", "2", "--quiet"]) == 0
+    assert json.loads((run / "run.json").read_text())["max_ways"] == (12 if algo == "maml" else None)
 
 
 def test_cli_train_flags_set_the_training_shape():

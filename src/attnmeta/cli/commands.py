@@ -283,10 +283,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if target.task_type == "classification" and spec(trained.algo).head:
         assert target.ways is not None and trained.ways is not None  # classification runs have ways
-        if target.ways > trained.ways:
+        outputs = max(trained.ways, trained.train_ways or 0)  # a shared head trains on more ways than ways
+        if target.ways > outputs:
             raise ValueError(
-                f"{trained.algo} was meta-trained {trained.ways}-way with a {trained.ways}-output head and "
-                f"cannot classify {target.ways} ways; use --ways <= {trained.ways} (metric learners "
+                f"{trained.algo} was meta-trained {trained.ways}-way with a {outputs}-output head and "
+                f"cannot classify {target.ways} ways; use --ways <= {outputs} (metric learners "
                 "such as protonet evaluate at any number of ways)"
             )
     from attnmeta.train.trainer import resolve_device

@@ -174,6 +174,12 @@ class MAML(Learner):
         """Where every task's inner loop starts: ``model_params`` with the head set by ``head_init``."""
         return initialise_head(self.model_params(), self.head_names, self.head_init)
 
+    @property
+    def head_rows_shared(self) -> bool:
+        """Does every class start from the same head row (``head_init`` zero or shared)? Then any number
+        of ways up to the model's outputs trains and tests the same head (``train_ways`` may differ)."""
+        return self.head_init in ("zero", "shared")
+
     def resolved_strategy(self) -> str:
         """The strategy in use (``"auto"``: vmap on CUDA, else accumulate where ``accumulates()``, else
         loop)."""

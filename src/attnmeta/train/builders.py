@@ -143,9 +143,11 @@ def default_data_root(benchmark: str) -> str | None:
 
 
 def build_model(config: RunConfig, bench: BenchmarkParts) -> nn.Module:
-    """The backbone: ``ways`` outputs for head learners (1 for regression), an embedding otherwise."""
+    """The backbone: ``ways`` outputs for head learners (``train_ways`` when larger; 1 for regression), an
+    embedding otherwise."""
     head = learners.spec(config.algo).head
-    out_features = (1 if bench.task_type == "regression" else config.ways) if head else None
+    ways = max(config.ways or 0, config.train_ways or 0)
+    out_features = (1 if bench.task_type == "regression" else ways) if head else None
     from attnmeta.nn.backbones import build_backbone
 
     default = bench.default_backbone
@@ -178,11 +180,12 @@ def build_learner(config: RunConfig, bench: BenchmarkParts) -> Learner:
 
         check_learner(config.algo, learner, config.ways, bench.test)
     if config.train_ways is not None and config.train_ways != config.ways:
-        if learners.spec(config.algo).head:
+        if learners.spec(config.algo).head and not getattr(learner, "head_rows_shared", False):
             raise ValueError(
                 f"config key 'train_ways' ({config.train_ways}) must equal 'ways' ({config.ways}) for "
-                f"{config.algo}: its model ends in a {config.ways}-output head; drop train_ways or use a "
-                "metric learner such as protonet"
+                f"{config.algo}: its model ends in a head whose rows are learned per label; drop train_ways, "
+                "set algo_options.head_init=shared or zero (the MAML family) or use a metric learner such as "
+                "protonet"
             )
         assert config.ways is not None  # RunConfig allows train_ways only for classification, which has ways
         learner.check_training_ways(config.train_ways, config.ways)

@@ -108,7 +108,7 @@ class Run:
             "preprocessing": self.bench.preprocessing,
             "default_backbone": self.bench.default_backbone,
             "ways": config.ways,
-            "max_ways": config.ways if head else None,
+            "max_ways": max(config.ways or 0, config.train_ways or 0) if head else None,  # head outputs
             "algo": config.algo,
             "any_ways": bool(getattr(self.learner, "any_ways", True)),
         }
