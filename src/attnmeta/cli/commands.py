@@ -286,7 +286,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         outputs = max(trained.ways, trained.train_ways or 0)  # a shared head trains on more ways than ways
         if target.ways > outputs:
             raise ValueError(
-                f"{trained.algo} was meta-trained {trained.ways}-way with a {outputs}-output head and "
+                f"{trained.algo} was meta-trained {outputs}-way with a {outputs}-output head and "
                 f"cannot classify {target.ways} ways; use --ways <= {outputs} (metric learners "
                 "such as protonet evaluate at any number of ways)"
             )
