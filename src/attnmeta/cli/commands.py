@@ -283,7 +283,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if target.task_type == "classification" and spec(trained.algo).head:
         assert target.ways is not None and trained.ways is not None  # classification runs have ways
-        outputs = max(trained.ways, trained.train_ways or 0)  # a shared head trains on more ways than ways
+        from attnmeta.train.builders import head_outputs
+
+        outputs = head_outputs(trained)
         if target.ways > outputs:
             raise ValueError(
                 f"{trained.algo} was meta-trained {outputs}-way with a {outputs}-output head and "

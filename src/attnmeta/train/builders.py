@@ -142,12 +142,17 @@ def default_data_root(benchmark: str) -> str | None:
     return str(Path(base).expanduser() / DATA_SUBFOLDERS[benchmark])
 
 
+def head_outputs(config: RunConfig) -> int:
+    """Outputs of a classification head learner's model: ``ways``, or ``train_ways`` when larger (a shared
+    or zero head of the MAML family trains on more ways than it tests)."""
+    return max(config.ways or 0, config.train_ways or 0)
+
+
 def build_model(config: RunConfig, bench: BenchmarkParts) -> nn.Module:
-    """The backbone: ``ways`` outputs for head learners (``train_ways`` when larger; 1 for regression), an
-    embedding otherwise."""
+    """The backbone: ``head_outputs`` outputs for head learners (1 for regression), an embedding
+    otherwise."""
     head = learners.spec(config.algo).head
-    ways = max(config.ways or 0, config.train_ways or 0)
-    out_features = (1 if bench.task_type == "regression" else ways) if head else None
+    out_features = (1 if bench.task_type == "regression" else head_outputs(config)) if head else None
     from attnmeta.nn.backbones import build_backbone
 
     default = bench.default_backbone

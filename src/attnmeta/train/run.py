@@ -26,6 +26,7 @@ from attnmeta.train.builders import (
     build_benchmark,
     build_learner,
     data_options,
+    head_outputs,
     lr_factor,
     make_optimizer,
     resolve_device,
@@ -108,7 +109,7 @@ class Run:
             "preprocessing": self.bench.preprocessing,
             "default_backbone": self.bench.default_backbone,
             "ways": config.ways,
-            "max_ways": max(config.ways or 0, config.train_ways or 0) if head else None,  # head outputs
+            "max_ways": head_outputs(config) if head else None,
             "algo": config.algo,
             "any_ways": bool(getattr(self.learner, "any_ways", True)),
         }
