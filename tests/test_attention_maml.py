@@ -123,7 +123,7 @@ def _conv_tasks(count=2, seed=0):
             for _ in range(count)]
 
 
-@pytest.mark.parametrize("head_init", ["zero", "shared"])
+@pytest.mark.parametrize("head_init", ["zero", "shared", "prototypes"])
 def test_head_init_without_flags_is_exactly_maml(head_init):
     torch.manual_seed(0)
     model = Conv4((1, 16, 16), hidden=4, out_features=3).double()

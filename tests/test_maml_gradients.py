@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from attnmeta.learners.inner import initialise_head
+from attnmeta.learners.heads import initialise_head
 from attnmeta.learners.maml import MAML
 from attnmeta.nn.norm import MetaBatchNorm1d
 from attnmeta.tasks.episode import Task, TaskBatch

@@ -98,7 +98,7 @@ def test_accumulate_strategy_gives_the_loop_meta_gradient(name):
     assert sum(g.abs().sum() for g in loop.values()) > 1e-3
 
 
-@pytest.mark.parametrize("head_init", ["shared", "zero"])
+@pytest.mark.parametrize("head_init", ["shared", "zero", "prototypes"])
 def test_accumulate_strategy_with_a_head_built_from_the_meta_parameters(head_init):
     grads = {}
     for strategy in ("loop", "accumulate"):

@@ -20,7 +20,7 @@ from omniglot_time_to_accuracy import load_data, parse_args  # noqa: E402
 from attnmeta.data.benchmarks import make_benchmark  # noqa: E402
 from attnmeta.eval import evaluate  # noqa: E402
 from attnmeta.learners import registry  # noqa: E402
-from attnmeta.learners.inner import HEAD_INITS  # noqa: E402
+from attnmeta.learners.heads import HEAD_INITS  # noqa: E402
 from attnmeta.nn.backbones import build_backbone  # noqa: E402
 
 

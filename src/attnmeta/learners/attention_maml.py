@@ -54,8 +54,9 @@ def _input_shape(model: nn.Module) -> tuple[int, ...] | None:
 class AttentionMAML(MAML):
     """MAML with task, feature and/or parameter attention (see the module docstring).
 
-    Args (beyond ``MAML``'s, which are passed through; ``head_init="zero"`` / ``"shared"`` start every task's
-    inner loop from a zero or shared output layer under any combination of mechanisms, as in ``MAML``):
+    Args (beyond ``MAML``'s, which are passed through; ``head_init="zero"`` / ``"shared"`` / ``"prototypes"``
+    start every task's inner loop from a zero, shared or prototype output layer under any combination of
+    mechanisms, as in ``MAML``):
         task_attention: ``MetaBatchWeighting``, ``TaskSelector``, ``True`` (``MetaBatchWeighting()``) or None.
         feature_attention: ``FeatureAttention``, ``True`` (``FeatureAttention()``) or None.
         param_attention: ``ParamAttentionRule`` (the step rule; its own ``lr`` is used), ``True``
@@ -142,6 +143,7 @@ class AttentionMAML(MAML):
         embedding = self._embedding(support_x, support_y)
         forward = self._conditioned_forward(buffers, ways, embedding)
         query = (query_x, query_y) if msl_weights is not None else None
+        params = self.task_start(params, forward, support_x, support_y, ways)
         adapted, trace = adapt(forward, params, support_x, support_y, loss_fn=self.task_loss,
                                rule=self.rule, steps=steps, adapt_names=self.adapt_names,
                                first_order=first_order, query=query,
@@ -265,7 +267,8 @@ class AttentionMAML(MAML):
             embedding = self._embedding(sx, sy)
             embedding = None if embedding is None else embedding.detach()
             forward = self._conditioned_forward(buffers, ways, embedding)
-            adapted, _ = adapt(forward, params, sx, sy, loss_fn=self.task_loss, rule=self.rule, steps=steps,
+            start = self.task_start(params, forward, sx, sy, ways)
+            adapted, _ = adapt(forward, start, sx, sy, loss_fn=self.task_loss, rule=self.rule, steps=steps,
                                adapt_names=self.adapt_names, first_order=True, inner_grad="func")
             point = {n: t.detach() for n, t in adapted.items()}
             grads = torch.func.grad(lambda p: self.task_loss(forward(p, qx), qy))(point)
@@ -287,9 +290,11 @@ class AttentionMAML(MAML):
             return super().adapt_task(task, inner_steps)
         steps = self.eval_inner_steps if inner_steps is None else _check_int("inner_steps", inner_steps, 0)
         self._check_targets(task.support_y, task.query_y, task.support_x)
-        forward = self._conditioned_forward(dict(self.model.named_buffers()), self._ways_of(task),
+        ways = self._ways_of(task)
+        forward = self._conditioned_forward(dict(self.model.named_buffers()), ways,
                                             self._embedding(task.support_x, task.support_y))
-        return adapt(forward, self.initial_params(), task.support_x, task.support_y, loss_fn=self.task_loss,
+        params = self.task_start(self.initial_params(), forward, task.support_x, task.support_y, ways)
+        return adapt(forward, params, task.support_x, task.support_y, loss_fn=self.task_loss,
                      rule=self.rule, steps=steps, adapt_names=self.adapt_names,
                      first_order=self.current_first_order(), inner_grad="autograd")
 
@@ -306,6 +311,7 @@ class AttentionMAML(MAML):
             forward = self._conditioned_forward(dict(self.model.named_buffers()), self._ways_of(task),
                                                 embedding)
             params = {n: p.detach() for n, p in self.initial_params().items()}
+            params = self.task_start(params, forward, task.support_x, task.support_y, self._ways_of(task))
             adapted, _ = adapt(forward, params, task.support_x, task.support_y, loss_fn=self.task_loss,
                                rule=self.rule, steps=steps, adapt_names=self.adapt_names, first_order=True,
                                inner_grad="autograd")

@@ -230,29 +230,6 @@ def head_names(names: Collection[str]) -> list[str]:
     return [n for n in names if n.rpartition(".")[0] == prefix]
 
 
-HEAD_INITS = ("learned", "zero", "shared")
-
-
-def initialise_head(params: Mapping[str, Tensor], head: Collection[str], mode: str) -> Params:
-    """The inner loop's starting point: ``params`` with the output layer's tensors ``head`` (names) replaced.
-
-    ``mode``: ``"learned"`` keeps them (MAML); ``"zero"`` starts every task from a zero head that is not
-    meta-learned (the zeroing trick of Kao et al. 2022, "MAML is a noisy contrastive learner"); ``"shared"``
-    starts every output row from row 0 of the weight ``[outputs, features]`` (and bias ``[outputs]``), so one
-    meta-learned row serves all classes and the start is the same whatever order the labels come in
-    (UnicornMAML, Ye & Chao 2022). Under ``"shared"`` row 0's meta-gradient is the sum over the rows.
-    """
-    if mode not in HEAD_INITS:
-        raise ValueError(f"head_init must be one of {HEAD_INITS}, got {mode!r}")
-    out = dict(params)
-    if mode == "learned":
-        return out
-    for name in head:
-        p = params[name]
-        out[name] = torch.zeros_like(p) if mode == "zero" else p[:1].expand_as(p)
-    return out
-
-
 def select_names(all_names: Collection[str], which: str | Collection[str]) -> list[str]:
     """Resolve a parameter mask to a list of names, in model order.
 

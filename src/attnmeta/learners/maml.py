@@ -10,8 +10,9 @@ All variants are the same inner loop (``attnmeta.learners.inner.adapt``) with di
 ``maml++``    ``rule="lslr"``, multi-step loss, first-to-second-order annealing
 ============  =====================================================================
 
-Any of them can start each task's output layer from zero (``head_init="zero"``, Kao et al. 2022) or from one
-meta-learned row shared by every class (``head_init="shared"``, UnicornMAML, Ye & Chao 2022).
+Any of them can start each task's output layer from zero (``head_init="zero"``, Kao et al. 2022), from one
+meta-learned row shared by every class (``head_init="shared"``, UnicornMAML, Ye & Chao 2022) or from the
+support set's class prototypes (``head_init="prototypes"``, Proto-MAML, Triantafillou et al. 2020).
 
 Four execution strategies compute the same meta-gradient: ``"loop"`` (a Python loop over the tasks of a
 meta-batch keeping the whole meta-batch's graph; the reference, whose outer loss can be differentiated again),
@@ -35,17 +36,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from attnmeta.learners.base import Learner, MetaOutput
-from attnmeta.learners.inner import (
-    HEAD_INITS,
-    Forward,
-    SGDRule,
-    StepRule,
-    adapt,
-    head_names,
-    initialise_head,
-    make_rule,
-    select_names,
-)
+from attnmeta.learners.heads import ROW_SYMMETRIC, check_head_init, initialise_head, prototype_head
+from attnmeta.learners.inner import Forward, SGDRule, StepRule, adapt, make_rule, select_names
 from attnmeta.learners.task_gradients import accumulated_outer_losses, threaded_outer_losses
 from attnmeta.nn.norm import convert_batch_norm
 from attnmeta.tasks.episode import Task, TaskBatch
@@ -87,7 +79,9 @@ class MAML(Learner):
         head_init: where each task's inner loop starts for the output layer (the last module with
             parameters): ``"learned"`` (MAML: a meta-learned head), ``"zero"`` (a zero head, not meta-learned:
             the zeroing trick of Kao et al. 2022) or ``"shared"`` (one meta-learned row copied to every class:
-            UnicornMAML, Ye & Chao 2022); see ``inner.initialise_head``. The head must adapt.
+            UnicornMAML, Ye & Chao 2022) or ``"prototypes"`` (rows ``2 c_k`` and biases ``-|c_k|^2`` from each
+            task's support features: Proto-MAML, Triantafillou et al. 2020); see ``heads``. The head must
+            adapt.
         precision: ``"fp32"`` (default) or ``"bf16"``: opt-in mixed precision for the outer pass: the query
             forward (and its derivatives) runs under ``torch.autocast(dtype=torch.bfloat16)`` (matmuls and
             convolutions in bf16), while the inner loop, parameters, updates and losses stay in the model's
@@ -130,7 +124,9 @@ class MAML(Learner):
         if not names:
             raise ValueError("model has no trainable parameters to meta-learn")
         self.adapt_names = select_names(names, adapt)
-        self.head_init, self.head_names = head_init, self._check_head_init(head_init, names)
+        self.head_init = head_init
+        self.head_names = check_head_init(head_init, names, self.adapt_names, task_type,
+                                          {n: p.shape for n, p in self.model.named_parameters()})
         if isinstance(rule, str) and rule == "sgd":
             self.rule: StepRule = SGDRule(inner_lr, learnable=learn_inner_lr)
         else:
@@ -145,26 +141,6 @@ class MAML(Learner):
         self.last_trace: dict[str, Tensor] = {}
         self._inner_grad = "func"
 
-    def _check_head_init(self, head_init: str, names: list[str]) -> list[str]:
-        if head_init not in HEAD_INITS:
-            raise ValueError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}")
-        if head_init == "learned":
-            return []
-        head = head_names(names)
-        if not set(head) <= set(self.adapt_names):
-            raise ValueError(f"head_init={head_init!r} needs the head ({', '.join(head)}) to adapt, or every "
-                             "task would keep the same head; include it in adapt=")
-        if head_init == "shared":
-            shapes = {n: p.shape for n, p in self.model.named_parameters()}
-            if self.task_type != "classification":
-                raise ValueError("head_init='shared' copies one class row to every class: it is for "
-                                 "classification; use 'zero' or 'learned' for regression")
-            if any(len(shapes[n]) != (2 if n.endswith("weight") else 1) for n in head):
-                raise ValueError(f"head_init='shared' needs a linear output layer (weight [outputs, "
-                                 f"features], bias [outputs]); the last layer has "
-                                 f"{', '.join(f'{n} {tuple(shapes[n])}' for n in head)}")
-        return head
-
     # --- pieces ---------------------------------------------------------------------------------
     def model_params(self) -> dict[str, Tensor]:
         """The model's trainable parameters by name (the meta-learned initialisation)."""
@@ -174,11 +150,20 @@ class MAML(Learner):
         """Where every task's inner loop starts: ``model_params`` with the head set by ``head_init``."""
         return initialise_head(self.model_params(), self.head_names, self.head_init)
 
+    def task_start(self, params: dict[str, Tensor], forward: Forward, support_x: Tensor, support_y: Tensor,
+                   ways: int, model: nn.Module | None = None) -> dict[str, Tensor]:
+        """One task's starting point from ``initial_params``: the head from its support set's prototypes
+        under ``head_init="prototypes"`` (``heads.prototype_head``), else ``params`` unchanged."""
+        if self.head_init != "prototypes":
+            return params
+        return prototype_head(model if model is not None else self.model, forward, params, self.head_names,
+                              support_x, support_y, ways)
+
     @property
     def head_rows_shared(self) -> bool:
         """Does every class start from the same head row (``head_init`` zero or shared)? Then any number
         of ways up to the model's outputs trains and tests the same head (``train_ways`` may differ)."""
-        return self.head_init in ("zero", "shared")
+        return self.head_init in ROW_SYMMETRIC
 
     def resolved_strategy(self) -> str:
         """The strategy in use (``"auto"``: vmap on CUDA, else accumulate where ``accumulates()``, else
@@ -279,6 +264,7 @@ class MAML(Learner):
                     model: nn.Module | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         forward = self._forward_fn(buffers, ways, model)
         query = (query_x, query_y) if msl_weights is not None else None
+        params = self.task_start(params, forward, support_x, support_y, ways, model)
         adapted, trace = adapt(forward, params, support_x, support_y, loss_fn=self.task_loss,
                                rule=self.rule, steps=steps, adapt_names=self.adapt_names,
                                first_order=first_order, query=query, inner_grad=self._inner_grad)
@@ -296,8 +282,10 @@ class MAML(Learner):
         steps = self.eval_inner_steps if inner_steps is None else _check_int("inner_steps", inner_steps, 0)
         self._check_targets(task.support_y, task.query_y, task.support_x)
         buffers = dict(self.model.named_buffers())
-        forward = self._forward_fn(buffers, self._ways_of(task))
-        return adapt(forward, self.initial_params(), task.support_x, task.support_y, loss_fn=self.task_loss,
+        ways = self._ways_of(task)
+        forward = self._forward_fn(buffers, ways)
+        params = self.task_start(self.initial_params(), forward, task.support_x, task.support_y, ways)
+        return adapt(forward, params, task.support_x, task.support_y, loss_fn=self.task_loss,
                      rule=self.rule, steps=steps, adapt_names=self.adapt_names,
                      first_order=self.current_first_order(), inner_grad="autograd")
 
@@ -403,6 +391,7 @@ class MAML(Learner):
         forward = self._forward_fn(buffers, ways)
         with torch.no_grad():
             params = {n: p.detach() for n, p in self.initial_params().items()}
+            params = self.task_start(params, forward, task.support_x, task.support_y, ways)
             adapted, trace = adapt(forward, params, task.support_x, task.support_y, loss_fn=self.task_loss,
                                    rule=self.rule, steps=steps, adapt_names=self.adapt_names,
                                    first_order=True, inner_grad="autograd")
