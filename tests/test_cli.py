@@ -83,6 +83,10 @@ def test_train_prints_results_table_then_eval_other_shots(tmp_path, capsys):
     assert capsys.readouterr().err.endswith(
         f"--beam, --hallucinate apply only to sequence-to-sequence runs; {run} is a regression run\n")
 
+    assert main(["eval", str(run), "--inner-steps", "2"]) == 2
+    assert capsys.readouterr().err.endswith(
+        "--inner-steps applies to learners with an inner loop (the MAML family); ridge adapts without one\n")
+
     # Resume of a finished run is a no-op that still reports; extra settings with --resume are an error.
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert "resuming" in capsys.readouterr().out
@@ -179,3 +183,20 @@ def test_compare_delegates_to_attnmeta_compare(capsys):
         main(["compare", "--help"])
     assert exit_info.value.code == 0
     assert "--algos" in capsys.readouterr().out
+
+
+def test_eval_of_a_maml_run_with_other_inner_steps_writes_its_own_file(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--algo", "maml", "--steps", "3", "--eval-every", "3",
+                 "--eval-episodes", "5", "--test-episodes", "10", "--threads", "1", "--set", "plot=false",
+                 "--quiet", "--run-dir", str(run)]) == 0
+    means = {}
+    for steps in (0, 3):
+        assert main(["eval", str(run), "--inner-steps", str(steps), "--episodes", "10", "--quiet"]) == 0
+        result = json.loads((run / f"eval-0w10s-10ep-seed0-inner{steps}.json").read_text())
+        assert result["inner_steps"] == steps
+        means[steps] = result["mean"]
+    assert means[3] < means[0]  # adapting to the support points lowers the query MSE
+    capsys.readouterr()
+    assert main(["eval", str(run), "--inner-steps", "-1"]) == 2
+    assert capsys.readouterr().err.endswith("--inner-steps must be >= 0, got -1\n")

@@ -75,6 +75,9 @@ def test_eval_refuses_classification_flags(files, capsys):
     assert error_of(["eval", str(run_dir), "--ways", "5"], capsys) == (
         2, "attnmeta eval: error: --ways do not apply to sequence-to-sequence runs; use --episodes (test "
            "tasks), --beam, --finetune-steps, --hallucinate, --hallucinated-share and --root\n")
+    assert error_of(["eval", str(run_dir), "--inner-steps", "3"], capsys) == (
+        2, f"attnmeta eval: error: --inner-steps applies to classification and regression runs of the MAML "
+           f"family; {run_dir} is a seq2seq run (use --finetune-steps)\n")
     assert error_of(["eval", str(run_dir), "--hallucinate", "-1"], capsys) == (
         2, "attnmeta eval: error: --hallucinate must be >= 0, got -1\n")
     for share in ("1.5", "-0.5"):

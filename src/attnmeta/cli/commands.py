@@ -233,6 +233,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if sequence_only and trained.task_type != "seq2seq":
         raise ValueError(f"{', '.join(sequence_only)} apply only to sequence-to-sequence runs; "
                          f"{args.run_dir} is a {trained.task_type} run")
+    if args.inner_steps is not None and trained.task_type not in ("classification", "regression"):
+        steps_flag = {"seq2seq": "--finetune-steps", "rl": "--adapt-steps"}.get(trained.task_type)
+        raise ValueError(f"--inner-steps applies to classification and regression runs of the MAML family; "
+                         f"{args.run_dir} is a {trained.task_type} run"
+                         + (f" (use {steps_flag})" if steps_flag else ""))
     if trained.task_type == "rl":
         return _eval_rl(args, trained)
     if trained.task_type == "detection":
@@ -270,6 +275,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         bench = build_benchmark(target)
     learner = build_learner(dataclasses.replace(trained, device=target.device), bench)
     load_weights(learner, weights, ckpt)
+    if args.inner_steps is not None:
+        _set_inner_steps(learner, trained.algo, args.inner_steps)
+    inner_steps = getattr(learner, "eval_inner_steps", None)
     if (
         target.task_type == "classification"
         and target.ways != trained.ways
@@ -318,6 +326,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(_results_table(_source_rows(target, row, groups)))
     suffix = "-rotation-ensemble" if args.rotation_ensemble else ""
     suffix += f"-{method}" if method else ""
+    suffix += f"-inner{args.inner_steps}" if args.inner_steps is not None else ""
     out = (
         Path(args.run_dir)
         / f"eval-{target.ways or 0}w{target.shots}s-{count}ep-seed{args.seed}{suffix}.json"
@@ -331,6 +340,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "shots": target.shots,
                 "rotation_ensemble": args.rotation_ensemble,
                 "transductive": method,
+                "inner_steps": inner_steps,
                 **result.to_dict(),
             },
             indent=2,
@@ -338,6 +348,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     print(f"\ncheckpoint {ckpt} (step {state['step']}); per-episode results in {out}")
     return 0
+
+
+def _set_inner_steps(learner: Any, algo: str, steps: int) -> None:
+    """``attnmeta eval --inner-steps``: the adaptation steps of a MAML-family learner at test time."""
+    if not hasattr(learner, "eval_inner_steps"):
+        raise ValueError(f"--inner-steps applies to learners with an inner loop (the MAML family); {algo} "
+                         "adapts without one")
+    if steps < 0:
+        raise ValueError(f"--inner-steps must be >= 0, got {steps}")
+    learner.eval_inner_steps = steps
 
 
 def _eval_oos(args: argparse.Namespace, target: RunConfig, bench: Any, learner: Any, episodes: list[Any],

@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of test episodes (default 600; meta-RL: test tasks, default 40)")
     e.add_argument("--adapt-steps", type=int, default=3,
                    help="meta-RL (maml-rl): policy-gradient steps of the adaptation curve (default 3)")
+    e.add_argument("--inner-steps", type=int,
+                   help="MAML family: inner-loop steps of each test task's adaptation (default: the run's "
+                   "eval_inner_steps)")
     e.add_argument("--seed", type=int, default=0, help="seed of the fixed test episodes (default 0)")
     e.add_argument("--checkpoint", choices=("best", "latest"), default="best", help="which checkpoint")
     e.add_argument("--root", help="data folder (default: as trained)")
