@@ -64,7 +64,10 @@ SMALL_SNAIL = {"filters": 4, "attention_sizes": [[4, 4], [4, 4], [4, 4]]}
 
 def test_learners_that_cannot_train_on_other_ways_say_so_before_training(tmp_path, tiny_omniglot):
     maml = omniglot_config(tmp_path, tiny_omniglot, algo="maml", train_ways=10)
-    with pytest.raises(ValueError, match=r"'train_ways' \(10\) must equal 'ways' \(5\) for maml"):
+    with pytest.raises(ValueError, match=r"^config key 'train_ways' \(10\) must equal 'ways' \(5\) for maml: "
+                       r"its model ends in a head whose rows are learned per label; drop train_ways, set "
+                       r"algo_options.head_init=shared, zero or prototypes \(the MAML family\) or use a "
+                       r"metric learner such as protonet$"):
         build_learner(maml, build_benchmark(maml))
     snail = omniglot_config(tmp_path, tiny_omniglot, algo="snail", train_ways=10, algo_options=SMALL_SNAIL)
     # subtasks of larger episodes: the plugin learner (tests/experiments/test_snail_variants.py)

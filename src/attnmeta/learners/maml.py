@@ -78,7 +78,7 @@ class MAML(Learner):
             (``attnmeta.nn.norm``), whose second-order gradients are correct under vmap.
         head_init: where each task's inner loop starts for the output layer (the last module with
             parameters): ``"learned"`` (MAML: a meta-learned head), ``"zero"`` (a zero head, not meta-learned:
-            the zeroing trick of Kao et al. 2022) or ``"shared"`` (one meta-learned row copied to every class:
+            the zeroing trick of Kao et al. 2022), ``"shared"`` (one meta-learned row copied to every class:
             UnicornMAML, Ye & Chao 2022) or ``"prototypes"`` (rows ``2 c_k`` and biases ``-|c_k|^2`` from each
             task's support features: Proto-MAML, Triantafillou et al. 2020); see ``heads``. The head must
             adapt.
@@ -161,7 +161,7 @@ class MAML(Learner):
 
     @property
     def head_rows_shared(self) -> bool:
-        """Does every class start from the same head row (``head_init`` zero or shared)? Then any number
+        """Does every class start the same way (``head_init`` zero, shared or prototypes)? Then any number
         of ways up to the model's outputs trains and tests the same head (``train_ways`` may differ)."""
         return self.head_init in ROW_SYMMETRIC
 

@@ -189,8 +189,8 @@ def build_learner(config: RunConfig, bench: BenchmarkParts) -> Learner:
             raise ValueError(
                 f"config key 'train_ways' ({config.train_ways}) must equal 'ways' ({config.ways}) for "
                 f"{config.algo}: its model ends in a head whose rows are learned per label; drop train_ways, "
-                "set algo_options.head_init=shared or zero (the MAML family) or use a metric learner such as "
-                "protonet"
+                "set algo_options.head_init=shared, zero or prototypes (the MAML family) or use a metric "
+                "learner such as protonet"
             )
         assert config.ways is not None  # RunConfig allows train_ways only for classification, which has ways
         learner.check_training_ways(config.train_ways, config.ways)
