@@ -17,6 +17,7 @@ from torch import nn
 from attnmeta.learners.heads import prototype_rows
 from attnmeta.learners.maml import MAML
 from attnmeta.tasks.episode import Task, TaskBatch
+from test_maml_gradients import assert_meta_gradient_matches_finite_differences
 
 WAYS, IN, HIDDEN, FEATURES, LR = 3, 4, 6, 5, 0.3
 
@@ -81,26 +82,7 @@ def test_one_inner_step_is_plain_sgd_from_the_prototype_head():
 
 @pytest.mark.parametrize("steps", [1, 2])
 def test_meta_gradient_equals_central_finite_differences(steps):
-    learner = _learner(steps, strategy="loop")
-    learner.eval()
-    batch = _batch()
-    _, grads = learner.meta_gradient(batch)
-    eps, g = 1e-6, torch.Generator().manual_seed(steps)
-    for name, param in learner.model.named_parameters():
-        flat = param.data.view(-1)
-        entries = torch.randperm(flat.numel(), generator=g)[:4].tolist()
-        numeric = []
-        for i in entries:
-            orig = flat[i].item()
-            flat[i] = orig + eps
-            plus = learner.meta_loss(batch).loss.item()
-            flat[i] = orig - eps
-            minus = learner.meta_loss(batch).loss.item()
-            flat[i] = orig
-            numeric.append((plus - minus) / (2 * eps))
-        analytic = grads[f"model.{name}"].view(-1)[entries]
-        torch.testing.assert_close(analytic, torch.tensor(numeric, dtype=torch.float64), rtol=1e-6, atol=1e-8,
-                                   msg=name)
+    grads = assert_meta_gradient_matches_finite_differences(_learner(steps, strategy="loop"), _batch(), steps)
     assert torch.count_nonzero(grads["model.4.weight"]) == 0  # the model's head is not meta-learned
 
 
