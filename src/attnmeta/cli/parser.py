@@ -8,13 +8,13 @@ import re
 from attnmeta.cli.commands import (  # noqa: F401  (TRAIN_FLAGS: re-exported)
     TRAIN_FLAGS,
     cmd_compare,
-    cmd_eval,
     cmd_plot,
     cmd_predict,
     cmd_recipes,
     cmd_train,
 )
 from attnmeta.cli.detection import cmd_detect
+from attnmeta.cli.evaluate import cmd_eval
 
 BENCHMARKS = ("sinusoid", "multimodal", "omniglot", "miniimagenet", "clinc150", "imagefolder", "cifar-fs",
               "fc100", "navigation", "halfcheetah-dir", "halfcheetah-vel", "omniglot-scenes", "coco",
