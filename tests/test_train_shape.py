@@ -80,8 +80,8 @@ def test_learners_that_cannot_train_on_other_ways_say_so_before_training(tmp_pat
 
 @pytest.mark.parametrize("head_init", ["shared", "zero", "prototypes"])
 def test_maml_whose_classes_share_a_head_row_trains_on_more_ways(tmp_path, tiny_omniglot, head_init):
-    """A shared or zero head starts every class from the same row: the model gets ``train_ways`` outputs,
-    training episodes use all of them, test episodes the first ``ways``."""
+    """A shared, zero or prototype head starts every class the same way: the model gets ``train_ways``
+    outputs, training episodes use all of them, test episodes the first ``ways``."""
     config = omniglot_config(tmp_path, tiny_omniglot, algo="maml", train_ways=10,
                              algo_options={"head_init": head_init})
     learner = build_learner(config, build_benchmark(config))
