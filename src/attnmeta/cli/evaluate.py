@@ -53,6 +53,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--inner-steps applies to classification and regression runs of the MAML family; "
                          f"{args.run_dir} is a {trained.task_type} run"
                          + (f" (use {steps_flag})" if steps_flag else ""))
+    if args.inner_steps is not None and args.inner_steps < 0:
+        raise ValueError(f"--inner-steps must be >= 0, got {args.inner_steps}")
     if trained.task_type == "rl":
         return _eval_rl(args, trained)
     if trained.task_type == "detection":
@@ -170,8 +172,6 @@ def _set_inner_steps(learner: Any, algo: str, steps: int) -> None:
     if not hasattr(learner, "eval_inner_steps"):
         raise ValueError(f"--inner-steps applies to learners with an inner loop (the MAML family); {algo} "
                          "adapts without one")
-    if steps < 0:
-        raise ValueError(f"--inner-steps must be >= 0, got {steps}")
     learner.eval_inner_steps = steps
 
 
