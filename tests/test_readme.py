@@ -95,6 +95,17 @@ def test_readme_is_short():
     assert not long_lines, f"README lines over 300 characters: {long_lines}"
 
 
+def test_readme_names_every_built_in_learner():
+    from attnmeta.learners import registry
+
+    builtin = [n for n in registry.available()
+               if registry.spec(n).builder.__module__.startswith("attnmeta.learners.")]
+    text = README.read_text(encoding="utf-8")
+    start = text.index("`attnmeta.learners.available()` lists them:")
+    listed = text[start:text.index("## Command-line tour")]
+    assert sorted(re.findall(r"`([a-z0-9+-]+)`", listed)) == sorted(builtin)
+
+
 def test_ci_runs_the_readme_install_and_test_commands():
     commands = [c for c, _ in readme_commands()]
     assert any(INSTALL in c for c in commands), f"the README must install with: {INSTALL}"
