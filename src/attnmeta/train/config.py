@@ -16,13 +16,25 @@ keys take only integers (``5``, not ``5.0`` or ``1e3``).
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attnmeta.train.config_checks import (  # noqa: F401  (the key lists are public here too)
+    AUGMENT_KEYS,
+    FLOAT_KEYS,
+    NON_EMPTY_KEYS,
+    SEED_KEYS,
+    as_float,
+    check_augment,
+    check_choice,
+    check_key_is_str,
+    check_numbers,
+    check_type,
+    storable,
+    unknown_key_message,
+)
 from attnmeta.train.config_files import load_config_file, parse_overrides  # noqa: F401  (public here too)
 from attnmeta.train.families import (  # noqa: F401  (public here too)
     DETECTION_ALGOS,
@@ -41,15 +53,7 @@ SCHEDULES = ("constant", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
 MAML_FAMILY = ("maml", "fomaml", "meta-sgd", "anil", "maml++")
-FLOAT_KEYS = ("lr", "weight_decay", "momentum", "min_lr_ratio", "gamma", "grad_clip", "ema_decay",
-              "budget_minutes")
 BUDGET_CLOCKS = ("cpu", "wall")
-#: ``augment`` keys: ``shift`` (max pixels of ``RandomShift``), ``affine`` ([degrees, scale, shear, translate]
-#: of ``RandomAffine``).
-AUGMENT_KEYS = ("shift", "affine")
-SEED_KEYS = ("seed", "val_seed", "test_seed")
-#: String keys that may not be empty (``""`` as ``run_dir`` would write into the current folder).
-NON_EMPTY_KEYS = ("benchmark", "algo", "split", "root", "run_dir", "backbone", "init_from")
 
 @dataclass
 class RunConfig:
@@ -166,7 +170,7 @@ class RunConfig:
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
         for key in FLOAT_KEYS:
-            setattr(self, key, _as_float(key, getattr(self, key)))
+            setattr(self, key, as_float(key, getattr(self, key)))
         self.validate()
 
     @property
@@ -177,8 +181,8 @@ class RunConfig:
         """Type-check every field and its range; raise ``ValueError``/``TypeError`` naming the key."""
         hints = typing.get_type_hints(RunConfig)
         for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name), hints[f.name])
-        _check_numbers(self)
+            check_type(f.name, getattr(self, f.name), hints[f.name])
+        check_numbers(self)
         for key in ("ways", "shots", "queries", "train_ways", "train_shots", "train_queries", "image_size",
                     "threads"):
             value = getattr(self, key)
@@ -214,12 +218,12 @@ class RunConfig:
         if reserved:
             raise ValueError(f"config key 'algo_options' may not set {reserved}: the learner gets its model, "
                              "task type and ways from the run (set 'ways', 'backbone', 'benchmark' instead)")
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_choice("device", self.device, DEVICES)
-        _check_choice("dtype", self.dtype, DTYPES)
-        _check_choice("budget_clock", self.budget_clock, BUDGET_CLOCKS)
-        _check_augment(self.augment)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("device", self.device, DEVICES)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("budget_clock", self.budget_clock, BUDGET_CLOCKS)
+        check_augment(self.augment)
 
     def check_learner_options(self) -> None:
         """Raise ``ValueError`` naming an ``algo_options`` key the learner does not take (with the valid
@@ -285,7 +289,7 @@ class RunConfig:
     def to_storable_dict(self) -> dict[str, Any]:
         """``to_dict`` with in-memory objects (e.g. ``benchmark_options.data`` tensors) replaced by a note,
         for ``config.yaml`` and checkpoints: such a run cannot be resumed from its folder alone."""
-        return _storable(self.to_dict())
+        return storable(self.to_dict())
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
@@ -294,9 +298,9 @@ class RunConfig:
             raise TypeError(f"a config must be a mapping of key: value, got {type(values).__name__}")
         known = [f.name for f in dataclasses.fields(cls)]
         for key in values:
-            _check_key_is_str(key)
+            check_key_is_str(key)
             if key not in known:
-                raise ValueError(_unknown_key_message(key, known))
+                raise ValueError(unknown_key_message(key, known))
         return cls(**values)
 
     def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
@@ -304,10 +308,10 @@ class RunConfig:
         values = self.to_dict()
         known = list(values)
         for key, value in overrides.items():
-            _check_key_is_str(key)
+            check_key_is_str(key)
             top, _, sub = key.partition(".")
             if top not in known:
-                raise ValueError(_unknown_key_message(top, known))
+                raise ValueError(unknown_key_message(top, known))
             if sub:
                 if not isinstance(values[top], dict):
                     raise ValueError(
@@ -317,114 +321,3 @@ class RunConfig:
             else:
                 values[top] = value
         return RunConfig.from_dict(values)
-
-
-# -- helpers ----------------------------------------------------------------------------------------
-def _as_float(key: str, value: Any) -> Any:
-    """Ints and float spellings (``"1e-3"``) of a float key as ``float``; anything else unchanged (the type
-    check names it)."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        return value
-    except OverflowError:
-        raise ValueError(f"config key {key!r} is too large for a float ({len(str(value))} digits)") from None
-
-
-def _check_numbers(config: RunConfig) -> None:
-    """Float keys finite and in range, seeds in [0, 2**63), named strings not empty."""
-    for key in FLOAT_KEYS:
-        value = getattr(config, key)
-        if value is not None and not math.isfinite(value):
-            raise ValueError(f"config key {key!r} must be a finite number, got {value}")
-    ranges = (
-        ("lr", config.lr > 0, "> 0"),
-        ("weight_decay", config.weight_decay >= 0, ">= 0"),
-        ("momentum", 0 <= config.momentum < 1, "in [0, 1) (e.g. 0.9)"),
-        ("min_lr_ratio", 0 <= config.min_lr_ratio <= 1, "in [0, 1]"),
-        ("gamma", config.gamma > 0, "> 0 (the step schedule multiplies the LR by it)"),
-        ("grad_clip", config.grad_clip is None or config.grad_clip > 0, "> 0 or null"),
-        ("ema_decay", config.ema_decay is None or 0 <= config.ema_decay < 1,
-         "in [0, 1) (e.g. 0.995) or null"),
-        ("budget_minutes", config.budget_minutes is None or config.budget_minutes > 0, "> 0 or null"),
-    )
-    for key, ok, allowed in ranges:
-        if not ok:
-            raise ValueError(f"config key {key!r} must be {allowed}, got {getattr(config, key)}")
-    for key in SEED_KEYS:
-        if not 0 <= getattr(config, key) < 2**63:
-            raise ValueError(f"config key {key!r} must be in [0, 2**63), got {getattr(config, key)}")
-    for key in NON_EMPTY_KEYS:
-        if getattr(config, key) is not None and not getattr(config, key).strip():
-            raise ValueError(f"config key {key!r} may not be empty; give a value or null for the default")
-
-
-def _check_key_is_str(key: Any) -> None:
-    if not isinstance(key, str):
-        raise TypeError(f"config keys must be strings, got {key!r} ({type(key).__name__})")
-
-
-def _unknown_key_message(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown config key {key!r}{hint}; allowed keys: {', '.join(known)}"
-
-
-def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"config key {key!r} must be one of {', '.join(allowed)}; got {value!r}")
-
-
-def _check_type(key: str, value: Any, hint: Any) -> None:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    expected = origin or hint
-    ok = isinstance(value, expected) and not (expected in (int, float) and isinstance(value, bool))
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        ok = True
-    if not ok:
-        raise TypeError(
-            f"config key {key!r} must be {getattr(expected, '__name__', expected)}, "
-            f"got {value!r} ({type(value).__name__})"
-        )
-    if expected is dict:
-        bad = next((k for k in value if not isinstance(k, str)), None)
-        if bad is not None:
-            raise TypeError(f"config key {key!r} must map names (strings) to values, got the key {bad!r} "
-                            f"({type(bad).__name__})")
-    if expected is list and args:
-        for item in value:
-            if not isinstance(item, args[0]):
-                raise TypeError(f"config key {key!r} must be a list of {args[0].__name__}, got item {item!r}")
-
-
-def _check_augment(augment: dict[str, Any]) -> None:
-    for key in augment:
-        if key not in AUGMENT_KEYS:
-            message = _unknown_key_message(key, list(AUGMENT_KEYS))
-            raise ValueError(message.replace("unknown config key", "unknown augment key"))
-    shift = augment.get("shift", 0)
-    if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
-        raise ValueError(f"augment key 'shift' must be a whole number of pixels >= 0, got {shift!r}")
-    affine = augment.get("affine")
-    if affine is not None and (not isinstance(affine, list) or len(affine) != 4
-                               or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                          for v in affine)):
-        raise ValueError("augment key 'affine' must be [degrees, scale, shear, translate], e.g. "
-                         f"[10, 0.1, 0, 1], got {affine!r}")
-
-
-def _storable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _storable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_storable(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return f"<in-memory {type(value).__name__}: not stored>"
