@@ -65,6 +65,32 @@ def _seq2seq_results(folder: Path) -> tuple[dict[str, dict], list[str]]:
     return results, languages
 
 
+def _published(main: Path) -> dict:
+    """``published-low.json`` of the main folder (the shared task's published results per language), or
+    ``{}`` when it is missing or names no language."""
+    path = main / "published-low.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def published_columns(published: dict, languages: list[str]) -> tuple[list[str], dict[str, list[str]], str]:
+    """Headers, per-language cells and a closing sentence for the published 2018 results beside ours (the
+    official baseline and the best submission of each language); nothing when a language is missing."""
+    rows = published.get("languages") or {}
+    if not languages or any(lang not in rows for lang in languages):
+        return [], {}, ""
+    cells = {lang: [f"{rows[lang]['baseline']:.1f}", f"{rows[lang]['best']:.1f} {rows[lang]['best_system']}"]
+             for lang in languages}
+
+    def mean(key: str) -> float:
+        return sum(rows[lang][key] for lang in languages) / len(languages)
+
+    sentence = (f"Published 2018 figures (test accuracy %, `docs/results/seq2seq/published-low.json`: the "
+                f"organisers' results sheet), means over these {len(languages)} languages: official baseline "
+                f"{mean('baseline'):.2f}, UZH-01 (the best run on the 103-language average) "
+                f"{mean('uzh-01'):.2f}, the best submission of each language {mean('best'):.2f}.")
+    return ["published baseline 2018", "best 2018 submission"], cells, sentence
+
+
 def _seq2seq_against(name: str, results: dict[str, dict]) -> list[str]:
     """What a meta-learner's run is compared with: the issue's three baselines (transfer: the run of the same
     start and test-time options when one is recorded, the row named `transfer` otherwise) and its start."""
@@ -105,13 +131,18 @@ def seq2seq_table(folder: Path) -> str:
                       key=lambda n: mean(results[n], "accuracy"), default=None)
             for algo in ("transfer", *META_LEARNERS)}
     shown = [n for n in ("shared-task-baseline", "scratch", *best.values()) if n in results]
+    main = folder if (folder / "shared-task-baseline.json").is_file() else folder.parent
+    extra, published, published_line = published_columns(_published(main), languages)
+    headers = [results[n]["label"] for n in shown] + extra
     lines += ["", "Per language, accuracy % (mean Levenshtein distance), the baselines and the best run of "
-              "each kind:", "", "| language | " + " | ".join(results[n]["label"] for n in shown) + " |",
-              "| --- |" + " --- |" * len(shown)]
+              "each kind:", "", "| language | " + " | ".join(headers) + " |",
+              "| --- |" + " --- |" * len(headers)]
     for lang in languages:
         cells = [f"{results[n]['languages'][lang]['accuracy']:.1f} "
                  f"({results[n]['languages'][lang]['levenshtein']:.2f})" for n in shown]
-        lines.append(f"| {lang} | " + " | ".join(cells) + " |")
+        lines.append(f"| {lang} | " + " | ".join(cells + published.get(lang, [])) + " |")
+    if published_line:
+        lines += ["", published_line]
     lines += ["", "Paired differences in accuracy (points; mean over the languages and its 95% CI, "
               "Student's t) of each meta-learner against the issue's three baselines and against the "
               "pre-training it started from:", ""]

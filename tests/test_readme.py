@@ -265,6 +265,15 @@ def test_seq2seq_tables_compare_with_the_baselines_and_keep_history_apart(tmp_pa
     assert "- ml - tr: +1.33 +/- 1.43 (includes 0)" in table and "- ml - pre: +3.00 +/- 0.00" in table
     assert "- ml - scratch: +21.33" in table and "- ml - shared-task baseline: +3.33" in table
     assert "old" not in table and "Decoding throughput" in table
+    assert "published baseline 2018" not in table  # no published-low.json: no published columns
+    published = {lang: {"baseline": b, "best": b + 30, "best_system": "S", "uzh-01": b + 20}
+                 for lang, b in zip(("x", "y", "z"), (9, 21, 30))}
+    (main / "published-low.json").write_text(json.dumps({"languages": published}))
+    table = gen.seq2seq_table(main)
+    assert "| x | 10.0 (1.00) | 1.0 (1.00) | 12.0 (1.00) | 13.0 (1.00) | 9.0 | 39.0 S |" in table
+    assert "official baseline 20.00, UZH-01 (the best run on the 103-language average) 40.00" in table
+    (main / "published-low.json").write_text(json.dumps({"languages": {"x": published["x"]}}))
+    assert "published baseline 2018" not in gen.seq2seq_table(main)  # a language missing: no columns
     old = gen.seq2seq_table(history)  # the baseline and scratch rows come from the main folder
     assert "| shared-task baseline | 20.00 |" in old and "| scratch | 2.00 |" in old
     assert "- old - scratch: +4.00" in old and "| ml |" not in old and "Decoding throughput" not in old
