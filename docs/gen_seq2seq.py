@@ -67,7 +67,7 @@ def _seq2seq_results(folder: Path) -> tuple[dict[str, dict], list[str]]:
 
 def _published(main: Path) -> dict:
     """``published-low.json`` of the main folder (the shared task's published results per language), or
-    ``{}`` when it is missing or names no language."""
+    ``{}`` when there is none."""
     path = main / "published-low.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
