@@ -43,6 +43,7 @@ def small_version(name: str, tmp_path: Path, data, shared_root: Path | None) -> 
     values = {**recipes.load(name).config, **SMALL, "run_dir": str(tmp_path / name), "recipe": name}
     if values["benchmark"] == "omniglot":
         values["benchmark_options"] = {"data": data}
+        values["image_size"] = None  # the in-memory data are 28-pixel images
         values["train_ways"] = min(values.get("train_ways") or 5, 30)
         values["backbone_options"] = {**values.get("backbone_options", {}), "hidden": 8}
     if values["benchmark"] == "omniglot-scenes":

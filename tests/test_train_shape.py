@@ -117,3 +117,10 @@ def test_cli_train_flags_set_the_training_shape():
     config = _train_config(args)
     assert (config.ways, config.train_ways, config.train_shots, config.train_queries) == (5, 60, 2, 3)
     assert _train_config(build_parser().parse_args(["train", "omniglot"])).train_ways is None
+
+
+def test_in_memory_omniglot_refuses_another_image_size(tiny_omniglot):
+    with pytest.raises(ValueError) as info:
+        make_benchmark("omniglot", data=tiny_omniglot, ways=5, shots=1, queries=15, image_size=42)
+    assert str(info.value) == ("the Omniglot data passed in memory has 28-pixel images but image_size is 42; "
+                               "set image_size to 28 or pass data of 42 pixels")
