@@ -215,11 +215,10 @@ def _omniglot(root: str | Path | None, shapes: Shapes, split: str, seed: int, im
                              "images_evaluation.zip); pass download=True to fetch them there")
         data = tuple(Omniglot(root, background=b, image_size=image_size, download=download,
                               cache_dir=cache_dir) for b in (True, False))
+    elif (size := data[0].images.shape[-1]) != image_size:
+        raise ValueError(f"the Omniglot data passed in memory has {size}-pixel images but image_size is "
+                         f"{image_size}; set image_size to {size} or pass data of {image_size} pixels")
     background, evaluation = data
-    if background.images.shape[-1] != image_size:
-        raise ValueError(f"the Omniglot data passed in memory has {background.images.shape[-1]}-pixel images "
-                         f"but image_size is {image_size}; set image_size to "
-                         f"{background.images.shape[-1]} or pass data of {image_size} pixels")
     rotations = OMNIGLOT_ROTATIONS if rotate else None
 
     def sampler(images: Tensor, labels: Tensor, offset: int, classes: Tensor | None = None,
