@@ -198,3 +198,23 @@ def test_scratch_trains_nothing_and_tests_once(files, tmp_path: Path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 0 and not summary["meta_trained"]
     assert list(summary["per_task"]) == ["t10", "t11"]
+
+
+def test_an_edit_action_run_trains_evaluates_and_predicts(files, tmp_path: Path, capsys):
+    """``algo_options.edits``: the model writes edit actions; every command reads and writes its runs."""
+    tsv, _ = files
+    run_dir = tmp_path / "edits"
+    assert main(_train_args(tsv, run_dir, "--set", "algo_options.edits=true")) == 0
+    assert list(json.loads((run_dir / "summary.json").read_text())["per_task"]) == ["t10", "t11"]
+    assert main(["eval", str(run_dir), "--beam", "2"]) == 0
+    model = attnmeta.load(run_dir)
+    pairs = affix_pairs(10, 8, seed=5)
+    outputs = model.fit([s for s, _ in pairs[:5]], [t for _, t in pairs[:5]]).generate(["ab€", "cd"], beam=2)
+    assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs) and model.unknown_ == 1
+    query = tmp_path / "query.txt"
+    query.write_text("abc\n", encoding="utf-8")
+    support = tmp_path / "support.tsv"
+    support.write_text("".join(f"{s}\t{t}\n" for s, t in pairs[:5]), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["predict", str(run_dir), "--support", str(support), "--query", str(query)]) == 0
+    assert capsys.readouterr().out.split("\t")[0] == "abc"

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from attnmeta.learners.seq2seq.registry import build_seq2seq
-from attnmeta.nn.seq2seq import Seq2SeqTransformer, _IncrementalDecoder, shift_right
+from attnmeta.nn.seq2seq import Seq2SeqTransformer, shift_right
+from attnmeta.nn.seq2seq_decoding import _IncrementalDecoder
 from attnmeta.tasks.seq2seq import Seq2SeqBatch, Seq2SeqTask, Vocabulary
 from seq2seq_fixtures import TINY
 from test_seq2seq_learners import SYMBOLS, _character_accuracy, _task

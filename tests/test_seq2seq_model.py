@@ -9,14 +9,12 @@ from torch.func import functional_call
 
 from attnmeta.nn.seq2seq import (
     Seq2SeqTransformer,
-    _IncrementalDecoder,
-    beam_search,
     copy_log_probs,
-    greedy_decode,
     sequence_log_prob,
     sequence_loss,
     shift_right,
 )
+from attnmeta.nn.seq2seq_decoding import _IncrementalDecoder, beam_search, greedy_decode
 from attnmeta.tasks.seq2seq import BOS, EOS, PAD
 
 VOCAB = 12

@@ -95,9 +95,8 @@ class FewShotSeq2Seq:
         if beam is not None and (isinstance(beam, bool) or not isinstance(beam, int) or beam < 1):
             raise UserError(f"beam must be an int >= 1, got {beam!r}")
         symbols = [self.source_symbols(s, f"generate(): source {i}") for i, s in enumerate(sources)]
-        vocabulary = self.learner.vocabulary
         try:
-            encoded = vocabulary.encode(symbols, self._mapping, max_length=self.learner.model.max_length)
+            encoded = self.learner.encode_sources(symbols, self._mapping)
         except ValueError as err:
             raise UserError(f"generate(): {err}") from None
         self.unknown_ = encoded.unknown
@@ -107,4 +106,5 @@ class FewShotSeq2Seq:
         with torch.no_grad():
             ids = self.learner.generate_ids(self._params, encoded.ids, beam)
         joiner = " " if self.source_format == "words" else ""
-        return [joiner.join(vocabulary.decode(row, self._mapping)) for row in ids]
+        return [joiner.join(self.learner.decode_output(row, source, self._mapping))
+                for row, source in zip(ids, symbols)]

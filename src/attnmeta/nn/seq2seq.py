@@ -14,32 +14,31 @@ be written by copying it from the source even when its output embedding has neve
 script). The model then returns log-probabilities where it would return logits; every consumer here
 (``sequence_loss``, ``log_softmax``) treats both alike, as ``log_softmax`` of log-probabilities is the
 identity.
+With ``pointer=True`` the model is a transducer with hard monotonic attention (``attnmeta.tasks.
+seq2seq_edits``): its last two ids are the actions ``COPY`` (``vocab_size - 2``) and ``DELETE``
+(``vocab_size - 1``), every other output id inserts that token, and each source ends its edited part with
+``EOS`` (the tags, if any, follow it). Decoder input ``t`` gets, besides its token and position, a projection
+of the encoder state under the pointer: the number of ``COPY``/``DELETE`` among the inputs up to ``t``, at
+most the position of the source's ``EOS``. The soft cross-attention stays (it reads the tags).
 Every attention is the library's ``MultiHeadAttention`` on its explicit (non-fused) path: torch's fused CPU
 kernel has no double backward, and MAML's second-order inner loop needs one. The forward pass is purely
 functional (no state changes), so it can run under ``torch.func.functional_call`` / ``torch.func.grad``.
-
-Decoding (``greedy_decode``, ``beam_search``) runs under ``torch.no_grad`` in whatever mode the model is:
-call ``model.eval()`` first so that dropout is off. The encoder runs once; the decoder runs one token per
-step with cached self-attention keys/values (and the memory's cross-attention keys/values projected once).
-Decoders never emit ``PAD`` or ``BOS`` (excluded from the choice, not from the softmax, so scores are true
-log-probabilities), and a hypothesis that has not ended after ``max_length - 1`` tokens is given ``EOS`` as
-its ``max_length``-th token.
+Decoding is ``attnmeta.nn.seq2seq_decoding`` (greedy and beam search).
 """
 
 from __future__ import annotations
 
 import math
-from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnmeta.nn.attention import MultiHeadAttention, scaled_dot_product_attention
+from attnmeta.nn.attention import MultiHeadAttention
 from attnmeta.tasks.seq2seq import BOS, EOS, PAD
 
-__all__ = ["Seq2SeqTransformer", "shift_right", "sequence_loss", "greedy_decode", "beam_search",
-           "sequence_log_prob", "copy_log_probs"]
+__all__ = ["Seq2SeqTransformer", "shift_right", "sequence_loss", "sequence_log_prob", "copy_log_probs",
+           "pointer_positions", "source_ends"]
 
 
 def _attend(attention: MultiHeadAttention, query: Tensor, key: Tensor, mask: Tensor | None) -> Tensor:
@@ -110,15 +109,19 @@ class Seq2SeqTransformer(nn.Module):
         task_context: a parameter ``task_context [dim]`` (zeros) added to every source and decoder input
             embedding: a language (task) vector that a learner sets per task (``attnmeta.learners.seq2seq.
             context``); without it the model has no such parameter.
+        pointer: hard monotonic attention with edit actions (the module's docstring); the last two ids are
+            ``COPY`` and ``DELETE``.
     """
 
     def __init__(self, vocab_size: int, dim: int = 128, heads: int = 4, layers: int = 2, ff_dim: int = 256,
                  dropout: float = 0.1, max_length: int = 64, copy: bool = False,
-                 task_context: bool = False) -> None:
+                 task_context: bool = False, pointer: bool = False) -> None:
         super().__init__()
-        if vocab_size <= max(PAD, BOS, EOS):
-            raise ValueError(f"vocab_size must include the special ids (> {max(PAD, BOS, EOS)}), "
-                             f"got {vocab_size}")
+        specials = max(PAD, BOS, EOS) + 2 * pointer
+        if vocab_size <= specials:
+            raise ValueError(f"vocab_size must include the special ids (> {specials}), got {vocab_size}")
+        if copy and pointer:
+            raise ValueError("copy=True and pointer=True are two ways of copying: choose one")
         if layers < 1 or max_length < 1:
             raise ValueError(f"layers and max_length must be >= 1, got {layers} and {max_length}")
         self.vocab_size, self.dim, self.max_length = vocab_size, dim, max_length
@@ -132,7 +135,19 @@ class Seq2SeqTransformer(nn.Module):
         self.output_bias = nn.Parameter(torch.zeros(vocab_size))
         self.copy_gate = nn.Linear(dim, 1) if copy else None
         self.task_context = nn.Parameter(torch.zeros(dim)) if task_context else None
+        self.pointer_proj = nn.Linear(dim, dim) if pointer else None
         self.dropout = nn.Dropout(dropout)
+
+    @property
+    def actions(self) -> tuple[int, int] | None:
+        """``(COPY, DELETE)`` ids of a pointer model, else ``None``."""
+        return None if self.pointer_proj is None else (self.vocab_size - 2, self.vocab_size - 1)
+
+    def pointed(self, memory: Tensor, pointer: Tensor) -> Tensor:
+        """``pointer_proj`` of the states ``memory [B, S, D]`` at ``pointer [B, T]`` -> ``[B, T, D]``."""
+        assert self.pointer_proj is not None
+        index = pointer.unsqueeze(-1).expand(*pointer.shape, memory.shape[-1])
+        return self.pointer_proj(memory.gather(1, index))
 
     def embed_tokens(self, ids: Tensor, positions: Tensor) -> Tensor:
         """Scaled token embeddings plus ``positions`` (and ``task_context``), before dropout."""
@@ -164,6 +179,11 @@ class Seq2SeqTransformer(nn.Module):
         Causal self-attention (position ``t`` sees inputs ``<= t``) and cross-attention to ``memory``.
         """
         y = self._embed(target_in, "target_in")
+        if self.actions is not None:
+            if source is None:
+                raise ValueError("a pointer model (pointer=True) needs the source ids: decode(memory, "
+                                 "source_mask, target_in, source)")
+            y = y + self.pointed(memory, pointer_positions(target_in, source, self.actions))
         for layer in self.decoder_layers:
             y, weights = layer(y, memory, source_mask)
         return self.output(self.decoder_norm(y), weights, source)
@@ -194,6 +214,20 @@ def copy_log_probs(logits: Tensor, gate: Tensor, attention: Tensor, source: Tens
     return torch.log(mixture + 1e-10)  # an epsilon, not a clamp: every token keeps a gradient
 
 
+def source_ends(source: Tensor) -> Tensor:
+    """``[B]`` the position of each row's first ``EOS`` (its number of tokens when it has none)."""
+    is_eos = source == EOS
+    ends = torch.where(is_eos.any(1), is_eos.int().argmax(1), (source != PAD).sum(1))
+    return ends.clamp_max(source.shape[1] - 1)
+
+
+def pointer_positions(target_in: Tensor, source: Tensor, actions: tuple[int, int]) -> Tensor:
+    """``[B, T]`` the source position under the pointer at each decoder input of ``target_in [B, T]``: the
+    ``COPY``/``DELETE`` (``actions``) among the inputs so far, at most the source's ``EOS`` position."""
+    moves = (target_in == actions[0]) | (target_in == actions[1])
+    return torch.minimum(moves.long().cumsum(1), source_ends(source).unsqueeze(1))
+
+
 def shift_right(target: Tensor) -> Tensor:
     """Targets ``[B, T]`` (``EOS``-terminated, ``PAD``-padded) -> decoder inputs ``[B, T]``: ``BOS`` then
     ``target[:, :-1]`` (the inputs at padded positions are harmless: causal attention never looks ahead and
@@ -219,143 +253,3 @@ def sequence_log_prob(model: Seq2SeqTransformer, source: Tensor, target: Tensor)
     logp = torch.log_softmax(model(source, shift_right(target)), dim=-1)
     token = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     return token.masked_fill(target == PAD, 0.0).sum(-1)
-
-
-def _check_decoding(model: Seq2SeqTransformer, max_length: int | None) -> int:
-    length = model.max_length if max_length is None else max_length
-    if not 1 <= length <= model.max_length:
-        raise ValueError(f"max_length must be in [1, {model.max_length}] (the model's positions), "
-                         f"got {length}")
-    return length
-
-
-class _IncrementalDecoder:
-    """``model.decode`` one token at a time with cached keys and values (decoding is O(L), not O(L^2)).
-
-    The cross-attention keys/values of the memory ``[N, S, D]`` are projected once; ``step(token [N])``
-    returns the next-token log-probabilities ``[N, V]`` (what ``decode`` gives at the last position of the
-    prefix); ``reorder(rows)`` keeps the cached states of ``rows`` (beam search)."""
-
-    def __init__(self, model: Seq2SeqTransformer, memory: Tensor, source_mask: Tensor,
-                 source: Tensor) -> None:
-        self.model, self.mask, self.length = model, source_mask.unsqueeze(-3), 0  # mask [N, 1, 1, S]
-        self.source = source
-        self.layers = [cast(_DecoderLayer, layer) for layer in model.decoder_layers]
-        self.cross = [(layer.cross_attention._split(layer.cross_attention.k_proj(memory)),
-                       layer.cross_attention._split(layer.cross_attention.v_proj(memory)))
-                      for layer in self.layers]
-        self.cached: list[tuple[Tensor, Tensor] | None] = [None] * len(self.cross)
-
-    def _attention(self, attention: MultiHeadAttention, query: Tensor, k: Tensor, v: Tensor,
-                   mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        dropout = attention.dropout if attention.training else 0.0
-        out, weights = scaled_dot_product_attention(attention._split(attention.q_proj(query)), k, v, mask,
-                                                    dropout=dropout, return_weights=True)
-        return attention._merge(out, query), weights
-
-    def step(self, token: Tensor) -> Tensor:
-        model = self.model
-        position = model.positions.weight[self.length]
-        y = model.dropout(model.embed_tokens(token.unsqueeze(1), position))
-        for i, layer in enumerate(self.layers):
-            h, sa = layer.norm1(y), layer.self_attention
-            k, v = sa._split(sa.k_proj(h)), sa._split(sa.v_proj(h))
-            cached = self.cached[i]
-            if cached is not None:  # the new token attends to every earlier one: no causal mask needed
-                k, v = torch.cat([cached[0], k], dim=2), torch.cat([cached[1], v], dim=2)
-            self.cached[i] = (k, v)
-            y = y + layer.dropout(self._attention(sa, h, k, v, None)[0])
-            cross_k, cross_v = self.cross[i]
-            context, weights = self._attention(layer.cross_attention, layer.norm2(y), cross_k, cross_v,
-                                               self.mask)
-            y = y + layer.dropout(context)
-            y = y + layer.dropout(layer.ff(layer.norm3(y)))
-        self.length += 1
-        out = model.output(model.decoder_norm(y), weights, self.source)
-        return torch.log_softmax(out[:, 0], dim=-1)
-
-    def reorder(self, rows: Tensor) -> None:
-        self.cached = [None if c is None else (c[0][rows], c[1][rows]) for c in self.cached]
-        self.source = self.source[rows]
-
-
-def _selectable(logp: Tensor, last: bool) -> Tensor:
-    """Scores to choose from: ``PAD``/``BOS`` excluded; only ``EOS`` allowed at the last step."""
-    choice = logp.clone()
-    if last:
-        eos = choice[:, EOS].clone()
-        choice.fill_(float("-inf"))
-        choice[:, EOS] = eos
-    else:
-        choice[:, [PAD, BOS]] = float("-inf")
-    return choice
-
-
-@torch.no_grad()
-def greedy_decode(model: Seq2SeqTransformer, source: Tensor, max_length: int | None = None) -> Tensor:
-    """Greedy decoding: ``source [B, S]`` -> ids int64 ``[B, L]``, ``L <= max_length`` (default
-    ``model.max_length``); each row ends with ``EOS`` (included), then ``PAD``. Stops when all rows ended.
-    Runs in the model's current mode (call ``model.eval()``)."""
-    length = _check_decoding(model, max_length)
-    memory, mask = model.encode(source)
-    decoder = _IncrementalDecoder(model, memory, mask, source)
-    inputs = torch.full((source.shape[0], 1), BOS, dtype=torch.long, device=source.device)
-    finished = torch.zeros(source.shape[0], dtype=torch.bool, device=source.device)
-    for step in range(length):
-        logp = decoder.step(inputs[:, -1])
-        token = _selectable(logp, step == length - 1).topk(1, dim=-1).indices.squeeze(-1)
-        token = token.masked_fill(finished, PAD)
-        inputs = torch.cat([inputs, token.unsqueeze(1)], dim=1)
-        finished = finished | (token == EOS)
-        if bool(finished.all()):
-            break
-    return inputs[:, 1:]
-
-
-@torch.no_grad()
-def beam_search(model: Seq2SeqTransformer, source: Tensor, beam: int = 5,
-                max_length: int | None = None) -> tuple[Tensor, Tensor]:
-    """Beam search, batched over ``B * beam`` hypotheses: ``source [B, S]`` -> (best hypothesis per row
-    ``[B, L]`` in ``greedy_decode``'s format, its total log-probability ``[B]``, ``EOS`` included).
-
-    Scores are plain sums of log-probabilities (**no length normalisation**, so shorter outputs are
-    favoured). Finished hypotheses stay in the beam and compete with the open ones; the search stops when
-    every row's best finished score is at least its best open score (open scores can only fall).
-    ``beam=1`` gives exactly ``greedy_decode``'s output. Runs in the model's current mode (call ``eval()``).
-    """
-    if beam < 1:
-        raise ValueError(f"beam must be >= 1, got {beam}")
-    length = _check_decoding(model, max_length)
-    b, device = source.shape[0], source.device
-    memory, mask = model.encode(source)
-    decoder = _IncrementalDecoder(model, memory.repeat_interleave(beam, 0), mask.repeat_interleave(beam, 0),
-                                  source.repeat_interleave(beam, 0))
-    inputs = torch.full((b * beam, 1), BOS, dtype=torch.long, device=device)
-    scores = torch.full((b, beam), float("-inf"), dtype=memory.dtype, device=device)
-    scores[:, 0] = 0.0  # one live empty hypothesis per row; the copies start dead
-    finished = torch.zeros(b, beam, dtype=torch.bool, device=device)
-    for step in range(length):
-        logp = decoder.step(inputs[:, -1])
-        choice = _selectable(logp, step == length - 1)
-        # a finished hypothesis has one continuation, PAD, at no cost
-        done = finished.reshape(-1)
-        choice[done] = float("-inf")
-        choice[done, PAD] = 0.0
-        # each hypothesis' best `beam` tokens, then the best `beam` of those `beam * beam` extensions
-        top_logp, top_token = choice.topk(min(beam, choice.shape[-1]), dim=-1)
-        total = (scores.reshape(-1, 1) + top_logp).reshape(b, -1)
-        scores, flat = total.topk(beam, dim=-1)
-        parent = flat // top_logp.shape[-1]
-        token = top_token.reshape(b, -1).gather(1, flat)
-        rows = (parent + beam * torch.arange(b, device=device).unsqueeze(1)).reshape(-1)
-        inputs = torch.cat([inputs[rows], token.reshape(-1, 1)], dim=1)
-        decoder.reorder(rows)
-        finished = finished.gather(1, parent) | (token == EOS)
-        best_done = scores.masked_fill(~finished, float("-inf")).amax(1)
-        best_open = scores.masked_fill(finished, float("-inf")).amax(1)
-        if bool((finished.any(1) & (best_done >= best_open)).all()):
-            break
-    best = scores.masked_fill(~finished, float("-inf")).argmax(1)
-    hypotheses = inputs.reshape(b, beam, -1)[torch.arange(b, device=device), best, 1:]
-    width = int((hypotheses != PAD).sum(1).max())
-    return hypotheses[:, :width], scores.gather(1, best.unsqueeze(1)).squeeze(1)

@@ -8,6 +8,8 @@ all adapt the same way by default, ``finetune_steps`` Adam steps on random batch
 instead); generation with the adapted parameters is shared. Per task, symbols the vocabulary has not seen
 get spare ids (``Vocabulary.task_mapping``); in meta-training a random share of each task's characters is
 treated as new (``new_symbol_rate``), so that the model learns to pick up a new script from the support set.
+With ``edits`` the model is a transducer with hard monotonic attention: it reads the symbols to edit, ``EOS``,
+then the tags, and writes edit actions (``attnmeta.tasks.seq2seq_edits``), which ``decode_output`` applies.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import torch
 from torch import Tensor, nn
 
 from attnmeta.learners.base import MetaOutput
-from attnmeta.nn.seq2seq import Seq2SeqTransformer, beam_search, greedy_decode, sequence_loss, shift_right
-from attnmeta.tasks.seq2seq import Seq2SeqBatch, Seq2SeqTask, Sequence_, Vocabulary
+from attnmeta.nn.seq2seq import Seq2SeqTransformer, sequence_loss, shift_right
+from attnmeta.nn.seq2seq_decoding import beam_search, greedy_decode
+from attnmeta.tasks.seq2seq import EOS, SPECIALS, Encoded, Seq2SeqBatch, Seq2SeqTask, Sequence_, Vocabulary
 from attnmeta.tasks.seq2seq_augment import hallucinate_task
+from attnmeta.tasks.seq2seq_edits import COPY, DELETE, apply_actions, edit_actions, split_tags
 
 Params = dict[str, Tensor]
 
@@ -47,6 +51,8 @@ class Seq2SeqLearner(nn.Module):
         vocabulary: the symbols the model knows (plus spare ids).
         dim / heads / layers / ff_dim / dropout / max_length: the ``Seq2SeqTransformer``'s size.
         copy: the model's pointer-generator output (copying source characters, new scripts' included).
+        edits: the model writes edit actions with hard monotonic attention (``COPY``, ``DELETE``, insert a
+            symbol) instead of the target's symbols; the oracle's actions are its training targets.
         label_smoothing: of the token cross-entropy.
         new_symbol_rate: share of a training task's single-character symbols treated as new (spare ids).
         beam: beam size of ``generate`` (1: greedy).
@@ -69,7 +75,7 @@ class Seq2SeqLearner(nn.Module):
 
     def __init__(self, vocabulary: Vocabulary, *, dim: int = 128, heads: int = 4, layers: int = 2,
                  ff_dim: int = 256, dropout: float = 0.1, max_length: int = 100, copy: bool = False,
-                 label_smoothing: float = 0.1,
+                 edits: bool = False, label_smoothing: float = 0.1,
                  new_symbol_rate: float = 0.0, beam: int = 1, finetune_steps: int = 100,
                  finetune_lr: float = 5e-4, finetune_batch: int = 32, hallucinate: int = 0,
                  meta_hallucinate: int = 0, hallucinated_share: float | None = None) -> None:
@@ -90,10 +96,12 @@ class Seq2SeqLearner(nn.Module):
             raise ValueError(f"new_symbol_rate must be in [0, 1], got {new_symbol_rate}")
         if beam < 1:
             raise ValueError(f"beam must be >= 1, got {beam}")
-        self.vocabulary = vocabulary
-        self.model = Seq2SeqTransformer(vocabulary.size, dim=dim, heads=heads, layers=layers, ff_dim=ff_dim,
-                                        dropout=dropout, max_length=max_length, copy=copy,
-                                        task_context=self.uses_task_context)
+        if copy and edits:
+            raise ValueError("copy and edits are two ways of copying source symbols: choose one")
+        self.vocabulary, self.edits = vocabulary, edits
+        self.model = Seq2SeqTransformer(vocabulary.size + 2 * edits, dim=dim, heads=heads, layers=layers,
+                                        ff_dim=ff_dim, dropout=dropout, max_length=max_length, copy=copy,
+                                        task_context=self.uses_task_context, pointer=edits)
         self.label_smoothing, self.new_symbol_rate, self.beam = label_smoothing, new_symbol_rate, beam
 
     # -- encoding ------------------------------------------------------------------------------------
@@ -114,13 +122,31 @@ class Seq2SeqLearner(nn.Module):
             draws = torch.rand(len(chars), generator=generator)
             hidden = {c for c, d in zip(chars, draws.tolist()) if d < self.new_symbol_rate}
         mapping = self.vocabulary.task_mapping(task.support_source + task.support_target, hidden)
-        limit = self.model.max_length
-        enc = self.vocabulary.encode
-        query = enc(task.query_source, mapping, max_length=limit)
-        return EncodedTask(enc(task.support_source, mapping, max_length=limit).ids,
-                           enc(task.support_target, mapping, eos=True, max_length=limit).ids,
-                           query.ids, enc(task.query_target, mapping, eos=True, max_length=limit).ids,
+        if self.edits:
+            mapping.update({SPECIALS[EOS]: EOS, COPY: self.vocabulary.size, DELETE: self.vocabulary.size + 1})
+        query = self.encode_sources(task.query_source, mapping)
+        return EncodedTask(self.encode_sources(task.support_source, mapping).ids,
+                           self.encode_targets(task.support_source, task.support_target, mapping),
+                           query.ids, self.encode_targets(task.query_source, task.query_target, mapping),
                            mapping, query.unknown, real)
+
+    def encode_sources(self, sources: Sequence[Sequence_], mapping: dict[str, int]) -> Encoded:
+        """The ids the model reads for ``sources`` (``edits``: the symbols to edit, ``EOS``, the tags)."""
+        if self.edits:
+            sources = [rest + (SPECIALS[EOS],) + tags for rest, tags in map(split_tags, sources)]
+        return self.vocabulary.encode(sources, mapping, max_length=self.model.max_length)
+
+    def encode_targets(self, sources: Sequence[Sequence_], targets: Sequence[Sequence_],
+                       mapping: dict[str, int]) -> Tensor:
+        """``[n, T]`` the ids the model writes (with ``edits``: the oracle's actions), ``EOS``-terminated."""
+        if self.edits:
+            targets = [edit_actions(split_tags(s)[0], tuple(t)) for s, t in zip(sources, targets)]
+        return self.vocabulary.encode(targets, mapping, eos=True, max_length=self.model.max_length).ids
+
+    def decode_output(self, ids: Tensor, source: Sequence_, mapping: dict[str, int]) -> Sequence_:
+        """The target symbols that the generated row ``ids`` writes for ``source``."""
+        symbols = self.vocabulary.decode(ids, mapping)
+        return apply_actions(split_tags(source)[0], symbols) if self.edits else symbols
 
     # -- the loss of a set of pairs under given parameters ------------------------------------------
     def params(self) -> Params:
@@ -208,7 +234,9 @@ class Seq2SeqLearner(nn.Module):
             ids = self.generate_ids(params, encoded.query_source, beam)
         finally:
             self.train(was_training)
-        return [self.vocabulary.decode(row, encoded.mapping) for row in ids], encoded.unknown
+        outputs = [self.decode_output(row, source, encoded.mapping)
+                   for row, source in zip(ids, task.query_source)]
+        return outputs, encoded.unknown
 
 
 def batch_output(losses: Sequence[Tensor], metrics: dict[str, float]) -> MetaOutput:
