@@ -39,9 +39,10 @@ def recipe_config(name: str) -> dict:
 
 
 def recipe_changes(config: dict) -> dict:
-    """The learner options a recipe run set beyond its recipe's (``--set algo_options.K=V``)."""
+    """The learner options a recipe run set beyond its recipe's (``--set algo_options.K=V``); a run without a
+    recipe: every option it set."""
     if not config.get("recipe"):
-        return {}
+        return dict(config.get("algo_options") or {})
     own = recipe_config(config["recipe"]).get("algo_options") or {}
     return {k: v for k, v in (config.get("algo_options") or {}).items() if own.get(k, None) != v}
 
@@ -57,7 +58,8 @@ def train_command(config: dict) -> str:
     """The command of the run; a run started from another run than its recipe's ``init_from`` is preceded
     by that run's command (``--run-dir runs/start``)."""
     if not config.get("recipe"):
-        return f"attnmeta train sigmorphon2018 --algo {config['algo']} --root DATA/text/sigmorphon2018"
+        return (f"attnmeta train sigmorphon2018 --algo {config['algo']} --root DATA/text/sigmorphon2018"
+                + "".join(f" --set algo_options.{k}={v}" for k, v in recipe_changes(config).items()))
     options = config.get("algo_options") or {}
     if set(recipe_config(config["recipe"]).get("algo_options") or {}) - set(options):  # options removed
         sets = " --set 'algo_options={" + ", ".join(f"{k}: {v}" for k, v in options.items()) + "}'"
