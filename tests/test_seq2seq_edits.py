@@ -18,10 +18,10 @@ from attnmeta.nn.seq2seq import (
     sequence_loss,
     shift_right,
 )
-from attnmeta.nn.seq2seq_decoding import _IncrementalDecoder, beam_search, greedy_decode
+from attnmeta.nn.seq2seq_decoding import beam_search, greedy_decode
 from attnmeta.tasks.seq2seq import EOS, PAD, Seq2SeqBatch, Seq2SeqTask, Vocabulary
 from attnmeta.tasks.seq2seq_edits import COPY, DELETE, apply_actions, edit_actions, split_tags
-from seq2seq_fixtures import TINY
+from seq2seq_fixtures import TINY, check_incremental_decoding
 
 VOCAB = 10
 MOVES = (VOCAB - 2, VOCAB - 1)  # COPY, DELETE ids of a pointer model of VOCAB ids
@@ -110,26 +110,10 @@ def partly_trained(seed: int, steps: int = 60) -> Seq2SeqTransformer:
 
 
 def test_pointer_teacher_forcing_matches_step_by_step(one_thread) -> None:
+    """The cached decoder (its pointers too, after beams are reordered) gives teacher forcing's outputs."""
     model = pointer_model(1)
     src, tgt = edit_pairs(6, 2)
-    target_in = shift_right(tgt)
-    memory, mask = model.encode(src)
-    full = model.decode(memory, mask, target_in, src)
-    with torch.no_grad():
-        incremental = _IncrementalDecoder(model, memory, mask, src)
-        for t in range(target_in.shape[1]):
-            torch.testing.assert_close(incremental.step(target_in[:, t]), torch.log_softmax(full[:, t], -1),
-                                       rtol=0, atol=1e-10)
-        # beams of one source take over each other's prefixes, pointers included
-        rows = torch.tensor([3, 0, 0, 5, 1, 2])
-        one = (memory[:1].expand(6, -1, -1), mask[:1].expand(6, -1, -1), src[:1].expand(6, -1))
-        incremental = _IncrementalDecoder(model, *one)
-        for t in range(4):
-            incremental.step(target_in[:, t])
-        incremental.reorder(rows)
-        swapped = torch.cat([target_in[rows, :4], target_in[:, 4:5]], 1)
-        expected = torch.log_softmax(model.decode(one[0], one[1], swapped, one[2])[:, -1], -1)
-        torch.testing.assert_close(incremental.step(target_in[:, 4]), expected, rtol=0, atol=1e-10)
+    check_incremental_decoding(model, src, shift_right(tgt), prefix=4)
 
 
 def test_pointer_decoding_keeps_the_pointer_on_the_source_and_beam_one_is_greedy(one_thread) -> None:

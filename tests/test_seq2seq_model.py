@@ -14,8 +14,9 @@ from attnmeta.nn.seq2seq import (
     sequence_loss,
     shift_right,
 )
-from attnmeta.nn.seq2seq_decoding import _IncrementalDecoder, beam_search, greedy_decode
+from attnmeta.nn.seq2seq_decoding import beam_search, greedy_decode
 from attnmeta.tasks.seq2seq import BOS, EOS, PAD
+from seq2seq_fixtures import check_incremental_decoding
 
 VOCAB = 12
 
@@ -112,27 +113,10 @@ def test_teacher_forcing_matches_step_by_step(copy: bool) -> None:
     src, tgt = random_pairs(6, 2, vocab=8)
     target_in = shift_right(tgt)
     memory, mask = model.encode(src)
-    full = model.decode(memory, mask, target_in, src)
+    full = check_incremental_decoding(model, src, target_in)  # the cached decoder, beams reordered
     for t in range(target_in.shape[1]):
         step = model.decode(memory, mask, target_in[:, : t + 1], src)[:, -1]
         torch.testing.assert_close(step, full[:, t], rtol=0, atol=1e-10)
-    # the decoders' cached one-token-at-a-time path gives the same next-token log-probabilities
-    with torch.no_grad():
-        incremental = _IncrementalDecoder(model, memory, mask, src)
-        for t in range(target_in.shape[1]):
-            torch.testing.assert_close(incremental.step(target_in[:, t]), torch.log_softmax(full[:, t], -1),
-                                       rtol=0, atol=1e-10)
-        # reorder (beam search: hypotheses of one source take over each other's cached prefixes)
-        rows = torch.tensor([3, 0, 0, 5, 1, 2])
-        one_memory, one_mask = memory[:1].expand(6, -1, -1), mask[:1].expand(6, -1, -1)
-        one_src = src[:1].expand(6, -1)
-        incremental = _IncrementalDecoder(model, one_memory, one_mask, one_src)
-        for t in range(3):
-            incremental.step(target_in[:, t])
-        incremental.reorder(rows)
-        swapped = torch.cat([target_in[rows, :3], target_in[:, 3:4]], 1)
-        expected = torch.log_softmax(model.decode(one_memory, one_mask, swapped, one_src)[:, -1], -1)
-        torch.testing.assert_close(incremental.step(target_in[:, 3]), expected, rtol=0, atol=1e-10)
     # greedy by hand, one step at a time, and its log-probability
     out = greedy_decode(model, src, max_length=9)
     check_format(out)
