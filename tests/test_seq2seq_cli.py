@@ -196,8 +196,9 @@ def test_scratch_trains_nothing_and_tests_once(files, tmp_path: Path):
     run_dir = tmp_path / "scratch"
     assert main(_train_args(tsv, run_dir, "--set", "algo_options.finetune_steps=3", algo="scratch")) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 0 and not summary["meta_trained"]
+    assert summary["steps"] == 0 and not summary["meta_trained"] and summary["best"] is None
     assert list(summary["per_task"]) == ["t10", "t11"]
+    assert "val" not in (run_dir / "metrics.csv").read_text()  # nothing to choose: no validation
 
 
 def test_an_edit_action_run_trains_evaluates_and_predicts(files, tmp_path: Path, capsys):

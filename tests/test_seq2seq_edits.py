@@ -68,10 +68,11 @@ def test_pointer_positions_count_moves_and_stop_at_the_sources_end() -> None:
     assert torch.equal(pointer_positions(target_in, source, MOVES), expected)
 
 
-def pointer_model(seed: int, dtype: torch.dtype = torch.float64, max_length: int = 12) -> Seq2SeqTransformer:
+def pointer_model(seed: int, dtype: torch.dtype = torch.float64, max_length: int = 12,
+                  feed_copied: bool = False) -> Seq2SeqTransformer:
     torch.manual_seed(seed)
     return Seq2SeqTransformer(VOCAB, dim=16, heads=2, layers=2, ff_dim=32, dropout=0.0, max_length=max_length,
-                              pointer=True).to(dtype).eval()
+                              pointer=True, feed_copied=feed_copied).to(dtype).eval()
 
 
 def edit_pairs(n: int, seed: int, max_src: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,9 +92,9 @@ def edit_pairs(n: int, seed: int, max_src: int = 5) -> tuple[torch.Tensor, torch
     return src, tgt
 
 
-def partly_trained(seed: int, steps: int = 60) -> Seq2SeqTransformer:
+def partly_trained(seed: int, steps: int = 60, feed_copied: bool = False) -> Seq2SeqTransformer:
     """A pointer model trained briefly to copy its source: outputs of varied length and some uncertainty."""
-    model = pointer_model(seed, torch.float32).train()
+    model = pointer_model(seed, torch.float32, feed_copied=feed_copied).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for step in range(steps):
         src, _ = edit_pairs(32, 1000 * seed + step)
@@ -109,15 +110,18 @@ def partly_trained(seed: int, steps: int = 60) -> Seq2SeqTransformer:
     return model.eval()
 
 
-def test_pointer_teacher_forcing_matches_step_by_step(one_thread) -> None:
+@pytest.mark.parametrize("feed_copied", [False, True])
+def test_pointer_teacher_forcing_matches_step_by_step(one_thread, feed_copied: bool) -> None:
     """The cached decoder (its pointers too, after beams are reordered) gives teacher forcing's outputs."""
-    model = pointer_model(1)
+    model = pointer_model(1, feed_copied=feed_copied)
     src, tgt = edit_pairs(6, 2)
     check_incremental_decoding(model, src, shift_right(tgt), prefix=4)
 
 
-def test_pointer_decoding_keeps_the_pointer_on_the_source_and_beam_one_is_greedy(one_thread) -> None:
-    model = partly_trained(2)
+@pytest.mark.parametrize("feed_copied", [False, True])
+def test_pointer_decoding_keeps_the_pointer_on_the_source_and_beam_one_is_greedy(one_thread,
+                                                                                  feed_copied: bool) -> None:
+    model = partly_trained(2, feed_copied=feed_copied)
     src, _ = edit_pairs(16, 7)
     greedy = greedy_decode(model, src)
     best, score = beam_search(model, src, beam=1)
@@ -133,8 +137,25 @@ def test_pointer_decoding_keeps_the_pointer_on_the_source_and_beam_one_is_greedy
             assert PAD not in body and 1 not in body
 
 
-def test_maml_gradient_through_the_pointer_matches_finite_differences(one_thread) -> None:
-    model = pointer_model(4, max_length=14)
+def test_a_copy_input_reads_the_symbol_it_copied() -> None:
+    """``feed_copied``: each ``COPY`` input adds the scaled embedding of the source token under the pointer
+    before it moved; other inputs get only the pointer's state."""
+    model = pointer_model(3, feed_copied=True)
+    copy, delete = MOVES
+    source = torch.tensor([[5, 6, 7, EOS]])
+    tokens = torch.tensor([[1, copy, delete, 4, copy]])
+    pointer = pointer_positions(tokens, source, MOVES)  # [[0, 1, 2, 2, 3]]
+    memory, _ = model.encode(source)
+    plain = model.pointer_proj(memory[0, pointer[0]])
+    scale = model.dim ** 0.5
+    expected = plain + torch.stack([torch.zeros(16), model.embedding.weight[5] * scale, torch.zeros(16),
+                                    torch.zeros(16), model.embedding.weight[7] * scale]).double()
+    torch.testing.assert_close(model.pointed(memory, source, tokens, pointer)[0], expected)
+
+
+@pytest.mark.parametrize("feed_copied", [False, True])
+def test_maml_gradient_through_the_pointer_matches_finite_differences(one_thread, feed_copied: bool) -> None:
+    model = pointer_model(4, max_length=14, feed_copied=feed_copied)
     s_src, s_tgt = edit_pairs(3, 40, max_src=3)
     q_src, q_tgt = edit_pairs(3, 41, max_src=3)
     params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
@@ -145,7 +166,8 @@ def test_maml_gradient_through_the_pointer_matches_finite_differences(one_thread
         fast = {n: w - 0.5 * g for (n, w), g in zip(p.items(), grads)}
         return sequence_loss(functional_call(model, fast, (q_src, shift_right(q_tgt))), q_tgt)
 
-    names = ["pointer_proj.weight", "pointer_proj.bias", "encoder_layers.1.ff.linear1.weight"]
+    names = ["pointer_proj.weight", "pointer_proj.bias", "encoder_layers.1.ff.linear1.weight",
+             "embedding.weight"]
     grads = torch.autograd.grad(query_loss(params), [params[n] for n in names])
     for name, grad in zip(names, grads):
         flat = params[name].detach().reshape(-1)
@@ -181,9 +203,10 @@ def test_an_edits_learner_writes_words_of_an_alphabet_it_never_saw(one_thread) -
     right. About 10 s on one thread."""
     vocab = Vocabulary(sorted(set("abcdefghxy")) + ["<N>"], spare=8)
     scores = {}
-    for edits in (False, True):
+    for edits, feed_copied in ((False, False), (True, False), (True, True)):
         torch.manual_seed(0)
-        learner = build_seq2seq("transfer", vocab, {**TINY, "edits": edits, "finetune_steps": 0})
+        learner = build_seq2seq("transfer", vocab, {**TINY, "edits": edits, "feed_copied": feed_copied,
+                                                    "finetune_steps": 0})
         optimizer = torch.optim.Adam(learner.parameters(), lr=3e-3)
         for step in range(150):
             batch = Seq2SeqBatch([_suffix_task("train", "abcdefgh", 32, 10 * step + k) for k in range(2)])
@@ -195,12 +218,13 @@ def test_an_edits_learner_writes_words_of_an_alphabet_it_never_saw(one_thread) -
                           new.query_source, new.query_target, name="new")  # every new letter in the support
         predictions, unknown = learner.predict_task(new)
         assert unknown == 0
-        scores[edits] = sum(p == t for p, t in zip(predictions, new.query_target)) / len(predictions)
-    assert scores[True] >= 0.9 and scores[False] <= 0.1, scores
-    # a symbol seen neither in training nor in the support pairs is read as UNK, and copied as itself
-    unseen = Seq2SeqTask(new.support_source, new.support_target, [("<N>", "i", "€", "k")],
-                         [("i", "€", "k", "x", "y")])
-    assert learner.predict_task(unseen) == ([("i", "€", "k", "x", "y")], 1)
+        scores[edits, feed_copied] = sum(p == t for p, t in zip(predictions, new.query_target)) / len(
+            predictions)
+        if edits:  # a symbol seen neither in training nor in the support pairs is read as UNK, copied as is
+            unseen = Seq2SeqTask(new.support_source, new.support_target, [("<N>", "i", "€", "k")],
+                                 [("i", "€", "k", "x", "y")])
+            assert learner.predict_task(unseen) == ([("i", "€", "k", "x", "y")], 1)
+    assert scores[True, False] >= 0.9 and scores[True, True] >= 0.9 and scores[False, False] <= 0.1, scores
 
 
 def test_copy_and_edits_together_are_refused() -> None:
@@ -210,6 +234,12 @@ def test_copy_and_edits_together_are_refused() -> None:
         build_seq2seq("transfer", vocab, {**TINY, "copy": True, "edits": True})
     with pytest.raises(ValueError, match=r"^copy=True and pointer=True are two ways of copying: choose one$"):
         Seq2SeqTransformer(8, copy=True, pointer=True)
+    with pytest.raises(ValueError, match=r"^feed_copied reads back the symbols COPY actions wrote: it needs "
+                                         r"edits=true$"):
+        build_seq2seq("transfer", vocab, {**TINY, "feed_copied": True})
+    with pytest.raises(ValueError, match=r"^feed_copied=True feeds back what a COPY action wrote: it needs "
+                                         r"pointer=True$"):
+        Seq2SeqTransformer(8, feed_copied=True)
     with pytest.raises(ValueError, match=r"^a pointer model \(pointer=True\) needs the source ids: "):
         model = pointer_model(0)
         src, tgt = edit_pairs(2, 0)

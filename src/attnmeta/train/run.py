@@ -260,6 +260,11 @@ class Run:
         used = self.cpu if self.config.budget_clock == "cpu" else self.wall
         return min(1.0, used / (60 * self.config.budget_minutes))
 
+    @property
+    def validates(self) -> bool:
+        """Whether the loop validates (a learner with nothing to train has nothing to choose between)."""
+        return True
+
     def validate(self) -> tuple[EvalResult, bool]:
         """Evaluate on the fixed validation tasks without touching any RNG; is it the best so far?"""
         with preserved_rng(), self.averaged():

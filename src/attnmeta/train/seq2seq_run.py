@@ -5,8 +5,8 @@ A step samples ``meta_batch`` training tasks (a language's pairs, ``shots`` supp
 pairs), takes the learner's ``meta_loss`` and one optimiser step. The metric is exact-match accuracy over
 the validation tasks (each: adapt on its support pairs, generate its queries); the test reports the mean
 Levenshtein distance and the per-task table beside it. A learner without meta-training (``scratch``) takes no
-step: its run validates and tests once. The vocabulary is stored in ``run.json`` (the predictor rebuilds
-the model from it without the data).
+step and does not validate (there is one model: nothing to choose); its run saves once and tests. The
+vocabulary is stored in ``run.json`` (the predictor rebuilds the model from it without the data).
 """
 
 from __future__ import annotations
@@ -73,6 +73,10 @@ class Seq2SeqRun(Run):
             self.step = self.config.steps
             return {"loss": 0.0, "train_seconds": self.wall, "cpu_seconds": self.cpu}
         return super().train_step()
+
+    @property
+    def validates(self) -> bool:
+        return self.learner.meta_trained
 
     def evaluate_validation(self) -> EvalResult:
         return evaluate_seq2seq(self.learner, self.val_tasks).accuracy

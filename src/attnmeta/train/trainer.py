@@ -196,7 +196,7 @@ def _train(
             log.write(run.step, "train", metrics)
             last = run.step == config.steps or run.budget_spent()
             is_best = False
-            if run.main and (run.step % config.eval_every == 0 or last):
+            if run.main and run.validates and (run.step % config.eval_every == 0 or last):
                 result, is_best = run.validate()
                 log.write(
                     run.step,

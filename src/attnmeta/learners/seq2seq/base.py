@@ -53,6 +53,7 @@ class Seq2SeqLearner(nn.Module):
         copy: the model's pointer-generator output (copying source characters, new scripts' included).
         edits: the model writes edit actions with hard monotonic attention (``COPY``, ``DELETE``, insert a
             symbol) instead of the target's symbols; the oracle's actions are its training targets.
+        feed_copied: (``edits`` only) the decoder also reads the symbol each ``COPY`` wrote.
         label_smoothing: of the token cross-entropy.
         new_symbol_rate: share of a training task's single-character symbols treated as new (spare ids).
         beam: beam size of ``generate`` (1: greedy).
@@ -75,7 +76,7 @@ class Seq2SeqLearner(nn.Module):
 
     def __init__(self, vocabulary: Vocabulary, *, dim: int = 128, heads: int = 4, layers: int = 2,
                  ff_dim: int = 256, dropout: float = 0.1, max_length: int = 100, copy: bool = False,
-                 edits: bool = False, label_smoothing: float = 0.1,
+                 edits: bool = False, feed_copied: bool = False, label_smoothing: float = 0.1,
                  new_symbol_rate: float = 0.0, beam: int = 1, finetune_steps: int = 100,
                  finetune_lr: float = 5e-4, finetune_batch: int = 32, hallucinate: int = 0,
                  meta_hallucinate: int = 0, hallucinated_share: float | None = None) -> None:
@@ -98,10 +99,13 @@ class Seq2SeqLearner(nn.Module):
             raise ValueError(f"beam must be >= 1, got {beam}")
         if copy and edits:
             raise ValueError("copy and edits are two ways of copying source symbols: choose one")
+        if feed_copied and not edits:
+            raise ValueError("feed_copied reads back the symbols COPY actions wrote: it needs edits=true")
         self.vocabulary, self.edits = vocabulary, edits
         self.model = Seq2SeqTransformer(vocabulary.size + 2 * edits, dim=dim, heads=heads, layers=layers,
                                         ff_dim=ff_dim, dropout=dropout, max_length=max_length, copy=copy,
-                                        task_context=self.uses_task_context, pointer=edits)
+                                        task_context=self.uses_task_context, pointer=edits,
+                                        feed_copied=feed_copied)
         self.label_smoothing, self.new_symbol_rate, self.beam = label_smoothing, new_symbol_rate, beam
 
     # -- encoding ------------------------------------------------------------------------------------
