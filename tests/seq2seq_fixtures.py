@@ -8,11 +8,15 @@ from pathlib import Path
 
 import torch
 
-from attnmeta.nn.seq2seq import Seq2SeqTransformer
+from attnmeta.nn.seq2seq import Seq2SeqTransformer, sequence_loss, shift_right
 from attnmeta.nn.seq2seq_decoding import _IncrementalDecoder
+from attnmeta.tasks.seq2seq import EOS, PAD, Seq2SeqTask
 
 ALPHABET = "abcdefgh"
 AFFIXES = "xyzqrstuvw"
+#: A pointer model's vocabulary size in the tests, and its COPY, DELETE ids.
+VOCAB = 10
+MOVES = (VOCAB - 2, VOCAB - 1)
 #: Model options small enough for tests.
 TINY = {"dim": 32, "heads": 2, "layers": 1, "ff_dim": 64, "dropout": 0.0, "max_length": 16,
         "label_smoothing": 0.0}
@@ -61,3 +65,59 @@ def check_incremental_decoding(model: Seq2SeqTransformer, src: torch.Tensor, tar
         expected = torch.log_softmax(model.decode(one[0], one[1], swapped, one[2])[:, -1], -1)
         torch.testing.assert_close(incremental.step(target_in[:6, prefix]), expected, rtol=0, atol=1e-10)
     return full
+
+
+def pointer_model(seed: int, dtype: torch.dtype = torch.float64, max_length: int = 12,
+                  feed_copied: bool = False) -> Seq2SeqTransformer:
+    torch.manual_seed(seed)
+    return Seq2SeqTransformer(VOCAB, dim=16, heads=2, layers=2, ff_dim=32, dropout=0.0, max_length=max_length,
+                              pointer=True, feed_copied=feed_copied).to(dtype).eval()
+
+
+def edit_pairs(n: int, seed: int, max_src: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sources (tokens 4-7 then EOS, sometimes a tag-like token 4 after it) and random action targets."""
+    g = torch.Generator().manual_seed(seed)
+    src = torch.zeros(n, max_src + 2, dtype=torch.long)
+    tgt = torch.zeros(n, 2 * max_src + 2, dtype=torch.long)
+    for i in range(n):
+        length = int(torch.randint(1, max_src + 1, (1,), generator=g))
+        src[i, :length] = torch.randint(4, 8, (length,), generator=g)
+        src[i, length] = EOS
+        src[i, length + 1] = 4 if i % 2 else PAD
+        actions = torch.randint(4, VOCAB, (int(torch.randint(1, 2 * max_src + 1, (1,), generator=g)),),
+                                generator=g)
+        tgt[i, :actions.numel()] = actions
+        tgt[i, actions.numel()] = EOS
+    return src, tgt
+
+
+def partly_trained(seed: int, steps: int = 60, feed_copied: bool = False) -> Seq2SeqTransformer:
+    """A pointer model trained briefly to copy its source: outputs of varied length and some uncertainty."""
+    model = pointer_model(seed, torch.float32, feed_copied=feed_copied).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(steps):
+        src, _ = edit_pairs(32, 1000 * seed + step)
+        lengths = (src == EOS).int().argmax(1)
+        tgt = torch.zeros(32, src.shape[1] + 1, dtype=torch.long)
+        for i, length in enumerate(lengths.tolist()):
+            tgt[i, :length] = MOVES[0] if i % 3 else MOVES[1]
+            tgt[i, length] = EOS
+        loss = sequence_loss(model(src, shift_right(tgt)), tgt)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def suffix_task(name: str, alphabet: str, n: int, seed: int) -> Seq2SeqTask:
+    """Words of ``alphabet`` -> the word plus the suffix ``xy`` (tag ``<N>`` first, as SIGMORPHON writes)."""
+    g = torch.Generator().manual_seed(seed)
+    pairs = []
+    for _ in range(n):
+        word = tuple(alphabet[int(i)] for i in torch.randint(len(alphabet), (int(torch.randint(3, 6, (1,),
+                                                                                           generator=g)),),
+                                                             generator=g))
+        pairs.append((("<N>",) + word, word + ("x", "y")))
+    half = n // 2
+    return Seq2SeqTask([s for s, _ in pairs[:half]], [t for _, t in pairs[:half]],
+                       [s for s, _ in pairs[half:]], [t for _, t in pairs[half:]], name=name)

@@ -21,10 +21,15 @@ from attnmeta.nn.seq2seq import (
 from attnmeta.nn.seq2seq_decoding import beam_search, greedy_decode
 from attnmeta.tasks.seq2seq import EOS, PAD, Seq2SeqBatch, Seq2SeqTask, Vocabulary
 from attnmeta.tasks.seq2seq_edits import COPY, DELETE, apply_actions, edit_actions, split_tags
-from seq2seq_fixtures import TINY, check_incremental_decoding
-
-VOCAB = 10
-MOVES = (VOCAB - 2, VOCAB - 1)  # COPY, DELETE ids of a pointer model of VOCAB ids
+from seq2seq_fixtures import (
+    MOVES,
+    TINY,
+    check_incremental_decoding,
+    edit_pairs,
+    partly_trained,
+    pointer_model,
+    suffix_task,
+)
 
 words = st.text(alphabet="abc", max_size=7).map(tuple)
 
@@ -66,48 +71,6 @@ def test_pointer_positions_count_moves_and_stop_at_the_sources_end() -> None:
     # row 3 has no EOS: its end is its length (3), where the padding starts
     expected = torch.tensor([[0, 1, 1, 2, 2, 2], [0, 0, 1, 1, 1, 1], [0, 1, 2, 3, 3, 3]])
     assert torch.equal(pointer_positions(target_in, source, MOVES), expected)
-
-
-def pointer_model(seed: int, dtype: torch.dtype = torch.float64, max_length: int = 12,
-                  feed_copied: bool = False) -> Seq2SeqTransformer:
-    torch.manual_seed(seed)
-    return Seq2SeqTransformer(VOCAB, dim=16, heads=2, layers=2, ff_dim=32, dropout=0.0, max_length=max_length,
-                              pointer=True, feed_copied=feed_copied).to(dtype).eval()
-
-
-def edit_pairs(n: int, seed: int, max_src: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sources (tokens 4-7 then EOS, sometimes a tag-like token 4 after it) and random action targets."""
-    g = torch.Generator().manual_seed(seed)
-    src = torch.zeros(n, max_src + 2, dtype=torch.long)
-    tgt = torch.zeros(n, 2 * max_src + 2, dtype=torch.long)
-    for i in range(n):
-        length = int(torch.randint(1, max_src + 1, (1,), generator=g))
-        src[i, :length] = torch.randint(4, 8, (length,), generator=g)
-        src[i, length] = EOS
-        src[i, length + 1] = 4 if i % 2 else PAD
-        actions = torch.randint(4, VOCAB, (int(torch.randint(1, 2 * max_src + 1, (1,), generator=g)),),
-                                generator=g)
-        tgt[i, :actions.numel()] = actions
-        tgt[i, actions.numel()] = EOS
-    return src, tgt
-
-
-def partly_trained(seed: int, steps: int = 60, feed_copied: bool = False) -> Seq2SeqTransformer:
-    """A pointer model trained briefly to copy its source: outputs of varied length and some uncertainty."""
-    model = pointer_model(seed, torch.float32, feed_copied=feed_copied).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(steps):
-        src, _ = edit_pairs(32, 1000 * seed + step)
-        lengths = (src == EOS).int().argmax(1)
-        tgt = torch.zeros(32, src.shape[1] + 1, dtype=torch.long)
-        for i, length in enumerate(lengths.tolist()):
-            tgt[i, :length] = MOVES[0] if i % 3 else MOVES[1]
-            tgt[i, length] = EOS
-        loss = sequence_loss(model(src, shift_right(tgt)), tgt)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
 
 
 @pytest.mark.parametrize("feed_copied", [False, True])
@@ -182,20 +145,6 @@ def test_maml_gradient_through_the_pointer_matches_finite_differences(one_thread
             assert float(grad.reshape(-1)[index]) == pytest.approx(numeric, rel=1e-5, abs=1e-8)
 
 
-def _suffix_task(name: str, alphabet: str, n: int, seed: int) -> Seq2SeqTask:
-    """Words of ``alphabet`` -> the word plus the suffix ``xy`` (tag ``<N>`` first, as SIGMORPHON writes)."""
-    g = torch.Generator().manual_seed(seed)
-    pairs = []
-    for _ in range(n):
-        word = tuple(alphabet[int(i)] for i in torch.randint(len(alphabet), (int(torch.randint(3, 6, (1,),
-                                                                                           generator=g)),),
-                                                             generator=g))
-        pairs.append((("<N>",) + word, word + ("x", "y")))
-    half = n // 2
-    return Seq2SeqTask([s for s, _ in pairs[:half]], [t for _, t in pairs[:half]],
-                       [s for s, _ in pairs[half:]], [t for _, t in pairs[half:]], name=name)
-
-
 def test_an_edits_learner_writes_words_of_an_alphabet_it_never_saw(one_thread) -> None:
     """Trained on words of a-h with the suffix xy, tested (no fine-tuning) on words of letters it never saw
     (spare ids, untrained embeddings): the edit-action model copies them and appends the suffix (measured:
@@ -209,11 +158,11 @@ def test_an_edits_learner_writes_words_of_an_alphabet_it_never_saw(one_thread) -
                                                     "finetune_steps": 0})
         optimizer = torch.optim.Adam(learner.parameters(), lr=3e-3)
         for step in range(150):
-            batch = Seq2SeqBatch([_suffix_task("train", "abcdefgh", 32, 10 * step + k) for k in range(2)])
+            batch = Seq2SeqBatch([suffix_task("train", "abcdefgh", 32, 10 * step + k) for k in range(2)])
             optimizer.zero_grad()
             learner.meta_loss(batch).loss.backward()
             optimizer.step()
-        new = _suffix_task("new", "ijklmnop", 64, 12345)
+        new = suffix_task("new", "ijklmnop", 64, 12345)
         new = Seq2SeqTask(new.support_source + new.query_source, new.support_target + new.query_target,
                           new.query_source, new.query_target, name="new")  # every new letter in the support
         predictions, unknown = learner.predict_task(new)

@@ -21,7 +21,7 @@ from functools import lru_cache
 
 from attnmeta.tasks.seq2seq import Sequence_
 
-__all__ = ["COPY", "DELETE", "is_tag", "split_tags", "edit_actions", "apply_actions"]
+__all__ = ["COPY", "DELETE", "is_tag", "split_tags", "edit_actions", "apply_actions", "suffix_costs"]
 
 # Not symbols any data set writes (they start with NUL), so an insert can never be mistaken for them.
 COPY = "\x00copy"
@@ -38,16 +38,10 @@ def split_tags(source: Sequence_) -> tuple[Sequence_, Sequence_]:
     return (tuple(s for s in source if not is_tag(s)), tuple(s for s in source if is_tag(s)))
 
 
-@lru_cache(maxsize=200_000)
-def edit_actions(source: Sequence_, target: Sequence_) -> Sequence_:
-    """The oracle's actions that turn ``source`` (the symbols to edit) into ``target``.
-
-    Fewest inserts plus deletes (``len(source) + len(target) - 2 * LCS``); ties broken so that at one pointer
-    position the deletes come first, then the inserts. ``apply_actions(source, edit_actions(source, target))``
-    is ``target``; there are ``len(source)`` copies and deletes in all.
-    """
+def suffix_costs(source: Sequence[object], target: Sequence[object]) -> list[list[int]]:
+    """``cost[i][j]``: the fewest inserts and deletes that turn ``source[i:]`` into ``target[j:]``
+    (``[len(source) + 1][len(target) + 1]``)."""
     n, m = len(source), len(target)
-    # cost[i][j]: the fewest inserts and deletes that turn source[i:] into target[j:]
     cost = [[0] * (m + 1) for _ in range(n + 1)]
     for i in range(n, -1, -1):
         for j in range(m, -1, -1):
@@ -57,6 +51,19 @@ def edit_actions(source: Sequence_, target: Sequence_) -> Sequence_:
                 cost[i][j] = min(cost[i + 1][j + 1], 1 + min(cost[i + 1][j], cost[i][j + 1]))
             else:
                 cost[i][j] = 1 + min(cost[i + 1][j], cost[i][j + 1])
+    return cost
+
+
+@lru_cache(maxsize=200_000)
+def edit_actions(source: Sequence_, target: Sequence_) -> Sequence_:
+    """The oracle's actions that turn ``source`` (the symbols to edit) into ``target``.
+
+    Fewest inserts plus deletes (``len(source) + len(target) - 2 * LCS``); ties broken so that at one pointer
+    position the deletes come first, then the inserts. ``apply_actions(source, edit_actions(source, target))``
+    is ``target``; there are ``len(source)`` copies and deletes in all.
+    """
+    n, m = len(source), len(target)
+    cost = suffix_costs(source, target)
     actions: list[str] = []
     i = j = 0
     while i < n or j < m:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from attnmeta.learners.base import MetaOutput
+from attnmeta.learners.seq2seq.imitation import experts_for, imitation_loss, roll_in
 from attnmeta.nn.seq2seq import Seq2SeqTransformer, sequence_loss, shift_right
 from attnmeta.nn.seq2seq_decoding import beam_search, greedy_decode
 from attnmeta.tasks.seq2seq import EOS, SPECIALS, Encoded, Seq2SeqBatch, Seq2SeqTask, Sequence_, Vocabulary
@@ -54,6 +56,10 @@ class Seq2SeqLearner(nn.Module):
         edits: the model writes edit actions with hard monotonic attention (``COPY``, ``DELETE``, insert a
             symbol) instead of the target's symbols; the oracle's actions are its training targets.
         feed_copied: (``edits`` only) the decoder also reads the symbol each ``COPY`` wrote.
+        explore: (``edits`` only) train by imitation learning (``attnmeta.learners.seq2seq.imitation``): the
+            model rolls in, following the expert's optimal actions or, with this probability per step, its
+            own sample; the loss is that of the optimal actions. ``None``: teacher forcing on the static
+            oracle's actions. Used by fine-tuning and pooled training (``transfer``), not by MAML's loops.
         label_smoothing: of the token cross-entropy.
         new_symbol_rate: share of a training task's single-character symbols treated as new (spare ids).
         beam: beam size of ``generate`` (1: greedy).
@@ -76,7 +82,8 @@ class Seq2SeqLearner(nn.Module):
 
     def __init__(self, vocabulary: Vocabulary, *, dim: int = 128, heads: int = 4, layers: int = 2,
                  ff_dim: int = 256, dropout: float = 0.1, max_length: int = 100, copy: bool = False,
-                 edits: bool = False, feed_copied: bool = False, label_smoothing: float = 0.1,
+                 edits: bool = False, feed_copied: bool = False, explore: float | None = None,
+                 label_smoothing: float = 0.1,
                  new_symbol_rate: float = 0.0, beam: int = 1, finetune_steps: int = 100,
                  finetune_lr: float = 5e-4, finetune_batch: int = 32, hallucinate: int = 0,
                  meta_hallucinate: int = 0, hallucinated_share: float | None = None) -> None:
@@ -101,6 +108,10 @@ class Seq2SeqLearner(nn.Module):
             raise ValueError("copy and edits are two ways of copying source symbols: choose one")
         if feed_copied and not edits:
             raise ValueError("feed_copied reads back the symbols COPY actions wrote: it needs edits=true")
+        if explore is not None and not (edits and 0.0 <= explore <= 1.0):
+            raise ValueError(f"explore (imitation learning of edit actions) must be in [0, 1] and needs "
+                             f"edits=true, got explore={explore} with edits={edits}")
+        self.explore = explore
         self.vocabulary, self.edits = vocabulary, edits
         self.model = Seq2SeqTransformer(vocabulary.size + 2 * edits, dim=dim, heads=heads, layers=layers,
                                         ff_dim=ff_dim, dropout=dropout, max_length=max_length, copy=copy,
@@ -156,8 +167,17 @@ class Seq2SeqLearner(nn.Module):
     def params(self) -> Params:
         return dict(self.model.named_parameters())
 
-    def pair_loss(self, params: Params, source: Tensor, target: Tensor) -> Tensor:
-        """Mean token cross-entropy of ``target`` ``[n, T]`` given ``source`` ``[n, S]`` under ``params``."""
+    def pair_loss(self, params: Params, source: Tensor, target: Tensor, rollin: nn.Module | None = None,
+                  generator: torch.Generator | None = None) -> Tensor:
+        """Mean token cross-entropy of ``target`` ``[n, T]`` given ``source`` ``[n, S]`` under ``params``;
+        with ``explore`` and ``rollin`` (the model holding ``params``), the imitation loss of its roll-in."""
+        if self.explore is not None and rollin is not None:
+            assert self.model.actions is not None
+            experts = experts_for(source, target, self.model.actions)
+            actions, optimal = roll_in(cast(Seq2SeqTransformer, rollin), source, experts, self.explore,
+                                       generator)
+            logits = torch.func.functional_call(self.model, params, (source, shift_right(actions)))
+            return imitation_loss(logits, actions, optimal, self.label_smoothing)
         logits = torch.func.functional_call(self.model, params, (source, shift_right(target)))
         return sequence_loss(logits, target, self.label_smoothing)
 
@@ -190,7 +210,7 @@ class Seq2SeqLearner(nn.Module):
             for _ in range(self.finetune_steps):
                 rows = self.batch_rows(n, encoded.real_support, generator)
                 loss = self.pair_loss(dict(model.named_parameters()), encoded.support_source[rows],
-                                      encoded.support_target[rows])
+                                      encoded.support_target[rows], rollin=model, generator=generator)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -25,8 +25,9 @@ class MultilingualTransfer(Seq2SeqLearner):
         losses = []
         for task in batch:
             encoded = self.encode_task(task)
-            losses.append((self.pair_loss(params, encoded.support_source, encoded.support_target)
-                           + self.pair_loss(params, encoded.query_source, encoded.query_target)) / 2)
+            support = self.pair_loss(params, encoded.support_source, encoded.support_target, self.model)
+            query = self.pair_loss(params, encoded.query_source, encoded.query_target, self.model)
+            losses.append((support + query) / 2)
         return batch_output(losses, {})
 
 
