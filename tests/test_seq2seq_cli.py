@@ -74,7 +74,7 @@ def test_eval_refuses_classification_flags(files, capsys):
     _, run_dir = files
     assert error_of(["eval", str(run_dir), "--ways", "5"], capsys) == (
         2, "attnmeta eval: error: --ways do not apply to sequence-to-sequence runs; use --episodes (test "
-           "tasks), --beam, --finetune-steps, --hallucinate, --hallucinated-share and --root\n")
+           "tasks), --beam, --finetune-steps, --hallucinate, --hallucinated-share, --explore and --root\n")
     assert error_of(["eval", str(run_dir), "--inner-steps", "3"], capsys) == (
         2, f"attnmeta eval: error: --inner-steps applies to classification and regression runs of the MAML "
            f"family; {run_dir} is a seq2seq run (use --finetune-steps)\n")
@@ -83,6 +83,11 @@ def test_eval_refuses_classification_flags(files, capsys):
     for share in ("1.5", "-0.5"):
         assert error_of(["eval", str(run_dir), "--hallucinated-share", share], capsys) == (
             2, f"attnmeta eval: error: --hallucinated-share must be in [0, 1], got {share}\n")
+    assert error_of(["eval", str(run_dir), "--explore", "2"], capsys) == (
+        2, "attnmeta eval: error: --explore must be in [0, 1], got 2.0\n")
+    assert error_of(["eval", str(run_dir), "--explore", "0.3"], capsys) == (
+        2, "attnmeta eval: error: --explore is imitation learning of edit actions: this run was trained "
+           "without them (algo_options.edits)\n")
 
 
 def test_eval_with_other_test_time_adaptation_writes_its_own_file(files):
@@ -208,6 +213,9 @@ def test_an_edit_action_run_trains_evaluates_and_predicts(files, tmp_path: Path,
     assert main(_train_args(tsv, run_dir, "--set", "algo_options.edits=true")) == 0
     assert list(json.loads((run_dir / "summary.json").read_text())["per_task"]) == ["t10", "t11"]
     assert main(["eval", str(run_dir), "--beam", "2"]) == 0
+    assert main(["eval", str(run_dir), "--explore", "0.5", "--finetune-steps", "2", "--quiet"]) == 0
+    explored = json.loads((run_dir / "eval-test-2tasks-beam1-explore0.5-finetune_steps2.json").read_text())
+    assert explored["explore"] == 0.5 and len(explored["per_task"]) == 2
     model = attnmeta.load(run_dir)
     pairs = affix_pairs(10, 8, seed=5)
     outputs = model.fit([s for s, _ in pairs[:5]], [t for _, t in pairs[:5]]).generate(["ab€", "cd"], beam=2)

@@ -20,16 +20,22 @@ def eval_seq2seq(args: argparse.Namespace, trained: Any) -> int:
     refused = [flag for flag, value in given.items() if value]
     if refused:
         raise UserError(f"{', '.join(refused)} do not apply to sequence-to-sequence runs; use --episodes "
-                        "(test tasks), --beam, --finetune-steps, --hallucinate, --hallucinated-share and "
-                        "--root")
+                        "(test tasks), --beam, --finetune-steps, --hallucinate, --hallucinated-share, "
+                        "--explore and --root")
     if args.root is not None:
         trained.root = args.root
     adaptation = {key: value for key, value in (("finetune_steps", args.finetune_steps),
                                                 ("hallucinate", args.hallucinate),
-                                                ("hallucinated_share", args.hallucinated_share))
+                                                ("hallucinated_share", args.hallucinated_share),
+                                                ("explore", args.explore))
                   if value is not None}
     if not 0 <= adaptation.get("hallucinated_share", 0) <= 1:
         raise UserError(f"--hallucinated-share must be in [0, 1], got {args.hallucinated_share}")
+    if not 0 <= adaptation.get("explore", 0) <= 1:
+        raise UserError(f"--explore must be in [0, 1], got {args.explore}")
+    if "explore" in adaptation and not (trained.algo_options or {}).get("edits"):
+        raise UserError("--explore is imitation learning of edit actions: this run was trained without them "
+                        "(algo_options.edits)")
     for key, value in adaptation.items():
         if value < 0:
             raise UserError(f"--{key.replace('_', '-')} must be >= 0, got {value}")
