@@ -72,8 +72,9 @@ def roll_in(model: Seq2SeqTransformer, source: Tensor, experts: list[EditExpert]
             best[[r for r, _ in pairs], [a for _, a in pairs]] = True
             token = logp.masked_fill(~best, float("-inf")).argmax(-1)
             if explore > 0:
-                allowed = _selectable(logp, False, decoder.disallowed()).softmax(-1)
-                sampled = torch.multinomial(allowed, 1, generator=generator).squeeze(-1)
+                # a sample of the allowed actions by the Gumbel-max trick (torch.multinomial is slower here)
+                noise = torch.rand(logp.shape, generator=generator).clamp_min(1e-20)
+                sampled = (_selectable(logp, False, decoder.disallowed()) - (-noise.log()).log()).argmax(-1)
                 token = torch.where(torch.rand(n, generator=generator) < explore, sampled, token)
             if step == limit - 1:
                 token = torch.full_like(token, EOS)
