@@ -73,9 +73,11 @@ def roll_in(model: Seq2SeqTransformer, source: Tensor, experts: list[EditExpert]
             token = logp.masked_fill(~best, float("-inf")).argmax(-1)
             if explore > 0:
                 # a sample of the allowed actions by the Gumbel-max trick (torch.multinomial is slower here)
-                noise = torch.rand(logp.shape, generator=generator).clamp_min(1e-20)
+                # (drawn on the CPU, where the generator lives, then moved to the model's device)
+                noise = torch.rand(logp.shape, generator=generator).clamp_min(1e-20).to(logp.device)
                 sampled = (_selectable(logp, False, decoder.disallowed()) - (-noise.log()).log()).argmax(-1)
-                token = torch.where(torch.rand(n, generator=generator) < explore, sampled, token)
+                explored = (torch.rand(n, generator=generator) < explore).to(logp.device)
+                token = torch.where(explored, sampled, token)
             if step == limit - 1:
                 token = torch.full_like(token, EOS)
             token = token.masked_fill(done, PAD)
