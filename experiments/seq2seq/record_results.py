@@ -111,12 +111,13 @@ def start_config(config: dict) -> dict | None:
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
-TEST_TIME = ("finetune_steps", "hallucinate", "hallucinated_share")
+TEST_TIME = ("finetune_steps", "hallucinate", "hallucinated_share", "explore")
 
 
 def with_evaluation(summary: dict, evaluation: dict) -> tuple[dict, dict]:
     """The run's summary with its test replaced by an ``attnmeta eval`` file's, and the test-time options
-    that file was made with (``--finetune-steps``, ``--hallucinate``, ``--hallucinated-share``)."""
+    that file was made with (``--finetune-steps``, ``--hallucinate``, ``--hallucinated-share``,
+    ``--explore``)."""
     if evaluation.get("beam", 1) != 1:
         raise SystemExit("the tables are greedy: --eval takes an evaluation with --beam 1")
     options = {k: evaluation[k] for k in TEST_TIME if k in evaluation}
