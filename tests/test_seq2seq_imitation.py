@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from attnmeta.learners.seq2seq.imitation import experts_for, imitation_loss, roll_in
+from attnmeta.learners.seq2seq.imitation import experts_for, imitation_loss, roll_in, roll_in_groups
 from attnmeta.learners.seq2seq.registry import build_seq2seq
 from attnmeta.nn.seq2seq import sequence_loss
 from attnmeta.tasks.seq2seq import EOS, PAD, Seq2SeqBatch, Seq2SeqTask, Vocabulary
@@ -72,6 +72,17 @@ def test_a_roll_in_records_the_experts_optimal_actions_at_every_state(one_thread
             assert explore > 0 or bool(optimal[r, t, row[t]])
             state = expert.step(state, row[t])
     assert explore == 0.0 or wrong > 0  # the model's own samples leave the gold path
+
+
+def test_groups_rolled_in_together_equal_each_rolled_in_alone(one_thread) -> None:
+    """A meta-batch's support and query sets roll in as one batch (sources of other widths padded): each
+    group gets what its own roll-in gives (following the expert, nothing random)."""
+    model = partly_trained(4, steps=20)
+    groups = [edit_pairs(5, 11, max_src=3), edit_pairs(7, 12, max_src=5), edit_pairs(3, 13, max_src=2)]
+    together = roll_in_groups(model, groups, MOVES, explore=0.0)
+    for (source, target), (actions, optimal) in zip(groups, together):
+        alone = roll_in(model, source, experts_for(source, target, MOVES), 0.0)
+        assert torch.equal(actions, alone[0]) and torch.equal(optimal, alone[1])
 
 
 def test_an_imitation_learner_learns_and_the_option_is_checked(one_thread) -> None:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from attnmeta.learners.base import MetaOutput
-from attnmeta.learners.seq2seq.imitation import experts_for, imitation_loss, roll_in
+from attnmeta.learners.seq2seq.imitation import imitation_loss, roll_in_groups
 from attnmeta.nn.seq2seq import Seq2SeqTransformer, sequence_loss, shift_right
 from attnmeta.nn.seq2seq_decoding import beam_search, greedy_decode
 from attnmeta.tasks.seq2seq import EOS, SPECIALS, Encoded, Seq2SeqBatch, Seq2SeqTask, Sequence_, Vocabulary
@@ -167,19 +167,26 @@ class Seq2SeqLearner(nn.Module):
     def params(self) -> Params:
         return dict(self.model.named_parameters())
 
-    def pair_loss(self, params: Params, source: Tensor, target: Tensor, rollin: nn.Module | None = None,
-                  generator: torch.Generator | None = None) -> Tensor:
+    def pair_loss(self, params: Params, source: Tensor, target: Tensor,
+                  rolled: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Mean token cross-entropy of ``target`` ``[n, T]`` given ``source`` ``[n, S]`` under ``params``;
-        with ``explore`` and ``rollin`` (the model holding ``params``), the imitation loss of its roll-in."""
-        if self.explore is not None and rollin is not None:
-            assert self.model.actions is not None
-            experts = experts_for(source, target, self.model.actions)
-            actions, optimal = roll_in(cast(Seq2SeqTransformer, rollin), source, experts, self.explore,
-                                       generator)
+        given a roll-in of them (``rolled_in``), the imitation loss of its optimal actions instead."""
+        if rolled is not None:
+            actions, optimal = rolled
             logits = torch.func.functional_call(self.model, params, (source, shift_right(actions)))
             return imitation_loss(logits, actions, optimal, self.label_smoothing)
         logits = torch.func.functional_call(self.model, params, (source, shift_right(target)))
         return sequence_loss(logits, target, self.label_smoothing)
+
+    def rolled_in(self, model: nn.Module, groups: list[tuple[Tensor, Tensor]],
+                  generator: torch.Generator | None = None) -> list[tuple[Tensor, Tensor] | None]:
+        """With ``explore``: ``model``'s roll-ins of the ``(source, target)`` groups for ``pair_loss``, in one
+        batched decode (``attnmeta.learners.seq2seq.imitation``); without it, ``None`` for each."""
+        if self.explore is None:
+            return [None] * len(groups)
+        assert self.model.actions is not None
+        return list(roll_in_groups(cast(Seq2SeqTransformer, model), groups, self.model.actions, self.explore,
+                                   generator))
 
     def packed_forward(self, source_length: int) -> Callable[[Mapping[str, Tensor], Tensor], Tensor]:
         """``forward(params, x)`` for ``adapt``: ``x`` is ``[n, S + T]``, the source then the target ids."""
@@ -209,8 +216,9 @@ class Seq2SeqLearner(nn.Module):
         with torch.enable_grad():
             for _ in range(self.finetune_steps):
                 rows = self.batch_rows(n, encoded.real_support, generator)
-                loss = self.pair_loss(dict(model.named_parameters()), encoded.support_source[rows],
-                                      encoded.support_target[rows], rollin=model, generator=generator)
+                source, target = encoded.support_source[rows], encoded.support_target[rows]
+                rolled = self.rolled_in(model, [(source, target)], generator)[0]
+                loss = self.pair_loss(dict(model.named_parameters()), source, target, rolled)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -16,13 +16,14 @@ from functools import lru_cache
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from attnmeta.nn.seq2seq import Seq2SeqTransformer, source_ends
 from attnmeta.nn.seq2seq_decoding import _IncrementalDecoder, _selectable
 from attnmeta.tasks.seq2seq import BOS, EOS, PAD
 from attnmeta.tasks.seq2seq_expert import EditExpert
 
-__all__ = ["experts_for", "roll_in", "imitation_loss"]
+__all__ = ["experts_for", "roll_in", "roll_in_groups", "imitation_loss"]
 
 
 @lru_cache(maxsize=100_000)
@@ -91,6 +92,24 @@ def roll_in(model: Seq2SeqTransformer, source: Tensor, experts: list[EditExpert]
     finally:
         model.train(was_training)
     return torch.stack(actions, 1), torch.stack(optimal, 1)
+
+
+def roll_in_groups(model: Seq2SeqTransformer, groups: list[tuple[Tensor, Tensor]], moves: tuple[int, int],
+                   explore: float, generator: torch.Generator | None = None) -> list[tuple[Tensor, Tensor]]:
+    """``roll_in`` of several ``(source [n_k, S_k], static oracle's actions [n_k, T_k])`` groups (a
+    meta-batch's support and query sets) as one batch, which costs little more than one group's decoding;
+    -> each group's (actions, optimal), cut to its own longest roll-in."""
+    width = max(source.shape[1] for source, _ in groups)
+    sources = torch.cat([F.pad(source, (0, width - source.shape[1]), value=PAD) for source, _ in groups])
+    experts = [expert for source, target in groups for expert in experts_for(source, target, moves)]
+    actions, optimal = roll_in(model, sources, experts, explore, generator)
+    out, start = [], 0
+    for source, _ in groups:
+        rows = slice(start, start + source.shape[0])
+        length = int((actions[rows] != PAD).sum(1).max())
+        out.append((actions[rows, :length], optimal[rows, :length]))
+        start += source.shape[0]
+    return out
 
 
 def imitation_loss(logits: Tensor, actions: Tensor, optimal: Tensor, label_smoothing: float = 0.0) -> Tensor:

@@ -22,12 +22,15 @@ class MultilingualTransfer(Seq2SeqLearner):
 
     def meta_loss(self, batch: Seq2SeqBatch) -> MetaOutput:
         params = self.params()
-        losses = []
+        groups = []
         for task in batch:
             encoded = self.encode_task(task)
-            support = self.pair_loss(params, encoded.support_source, encoded.support_target, self.model)
-            query = self.pair_loss(params, encoded.query_source, encoded.query_target, self.model)
-            losses.append((support + query) / 2)
+            groups += [(encoded.support_source, encoded.support_target),
+                       (encoded.query_source, encoded.query_target)]
+        rolled = self.rolled_in(self.model, groups)  # imitation learning (explore): one batched roll-in
+        losses = [(self.pair_loss(params, *groups[k], rolled[k]) + self.pair_loss(params, *groups[k + 1],
+                                                                                   rolled[k + 1])) / 2
+                  for k in range(0, len(groups), 2)]
         return batch_output(losses, {})
 
 
