@@ -67,11 +67,10 @@ def check_incremental_decoding(model: Seq2SeqTransformer, src: torch.Tensor, tar
     return full
 
 
-def pointer_model(seed: int, dtype: torch.dtype = torch.float64, max_length: int = 12,
-                  feed_copied: bool = False) -> Seq2SeqTransformer:
+def pointer_model(seed: int, dtype: torch.dtype = torch.float64, max_length: int = 12) -> Seq2SeqTransformer:
     torch.manual_seed(seed)
     return Seq2SeqTransformer(VOCAB, dim=16, heads=2, layers=2, ff_dim=32, dropout=0.0, max_length=max_length,
-                              pointer=True, feed_copied=feed_copied).to(dtype).eval()
+                              pointer=True).to(dtype).eval()
 
 
 def edit_pairs(n: int, seed: int, max_src: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,9 +90,9 @@ def edit_pairs(n: int, seed: int, max_src: int = 5) -> tuple[torch.Tensor, torch
     return src, tgt
 
 
-def partly_trained(seed: int, steps: int = 60, feed_copied: bool = False) -> Seq2SeqTransformer:
+def partly_trained(seed: int, steps: int = 60) -> Seq2SeqTransformer:
     """A pointer model trained briefly to copy its source: outputs of varied length and some uncertainty."""
-    model = pointer_model(seed, torch.float32, feed_copied=feed_copied).train()
+    model = pointer_model(seed, torch.float32).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for step in range(steps):
         src, _ = edit_pairs(32, 1000 * seed + step)

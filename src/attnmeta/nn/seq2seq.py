@@ -19,9 +19,7 @@ seq2seq_edits``): its last two ids are the actions ``COPY`` (``vocab_size - 2``)
 (``vocab_size - 1``), every other output id inserts that token, and each source ends its edited part with
 ``EOS`` (the tags, if any, follow it). Decoder input ``t`` gets, besides its token and position, a projection
 of the encoder state under the pointer: the number of ``COPY``/``DELETE`` among the inputs up to ``t``, at
-most the position of the source's ``EOS``. The soft cross-attention stays (it reads the tags). With
-``feed_copied=True`` a ``COPY`` input also gets the (scaled) embedding of the source token it wrote, so the
-decoder sees the characters written so far, not only its actions.
+most the position of the source's ``EOS``. The soft cross-attention stays (it reads the tags).
 Every attention is the library's ``MultiHeadAttention`` on its explicit (non-fused) path: torch's fused CPU
 kernel has no double backward, and MAML's second-order inner loop needs one. The forward pass is purely
 functional (no state changes), so it can run under ``torch.func.functional_call`` / ``torch.func.grad``.
@@ -113,21 +111,17 @@ class Seq2SeqTransformer(nn.Module):
             context``); without it the model has no such parameter.
         pointer: hard monotonic attention with edit actions (the module's docstring); the last two ids are
             ``COPY`` and ``DELETE``.
-        feed_copied: (``pointer`` only) each ``COPY`` decoder input also gets the embedding of the token it
-            copied.
     """
 
     def __init__(self, vocab_size: int, dim: int = 128, heads: int = 4, layers: int = 2, ff_dim: int = 256,
                  dropout: float = 0.1, max_length: int = 64, copy: bool = False,
-                 task_context: bool = False, pointer: bool = False, feed_copied: bool = False) -> None:
+                 task_context: bool = False, pointer: bool = False) -> None:
         super().__init__()
         specials = max(PAD, BOS, EOS) + 2 * pointer
         if vocab_size <= specials:
             raise ValueError(f"vocab_size must include the special ids (> {specials}), got {vocab_size}")
         if copy and pointer:
             raise ValueError("copy=True and pointer=True are two ways of copying: choose one")
-        if feed_copied and not pointer:
-            raise ValueError("feed_copied=True feeds back what a COPY action wrote: it needs pointer=True")
         if layers < 1 or max_length < 1:
             raise ValueError(f"layers and max_length must be >= 1, got {layers} and {max_length}")
         self.vocab_size, self.dim, self.max_length = vocab_size, dim, max_length
@@ -142,7 +136,6 @@ class Seq2SeqTransformer(nn.Module):
         self.copy_gate = nn.Linear(dim, 1) if copy else None
         self.task_context = nn.Parameter(torch.zeros(dim)) if task_context else None
         self.pointer_proj = nn.Linear(dim, dim) if pointer else None
-        self.feed_copied = feed_copied
         self.dropout = nn.Dropout(dropout)
 
     @property
@@ -150,18 +143,11 @@ class Seq2SeqTransformer(nn.Module):
         """``(COPY, DELETE)`` ids of a pointer model, else ``None``."""
         return None if self.pointer_proj is None else (self.vocab_size - 2, self.vocab_size - 1)
 
-    def pointed(self, memory: Tensor, source: Tensor, tokens: Tensor, pointer: Tensor) -> Tensor:
-        """What a pointer model adds to its decoder inputs ``tokens [B, T]``: ``pointer_proj`` of the states
-        ``memory [B, S, D]`` at ``pointer [B, T]`` (with ``feed_copied``, plus the embedding of the token of
-        ``source [B, S]`` a ``COPY`` wrote, at ``pointer - 1``) -> ``[B, T, D]``."""
-        assert self.pointer_proj is not None and self.actions is not None
+    def pointed(self, memory: Tensor, pointer: Tensor) -> Tensor:
+        """``pointer_proj`` of the states ``memory [B, S, D]`` at ``pointer [B, T]`` -> ``[B, T, D]``."""
+        assert self.pointer_proj is not None
         index = pointer.unsqueeze(-1).expand(*pointer.shape, memory.shape[-1])
-        added = self.pointer_proj(memory.gather(1, index))
-        if self.feed_copied:
-            written = source.gather(1, (pointer - 1).clamp_min(0))
-            is_copy = (tokens == self.actions[0]).unsqueeze(-1)
-            added = added + is_copy * self.embedding(written) * math.sqrt(self.dim)
-        return added
+        return self.pointer_proj(memory.gather(1, index))
 
     def embed_tokens(self, ids: Tensor, positions: Tensor) -> Tensor:
         """Scaled token embeddings plus ``positions`` (and ``task_context``), before dropout."""
@@ -197,8 +183,7 @@ class Seq2SeqTransformer(nn.Module):
             if source is None:
                 raise ValueError("a pointer model (pointer=True) needs the source ids: decode(memory, "
                                  "source_mask, target_in, source)")
-            pointer = pointer_positions(target_in, source, self.actions)
-            y = y + self.pointed(memory, source, target_in, pointer)
+            y = y + self.pointed(memory, pointer_positions(target_in, source, self.actions))
         for layer in self.decoder_layers:
             y, weights = layer(y, memory, source_mask)
         return self.output(self.decoder_norm(y), weights, source)

@@ -66,7 +66,7 @@ class _IncrementalDecoder:
         if model.actions is not None:
             moved = (token == model.actions[0]) | (token == model.actions[1])
             self.pointer = torch.minimum(self.pointer + moved.long(), self.end)
-            y = y + model.pointed(self.memory, self.source, token.unsqueeze(1), self.pointer.unsqueeze(1))
+            y = y + model.pointed(self.memory, self.pointer.unsqueeze(1))
         for i, layer in enumerate(self.layers):
             h, sa = layer.norm1(y), layer.self_attention
             k, v = sa._split(sa.k_proj(h)), sa._split(sa.v_proj(h))

@@ -55,7 +55,6 @@ class Seq2SeqLearner(nn.Module):
         copy: the model's pointer-generator output (copying source characters, new scripts' included).
         edits: the model writes edit actions with hard monotonic attention (``COPY``, ``DELETE``, insert a
             symbol) instead of the target's symbols; the oracle's actions are its training targets.
-        feed_copied: (``edits`` only) the decoder also reads the symbol each ``COPY`` wrote.
         explore: (``edits`` only) train by imitation learning (``attnmeta.learners.seq2seq.imitation``): the
             model rolls in, following the expert's optimal actions or, with this probability per step, its
             own sample; the loss is that of the optimal actions. ``None``: teacher forcing on the static
@@ -82,7 +81,7 @@ class Seq2SeqLearner(nn.Module):
 
     def __init__(self, vocabulary: Vocabulary, *, dim: int = 128, heads: int = 4, layers: int = 2,
                  ff_dim: int = 256, dropout: float = 0.1, max_length: int = 100, copy: bool = False,
-                 edits: bool = False, feed_copied: bool = False, explore: float | None = None,
+                 edits: bool = False, explore: float | None = None,
                  label_smoothing: float = 0.1,
                  new_symbol_rate: float = 0.0, beam: int = 1, finetune_steps: int = 100,
                  finetune_lr: float = 5e-4, finetune_batch: int = 32, hallucinate: int = 0,
@@ -106,8 +105,6 @@ class Seq2SeqLearner(nn.Module):
             raise ValueError(f"beam must be >= 1, got {beam}")
         if copy and edits:
             raise ValueError("copy and edits are two ways of copying source symbols: choose one")
-        if feed_copied and not edits:
-            raise ValueError("feed_copied reads back the symbols COPY actions wrote: it needs edits=true")
         if explore is not None and not (edits and 0.0 <= explore <= 1.0):
             raise ValueError(f"explore (imitation learning of edit actions) must be in [0, 1] and needs "
                              f"edits=true, got explore={explore} with edits={edits}")
@@ -115,8 +112,7 @@ class Seq2SeqLearner(nn.Module):
         self.vocabulary, self.edits = vocabulary, edits
         self.model = Seq2SeqTransformer(vocabulary.size + 2 * edits, dim=dim, heads=heads, layers=layers,
                                         ff_dim=ff_dim, dropout=dropout, max_length=max_length, copy=copy,
-                                        task_context=self.uses_task_context, pointer=edits,
-                                        feed_copied=feed_copied)
+                                        task_context=self.uses_task_context, pointer=edits)
         self.label_smoothing, self.new_symbol_rate, self.beam = label_smoothing, new_symbol_rate, beam
 
     # -- encoding ------------------------------------------------------------------------------------
