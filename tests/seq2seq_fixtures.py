@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from attnmeta.nn.seq2seq import Seq2SeqTransformer, sequence_loss, shift_right
 from attnmeta.nn.seq2seq_decoding import _IncrementalDecoder
-from attnmeta.tasks.seq2seq import EOS, PAD, Seq2SeqTask
+from attnmeta.tasks.seq2seq import EOS, PAD, Seq2SeqBatch, Seq2SeqTask, Vocabulary
 
 ALPHABET = "abcdefgh"
 AFFIXES = "xyzqrstuvw"
@@ -120,3 +121,22 @@ def suffix_task(name: str, alphabet: str, n: int, seed: int) -> Seq2SeqTask:
     half = n // 2
     return Seq2SeqTask([s for s, _ in pairs[:half]], [t for _, t in pairs[:half]],
                        [s for s, _ in pairs[half:]], [t for _, t in pairs[half:]], name=name)
+
+
+def trained_on_suffixes(options: dict, steps: int = 150) -> tuple[Any, Seq2SeqTask]:
+    """A ``transfer`` learner with ``options`` (on ``TINY``) trained ``steps`` Adam steps on words of a-h
+    plus the suffix ``xy``, and a task of words of i-p (letters it never saw, all in the support set)."""
+    from attnmeta.learners.seq2seq.registry import build_seq2seq
+
+    vocab = Vocabulary(sorted(set("abcdefghxy")) + ["<N>"], spare=8)
+    torch.manual_seed(0)
+    learner = build_seq2seq("transfer", vocab, {**TINY, **options, "finetune_steps": 0})
+    optimizer = torch.optim.Adam(learner.parameters(), lr=3e-3)
+    for step in range(steps):
+        batch = Seq2SeqBatch([suffix_task("train", "abcdefgh", 32, 10 * step + k) for k in range(2)])
+        optimizer.zero_grad()
+        learner.meta_loss(batch).loss.backward()
+        optimizer.step()
+    new = suffix_task("new", "ijklmnop", 64, 12345)
+    return learner, Seq2SeqTask(new.support_source + new.query_source, new.support_target + new.query_target,
+                                new.query_source, new.query_target, name="new")

@@ -19,7 +19,7 @@ from attnmeta.nn.seq2seq import (
     shift_right,
 )
 from attnmeta.nn.seq2seq_decoding import beam_search, greedy_decode
-from attnmeta.tasks.seq2seq import EOS, PAD, Seq2SeqBatch, Seq2SeqTask, Vocabulary
+from attnmeta.tasks.seq2seq import EOS, PAD, Seq2SeqTask, Vocabulary
 from attnmeta.tasks.seq2seq_edits import COPY, DELETE, apply_actions, edit_actions, split_tags
 from seq2seq_fixtures import (
     MOVES,
@@ -28,7 +28,7 @@ from seq2seq_fixtures import (
     edit_pairs,
     partly_trained,
     pointer_model,
-    suffix_task,
+    trained_on_suffixes,
 )
 
 words = st.text(alphabet="abc", max_size=7).map(tuple)
@@ -129,20 +129,9 @@ def test_an_edits_learner_writes_words_of_an_alphabet_it_never_saw(one_thread) -
     (spare ids, untrained embeddings): the edit-action model copies them and appends the suffix (measured:
     every word after 150 steps), even a symbol it reads as unknown; the plain model writes none of them
     right. About 10 s on one thread."""
-    vocab = Vocabulary(sorted(set("abcdefghxy")) + ["<N>"], spare=8)
     scores = {}
     for edits in (False, True):
-        torch.manual_seed(0)
-        learner = build_seq2seq("transfer", vocab, {**TINY, "edits": edits, "finetune_steps": 0})
-        optimizer = torch.optim.Adam(learner.parameters(), lr=3e-3)
-        for step in range(150):
-            batch = Seq2SeqBatch([suffix_task("train", "abcdefgh", 32, 10 * step + k) for k in range(2)])
-            optimizer.zero_grad()
-            learner.meta_loss(batch).loss.backward()
-            optimizer.step()
-        new = suffix_task("new", "ijklmnop", 64, 12345)
-        new = Seq2SeqTask(new.support_source + new.query_source, new.support_target + new.query_target,
-                          new.query_source, new.query_target, name="new")  # every new letter in the support
+        learner, new = trained_on_suffixes({"edits": edits})
         predictions, unknown = learner.predict_task(new)
         assert unknown == 0
         scores[edits] = sum(p == t for p, t in zip(predictions, new.query_target)) / len(predictions)

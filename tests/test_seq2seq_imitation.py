@@ -10,8 +10,8 @@ from torch.nn import functional as F
 from attnmeta.learners.seq2seq.imitation import experts_for, imitation_loss, roll_in, roll_in_groups
 from attnmeta.learners.seq2seq.registry import build_seq2seq
 from attnmeta.nn.seq2seq import sequence_loss
-from attnmeta.tasks.seq2seq import EOS, PAD, Seq2SeqBatch, Seq2SeqTask, Vocabulary
-from seq2seq_fixtures import MOVES, TINY, edit_pairs, partly_trained, suffix_task
+from attnmeta.tasks.seq2seq import EOS, PAD, Vocabulary
+from seq2seq_fixtures import MOVES, TINY, edit_pairs, partly_trained, trained_on_suffixes
 
 
 def test_with_one_optimal_action_the_loss_is_the_cross_entropy() -> None:
@@ -88,22 +88,12 @@ def test_groups_rolled_in_together_equal_each_rolled_in_alone(one_thread) -> Non
 def test_an_imitation_learner_learns_and_the_option_is_checked(one_thread) -> None:
     """The suffix task of the edit-action tests, trained by imitation learning with exploration: the learner
     writes the new alphabet's words (measured: every word after 150 steps). About 15 s on one thread."""
-    vocab = Vocabulary(sorted(set("abcdefghxy")) + ["<N>"], spare=8)
-    torch.manual_seed(0)
-    learner = build_seq2seq("transfer", vocab, {**TINY, "edits": True, "explore": 0.3, "finetune_steps": 0})
-    optimizer = torch.optim.Adam(learner.parameters(), lr=3e-3)
-    for step in range(150):
-        batch = Seq2SeqBatch([suffix_task("train", "abcdefgh", 32, 10 * step + k) for k in range(2)])
-        optimizer.zero_grad()
-        learner.meta_loss(batch).loss.backward()
-        optimizer.step()
-    new = suffix_task("new", "ijklmnop", 64, 12345)
-    new = Seq2SeqTask(new.support_source + new.query_source, new.support_target + new.query_target,
-                      new.query_source, new.query_target, name="new")
+    learner, new = trained_on_suffixes({"edits": True, "explore": 0.3})
     predictions, _ = learner.predict_task(new)
     assert sum(p == t for p, t in zip(predictions, new.query_target)) / len(predictions) >= 0.9
     message = (r"^explore \(imitation learning of edit actions\) must be in \[0, 1\] and needs edits=true, "
                r"got explore=0.5 with edits=False$")
+    vocab = Vocabulary(list("ab"), spare=0)
     with pytest.raises(ValueError, match=message):
         build_seq2seq("transfer", vocab, {**TINY, "explore": 0.5})
     with pytest.raises(ValueError, match=r"got explore=1.5 with edits=True$"):
