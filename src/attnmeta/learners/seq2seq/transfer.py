@@ -28,9 +28,11 @@ class MultilingualTransfer(Seq2SeqLearner):
             groups += [(encoded.support_source, encoded.support_target),
                        (encoded.query_source, encoded.query_target)]
         rolled = self.rolled_in(self.model, groups)  # imitation learning (explore): one batched roll-in
-        losses = [(self.pair_loss(params, *groups[k], rolled[k]) + self.pair_loss(params, *groups[k + 1],
-                                                                                   rolled[k + 1])) / 2
-                  for k in range(0, len(groups), 2)]
+        losses = []
+        for k in range(0, len(groups), 2):  # a task's support set, then its query set
+            support = self.pair_loss(params, *groups[k], rolled[k])
+            query = self.pair_loss(params, *groups[k + 1], rolled[k + 1])
+            losses.append((support + query) / 2)
         return batch_output(losses, {})
 
 
