@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 from attnmeta.tasks.seq2seq import Sequence_
 
@@ -79,17 +80,19 @@ def edit_actions(source: Sequence_, target: Sequence_) -> Sequence_:
     return tuple(actions)
 
 
-def apply_actions(source: Sequence_, actions: Sequence[str]) -> Sequence_:
-    """The target written by ``actions`` over ``source``. A ``COPY`` or ``DELETE`` past the source's end
-    does nothing (a decoder never emits one there, but a hand-made list may)."""
-    out: list[str] = []
+def apply_actions(source: Sequence[Any], actions: Sequence[Any], *, copy: Any = COPY,
+                  delete: Any = DELETE) -> tuple[Any, ...]:
+    """The target written by ``actions`` over ``source`` (symbols, or token ids with ``copy`` and ``delete``
+    given as ids). A ``COPY`` or ``DELETE`` past the source's end does nothing (a decoder never emits one
+    there, but a hand-made list may)."""
+    out: list[Any] = []
     pointer = 0
     for action in actions:
-        if action == COPY:
+        if action == copy:
             if pointer < len(source):
                 out.append(source[pointer])
             pointer += 1
-        elif action == DELETE:
+        elif action == delete:
             pointer += 1
         else:
             out.append(action)

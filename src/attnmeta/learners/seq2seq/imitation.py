@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from attnmeta.nn.seq2seq import Seq2SeqTransformer, source_ends
 from attnmeta.nn.seq2seq_decoding import _IncrementalDecoder, _selectable
 from attnmeta.tasks.seq2seq import BOS, EOS, PAD
+from attnmeta.tasks.seq2seq_edits import apply_actions
 from attnmeta.tasks.seq2seq_expert import EditExpert
 
 __all__ = ["experts_for", "roll_in", "roll_in_groups", "imitation_loss"]
@@ -28,16 +29,8 @@ __all__ = ["experts_for", "roll_in", "roll_in_groups", "imitation_loss"]
 
 @lru_cache(maxsize=100_000)
 def _expert(source: tuple[int, ...], actions: tuple[int, ...], copy: int, delete: int) -> EditExpert:
-    target, pointer = [], 0
-    for action in actions:
-        if action == EOS or action == PAD:
-            break
-        if action == copy and pointer < len(source):  # as ``apply_actions``: nothing past the end
-            target.append(source[pointer])
-        if action in (copy, delete):
-            pointer += 1
-        else:
-            target.append(action)
+    ends = [k for k, action in enumerate(actions) if action in (EOS, PAD)]
+    target = apply_actions(source, actions[:ends[0]] if ends else actions, copy=copy, delete=delete)
     return EditExpert(source, target, copy=copy, delete=delete, end=EOS)
 
 
@@ -64,11 +57,11 @@ def roll_in(model: Seq2SeqTransformer, source: Tensor, experts: list[EditExpert]
         states = [expert.start() for expert in experts]
         token = torch.full((n,), BOS, dtype=torch.long, device=source.device)
         done = torch.zeros(n, dtype=torch.bool, device=source.device)
+        open_rows = list(range(n))
         actions, optimal = [], []
         for step in range(limit):
             logp = decoder.step(token)
             best = torch.zeros_like(logp, dtype=torch.bool)
-            open_rows = [r for r in range(n) if not done[r]]
             pairs = [(r, a) for r in open_rows for a in experts[r].optimal(states[r])]
             best[[r for r, _ in pairs], [a for _, a in pairs]] = True
             token = logp.masked_fill(~best, float("-inf")).argmax(-1)
@@ -82,12 +75,14 @@ def roll_in(model: Seq2SeqTransformer, source: Tensor, experts: list[EditExpert]
             if step == limit - 1:
                 token = torch.full_like(token, EOS)
             token = token.masked_fill(done, PAD)
+            chosen = token.tolist()
             for r in open_rows:
-                states[r] = experts[r].step(states[r], int(token[r]))
+                states[r] = experts[r].step(states[r], chosen[r])
             actions.append(token)
             optimal.append(best)
             done = done | (token == EOS)
-            if bool(done.all()):
+            open_rows = [r for r in open_rows if chosen[r] != EOS]
+            if not open_rows:
                 break
     finally:
         model.train(was_training)
