@@ -214,8 +214,9 @@ def test_an_edit_action_run_trains_evaluates_and_predicts(files, tmp_path: Path,
     assert list(json.loads((run_dir / "summary.json").read_text())["per_task"]) == ["t10", "t11"]
     assert main(["eval", str(run_dir), "--beam", "2"]) == 0
     assert main(["eval", str(run_dir), "--explore", "0.5", "--finetune-steps", "2", "--quiet"]) == 0
-    explored = json.loads((run_dir / "eval-test-2tasks-beam1-explore0.5-finetune_steps2.json").read_text())
-    assert explored["explore"] == 0.5 and len(explored["per_task"]) == 2
+    explored = json.loads((run_dir / "eval-test-2tasks-beam1-finetune_explore0.5-finetune_steps2.json")
+                          .read_text())
+    assert explored["finetune_explore"] == 0.5 and len(explored["per_task"]) == 2
     model = attnmeta.load(run_dir)
     pairs = affix_pairs(10, 8, seed=5)
     outputs = model.fit([s for s, _ in pairs[:5]], [t for _, t in pairs[:5]]).generate(["ab€", "cd"], beam=2)

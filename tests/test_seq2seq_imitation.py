@@ -10,8 +10,8 @@ from torch.nn import functional as F
 from attnmeta.learners.seq2seq.imitation import experts_for, imitation_loss, roll_in, roll_in_groups
 from attnmeta.learners.seq2seq.registry import build_seq2seq
 from attnmeta.nn.seq2seq import sequence_loss
-from attnmeta.tasks.seq2seq import EOS, PAD, Vocabulary
-from seq2seq_fixtures import MOVES, TINY, edit_pairs, partly_trained, trained_on_suffixes
+from attnmeta.tasks.seq2seq import EOS, PAD, Seq2SeqBatch, Vocabulary
+from seq2seq_fixtures import MOVES, TINY, edit_pairs, partly_trained, suffix_task, trained_on_suffixes
 
 
 def test_with_one_optimal_action_the_loss_is_the_cross_entropy() -> None:
@@ -98,3 +98,33 @@ def test_an_imitation_learner_learns_and_the_option_is_checked(one_thread) -> No
         build_seq2seq("transfer", vocab, {**TINY, "explore": 0.5})
     with pytest.raises(ValueError, match=r"got explore=1.5 with edits=True$"):
         build_seq2seq("transfer", vocab, {**TINY, "edits": True, "explore": 1.5})
+
+
+def test_finetune_explore_rolls_in_at_test_time_only(monkeypatch) -> None:
+    """``finetune_explore`` makes the test-time fine-tuning imitation learning and leaves pooled training
+    on the oracle's actions; ``explore`` does both; each is checked alike."""
+    from attnmeta.learners.seq2seq import base
+
+    rates: list[float] = []
+
+    def counted(model, groups, moves, explore, generator=None):
+        rates.append(explore)
+        return roll_in_groups(model, groups, moves, explore, generator)
+
+    monkeypatch.setattr(base, "roll_in_groups", counted)
+    vocab = Vocabulary(sorted(set("abcdefghxy")) + ["<N>"], spare=8)
+    batch = Seq2SeqBatch([suffix_task("train", "abcdefgh", 8, 0)])
+    task = suffix_task("new", "abcdefgh", 8, 1)
+    for options, expected in (({"finetune_explore": 0.3}, [0.3, 0.3]),
+                              ({"explore": 0.2}, [0.2, 0.2, 0.2]),
+                              ({"explore": 0.2, "finetune_explore": 0.0}, [0.2, 0.0, 0.0])):
+        torch.manual_seed(0)
+        learner = build_seq2seq("transfer", vocab, {**TINY, "edits": True, "finetune_steps": 2, **options})
+        rates.clear()
+        learner.meta_loss(batch)  # pooled training: one roll-in of the batch with explore, if any
+        learner.predict_task(task)  # fine-tuning: one roll-in per step
+        assert rates == expected, options
+    message = (r"^finetune_explore \(imitation learning of edit actions\) must be in \[0, 1\] and needs "
+               r"edits=true, got finetune_explore=0.3 with edits=False$")
+    with pytest.raises(ValueError, match=message):
+        build_seq2seq("transfer", vocab, {**TINY, "finetune_explore": 0.3})

@@ -111,7 +111,7 @@ def start_config(config: dict) -> dict | None:
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
-TEST_TIME = ("finetune_steps", "hallucinate", "hallucinated_share", "explore")
+TEST_TIME = ("finetune_steps", "hallucinate", "hallucinated_share", "explore", "finetune_explore")
 
 
 def with_evaluation(summary: dict, evaluation: dict) -> tuple[dict, dict]:
@@ -120,7 +120,9 @@ def with_evaluation(summary: dict, evaluation: dict) -> tuple[dict, dict]:
     ``--explore``)."""
     if evaluation.get("beam", 1) != 1:
         raise SystemExit("the tables are greedy: --eval takes an evaluation with --beam 1")
-    options = {k: evaluation[k] for k in TEST_TIME if k in evaluation}
+    # `attnmeta eval --explore` wrote "explore" before the option was named finetune_explore: one name
+    options = {("explore" if k == "finetune_explore" else k): evaluation[k]
+               for k in TEST_TIME if k in evaluation}
     summary = {**summary, "per_task": evaluation["per_task"], "test": evaluation["accuracy"],
                "levenshtein": evaluation["levenshtein"]}
     return summary, options

@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--explore", type=float,
                    help="sequence-to-sequence runs with edit actions: fine-tune by imitation learning, the "
                    "roll-in following the model's own sampled action with this probability, in [0, 1] "
-                   "(default: the run's explore; none = teacher forcing on the oracle's actions)")
+                   "(default: the run's finetune_explore, else its explore; none = teacher forcing on the "
+                   "oracle's actions)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_import_flag(e, "import a module or .py file first (a custom learner the run needs; a run folder's "
                      "own imports are never executed; repeatable)")

@@ -27,13 +27,13 @@ def eval_seq2seq(args: argparse.Namespace, trained: Any) -> int:
     adaptation = {key: value for key, value in (("finetune_steps", args.finetune_steps),
                                                 ("hallucinate", args.hallucinate),
                                                 ("hallucinated_share", args.hallucinated_share),
-                                                ("explore", args.explore))
+                                                ("finetune_explore", args.explore))
                   if value is not None}
     if not 0 <= adaptation.get("hallucinated_share", 0) <= 1:
         raise UserError(f"--hallucinated-share must be in [0, 1], got {args.hallucinated_share}")
-    if not 0 <= adaptation.get("explore", 0) <= 1:
+    if not 0 <= adaptation.get("finetune_explore", 0) <= 1:
         raise UserError(f"--explore must be in [0, 1], got {args.explore}")
-    if "explore" in adaptation and not (trained.algo_options or {}).get("edits"):
+    if "finetune_explore" in adaptation and not (trained.algo_options or {}).get("edits"):
         raise UserError("--explore is imitation learning of edit actions: this run was trained without them "
                         "(algo_options.edits)")
     for key, value in adaptation.items():

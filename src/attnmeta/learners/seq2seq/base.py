@@ -58,7 +58,9 @@ class Seq2SeqLearner(nn.Module):
         explore: (``edits`` only) train by imitation learning (``attnmeta.learners.seq2seq.imitation``): the
             model rolls in, following the expert's optimal actions or, with this probability per step, its
             own sample; the loss is that of the optimal actions. ``None``: teacher forcing on the static
-            oracle's actions. Used by fine-tuning and pooled training (``transfer``), not by MAML's loops.
+            oracle's actions. Used by pooled training (``transfer``) and fine-tuning, not by MAML's loops.
+        finetune_explore: (``edits`` only) ``explore`` for the test-time fine-tuning alone (default:
+            ``explore``): imitation learning where it pays (measured) without its cost in meta-training.
         label_smoothing: of the token cross-entropy.
         new_symbol_rate: share of a training task's single-character symbols treated as new (spare ids).
         beam: beam size of ``generate`` (1: greedy).
@@ -82,7 +84,7 @@ class Seq2SeqLearner(nn.Module):
     def __init__(self, vocabulary: Vocabulary, *, dim: int = 128, heads: int = 4, layers: int = 2,
                  ff_dim: int = 256, dropout: float = 0.1, max_length: int = 100, copy: bool = False,
                  edits: bool = False, explore: float | None = None,
-                 label_smoothing: float = 0.1,
+                 finetune_explore: float | None = None, label_smoothing: float = 0.1,
                  new_symbol_rate: float = 0.0, beam: int = 1, finetune_steps: int = 100,
                  finetune_lr: float = 5e-4, finetune_batch: int = 32, hallucinate: int = 0,
                  meta_hallucinate: int = 0, hallucinated_share: float | None = None) -> None:
@@ -105,10 +107,11 @@ class Seq2SeqLearner(nn.Module):
             raise ValueError(f"beam must be >= 1, got {beam}")
         if copy and edits:
             raise ValueError("copy and edits are two ways of copying source symbols: choose one")
-        if explore is not None and not (edits and 0.0 <= explore <= 1.0):
-            raise ValueError(f"explore (imitation learning of edit actions) must be in [0, 1] and needs "
-                             f"edits=true, got explore={explore} with edits={edits}")
-        self.explore = explore
+        for name, rate in (("explore", explore), ("finetune_explore", finetune_explore)):
+            if rate is not None and not (edits and 0.0 <= rate <= 1.0):
+                raise ValueError(f"{name} (imitation learning of edit actions) must be in [0, 1] and needs "
+                                 f"edits=true, got {name}={rate} with edits={edits}")
+        self.explore, self.finetune_explore = explore, finetune_explore
         self.vocabulary, self.edits = vocabulary, edits
         self.model = Seq2SeqTransformer(vocabulary.size + 2 * edits, dim=dim, heads=heads, layers=layers,
                                         ff_dim=ff_dim, dropout=dropout, max_length=max_length, copy=copy,
@@ -174,14 +177,15 @@ class Seq2SeqLearner(nn.Module):
         logits = torch.func.functional_call(self.model, params, (source, shift_right(target)))
         return sequence_loss(logits, target, self.label_smoothing)
 
-    def rolled_in(self, model: nn.Module, groups: list[tuple[Tensor, Tensor]],
+    def rolled_in(self, model: nn.Module, groups: list[tuple[Tensor, Tensor]], explore: float | None,
                   generator: torch.Generator | None = None) -> list[tuple[Tensor, Tensor] | None]:
-        """With ``explore``: ``model``'s roll-ins of the ``(source, target)`` groups for ``pair_loss``, in one
-        batched decode (``attnmeta.learners.seq2seq.imitation``); without it, ``None`` for each."""
-        if self.explore is None:
+        """With an ``explore`` rate: ``model``'s roll-ins of the ``(source, target)`` groups for
+        ``pair_loss``, in one batched decode (``attnmeta.learners.seq2seq.imitation``); with ``None``,
+        ``None`` for each."""
+        if explore is None:
             return [None] * len(groups)
         assert self.model.actions is not None
-        return list(roll_in_groups(cast(Seq2SeqTransformer, model), groups, self.model.actions, self.explore,
+        return list(roll_in_groups(cast(Seq2SeqTransformer, model), groups, self.model.actions, explore,
                                    generator))
 
     def packed_forward(self, source_length: int) -> Callable[[Mapping[str, Tensor], Tensor], Tensor]:
@@ -209,11 +213,12 @@ class Seq2SeqLearner(nn.Module):
         optimizer = torch.optim.Adam(model.parameters(), lr=self.finetune_lr)
         n = encoded.support_source.shape[0]
         generator = torch.Generator().manual_seed(n + int(encoded.support_target.sum()))
+        explore = self.explore if self.finetune_explore is None else self.finetune_explore
         with torch.enable_grad():
             for _ in range(self.finetune_steps):
                 rows = self.batch_rows(n, encoded.real_support, generator)
                 source, target = encoded.support_source[rows], encoded.support_target[rows]
-                rolled = self.rolled_in(model, [(source, target)], generator)[0]
+                rolled = self.rolled_in(model, [(source, target)], explore, generator)[0]
                 loss = self.pair_loss(dict(model.named_parameters()), source, target, rolled)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

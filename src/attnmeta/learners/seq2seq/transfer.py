@@ -27,7 +27,7 @@ class MultilingualTransfer(Seq2SeqLearner):
             encoded = self.encode_task(task)
             groups += [(encoded.support_source, encoded.support_target),
                        (encoded.query_source, encoded.query_target)]
-        rolled = self.rolled_in(self.model, groups)  # imitation learning (explore): one batched roll-in
+        rolled = self.rolled_in(self.model, groups, self.explore)  # one batched roll-in
         losses = []
         for k in range(0, len(groups), 2):  # a task's support set, then its query set
             support = self.pair_loss(params, *groups[k], rolled[k])
