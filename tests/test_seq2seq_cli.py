@@ -10,6 +10,7 @@ import pytest
 
 import attnmeta
 from attnmeta.cli import main
+from attnmeta.errors import UserError
 from attnmeta.seq2seq_predictor import FewShotSeq2Seq
 from detection_run_helpers import error_of
 from seq2seq_fixtures import TINY, affix_pairs, write_affix_tsv
@@ -74,7 +75,8 @@ def test_eval_refuses_classification_flags(files, capsys):
     _, run_dir = files
     assert error_of(["eval", str(run_dir), "--ways", "5"], capsys) == (
         2, "attnmeta eval: error: --ways do not apply to sequence-to-sequence runs; use --episodes (test "
-           "tasks), --beam, --finetune-steps, --hallucinate, --hallucinated-share, --explore and --root\n")
+           "tasks), --beam, --finetune-steps, --hallucinate, --hallucinated-share, --explore, --ensemble and "
+           "--root\n")
     assert error_of(["eval", str(run_dir), "--inner-steps", "3"], capsys) == (
         2, f"attnmeta eval: error: --inner-steps applies to classification and regression runs of the MAML "
            f"family; {run_dir} is a seq2seq run (use --finetune-steps)\n")
@@ -88,6 +90,8 @@ def test_eval_refuses_classification_flags(files, capsys):
     assert error_of(["eval", str(run_dir), "--explore", "0.3"], capsys) == (
         2, "attnmeta eval: error: --explore is imitation learning of edit actions: this run was trained "
            "without them (algo_options.edits)\n")
+    assert error_of(["eval", str(run_dir), "--ensemble", "0"], capsys) == (
+        2, "attnmeta eval: error: --ensemble must be >= 1 (fine-tuned copies per test task), got 0\n")
 
 
 def test_eval_with_other_test_time_adaptation_writes_its_own_file(files):
@@ -217,10 +221,16 @@ def test_an_edit_action_run_trains_evaluates_and_predicts(files, tmp_path: Path,
     explored = json.loads((run_dir / "eval-test-2tasks-beam1-finetune_explore0.5-finetune_steps2.json")
                           .read_text())
     assert explored["finetune_explore"] == 0.5 and len(explored["per_task"]) == 2
+    assert main(["eval", str(run_dir), "--ensemble", "2", "--finetune-steps", "2", "--quiet"]) == 0
+    ensembled = json.loads((run_dir / "eval-test-2tasks-beam1-ensemble2-finetune_steps2.json").read_text())
+    assert ensembled["ensemble"] == 2 and len(ensembled["per_task"]) == 2
     model = attnmeta.load(run_dir)
     pairs = affix_pairs(10, 8, seed=5)
     outputs = model.fit([s for s, _ in pairs[:5]], [t for _, t in pairs[:5]]).generate(["ab€", "cd"], beam=2)
     assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs) and model.unknown_ == 1
+    assert len(model.fit([s for s, _ in pairs[:5]], [t for _, t in pairs[:5]], ensemble=2)._params or []) == 2
+    with pytest.raises(UserError, match=r"^ensemble must be an int >= 1, got 0$"):
+        model.fit([s for s, _ in pairs[:5]], [t for _, t in pairs[:5]], ensemble=0)
     query = tmp_path / "query.txt"
     query.write_text("abc\n", encoding="utf-8")
     support = tmp_path / "support.tsv"

@@ -13,7 +13,7 @@ from attnmeta.learners.seq2seq.base import Seq2SeqLearner
 from attnmeta.learners.seq2seq.registry import build_seq2seq, check_seq2seq_options
 from attnmeta.nn.seq2seq import sequence_loss, shift_right
 from attnmeta.tasks.seq2seq import EOS, PAD, UNK, Seq2SeqBatch, Seq2SeqTask, Vocabulary
-from seq2seq_fixtures import TINY, affix_pairs
+from seq2seq_fixtures import TINY, affix_pairs, trained_on_suffixes
 
 SYMBOLS = sorted(set("abcdefghxyzqrstuvw"))
 
@@ -164,8 +164,8 @@ def test_config_names_every_sequence_learner_and_benchmark():
 
 def test_unknown_options_are_named_with_the_valid_ones():
     with pytest.raises(ValueError, match=r"^config key 'algo_options': transfer takes no option 'inner_lr'; "
-                                         r"valid: beam, copy, dim, dropout, edits, explore, ff_dim, "
-                                         r"finetune_batch, "):
+                                         r"valid: beam, copy, dim, dropout, edits, ensemble, explore, "
+                                         r"ff_dim, finetune_batch, "):
         check_seq2seq_options("transfer", {"inner_lr": 0.1})
 
 
@@ -220,3 +220,23 @@ def test_maml_learns_a_new_affix_rule_from_five_pairs_where_scratch_cannot(one_t
     assert meta_chars >= 0.85 and scratch_chars <= 0.6, (meta_chars, scratch_chars)
     meta_accuracy, scratch_accuracy = _accuracy(maml, new_tasks), _accuracy(scratch, new_tasks)
     assert meta_accuracy >= 0.4 and scratch_accuracy <= 0.3, (meta_accuracy, scratch_accuracy)
+
+
+def test_an_ensemble_fine_tunes_copies_that_differ(one_thread) -> None:
+    """``ensemble=K``: K fine-tuned copies, member 0 the copy a single model gets, decoded together."""
+    learner, new = trained_on_suffixes({"edits": True}, steps=40)
+    learner.finetune_steps, learner.ensemble = 3, 2
+    learner.eval()
+    encoded = learner.encode_task(new)
+    torch.manual_seed(0)
+    members = learner.adapt_ensemble(encoded)
+    torch.manual_seed(0)
+    alone = learner.adapt(encoded)
+    assert len(members) == 2 and all(torch.equal(members[0][k], alone[k]) for k in alone)
+    assert any(not torch.equal(members[0][k], members[1][k]) for k in alone)
+    ids = learner.generate_ids(members, encoded.query_source)
+    assert ids.shape[0] == len(new.query_source)
+    predictions, _ = learner.predict_task(new)
+    assert len(predictions) == len(new.query_source)
+    with pytest.raises(ValueError, match=r"^ensemble must be >= 1 \(fine-tuned copies per task\), got 0$"):
+        build_seq2seq("transfer", learner.vocabulary, {**TINY, "ensemble": 0})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -339,3 +341,30 @@ def test_a_copying_model_needs_the_source_to_decode() -> None:
     plain = tiny()
     target_in = shift_right(tgt)
     torch.testing.assert_close(plain.decode(*plain.encode(src), target_in), plain(src, target_in))
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_an_ensemble_decodes_with_the_members_mean_probability(copy: bool) -> None:
+    """One member decodes as the model alone; two give beam-1 = greedy, and a beam's score is the sum over
+    its tokens of log(mean of the members' teacher-forced probabilities)."""
+    first, second = partly_trained(7, copy=copy), partly_trained(8, copy=copy)
+    src, _ = random_pairs(9, 7, vocab=8)
+    assert torch.equal(greedy_decode([first], src), greedy_decode(first, src))
+    assert torch.equal(beam_search([first], src, beam=3)[0], beam_search(first, src, beam=3)[0])
+    greedy = greedy_decode([first, second], src)
+    best, score = beam_search([first, second], src, beam=1)
+    assert torch.equal(best, greedy)
+    check_format(greedy)
+    best5, score5 = beam_search([first, second], src, beam=5)
+    for out, total in ((greedy, score), (best5, score5)):
+        with torch.no_grad():
+            logp = torch.stack([torch.log_softmax(m(src, shift_right(out)), -1) for m in (first, second)])
+        mean = (torch.logsumexp(logp, 0) - math.log(2)).gather(-1, out.unsqueeze(-1)).squeeze(-1)
+        torch.testing.assert_close(total, mean.masked_fill(out == PAD, 0.0).sum(-1), rtol=0, atol=1e-9)
+    alone = [greedy_decode(m, src) for m in (first, second)]
+    assert not all(torch.equal(greedy, out) for out in alone)  # the ensemble is not one of its members
+    with pytest.raises(ValueError, match=r"^an ensemble's models must share the vocabulary, max_length and "
+                                         r"actions$"):
+        greedy_decode([first, tiny(0, vocab=9)], src)
+    with pytest.raises(ValueError, match=r"^an ensemble needs at least one model$"):
+        greedy_decode([], src)

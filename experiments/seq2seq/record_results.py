@@ -111,7 +111,7 @@ def start_config(config: dict) -> dict | None:
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
-TEST_TIME = ("finetune_steps", "hallucinate", "hallucinated_share", "explore", "finetune_explore")
+TEST_TIME = ("finetune_steps", "hallucinate", "hallucinated_share", "explore", "finetune_explore", "ensemble")
 
 
 def with_evaluation(summary: dict, evaluation: dict) -> tuple[dict, dict]:

@@ -41,7 +41,7 @@ class FewShotSeq2Seq:
         if source_format not in SOURCE_FORMATS:
             raise ValueError(f"source_format must be one of {SOURCE_FORMATS}, got {source_format!r}")
         self.learner, self.source_format, self.beam = learner.eval(), source_format, beam
-        self._params: Params | None = None
+        self._params: list[Params] | None = None
         self._mapping: dict[str, int] = {}
         self.unknown_, self.unknown_symbols_ = 0, []  # type: ignore[var-annotated]
 
@@ -67,8 +67,13 @@ class FewShotSeq2Seq:
             raise UserError(f"{where} must be a non-empty string, got {target!r}")
         return tuple(target.split()) if self.source_format == "words" else tuple(target)
 
-    def fit(self, sources: Sequence[Any], targets: Sequence[str]) -> FewShotSeq2Seq:
-        """Adapt to a task's pairs (``sources[i] -> targets[i]``, at least one)."""
+    def fit(self, sources: Sequence[Any], targets: Sequence[str],
+            ensemble: int | None = None) -> FewShotSeq2Seq:
+        """Adapt to a task's pairs (``sources[i] -> targets[i]``, at least one); ``ensemble``: copies of the
+        model fine-tuned on them, decoded together (default: the run's, 1)."""
+        if ensemble is not None and (isinstance(ensemble, bool) or not isinstance(ensemble, int)
+                                     or ensemble < 1):
+            raise UserError(f"ensemble must be an int >= 1, got {ensemble!r}")
         if isinstance(sources, (str, bytes)) or isinstance(targets, (str, bytes)):
             raise UserError("fit() takes lists of sources and targets, not one string")
         if len(sources) != len(targets) or len(sources) == 0:
@@ -82,7 +87,12 @@ class FewShotSeq2Seq:
         except ValueError as err:
             raise UserError(f"fit(): {err}") from None
         self._mapping = encoded.mapping
-        self._params = self.learner.adapt(encoded)
+        default = self.learner.ensemble
+        self.learner.ensemble = default if ensemble is None else ensemble
+        try:
+            self._params = self.learner.adapt_ensemble(encoded)
+        finally:
+            self.learner.ensemble = default
         return self
 
     def generate(self, sources: Sequence[Any], beam: int | None = None) -> list[str]:

@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "roll-in following the model's own sampled action with this probability, in [0, 1] "
                    "(default: the run's finetune_explore, else its explore; none = teacher forcing on the "
                    "oracle's actions)")
+    e.add_argument("--ensemble", type=int,
+                   help="sequence-to-sequence runs: fine-tune this many copies per test task and decode with "
+                   "their mean probabilities (default: the run's ensemble, 1)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_import_flag(e, "import a module or .py file first (a custom learner the run needs; a run folder's "
                      "own imports are never executed; repeatable)")

@@ -21,13 +21,14 @@ def eval_seq2seq(args: argparse.Namespace, trained: Any) -> int:
     if refused:
         raise UserError(f"{', '.join(refused)} do not apply to sequence-to-sequence runs; use --episodes "
                         "(test tasks), --beam, --finetune-steps, --hallucinate, --hallucinated-share, "
-                        "--explore and --root")
+                        "--explore, --ensemble and --root")
     if args.root is not None:
         trained.root = args.root
     adaptation = {key: value for key, value in (("finetune_steps", args.finetune_steps),
                                                 ("hallucinate", args.hallucinate),
                                                 ("hallucinated_share", args.hallucinated_share),
-                                                ("finetune_explore", args.explore))
+                                                ("finetune_explore", args.explore),
+                                                ("ensemble", args.ensemble))
                   if value is not None}
     if not 0 <= adaptation.get("hallucinated_share", 0) <= 1:
         raise UserError(f"--hallucinated-share must be in [0, 1], got {args.hallucinated_share}")
@@ -36,6 +37,8 @@ def eval_seq2seq(args: argparse.Namespace, trained: Any) -> int:
     if "finetune_explore" in adaptation and not (trained.algo_options or {}).get("edits"):
         raise UserError("--explore is imitation learning of edit actions: this run was trained without them "
                         "(algo_options.edits)")
+    if adaptation.get("ensemble", 1) < 1:
+        raise UserError(f"--ensemble must be >= 1 (fine-tuned copies per test task), got {args.ensemble}")
     for key, value in adaptation.items():
         if value < 0:
             raise UserError(f"--{key.replace('_', '-')} must be >= 0, got {value}")

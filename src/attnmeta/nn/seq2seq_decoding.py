@@ -8,10 +8,14 @@ log-probabilities), and a hypothesis that has not ended after ``max_length - 1``
 its ``max_length``-th token.
 A pointer model (``pointer=True``) may not ``COPY`` or ``DELETE`` once its pointer is at the source's end, nor
 end before it.
+Given a list of models of the same vocabulary (an ensemble), both decode with the log of the members' mean
+next-token probability.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import cast
 
 import torch
@@ -22,6 +26,19 @@ from attnmeta.nn.seq2seq import Seq2SeqTransformer, _DecoderLayer, source_ends
 from attnmeta.tasks.seq2seq import BOS, EOS, PAD
 
 __all__ = ["greedy_decode", "beam_search"]
+
+Models = Seq2SeqTransformer | Sequence[Seq2SeqTransformer]
+
+
+def _members(models: Models) -> list[Seq2SeqTransformer]:
+    members = [models] if isinstance(models, Seq2SeqTransformer) else list(models)
+    if not members:
+        raise ValueError("an ensemble needs at least one model")
+    first = members[0]
+    for m in members[1:]:
+        if (m.vocab_size, m.max_length, m.actions) != (first.vocab_size, first.max_length, first.actions):
+            raise ValueError("an ensemble's models must share the vocabulary, max_length and actions")
+    return members
 
 
 def _check_decoding(model: Seq2SeqTransformer, max_length: int | None) -> int:
@@ -100,6 +117,38 @@ class _IncrementalDecoder:
         self.source, self.pointer, self.end = self.source[rows], self.pointer[rows], self.end[rows]
 
 
+class _EnsembleDecoder:
+    """Several models' incremental decoders fed the same tokens; ``step`` returns ``log(mean_k p_k)`` of the
+    members' next-token probabilities ``[N, V]``. A pointer's state follows from the tokens alone, so every
+    member's is the same and the first one's ``disallowed`` holds for all."""
+
+    def __init__(self, decoders: list[_IncrementalDecoder]) -> None:
+        self.decoders = decoders
+
+    def step(self, token: Tensor) -> Tensor:
+        logp = torch.stack([decoder.step(token) for decoder in self.decoders])
+        return torch.logsumexp(logp, dim=0) - math.log(len(self.decoders))
+
+    def disallowed(self) -> Tensor | None:
+        return self.decoders[0].disallowed()
+
+    def reorder(self, rows: Tensor) -> None:
+        for decoder in self.decoders:
+            decoder.reorder(rows)
+
+
+def _start(members: list[Seq2SeqTransformer], source: Tensor,
+           repeat: int = 1) -> _IncrementalDecoder | _EnsembleDecoder:
+    """The decoder of ``members`` for ``source [B, S]``, each row repeated ``repeat`` times (beams)."""
+    decoders = []
+    for model in members:
+        memory, mask = model.encode(source)
+        if repeat > 1:
+            memory, mask = memory.repeat_interleave(repeat, 0), mask.repeat_interleave(repeat, 0)
+        decoders.append(_IncrementalDecoder(model, memory, mask, source.repeat_interleave(repeat, 0)))
+    return decoders[0] if len(decoders) == 1 else _EnsembleDecoder(decoders)
+
+
 def _selectable(logp: Tensor, last: bool, disallowed: Tensor | None = None) -> Tensor:
     """Scores to choose from: ``PAD``/``BOS`` and ``disallowed`` excluded; only ``EOS`` allowed at the last
     step."""
@@ -113,13 +162,13 @@ def _selectable(logp: Tensor, last: bool, disallowed: Tensor | None = None) -> T
 
 
 @torch.no_grad()
-def greedy_decode(model: Seq2SeqTransformer, source: Tensor, max_length: int | None = None) -> Tensor:
+def greedy_decode(model: Models, source: Tensor, max_length: int | None = None) -> Tensor:
     """Greedy decoding: ``source [B, S]`` -> ids int64 ``[B, L]``, ``L <= max_length`` (default
     ``model.max_length``); each row ends with ``EOS`` (included), then ``PAD``. Stops when all rows ended.
-    Runs in the model's current mode (call ``model.eval()``)."""
-    length = _check_decoding(model, max_length)
-    memory, mask = model.encode(source)
-    decoder = _IncrementalDecoder(model, memory, mask, source)
+    Runs in the model's current mode (call ``model.eval()``). ``model``: one model or an ensemble's list."""
+    members = _members(model)
+    length = _check_decoding(members[0], max_length)
+    decoder = _start(members, source)
     inputs = torch.full((source.shape[0], 1), BOS, dtype=torch.long, device=source.device)
     finished = torch.zeros(source.shape[0], dtype=torch.bool, device=source.device)
     for step in range(length):
@@ -135,7 +184,7 @@ def greedy_decode(model: Seq2SeqTransformer, source: Tensor, max_length: int | N
 
 
 @torch.no_grad()
-def beam_search(model: Seq2SeqTransformer, source: Tensor, beam: int = 5,
+def beam_search(model: Models, source: Tensor, beam: int = 5,
                 max_length: int | None = None) -> tuple[Tensor, Tensor]:
     """Beam search, batched over ``B * beam`` hypotheses: ``source [B, S]`` -> (best hypothesis per row
     ``[B, L]`` in ``greedy_decode``'s format, its total log-probability ``[B]``, ``EOS`` included).
@@ -144,16 +193,17 @@ def beam_search(model: Seq2SeqTransformer, source: Tensor, beam: int = 5,
     favoured). Finished hypotheses stay in the beam and compete with the open ones; the search stops when
     every row's best finished score is at least its best open score (open scores can only fall).
     ``beam=1`` gives exactly ``greedy_decode``'s output. Runs in the model's current mode (call ``eval()``).
+    ``model``: one model or an ensemble's list.
     """
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
-    length = _check_decoding(model, max_length)
+    members = _members(model)
+    length = _check_decoding(members[0], max_length)
     b, device = source.shape[0], source.device
-    memory, mask = model.encode(source)
-    decoder = _IncrementalDecoder(model, memory.repeat_interleave(beam, 0), mask.repeat_interleave(beam, 0),
-                                  source.repeat_interleave(beam, 0))
+    decoder = _start(members, source, repeat=beam)
     inputs = torch.full((b * beam, 1), BOS, dtype=torch.long, device=device)
-    scores = torch.full((b, beam), float("-inf"), dtype=memory.dtype, device=device)
+    dtype = members[0].positions.weight.dtype
+    scores = torch.full((b, beam), float("-inf"), dtype=dtype, device=device)
     scores[:, 0] = 0.0  # one live empty hypothesis per row; the copies start dead
     finished = torch.zeros(b, beam, dtype=torch.bool, device=device)
     for step in range(length):

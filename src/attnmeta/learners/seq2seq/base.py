@@ -64,6 +64,8 @@ class Seq2SeqLearner(nn.Module):
         label_smoothing: of the token cross-entropy.
         new_symbol_rate: share of a training task's single-character symbols treated as new (spare ids).
         beam: beam size of ``generate`` (1: greedy).
+        ensemble: copies of the model fine-tuned on each new task (``adapt(encoded, member)``: their own
+            batch order, roll-in samples and dropout); decoding averages their next-symbol probabilities.
         finetune_steps / finetune_lr / finetune_batch: the test-time adaptation: Adam steps, their learning
             rate and pairs per step (all support pairs when the support set is smaller).
         hallucinate: hallucinated pairs added to a new task's support set before it is adapted to (stems
@@ -85,7 +87,7 @@ class Seq2SeqLearner(nn.Module):
                  ff_dim: int = 256, dropout: float = 0.1, max_length: int = 100, copy: bool = False,
                  edits: bool = False, explore: float | None = None,
                  finetune_explore: float | None = None, label_smoothing: float = 0.1,
-                 new_symbol_rate: float = 0.0, beam: int = 1, finetune_steps: int = 100,
+                 new_symbol_rate: float = 0.0, beam: int = 1, ensemble: int = 1, finetune_steps: int = 100,
                  finetune_lr: float = 5e-4, finetune_batch: int = 32, hallucinate: int = 0,
                  meta_hallucinate: int = 0, hallucinated_share: float | None = None) -> None:
         super().__init__()
@@ -105,6 +107,9 @@ class Seq2SeqLearner(nn.Module):
             raise ValueError(f"new_symbol_rate must be in [0, 1], got {new_symbol_rate}")
         if beam < 1:
             raise ValueError(f"beam must be >= 1, got {beam}")
+        if ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1 (fine-tuned copies per task), got {ensemble}")
+        self.ensemble = ensemble
         if copy and edits:
             raise ValueError("copy and edits are two ways of copying source symbols: choose one")
         for name, rate in (("explore", explore), ("finetune_explore", finetune_explore)):
@@ -205,14 +210,14 @@ class Seq2SeqLearner(nn.Module):
         """Differentiable outer loss of a meta-batch of tasks."""
         raise NotImplementedError(f"{self.name} has nothing to meta-train")
 
-    def adapt(self, encoded: EncodedTask) -> Params:
+    def adapt(self, encoded: EncodedTask, member: int = 0) -> Params:
         """Parameters adapted to the task's support pairs (detached; never changes the learner):
-        ``finetune_steps`` Adam steps on random batches of the support pairs (seeded by the task, so an
-        evaluation is repeatable), in training mode (dropout on)."""
+        ``finetune_steps`` Adam steps on random batches of the support pairs (seeded by the task and the
+        ensemble ``member``, so an evaluation is repeatable), in training mode (dropout on)."""
         model = self.task_model(encoded).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=self.finetune_lr)
         n = encoded.support_source.shape[0]
-        generator = torch.Generator().manual_seed(n + int(encoded.support_target.sum()))
+        generator = torch.Generator().manual_seed(n + int(encoded.support_target.sum()) + 7919 * member)
         explore = self.explore if self.finetune_explore is None else self.finetune_explore
         with torch.enable_grad():
             for _ in range(self.finetune_steps):
@@ -239,16 +244,24 @@ class Seq2SeqLearner(nn.Module):
         return torch.cat([real_rows, real + torch.randperm(n - real, generator=generator)[:fake]])
 
     @torch.no_grad()
-    def generate_ids(self, params: Params, source: Tensor, beam: int | None = None,
+    def adapt_ensemble(self, encoded: EncodedTask) -> list[Params]:
+        """``adapt`` once per ``ensemble`` member."""
+        return [self.adapt(encoded, member) for member in range(self.ensemble)]
+
+    def generate_ids(self, params: Params | Sequence[Params], source: Tensor, beam: int | None = None,
                      batch_size: int = 256) -> Tensor:
-        """Generated ids ``[n, L]`` (``EOS``-terminated) for ``source`` ``[n, S]`` under ``params``."""
-        model = copy.deepcopy(self.model).eval()
-        model.load_state_dict({k: v.detach() for k, v in params.items()}, strict=False)
+        """Generated ids ``[n, L]`` (``EOS``-terminated) for ``source`` ``[n, S]`` under ``params`` (or an
+        ensemble's list of them)."""
+        models = []
+        for member in [params] if isinstance(params, Mapping) else params:
+            model = copy.deepcopy(self.model).eval()
+            model.load_state_dict({k: v.detach() for k, v in member.items()}, strict=False)
+            models.append(model)
         beam = self.beam if beam is None else beam
         rows = []
         for start in range(0, source.shape[0], batch_size):
             chunk = source[start:start + batch_size]
-            ids = greedy_decode(model, chunk) if beam == 1 else beam_search(model, chunk, beam)[0]
+            ids = greedy_decode(models, chunk) if beam == 1 else beam_search(models, chunk, beam)[0]
             rows.extend(list(ids))
         width = max((r.numel() for r in rows), default=1)
         out = torch.zeros(len(rows), width, dtype=torch.long)
@@ -263,8 +276,7 @@ class Seq2SeqLearner(nn.Module):
         self.eval()
         try:
             encoded = self.encode_task(task)
-            params = self.adapt(encoded)
-            ids = self.generate_ids(params, encoded.query_source, beam)
+            ids = self.generate_ids(self.adapt_ensemble(encoded), encoded.query_source, beam)
         finally:
             self.train(was_training)
         outputs = [self.decode_output(row, source, encoded.mapping)

@@ -127,9 +127,9 @@ class Seq2SeqMAML(Seq2SeqLearner):
     def outer_loss(self, params: Params, adapted: Params, encoded: EncodedTask) -> Tensor:
         return self.pair_loss(adapted, encoded.query_source, encoded.query_target)
 
-    def adapt(self, encoded: EncodedTask) -> Params:
+    def adapt(self, encoded: EncodedTask, member: int = 0) -> Params:
         if self.eval_inner_steps is None:
-            return super().adapt(encoded)
+            return super().adapt(encoded, member)
         params = {n: p.detach().requires_grad_() for n, p in self.params().items()}
         with torch.enable_grad():
             adapted = self.inner(params, encoded, self.eval_inner_steps, first_order=True)
