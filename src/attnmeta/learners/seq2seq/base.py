@@ -243,11 +243,11 @@ class Seq2SeqLearner(nn.Module):
         real_rows = torch.randperm(real, generator=generator)[:self.finetune_batch - fake]
         return torch.cat([real_rows, real + torch.randperm(n - real, generator=generator)[:fake]])
 
-    @torch.no_grad()
     def adapt_ensemble(self, encoded: EncodedTask) -> list[Params]:
         """``adapt`` once per ``ensemble`` member."""
         return [self.adapt(encoded, member) for member in range(self.ensemble)]
 
+    @torch.no_grad()
     def generate_ids(self, params: Params | Sequence[Params], source: Tensor, beam: int | None = None,
                      batch_size: int = 256) -> Tensor:
         """Generated ids ``[n, L]`` (``EOS``-terminated) for ``source`` ``[n, S]`` under ``params`` (or an
