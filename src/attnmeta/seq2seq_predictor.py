@@ -87,12 +87,7 @@ class FewShotSeq2Seq:
         except ValueError as err:
             raise UserError(f"fit(): {err}") from None
         self._mapping = encoded.mapping
-        default = self.learner.ensemble
-        self.learner.ensemble = default if ensemble is None else ensemble
-        try:
-            self._params = self.learner.adapt_ensemble(encoded)
-        finally:
-            self.learner.ensemble = default
+        self._params = self.learner.adapt_ensemble(encoded, ensemble)
         return self
 
     def generate(self, sources: Sequence[Any], beam: int | None = None) -> list[str]:

@@ -243,9 +243,9 @@ class Seq2SeqLearner(nn.Module):
         real_rows = torch.randperm(real, generator=generator)[:self.finetune_batch - fake]
         return torch.cat([real_rows, real + torch.randperm(n - real, generator=generator)[:fake]])
 
-    def adapt_ensemble(self, encoded: EncodedTask) -> list[Params]:
-        """``adapt`` once per ``ensemble`` member."""
-        return [self.adapt(encoded, member) for member in range(self.ensemble)]
+    def adapt_ensemble(self, encoded: EncodedTask, size: int | None = None) -> list[Params]:
+        """``adapt`` once per member of an ensemble of ``size`` (default: ``ensemble``)."""
+        return [self.adapt(encoded, member) for member in range(self.ensemble if size is None else size)]
 
     @torch.no_grad()
     def generate_ids(self, params: Params | Sequence[Params], source: Tensor, beam: int | None = None,
