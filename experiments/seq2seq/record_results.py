@@ -66,6 +66,7 @@ def train_command(config: dict) -> str:
     else:
         sets = "".join(f" --set algo_options.{k}={v}" for k, v in recipe_changes(config).items())
     sets += "".join(f" --set {k}={v}" for k, v in setting_changes(config).items())
+    sets += f" --seed {config['seed']}" if config.get("seed", 0) else ""
     command = f"attnmeta train --recipe {config['recipe']} --root DATA/text/sigmorphon2018{sets}"
     start = start_config(config)
     if start is not None:
@@ -97,6 +98,8 @@ def names(config: dict) -> tuple[str, str]:
         start_name = names(start)[0]
         name += "-both-stages" if same else f"-from-{start_name}"
         label += " (both stages)" if same else f", from {start_name}"
+    if config.get("seed", 0):  # a repeat with another seed: its own row
+        name, label = name + f"-seed-{config['seed']}", label + f", seed {config['seed']}"
     return name, label
 
 
