@@ -154,7 +154,7 @@ def evaluate_seq2seq_run(run_dir: str | Path, config: Any, *, checkpoint: str = 
     """The run's best (or newest) checkpoint on the first ``episodes`` test tasks with beam size ``beam``
     (default: the learner's), on the run's torch threads; writes ``eval-test-<n>tasks-beam<b>.json``.
     ``adaptation``: test-time options that replace the run's (``finetune_steps``, ``hallucinate``,
-    ``hallucinated_share``, ``finetune_explore``); the file name then ends with them
+    ``hallucinated_share``, ``finetune_explore``, ``ensemble``); the file name then ends with them
     (``-finetune_steps300-hallucinate1000``)."""
     from attnmeta.train.checkpoint import load_checkpoint, load_weights, run_checkpoint, write_json_atomic
     from attnmeta.train.run_folder import check_writable
