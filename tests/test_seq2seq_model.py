@@ -362,7 +362,7 @@ def test_an_ensemble_decodes_with_the_members_mean_probability(copy: bool) -> No
         mean = (torch.logsumexp(logp, 0) - math.log(2)).gather(-1, out.unsqueeze(-1)).squeeze(-1)
         torch.testing.assert_close(total, mean.masked_fill(out == PAD, 0.0).sum(-1), rtol=0, atol=1e-9)
     alone = [greedy_decode(m, src) for m in (first, second)]
-    assert not all(torch.equal(greedy, out) for out in alone)  # the ensemble is not one of its members
+    assert not all(torch.equal(greedy, out) for out in alone)  # the members do not all decode alike
     with pytest.raises(ValueError, match=r"^an ensemble's models must share the vocabulary, max_length and "
                                          r"actions$"):
         greedy_decode([first, tiny(0, vocab=9)], src)
