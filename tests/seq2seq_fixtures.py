@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from attnmeta.nn.seq2seq import Seq2SeqTransformer, sequence_loss, shift_right
-from attnmeta.nn.seq2seq_decoding import _IncrementalDecoder
+from attnmeta.nn.seq2seq_decoding import Model, incremental_decoder
 from attnmeta.tasks.seq2seq import EOS, PAD, Seq2SeqBatch, Seq2SeqTask, Vocabulary
 
 ALPHABET = "abcdefgh"
@@ -44,7 +44,7 @@ def write_affix_tsv(path: Path, tasks: int = 12, pairs: int = 40) -> Path:
     return path
 
 
-def check_incremental_decoding(model: Seq2SeqTransformer, src: torch.Tensor, target_in: torch.Tensor,
+def check_incremental_decoding(model: Model, src: torch.Tensor, target_in: torch.Tensor,
                                prefix: int = 3) -> torch.Tensor:
     """Assert that the decoders' cached one-token-at-a-time path gives teacher forcing's next-token
     log-probabilities, also after ``reorder`` (beam search: the 6 hypotheses of one source take over each
@@ -52,13 +52,13 @@ def check_incremental_decoding(model: Seq2SeqTransformer, src: torch.Tensor, tar
     memory, mask = model.encode(src)
     full = model.decode(memory, mask, target_in, src)
     with torch.no_grad():
-        incremental = _IncrementalDecoder(model, memory, mask, src)
+        incremental = incremental_decoder(model, memory, mask, src)
         for t in range(target_in.shape[1]):
             torch.testing.assert_close(incremental.step(target_in[:, t]), torch.log_softmax(full[:, t], -1),
                                        rtol=0, atol=1e-10)
         rows = torch.tensor([3, 0, 0, 5, 1, 2])
         one = (memory[:1].expand(6, -1, -1), mask[:1].expand(6, -1, -1), src[:1].expand(6, -1))
-        incremental = _IncrementalDecoder(model, *one)
+        incremental = incremental_decoder(model, *one)
         for t in range(prefix):
             incremental.step(target_in[:6, t])
         incremental.reorder(rows)

@@ -238,3 +238,28 @@ def test_an_edit_action_run_trains_evaluates_and_predicts(files, tmp_path: Path,
     capsys.readouterr()
     assert main(["predict", str(run_dir), "--support", str(support), "--query", str(query)]) == 0
     assert capsys.readouterr().out.split("\t")[0] == "abc"
+
+
+def test_an_lstm_run_trains_evaluates_predicts_and_starts_others(files, tmp_path: Path, capsys):
+    """``algo_options.architecture=lstm``: the LSTM transducer through every command; a Transformer run
+    cannot start from its weights (one line)."""
+    tsv, pretrained = files
+    lstm = ["--set", "algo_options.edits=true", "--set", "algo_options.architecture=lstm"]
+    run_dir = tmp_path / "lstm"
+    assert main(_train_args(tsv, run_dir, *lstm, "--set", "algo_options.explore=0.3", algo="transfer")) == 0
+    assert list(json.loads((run_dir / "summary.json").read_text())["per_task"]) == ["t10", "t11"]
+    assert main(["eval", str(run_dir), "--beam", "2", "--ensemble", "2", "--finetune-steps", "2",
+                 "--quiet"]) == 0
+    context = tmp_path / "context"
+    assert main(_train_args(tsv, context, *lstm, "--set", f"init_from={run_dir}", "--set",
+                            "algo_options.task_dim=16", algo="context")) == 0
+    model = attnmeta.load(context)
+    pairs = affix_pairs(10, 8, seed=5)
+    outputs = model.fit([s for s, _ in pairs[:5]], [t for _, t in pairs[:5]]).generate(["ab€", "cd"], beam=2)
+    assert "ab€" in outputs[0] and model.unknown_ == 1  # a character never seen, copied all the same
+    assert error_of(_train_args(tsv, tmp_path / "refused", "--set", f"init_from={run_dir}"), capsys) == (
+        2, f"attnmeta train: error: init_from {str(run_dir)!r} has another model (architecture or size); use "
+           "the same architecture, edits, dim, heads, layers, ff_dim and max_length\n")
+    refused = _train_args(tsv, tmp_path / "refused", "--set", "algo_options.architecture=lstm")
+    assert error_of(refused, capsys) == (
+        2, "attnmeta train: error: architecture=lstm is a transducer of edit actions: it needs edits=true\n")

@@ -164,7 +164,8 @@ def test_config_names_every_sequence_learner_and_benchmark():
 
 def test_unknown_options_are_named_with_the_valid_ones():
     with pytest.raises(ValueError, match=r"^config key 'algo_options': transfer takes no option 'inner_lr'; "
-                                         r"valid: beam, copy, dim, dropout, edits, ensemble, explore, "
+                                         r"valid: architecture, beam, copy, dim, dropout, edits, ensemble, "
+                                         r"explore, "
                                          r"ff_dim, finetune_batch, "):
         check_seq2seq_options("transfer", {"inner_lr": 0.1})
 

@@ -38,7 +38,7 @@ from attnmeta.nn.attention import MultiHeadAttention
 from attnmeta.tasks.seq2seq import BOS, EOS, PAD
 
 __all__ = ["Seq2SeqTransformer", "shift_right", "sequence_loss", "sequence_log_prob", "copy_log_probs",
-           "pointer_positions", "source_ends"]
+           "pointer_positions", "pointer_disallowed", "source_ends"]
 
 
 def _attend(attention: MultiHeadAttention, query: Tensor, key: Tensor, mask: Tensor | None) -> Tensor:
@@ -226,6 +226,16 @@ def pointer_positions(target_in: Tensor, source: Tensor, actions: tuple[int, int
     ``COPY``/``DELETE`` (``actions``) among the inputs so far, at most the source's ``EOS`` position."""
     moves = (target_in == actions[0]) | (target_in == actions[1])
     return torch.minimum(moves.long().cumsum(1), source_ends(source).unsqueeze(1))
+
+
+def pointer_disallowed(pointer: Tensor, end: Tensor, vocab_size: int, actions: tuple[int, int]) -> Tensor:
+    """``[N, V]`` True where a pointer model may not act next: ``COPY``/``DELETE`` with the pointer at the
+    source's end (``pointer >= end``, both ``[N]``), ``EOS`` before it."""
+    at_end = pointer >= end
+    mask = torch.zeros(at_end.shape[0], vocab_size, dtype=torch.bool, device=at_end.device)
+    mask[:, list(actions)] = at_end.unsqueeze(1)
+    mask[:, EOS] = ~at_end
+    return mask
 
 
 def shift_right(target: Tensor) -> Tensor:

@@ -16,22 +16,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import cast
+from typing import Union, cast
 
 import torch
 from torch import Tensor
 
 from attnmeta.nn.attention import MultiHeadAttention, scaled_dot_product_attention
-from attnmeta.nn.seq2seq import Seq2SeqTransformer, _DecoderLayer, source_ends
+from attnmeta.nn.seq2seq import Seq2SeqTransformer, _DecoderLayer, pointer_disallowed, source_ends
+from attnmeta.nn.seq2seq_lstm import LSTMIncrementalDecoder, Seq2SeqLSTM
 from attnmeta.tasks.seq2seq import BOS, EOS, PAD
 
-__all__ = ["greedy_decode", "beam_search"]
+__all__ = ["greedy_decode", "beam_search", "incremental_decoder"]
 
-Models = Seq2SeqTransformer | Sequence[Seq2SeqTransformer]
+Model = Seq2SeqTransformer | Seq2SeqLSTM
+Models = Model | Sequence[Model]
+Decoder = Union["_IncrementalDecoder", LSTMIncrementalDecoder]
 
 
-def _members(models: Models) -> list[Seq2SeqTransformer]:
-    members = [models] if isinstance(models, Seq2SeqTransformer) else list(models)
+def _members(models: Models) -> list[Model]:
+    members = [models] if isinstance(models, Seq2SeqTransformer | Seq2SeqLSTM) else list(models)
     if not members:
         raise ValueError("an ensemble needs at least one model")
     first = members[0]
@@ -41,10 +44,10 @@ def _members(models: Models) -> list[Seq2SeqTransformer]:
     return members
 
 
-def _check_decoding(model: Seq2SeqTransformer, max_length: int | None) -> int:
+def _check_decoding(model: Model, max_length: int | None) -> int:
     length = model.max_length if max_length is None else max_length
     if not 1 <= length <= model.max_length:
-        raise ValueError(f"max_length must be in [1, {model.max_length}] (the model's positions), "
+        raise ValueError(f"max_length must be in [1, {model.max_length}] (the model's limit), "
                          f"got {length}")
     return length
 
@@ -106,11 +109,7 @@ class _IncrementalDecoder:
         ``EOS`` before it; ``None`` for other models."""
         if self.model.actions is None:
             return None
-        at_end = self.pointer >= self.end
-        mask = torch.zeros(at_end.shape[0], self.model.vocab_size, dtype=torch.bool, device=at_end.device)
-        mask[:, list(self.model.actions)] = at_end.unsqueeze(1)
-        mask[:, EOS] = ~at_end
-        return mask
+        return pointer_disallowed(self.pointer, self.end, self.model.vocab_size, self.model.actions)
 
     def reorder(self, rows: Tensor) -> None:
         self.cached = [None if c is None else (c[0][rows], c[1][rows]) for c in self.cached]
@@ -122,7 +121,7 @@ class _EnsembleDecoder:
     members' next-token probabilities ``[N, V]``. A pointer's state follows from the tokens alone, so every
     member's is the same and the first one's ``disallowed`` holds for all."""
 
-    def __init__(self, decoders: list[_IncrementalDecoder]) -> None:
+    def __init__(self, decoders: list[Decoder]) -> None:
         self.decoders = decoders
 
     def step(self, token: Tensor) -> Tensor:
@@ -137,15 +136,21 @@ class _EnsembleDecoder:
             decoder.reorder(rows)
 
 
-def _start(members: list[Seq2SeqTransformer], source: Tensor,
-           repeat: int = 1) -> _IncrementalDecoder | _EnsembleDecoder:
+def incremental_decoder(model: Model, memory: Tensor, source_mask: Tensor, source: Tensor) -> Decoder:
+    """The one-token-at-a-time decoder of ``model`` (either architecture) for ``model.encode(source)``."""
+    if isinstance(model, Seq2SeqLSTM):
+        return LSTMIncrementalDecoder(model, memory, source)
+    return _IncrementalDecoder(model, memory, source_mask, source)
+
+
+def _start(members: list[Model], source: Tensor, repeat: int = 1) -> Decoder | _EnsembleDecoder:
     """The decoder of ``members`` for ``source [B, S]``, each row repeated ``repeat`` times (beams)."""
     decoders = []
     for model in members:
         memory, mask = model.encode(source)
         if repeat > 1:
             memory, mask = memory.repeat_interleave(repeat, 0), mask.repeat_interleave(repeat, 0)
-        decoders.append(_IncrementalDecoder(model, memory, mask, source.repeat_interleave(repeat, 0)))
+        decoders.append(incremental_decoder(model, memory, mask, source.repeat_interleave(repeat, 0)))
     return decoders[0] if len(decoders) == 1 else _EnsembleDecoder(decoders)
 
 
@@ -202,7 +207,7 @@ def beam_search(model: Models, source: Tensor, beam: int = 5,
     b, device = source.shape[0], source.device
     decoder = _start(members, source, repeat=beam)
     inputs = torch.full((b * beam, 1), BOS, dtype=torch.long, device=device)
-    dtype = members[0].positions.weight.dtype
+    dtype = members[0].embedding.weight.dtype
     scores = torch.full((b, beam), float("-inf"), dtype=dtype, device=device)
     scores[:, 0] = 0.0  # one live empty hypothesis per row; the copies start dead
     finished = torch.zeros(b, beam, dtype=torch.bool, device=device)

@@ -112,8 +112,8 @@ def load_initial_weights(learner: Seq2SeqLearner, run_dir: str) -> dict[str, Any
     new = {"task_context"} if learner.uses_task_context else set()  # starts at zero: the model unchanged
     if set(model) - set(own) or set(own) - set(model) - new or any(
             model[k].shape != own[k].shape for k in model):
-        raise UserError(f"init_from {run_dir!r} has another model size; use the same dim, heads, layers, "
-                        "ff_dim and max_length")
+        raise UserError(f"init_from {run_dir!r} has another model (architecture or size); use the same "
+                        "architecture, edits, dim, heads, layers, ff_dim and max_length")
     learner.model.load_state_dict(model, strict=False)
     return {"run": str(run_dir), "step": state["step"], "train_cpu_seconds": state.get("train_cpu_seconds")}
 

@@ -26,6 +26,7 @@ from attnmeta.learners.base import MetaOutput
 from attnmeta.learners.seq2seq.imitation import imitation_loss, roll_in_groups
 from attnmeta.nn.seq2seq import Seq2SeqTransformer, sequence_loss, shift_right
 from attnmeta.nn.seq2seq_decoding import beam_search, greedy_decode
+from attnmeta.nn.seq2seq_lstm import Seq2SeqLSTM
 from attnmeta.tasks.seq2seq import EOS, SPECIALS, Encoded, Seq2SeqBatch, Seq2SeqTask, Sequence_, Vocabulary
 from attnmeta.tasks.seq2seq_augment import hallucinate_task
 from attnmeta.tasks.seq2seq_edits import COPY, DELETE, apply_actions, edit_actions, split_tags
@@ -52,6 +53,10 @@ class Seq2SeqLearner(nn.Module):
     Args:
         vocabulary: the symbols the model knows (plus spare ids).
         dim / heads / layers / ff_dim / dropout / max_length: the ``Seq2SeqTransformer``'s size.
+        architecture: ``"transformer"`` (``Seq2SeqTransformer``) or ``"lstm"`` (``attnmeta.nn.seq2seq_lstm.
+            Seq2SeqLSTM``, the hard-attention LSTM transducer of the 2018 shared task's strongest systems;
+            needs ``edits``): its embeddings and encoder states are ``dim`` wide, its decoder state
+            ``ff_dim``; ``heads`` and ``layers`` are the Transformer's only.
         copy: the model's pointer-generator output (copying source characters, new scripts' included).
         edits: the model writes edit actions with hard monotonic attention (``COPY``, ``DELETE``, insert a
             symbol) instead of the target's symbols; the oracle's actions are its training targets.
@@ -89,7 +94,8 @@ class Seq2SeqLearner(nn.Module):
                  finetune_explore: float | None = None, label_smoothing: float = 0.1,
                  new_symbol_rate: float = 0.0, beam: int = 1, ensemble: int = 1, finetune_steps: int = 100,
                  finetune_lr: float = 5e-4, finetune_batch: int = 32, hallucinate: int = 0,
-                 meta_hallucinate: int = 0, hallucinated_share: float | None = None) -> None:
+                 meta_hallucinate: int = 0, hallucinated_share: float | None = None,
+                 architecture: str = "transformer") -> None:
         super().__init__()
         if finetune_steps < 0 or finetune_batch < 1 or finetune_lr <= 0:
             raise ValueError("finetune_steps must be >= 0, finetune_batch >= 1 and finetune_lr > 0")
@@ -118,9 +124,18 @@ class Seq2SeqLearner(nn.Module):
                                  f"edits=true, got {name}={rate} with edits={edits}")
         self.explore, self.finetune_explore = explore, finetune_explore
         self.vocabulary, self.edits = vocabulary, edits
-        self.model = Seq2SeqTransformer(vocabulary.size + 2 * edits, dim=dim, heads=heads, layers=layers,
-                                        ff_dim=ff_dim, dropout=dropout, max_length=max_length, copy=copy,
-                                        task_context=self.uses_task_context, pointer=edits)
+        self.model: Seq2SeqTransformer | Seq2SeqLSTM
+        if architecture == "lstm":
+            if not edits:
+                raise ValueError("architecture=lstm is a transducer of edit actions: it needs edits=true")
+            self.model = Seq2SeqLSTM(vocabulary.size + 2, dim=dim, hidden=ff_dim, dropout=dropout,
+                                     max_length=max_length, task_context=self.uses_task_context)
+        elif architecture == "transformer":
+            self.model = Seq2SeqTransformer(vocabulary.size + 2 * edits, dim=dim, heads=heads, layers=layers,
+                                            ff_dim=ff_dim, dropout=dropout, max_length=max_length, copy=copy,
+                                            task_context=self.uses_task_context, pointer=edits)
+        else:
+            raise ValueError(f"architecture must be 'transformer' or 'lstm', got {architecture!r}")
         self.label_smoothing, self.new_symbol_rate, self.beam = label_smoothing, new_symbol_rate, beam
 
     # -- encoding ------------------------------------------------------------------------------------
@@ -190,8 +205,8 @@ class Seq2SeqLearner(nn.Module):
         if explore is None:
             return [None] * len(groups)
         assert self.model.actions is not None
-        return list(roll_in_groups(cast(Seq2SeqTransformer, model), groups, self.model.actions, explore,
-                                   generator))
+        model = cast(Seq2SeqTransformer | Seq2SeqLSTM, model)
+        return list(roll_in_groups(model, groups, self.model.actions, explore, generator))
 
     def packed_forward(self, source_length: int) -> Callable[[Mapping[str, Tensor], Tensor], Tensor]:
         """``forward(params, x)`` for ``adapt``: ``x`` is ``[n, S + T]``, the source then the target ids."""

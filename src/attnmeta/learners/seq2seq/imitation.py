@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from attnmeta.nn.seq2seq import Seq2SeqTransformer, source_ends
-from attnmeta.nn.seq2seq_decoding import _IncrementalDecoder, _selectable
+from attnmeta.nn.seq2seq import source_ends
+from attnmeta.nn.seq2seq_decoding import Model, _selectable, incremental_decoder
 from attnmeta.tasks.seq2seq import BOS, EOS, PAD
 from attnmeta.tasks.seq2seq_edits import apply_actions
 from attnmeta.tasks.seq2seq_expert import EditExpert
@@ -43,7 +43,7 @@ def experts_for(source: Tensor, target: Tensor, moves: tuple[int, int]) -> list[
 
 
 @torch.no_grad()
-def roll_in(model: Seq2SeqTransformer, source: Tensor, experts: list[EditExpert], explore: float,
+def roll_in(model: Model, source: Tensor, experts: list[EditExpert], explore: float,
             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Decode ``source [n, S]`` (dropout off) following the experts, or with probability ``explore`` per
     step a sample of the model; -> (actions ``[n, L]``, ``EOS``-terminated then ``PAD``; the optimal actions
@@ -52,7 +52,7 @@ def roll_in(model: Seq2SeqTransformer, source: Tensor, experts: list[EditExpert]
     model.eval()
     try:
         memory, mask = model.encode(source)
-        decoder = _IncrementalDecoder(model, memory, mask, source)
+        decoder = incremental_decoder(model, memory, mask, source)
         n, limit = source.shape[0], model.max_length
         states = [expert.start() for expert in experts]
         token = torch.full((n,), BOS, dtype=torch.long, device=source.device)
@@ -89,7 +89,7 @@ def roll_in(model: Seq2SeqTransformer, source: Tensor, experts: list[EditExpert]
     return torch.stack(actions, 1), torch.stack(optimal, 1)
 
 
-def roll_in_groups(model: Seq2SeqTransformer, groups: list[tuple[Tensor, Tensor]], moves: tuple[int, int],
+def roll_in_groups(model: Model, groups: list[tuple[Tensor, Tensor]], moves: tuple[int, int],
                    explore: float, generator: torch.Generator | None = None) -> list[tuple[Tensor, Tensor]]:
     """``roll_in`` of several ``(source [n_k, S_k], static oracle's actions [n_k, T_k])`` groups (a
     meta-batch's support and query sets) as one batch, which costs little more than one group's decoding;
