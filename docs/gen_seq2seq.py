@@ -91,16 +91,30 @@ def published_columns(published: dict, languages: list[str]) -> tuple[list[str],
     return ["published baseline 2018", "best 2018 submission"], cells, sentence
 
 
+def architecture(row: dict) -> str:
+    """The network of a recorded run (rows recorded before the LSTM existed are Transformers)."""
+    return (row.get("model") or {}).get("architecture", "transformer")
+
+
+def best_scratch(results: dict[str, dict], network: str | None = None) -> str | None:
+    """The most accurate row trained from scratch (of that ``network`` only, when given)."""
+    rows = [n for n, r in results.items() if r.get("algo") == "scratch"
+            and network in (None, architecture(r))]
+    return max(rows, key=lambda n: results[n]["accuracy"]["mean"], default=None)
+
+
 def _seq2seq_against(name: str, results: dict[str, dict]) -> list[str]:
-    """What a meta-learner's run is compared with: the issue's three baselines (transfer: the run of the same
-    start and test-time options when one is recorded, the row named `transfer` otherwise) and its start."""
+    """What a meta-learner's run is compared with: the issue's three baselines (scratch: the best from-scratch
+    run of the same network; transfer: the run of the same start and test-time options when one is
+    recorded, the row named `transfer` otherwise) and its start."""
     row = results[name]
     test_time, start = row.get("test_time") or {}, row.get("start")
     same = [n for n, r in results.items() if r.get("algo") == "transfer" and start is not None
             and r.get("start") == start and (r.get("test_time") or {}) == test_time]
     own_start = [n for n, r in results.items() if test_time and r.get("run") == start
                  and (r.get("test_time") or {}) == test_time]
-    against = ["shared-task-baseline", "scratch", *(same or ["transfer"]),
+    scratch = best_scratch(results, architecture(row)) or "scratch"
+    against = ["shared-task-baseline", scratch, *(same or ["transfer"]),
                *(own_start or [start or "pretrain"])]
     return [n for n in dict.fromkeys(against) if n in results]
 
@@ -130,7 +144,7 @@ def seq2seq_table(folder: Path) -> str:
     best = {algo: max((n for n, r in results.items() if r.get("algo") == algo),
                       key=lambda n: mean(results[n], "accuracy"), default=None)
             for algo in ("transfer", *META_LEARNERS)}
-    shown = [n for n in ("shared-task-baseline", "scratch", *best.values()) if n in results]
+    shown = [n for n in ("shared-task-baseline", best_scratch(results), *best.values()) if n in results]
     main = folder if (folder / "shared-task-baseline.json").is_file() else folder.parent
     extra, published, published_line = published_columns(_published(main), languages)
     headers = [results[n]["label"] for n in shown] + extra

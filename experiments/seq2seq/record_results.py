@@ -152,6 +152,7 @@ def record(run_dir: Path, evaluation: Path | None = None) -> Path:
     row = {
         "name": name, "run": base, "label": label, "algo": config["algo"], "recipe": config.get("recipe"),
         "test_time": test_time,
+        "model": {k: learner_options[k] for k in ("architecture", "edits", "copy") if k in learner_options},
         "init_from": init.get("run"), "init_train_cpu_seconds": init.get("train_cpu_seconds"),
         "start": names(start)[0] if (start := start_config(config)) is not None else None,
         "languages": {name: {"accuracy": 100 * r["accuracy"], "levenshtein": r["levenshtein"]}

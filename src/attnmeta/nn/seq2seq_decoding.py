@@ -1,4 +1,4 @@
-"""Decoding a ``Seq2SeqTransformer``: greedy and beam search, batched, one token per step.
+"""Decoding a ``Seq2SeqTransformer`` or ``Seq2SeqLSTM``: greedy and beam search, batched, one token per step.
 
 Decoding (``greedy_decode``, ``beam_search``) runs under ``torch.no_grad`` in whatever mode the model is:
 call ``model.eval()`` first so that dropout is off. The encoder runs once; the decoder runs one token per
