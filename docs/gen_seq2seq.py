@@ -40,9 +40,12 @@ def decoding_line(path: Path) -> str:
     if not path.is_file():
         return "Decoding throughput: not measured yet (`python benchmarks/bench_decode.py RUN`)."
     d = json.loads(path.read_text(encoding="utf-8"))
-    rates = ", ".join(f"{name} {row['words_per_cpu_second']:.0f}" for name, row in d["results"].items())
-    return (f"Decoding throughput (`benchmarks/bench_decode.py {d['run']}`, {d['words']} {d['task']} words, "
-            f"{d['threads']} thread, flags {' '.join(d['cpu_flags'])}): words per CPU-second, {rates}.")
+    runs = d.get("runs") or [{**d, "network": "Seq2SeqTransformer"}]  # one run before the LSTM existed
+    rates = "; ".join(f"{r['network']} (`{r['run']}`) " + ", ".join(
+        f"{name} {row['words_per_cpu_second']:.0f}" for name, row in r["results"].items()) for r in runs)
+    return (f"Decoding throughput (`benchmarks/bench_decode.py {' '.join(r['run'] for r in runs)}`, "
+            f"{runs[0]['words']} {runs[0]['task']} words, {d['threads']} thread, flags "
+            f"{' '.join(d['cpu_flags'])}): words per CPU-second, {rates}.")
 
 
 def _seq2seq_results(folder: Path) -> tuple[dict[str, dict], list[str]]:
