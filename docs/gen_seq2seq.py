@@ -103,7 +103,12 @@ def best_scratch(results: dict[str, dict], network: str | None = None) -> str | 
     """The most accurate row trained from scratch (of that ``network`` only, when given)."""
     rows = [n for n, r in results.items() if r.get("algo") == "scratch"
             and network in (None, architecture(r))]
-    return max(rows, key=lambda n: results[n]["accuracy"]["mean"], default=None)
+    languages = results[rows[0]]["languages"] if rows else {}
+
+    def mean(name: str) -> float:
+        return sum(results[name]["languages"][lang]["accuracy"] for lang in languages) / len(languages)
+
+    return max(rows, key=mean, default=None)
 
 
 def _seq2seq_against(name: str, results: dict[str, dict]) -> list[str]:

@@ -277,3 +277,11 @@ def test_seq2seq_tables_compare_with_the_baselines_and_keep_history_apart(tmp_pa
     old = gen.seq2seq_table(history)  # the baseline and scratch rows come from the main folder
     assert "| shared-task baseline | 20.00 |" in old and "| scratch | 2.00 |" in old
     assert "- old - scratch: +4.00" in old and "| ml |" not in old and "Decoding throughput" not in old
+    # another network: its meta-learners are compared with its own best run from scratch
+    lstm = {"model": {"architecture": "lstm", "edits": True}}
+    (main / "scratch-lstm.json").write_text(json.dumps(_language_row("ls", "scratch", (8, 9, 10), **lstm)))
+    (main / "context-lstm.json").write_text(json.dumps(_language_row("lc", "context", (14, 24, 34), **lstm)))
+    table = gen.seq2seq_table(main)
+    assert "- lc - ls: +15.00" in table and "- lc - scratch:" not in table
+    assert "- ml - scratch: +21.33" in table and "- ml - ls:" not in table
+    assert "| language | shared-task baseline | ls |" in table  # the best run from scratch of any network
