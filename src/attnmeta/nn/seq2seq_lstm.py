@@ -7,10 +7,10 @@ It is the ``pointer=True`` interface of ``attnmeta.nn.seq2seq.Seq2SeqTransformer
 edit, ``EOS``, then the tags. A bidirectional LSTM reads the symbols up to ``EOS`` (``memory [B, S, dim]``;
 the tags' positions are zeros there); the tags are one *feature vector*, the mean of their embeddings. The
 decoder is an LSTM whose input at each step is the embedding of the previous action, the encoder state under
-the pointer (which only ``COPY`` and ``DELETE`` move) and the feature vector; its state gives the next
-action's logits through the tied token embedding. There are no positions and no soft attention: what is
-written next depends on where the pointer is and what was written, which is what 100 examples of a language
-can teach.
+the pointer (which only ``COPY`` and ``DELETE`` move), the embedding of the symbol there and the feature
+vector; its state gives the next action's logits through the tied token embedding. There are no positions
+and no soft attention: what is written next depends on where the pointer is and what was written, which is
+what 100 examples of a language can teach.
 The cells are written out (matrix products, ``sigmoid``, ``tanh``) so that the forward pass is pure and
 twice differentiable under ``torch.func`` (MAML's second-order inner loop).
 """

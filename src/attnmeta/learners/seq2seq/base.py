@@ -1,13 +1,14 @@
 """The contract of few-shot sequence-to-sequence learners: meta-train on tasks of pairs, then adapt to a new
 task's support pairs and generate its queries' targets.
 
-A learner owns a ``Seq2SeqTransformer`` (its parameters are the meta-parameters) and the ``Vocabulary``
-it was built with. Learners differ in how they produce the initialisation (meta-training); at test time they
-all adapt the same way by default, ``finetune_steps`` Adam steps on random batches of the task's support pairs
-(``adapt``), so that a comparison measures the initialisation (MAML can adapt with its own inner loop
-instead); generation with the adapted parameters is shared. Per task, symbols the vocabulary has not seen
-get spare ids (``Vocabulary.task_mapping``); in meta-training a random share of each task's characters is
-treated as new (``new_symbol_rate``), so that the model learns to pick up a new script from the support set.
+A learner owns a model, a ``Seq2SeqTransformer`` or a ``Seq2SeqLSTM`` (its parameters are the
+meta-parameters), and the ``Vocabulary`` it was built with. Learners differ in how they produce the
+initialisation (meta-training); at test time they all adapt the same way by default, ``finetune_steps`` Adam
+steps on random batches of the task's support pairs (``adapt``), so that a comparison measures the
+initialisation (MAML can adapt with its own inner loop instead); generation with the adapted parameters is
+shared. Per task, symbols the vocabulary has not seen get spare ids (``Vocabulary.task_mapping``); in
+meta-training a random share of each task's characters is treated as new (``new_symbol_rate``), so that the
+model learns to pick up a new script from the support set.
 With ``edits`` the model is a transducer with hard monotonic attention: it reads the symbols to edit, ``EOS``,
 then the tags, and writes edit actions (``attnmeta.tasks.seq2seq_edits``), which ``decode_output`` applies.
 """
@@ -85,7 +86,7 @@ class Seq2SeqLearner(nn.Module):
     name = "seq2seq"
     #: False for a learner without meta-training (``scratch``): the trainer only tests it.
     meta_trained = True
-    #: The model has a ``task_context`` vector the learner sets per task (``Seq2SeqTransformer``).
+    #: The model has a ``task_context`` vector the learner sets per task (either network).
     uses_task_context = False
 
     def __init__(self, vocabulary: Vocabulary, *, dim: int = 128, heads: int = 4, layers: int = 2,
