@@ -7,10 +7,13 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
+from torch.func import functional_call
 
 from attnmeta.nn.seq2seq import Seq2SeqTransformer, sequence_loss, shift_right
 from attnmeta.nn.seq2seq_decoding import Model, incremental_decoder
+from attnmeta.nn.seq2seq_lstm import Seq2SeqLSTM
 from attnmeta.tasks.seq2seq import EOS, PAD, Seq2SeqBatch, Seq2SeqTask, Vocabulary
 
 ALPHABET = "abcdefgh"
@@ -74,6 +77,11 @@ def pointer_model(seed: int, dtype: torch.dtype = torch.float64, max_length: int
                               pointer=True).to(dtype).eval()
 
 
+def lstm_model(seed: int, dtype: torch.dtype = torch.float64, max_length: int = 14) -> Seq2SeqLSTM:
+    torch.manual_seed(seed)
+    return Seq2SeqLSTM(VOCAB, dim=8, hidden=12, dropout=0.0, max_length=max_length).to(dtype).eval()
+
+
 def edit_pairs(n: int, seed: int, max_src: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
     """Sources (tokens 4-7 then EOS, sometimes a tag-like token 4 after it) and random action targets."""
     g = torch.Generator().manual_seed(seed)
@@ -91,9 +99,10 @@ def edit_pairs(n: int, seed: int, max_src: int = 5) -> tuple[torch.Tensor, torch
     return src, tgt
 
 
-def partly_trained(seed: int, steps: int = 60) -> Seq2SeqTransformer:
-    """A pointer model trained briefly to copy its source: outputs of varied length and some uncertainty."""
-    model = pointer_model(seed, torch.float32).train()
+def partly_trained(seed: int, steps: int = 60, model: Model | None = None) -> Model:
+    """A pointer model (``model``, float32, else ``pointer_model(seed)``) trained briefly to copy or delete
+    its source: outputs of varied length and some uncertainty."""
+    model = (pointer_model(seed, torch.float32) if model is None else model).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for step in range(steps):
         src, _ = edit_pairs(32, 1000 * seed + step)
@@ -107,6 +116,33 @@ def partly_trained(seed: int, steps: int = 60) -> Seq2SeqTransformer:
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def check_maml_gradient(model: Model, names: list[str]) -> None:
+    """Assert that the second-order MAML gradient (one inner step of lr 0.5 on 3 support pairs, the loss on
+    3 query pairs) of the ``names`` parameters of ``model`` (float64) matches central finite differences."""
+    s_src, s_tgt = edit_pairs(3, 40, max_src=3)
+    q_src, q_tgt = edit_pairs(3, 41, max_src=3)
+    params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+
+    def query_loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        support = sequence_loss(functional_call(model, p, (s_src, shift_right(s_tgt))), s_tgt)
+        grads = torch.autograd.grad(support, list(p.values()), create_graph=True)
+        fast = {n: w - 0.5 * g for (n, w), g in zip(p.items(), grads)}
+        return sequence_loss(functional_call(model, fast, (q_src, shift_right(q_tgt))), q_tgt)
+
+    grads = torch.autograd.grad(query_loss(params), [params[n] for n in names])
+    for name, grad in zip(names, grads):
+        flat = params[name].detach().reshape(-1)
+        for index in (0, flat.numel() // 2, flat.numel() - 1):
+            loss_at = []
+            for sign in (1.0, -1.0):
+                value = flat.clone()
+                value[index] += sign * 1e-6
+                shifted = value.reshape(params[name].shape).requires_grad_()
+                loss_at.append(float(query_loss({**params, name: shifted})))
+            numeric = (loss_at[0] - loss_at[1]) / 2e-6
+            assert float(grad.reshape(-1)[index]) == pytest.approx(numeric, rel=1e-5, abs=1e-8), name
 
 
 def suffix_task(name: str, alphabet: str, n: int, seed: int) -> Seq2SeqTask:

@@ -8,14 +8,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.func import functional_call
 
 from attnmeta.learners.seq2seq.registry import build_seq2seq
 from attnmeta.nn.seq2seq import (
     Seq2SeqTransformer,
     pointer_positions,
     sequence_log_prob,
-    sequence_loss,
     shift_right,
 )
 from attnmeta.nn.seq2seq_decoding import beam_search, greedy_decode
@@ -25,7 +23,9 @@ from seq2seq_fixtures import (
     MOVES,
     TINY,
     check_incremental_decoding,
+    check_maml_gradient,
     edit_pairs,
+    lstm_model,
     partly_trained,
     pointer_model,
     trained_on_suffixes,
@@ -80,8 +80,11 @@ def test_pointer_teacher_forcing_matches_step_by_step(one_thread) -> None:
     check_incremental_decoding(model, src, shift_right(tgt), prefix=4)
 
 
-def test_pointer_decoding_keeps_the_pointer_on_the_source_and_beam_one_is_greedy(one_thread) -> None:
-    model = partly_trained(2)
+@pytest.mark.parametrize("network", ["transformer", "lstm"])
+def test_pointer_decoding_keeps_the_pointer_on_the_source_and_beam_one_is_greedy(one_thread, network) -> None:
+    """Either network (the LSTM transducer: ``attnmeta.nn.seq2seq_lstm``)."""
+    model = partly_trained(2, 60) if network == "transformer" else partly_trained(
+        2, 80, lstm_model(2, torch.float32))
     src, _ = edit_pairs(16, 7)
     greedy = greedy_decode(model, src)
     best, score = beam_search(model, src, beam=1)
@@ -98,30 +101,8 @@ def test_pointer_decoding_keeps_the_pointer_on_the_source_and_beam_one_is_greedy
 
 
 def test_maml_gradient_through_the_pointer_matches_finite_differences(one_thread) -> None:
-    model = pointer_model(4, max_length=14)
-    s_src, s_tgt = edit_pairs(3, 40, max_src=3)
-    q_src, q_tgt = edit_pairs(3, 41, max_src=3)
-    params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
-
-    def query_loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
-        support = sequence_loss(functional_call(model, p, (s_src, shift_right(s_tgt))), s_tgt)
-        grads = torch.autograd.grad(support, list(p.values()), create_graph=True)
-        fast = {n: w - 0.5 * g for (n, w), g in zip(p.items(), grads)}
-        return sequence_loss(functional_call(model, fast, (q_src, shift_right(q_tgt))), q_tgt)
-
     names = ["pointer_proj.weight", "pointer_proj.bias", "encoder_layers.1.ff.linear1.weight"]
-    grads = torch.autograd.grad(query_loss(params), [params[n] for n in names])
-    for name, grad in zip(names, grads):
-        flat = params[name].detach().reshape(-1)
-        for index in (0, flat.numel() // 2, flat.numel() - 1):
-            loss_at = []
-            for sign in (1.0, -1.0):
-                value = flat.clone()
-                value[index] += sign * 1e-6
-                shifted = value.reshape(params[name].shape).requires_grad_()
-                loss_at.append(float(query_loss({**params, name: shifted})))
-            numeric = (loss_at[0] - loss_at[1]) / 2e-6
-            assert float(grad.reshape(-1)[index]) == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+    check_maml_gradient(pointer_model(4, max_length=14), names)
 
 
 def test_an_edits_learner_writes_words_of_an_alphabet_it_never_saw(one_thread) -> None:
