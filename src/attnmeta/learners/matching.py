@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from attnmeta.learners.base import Learner, MetaOutput, episode_classification_output
 from attnmeta.learners.registry import register
+from attnmeta.nn.layers import lstm_update
 from attnmeta.tasks.episode import Task, TaskBatch
 
 __all__ = ["MatchingNetworks", "FullContextEmbedding", "embed_episodes", "check_classification_batch",
@@ -98,10 +99,7 @@ class _AttentionLSTMCell(nn.Module):
             self.input_map.bias[dim:2 * dim].fill_(1.0)  # forget-gate bias 1
 
     def forward(self, x: Tensor, recurrent: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
-        gates = self.input_map(x) + self.recurrent_map(recurrent)
-        i, f, g, o = gates.chunk(4, dim=-1)
-        cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(cell), cell
+        return lstm_update(self.input_map(x) + self.recurrent_map(recurrent), cell)
 
 
 class FullContextEmbedding(nn.Module):

@@ -25,6 +25,14 @@ from torch import Tensor, nn
 from attnmeta.nn.norm import MetaBatchNorm2d, MetaBatchNormReLU2d
 
 
+def lstm_update(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
+    """One LSTM update from pre-activations ``gates [B, 4H]`` (input, forget, cell, output gates, in that
+    order) and the cell state ``cell [B, H]`` -> ``(h, cell)``; plain tensor ops, twice differentiable."""
+    i, f, g, o = gates.chunk(4, dim=-1)
+    cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(cell), cell
+
+
 class MaxPool2x2(nn.Module):
     """``[n, C, H, W] -> [n, C, H // 2, W // 2]``: max over 2x2 windows (odd last row/column dropped)."""
 

@@ -38,7 +38,7 @@ from attnmeta.nn.attention import MultiHeadAttention
 from attnmeta.tasks.seq2seq import BOS, EOS, PAD
 
 __all__ = ["Seq2SeqTransformer", "shift_right", "sequence_loss", "sequence_log_prob", "copy_log_probs",
-           "pointer_positions", "pointer_disallowed", "source_ends"]
+           "pointer_positions", "pointer_disallowed", "source_ends", "check_token_ids"]
 
 
 def _attend(attention: MultiHeadAttention, query: Tensor, key: Tensor, mask: Tensor | None) -> Tensor:
@@ -156,10 +156,7 @@ class Seq2SeqTransformer(nn.Module):
 
     def _embed(self, ids: Tensor, what: str) -> Tensor:
         """``ids [B, L]`` -> ``[B, L, D]``: scaled token embedding plus learned positions."""
-        if ids.dim() != 2:
-            raise ValueError(f"{what} must be token ids of shape [batch, length], got {tuple(ids.shape)}")
-        if ids.shape[1] > self.max_length:
-            raise ValueError(f"{what} length {ids.shape[1]} exceeds the model's max_length {self.max_length}")
+        check_token_ids(ids, what, self.max_length)
         return self.dropout(self.embed_tokens(ids, self.positions.weight[: ids.shape[1]]))
 
     def encode(self, source: Tensor) -> tuple[Tensor, Tensor]:
@@ -203,6 +200,14 @@ class Seq2SeqTransformer(nn.Module):
         """Teacher forcing: ``source [B, S]``, ``target_in [B, T]`` -> logits ``[B, T, V]``."""
         memory, mask = self.encode(source)
         return self.decode(memory, mask, target_in, source)
+
+
+def check_token_ids(ids: Tensor, what: str, max_length: int) -> None:
+    """A one-line ``ValueError`` unless ``ids`` is ``[batch, length]`` with ``length <= max_length``."""
+    if ids.dim() != 2:
+        raise ValueError(f"{what} must be token ids of shape [batch, length], got {tuple(ids.shape)}")
+    if ids.shape[1] > max_length:
+        raise ValueError(f"{what} length {ids.shape[1]} exceeds the model's max_length {max_length}")
 
 
 def copy_log_probs(logits: Tensor, gate: Tensor, attention: Tensor, source: Tensor) -> Tensor:

@@ -22,17 +22,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from attnmeta.nn.seq2seq import pointer_disallowed, pointer_positions, source_ends
+from attnmeta.nn.layers import lstm_update
+from attnmeta.nn.seq2seq import check_token_ids, pointer_disallowed, pointer_positions, source_ends
 from attnmeta.tasks.seq2seq import EOS, PAD
 
 __all__ = ["Seq2SeqLSTM", "LSTMIncrementalDecoder"]
-
-
-def _cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """One LSTM update from pre-activations ``gates [B, 4H]`` (input, forget, cell, output) -> ``(h, c)``."""
-    i, f, g, o = gates.chunk(4, dim=-1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 class _LSTM(nn.Module):
@@ -57,7 +51,7 @@ class _LSTM(nn.Module):
     def step(self, projected: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """One step from the input's projection ``projected [B, 4H]`` (``self.input(x_t)``)."""
         h, c = state
-        return _cell(projected + self.recurrent(h), c)
+        return lstm_update(projected + self.recurrent(h), c)
 
     def forward(self, x: Tensor, mask: Tensor, reverse: bool = False) -> Tensor:
         """``[B, L, H]`` the states (zeros where ``mask`` is False), right to left with ``reverse``."""
@@ -116,16 +110,10 @@ class Seq2SeqLSTM(nn.Module):
         x = self.embedding(ids) * math.sqrt(self.dim)
         return x if self.task_context is None else x + self.task_context
 
-    def _check(self, ids: Tensor, what: str) -> None:
-        if ids.dim() != 2:
-            raise ValueError(f"{what} must be token ids of shape [batch, length], got {tuple(ids.shape)}")
-        if ids.shape[1] > self.max_length:
-            raise ValueError(f"{what} length {ids.shape[1]} exceeds the model's max_length {self.max_length}")
-
     def encode(self, source: Tensor) -> tuple[Tensor, Tensor]:
         """``source [B, S]`` -> ``(memory [B, S, dim], mask [B, 1, S])``: the bidirectional states of the
         symbols up to and including each row's first ``EOS`` (zeros after it); the mask is True there."""
-        self._check(source, "source")
+        check_token_ids(source, "source", self.max_length)
         edited = torch.arange(source.shape[1], device=source.device) <= source_ends(source).unsqueeze(1)
         edited = edited & (source != PAD)
         x = self.dropout(self.embed(source))
@@ -153,7 +141,7 @@ class Seq2SeqLSTM(nn.Module):
     def decode(self, memory: Tensor, source_mask: Tensor, target_in: Tensor, source: Tensor) -> Tensor:
         """Teacher forcing: decoder inputs ``target_in [B, T]`` (``BOS``, then actions) -> logits
         ``[B, T, V]``; ``source [B, S]`` gives the pointer's limit and the tags."""
-        self._check(target_in, "target_in")
+        check_token_ids(target_in, "target_in", self.max_length)
         pointer = pointer_positions(target_in, source, self.actions)
         index = pointer.unsqueeze(-1).expand(*pointer.shape, memory.shape[-1])
         features = self.features(source).unsqueeze(1).expand(-1, target_in.shape[1], -1)
