@@ -11,6 +11,7 @@ depend on a recipe: both tables compare with the main folder's.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 SEQ2SEQ_DIR = Path("docs") / "results" / "seq2seq"
@@ -111,20 +112,56 @@ def best_scratch(results: dict[str, dict], network: str | None = None) -> str | 
     return max(rows, key=mean, default=None)
 
 
+def repeated(name: str) -> tuple[str, int]:
+    """A row's name without its ``-seed-N`` and the seed N (0 when the name has none)."""
+    match = re.fullmatch(r"(.*)-seed-(\d+)", name)
+    return (match.group(1), int(match.group(2))) if match else (name, 0)
+
+
 def _seq2seq_against(name: str, results: dict[str, dict]) -> list[str]:
     """What a meta-learner's run is compared with: the issue's three baselines (scratch: the best from-scratch
-    run of the same network; transfer: the run of the same start and test-time options when one is
+    run of the same network; transfer: the run of the same start, test-time options and seed when one is
     recorded, the row named `transfer` otherwise) and its start."""
     row = results[name]
     test_time, start = row.get("test_time") or {}, row.get("start")
     same = [n for n, r in results.items() if r.get("algo") == "transfer" and start is not None
-            and r.get("start") == start and (r.get("test_time") or {}) == test_time]
+            and r.get("start") == start and (r.get("test_time") or {}) == test_time
+            and repeated(n)[1] == repeated(name)[1]]
     own_start = [n for n, r in results.items() if test_time and r.get("run") == start
                  and (r.get("test_time") or {}) == test_time]
     scratch = best_scratch(results, architecture(row)) or "scratch"
     against = ["shared-task-baseline", scratch, *(same or ["transfer"]),
                *(own_start or [start or "pretrain"])]
     return [n for n in dict.fromkeys(against) if n in results]
+
+
+def _seed_means(results: dict[str, dict], languages: list[str]) -> list[str]:
+    """Paired differences of a meta-learner repeated with several seeds against the transfer run of the same
+    start repeated with the same seeds, each language's accuracy first averaged over the seeds."""
+    groups: dict[str, list[str]] = {}
+    for name in results:
+        groups.setdefault(repeated(name)[0], []).append(name)
+    lines = []
+    for base, members in groups.items():
+        if len(members) < 2 or base not in results or results[base].get("algo") not in META_LEARNERS:
+            continue
+        transfer = [n for n in _seq2seq_against(base, results)
+                    if results[n].get("algo") == "transfer" and results[n].get("start") is not None]
+        others = groups[repeated(transfer[0])[0]] if transfer else []
+        if sorted(repeated(n)[1] for n in others) != sorted(repeated(n)[1] for n in members):
+            continue
+
+        def seed_mean(names: list[str], lang: str) -> float:
+            return sum(results[n]["languages"][lang]["accuracy"] for n in names) / len(names)
+
+        diff, half = paired_difference([seed_mean(members, lang) for lang in languages],
+                                       [seed_mean(others, lang) for lang in languages])
+        verdict = "excludes 0" if abs(diff) > half else "includes 0"
+        lines.append(f"- {results[base]['label']} - {results[transfer[0]]['label']}, each averaged over "
+                     f"seeds {', '.join(str(repeated(n)[1]) for n in members)}: {diff:+.2f} +/- {half:.2f} "
+                     f"({verdict})")
+    return ["", "Averaged over seeds (each language's accuracy first averaged over a run's repeats):", "",
+            *lines] if lines else []
 
 
 def seq2seq_table(folder: Path) -> str:
@@ -176,6 +213,7 @@ def seq2seq_table(folder: Path) -> str:
             verdict = "excludes 0" if abs(diff) > half else "includes 0"
             lines.append(f"- {results[name]['label']} - {results[other]['label']}: {diff:+.2f} +/- "
                          f"{half:.2f} ({verdict})")
+    lines += _seed_means(results, languages)
     machines = sorted({r["machine"] for r in results.values() if "machine" in r})
     commands = sorted({f"`{r['command']}`" for r in results.values() if "machine" in r})
     if (folder / "shared-task-baseline.json").is_file():

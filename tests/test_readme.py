@@ -285,3 +285,13 @@ def test_seq2seq_tables_compare_with_the_baselines_and_keep_history_apart(tmp_pa
     assert "- lc - ls: +15.00" in table and "- lc - scratch:" not in table
     assert "- ml - scratch: +21.33" in table and "- ml - ls:" not in table
     assert "| language | shared-task baseline | ls |" in table  # the best run from scratch of any network
+    # repeats with another seed: compared seed with seed, then averaged over the seeds
+    repeats = {"c": ("context", (14, 24, 34)), "c-seed-1": ("context", (16, 24, 34)),
+               "t": ("transfer", (13, 23, 33)), "t-seed-1": ("transfer", (13, 25, 33))}
+    for name, (algo, accuracies) in repeats.items():
+        row = _language_row(name.replace("-seed-", "/"), algo, accuracies, start="p", **lstm)
+        (main / f"{name}.json").write_text(json.dumps(row))
+    table = gen.seq2seq_table(main)
+    assert "- c - t: +1.00 +/- 0.00" in table and "- c/1 - t/1: +1.00 +/- 4.97 (includes 0)" in table
+    assert "- c - t/1:" not in table and "- c/1 - t:" not in table
+    assert "- c - t, each averaged over seeds 0, 1: +1.00 +/- 2.48 (includes 0)" in table

@@ -81,9 +81,25 @@ LABELS = {"pretrain": "transfer, 30 CPU-min", "transfer": "transfer, 30 CPU-min 
 OLD_LABELS = {**LABELS, "transfer": "transfer, 60 CPU-min"}
 
 
+#: The LSTM recipes are the Transformer recipes with these options set (in this order in the names).
+LSTM_OPTIONS = ("edits", "architecture", "dropout")
+
+
+def as_transformer_recipe(config: dict) -> dict:
+    """A run of a ``sigmorphon2018-lstm-*`` recipe as its Transformer recipe with the LSTM's options set, so
+    that it shares its name and label with the same run made by ``--set`` (a repeat's row pairs with it)."""
+    recipe = config.get("recipe") or ""
+    if not recipe.startswith("sigmorphon2018-lstm-"):
+        return config
+    options = config.get("algo_options") or {}
+    ordered = {k: options[k] for k in LSTM_OPTIONS if k in options}
+    return {**config, "recipe": recipe.replace("-lstm-", "-"), "algo_options": {**ordered, **options}}
+
+
 def names(config: dict) -> tuple[str, str]:
     """The file name and the table label of a run (its recipe and the options it changed; a run started
     from another pre-training than its recipe's, made with the same options, says "both stages")."""
+    config = as_transformer_recipe(config)
     recipe = config.get("recipe")
     name = (recipe or config["algo"]).removeprefix("sigmorphon2018-")
     if recipe and config["algo"] != recipe_config(recipe).get("algo"):  # another learner on its settings
