@@ -118,12 +118,26 @@ def repeated(name: str) -> tuple[str, int]:
     return (match.group(1), int(match.group(2))) if match else (name, 0)
 
 
+def pooled_alike(name: str, results: dict[str, dict]) -> list[str]:
+    """The pooled-training (``transfer``) rows from a random start of the same network, test-time options and
+    seed as row ``name``."""
+    row = results[name]
+    return [n for n, r in results.items() if r.get("algo") == "transfer" and r.get("start") is None
+            and not r.get("init_from") and architecture(r) == architecture(row)
+            and (r.get("test_time") or {}) == (row.get("test_time") or {})
+            and repeated(n)[1] == repeated(name)[1]]
+
+
 def _seq2seq_against(name: str, results: dict[str, dict]) -> list[str]:
     """What a meta-learner's run is compared with: the issue's three baselines (scratch: the best from-scratch
     run of the same network; transfer: the run of the same start, test-time options and seed when one is
-    recorded, the row named `transfer` otherwise) and its start."""
+    recorded, the row named `transfer` otherwise) and its start; a meta-learner trained from a random start:
+    the baseline, scratch and pooled training from a random start (``pooled_alike``)."""
     row = results[name]
     test_time, start = row.get("test_time") or {}, row.get("start")
+    if row.get("random_start"):  # against pooled training of the same network from a random start
+        return [n for n in dict.fromkeys(["shared-task-baseline", best_scratch(results, architecture(row)),
+                                          *pooled_alike(name, results)]) if n in results]
     same = [n for n, r in results.items() if r.get("algo") == "transfer" and start is not None
             and r.get("start") == start and (r.get("test_time") or {}) == test_time
             and repeated(n)[1] == repeated(name)[1]]

@@ -295,3 +295,11 @@ def test_seq2seq_tables_compare_with_the_baselines_and_keep_history_apart(tmp_pa
     assert "- c - t: +1.00 +/- 0.00" in table and "- c/1 - t/1: +1.00 +/- 4.97 (includes 0)" in table
     assert "- c - t/1:" not in table and "- c/1 - t:" not in table
     assert "- c - t, each averaged over seeds 0, 1: +1.00 +/- 2.48 (includes 0)" in table
+    # a meta-learner from a random start: against pooled training of its network from a random start
+    pooled = _language_row("lp", "transfer", (10, 20, 30), **lstm)
+    (main / "pretrain-lstm.json").write_text(json.dumps(pooled))
+    alone = _language_row("cr", "context", (11, 22, 30), random_start=True, **lstm)
+    (main / "context-lstm-random-start.json").write_text(json.dumps(alone))
+    comparisons = [line for line in gen.seq2seq_table(main).splitlines() if line.startswith("- cr - ")]
+    assert comparisons == ["- cr - shared-task baseline: +1.00 +/- 2.48 (includes 0)",
+                           "- cr - ls: +12.00 +/- 21.22 (includes 0)", "- cr - lp: +1.00 +/- 2.48 (includes 0)"]

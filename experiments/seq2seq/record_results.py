@@ -106,7 +106,10 @@ def names(config: dict) -> tuple[str, str]:
         name = config["algo"]
     changes = recipe_changes(config)
     labels = LABELS if RECIPES_AT is None else OLD_LABELS
-    label = labels.get(name, name) + "".join(f", {k}={v}" for k, v in changes.items())
+    label = labels.get(name, name)
+    if random_start(config):
+        name, label = name + "-random-start", label.replace(" from pre-training", "") + " from a random start"
+    label += "".join(f", {k}={v}" for k, v in changes.items())
     name += "".join(f"-{k.replace('_', '-')}-{v}" for k, v in changes.items())
     start = start_config(config)
     if start is not None:
@@ -117,6 +120,13 @@ def names(config: dict) -> tuple[str, str]:
     if config.get("seed", 0):  # a repeat with another seed: its own row
         name, label = name + f"-seed-{config['seed']}", label + f", seed {config['seed']}"
     return name, label
+
+
+def random_start(config: dict) -> bool:
+    """Whether a run of a recipe that starts from a pre-training started from random weights instead
+    (``--set init_from=null``)."""
+    recipe = config.get("recipe")
+    return bool(recipe and recipe_config(recipe).get("init_from") and not config.get("init_from"))
 
 
 def start_config(config: dict) -> dict | None:
@@ -171,6 +181,7 @@ def record(run_dir: Path, evaluation: Path | None = None) -> Path:
         "model": {k: learner_options[k] for k in ("architecture", "edits", "copy") if k in learner_options},
         "init_from": init.get("run"), "init_train_cpu_seconds": init.get("train_cpu_seconds"),
         "start": names(start)[0] if (start := start_config(config)) is not None else None,
+        "random_start": random_start(as_transformer_recipe(config)),
         "languages": {name: {"accuracy": 100 * r["accuracy"], "levenshtein": r["levenshtein"]}
                       for name, r in summary["per_task"].items()},
         "accuracy": {k: 100 * summary["test"][k] for k in ("mean", "ci95")},
