@@ -302,4 +302,5 @@ def test_seq2seq_tables_compare_with_the_baselines_and_keep_history_apart(tmp_pa
     (main / "context-lstm-random-start.json").write_text(json.dumps(alone))
     comparisons = [line for line in gen.seq2seq_table(main).splitlines() if line.startswith("- cr - ")]
     assert comparisons == ["- cr - shared-task baseline: +1.00 +/- 2.48 (includes 0)",
-                           "- cr - ls: +12.00 +/- 21.22 (includes 0)", "- cr - lp: +1.00 +/- 2.48 (includes 0)"]
+                           "- cr - ls: +12.00 +/- 21.22 (includes 0)",
+                           "- cr - lp: +1.00 +/- 2.48 (includes 0)"]
