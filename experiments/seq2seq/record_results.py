@@ -181,7 +181,7 @@ def record(run_dir: Path, evaluation: Path | None = None) -> Path:
         "model": {k: learner_options[k] for k in ("architecture", "edits", "copy") if k in learner_options},
         "init_from": init.get("run"), "init_train_cpu_seconds": init.get("train_cpu_seconds"),
         "start": names(start)[0] if (start := start_config(config)) is not None else None,
-        "random_start": random_start(as_transformer_recipe(config)),
+        "random_start": random_start(config),
         "languages": {name: {"accuracy": 100 * r["accuracy"], "levenshtein": r["levenshtein"]}
                       for name, r in summary["per_task"].items()},
         "accuracy": {k: 100 * summary["test"][k] for k in ("mean", "ci95")},
